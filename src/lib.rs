@@ -1,0 +1,4 @@
+pub mod protocol;
+pub mod version;
+pub mod worker;
+pub mod zipf;

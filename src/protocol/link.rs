@@ -1,0 +1,669 @@
+//! The link protocol: binary, versioned, pipelined framing between the
+//! orchestrator and the workers, and between partners (refill).
+//!
+//! A link opens with [`HELLO`] from the connecting side; the server answers
+//! with its own. Then every message is a frame: a big-endian `u32` body length
+//! and the body. Requests and responses are matched by order (pipelining).
+//! Every write carries the version the orchestrator stamped, so replicas can
+//! keep the newest (see `crate::version`). All integers are big-endian.
+//!
+//! ```text
+//! request  = op:u8 body
+//!   GET     1  key
+//!   SET     2  version:u64 ttl_ms:u64 key value(rest)      ttl_ms 0 = none
+//!   DEL     3  version:u64 key
+//!   PING    4
+//!   STATUS  5
+//!   REFILL  6                         the rest of the link carries the stream
+//! response = status:u8 body
+//!   OK          0  op-specific (GET: version:u64 ttl_ms:u64 value(rest);
+//!                  SET: applied:u8; DEL: existed:u8;
+//!                  STATUS: state:u8 entries:u64)
+//!   NOT_FOUND   2
+//!   ERROR     255  code:u8 message(rest)
+//!   CHUNK      10  count:u32 entry*   (refill stream)
+//!   END        11  entries:u64        (refill stream)
+//! key   = len:u16 bytes
+//! entry = flags:u8 version:u64 ttl_ms:u64 key raw_len:u32 len:u32 data
+//! ```
+//!
+//! Decoding checks every length against the frame and the configured limits
+//! before it allocates or slices, so a hostile or corrupt peer gets an error,
+//! never a panic or a huge allocation.
+
+use super::{ErrorCode, ErrorReply, Limits};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+/// First bytes of a link: a marker no text or RESP request starts with, the
+/// protocol name and its version.
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x01";
+
+/// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
+pub const HELLO_FIRST_BYTE: u8 = 0xF0;
+
+/// A refill chunk is cut once it holds this many bytes of entries.
+pub const REFILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// Room in a frame beyond one key and one value.
+const FRAME_OVERHEAD_BYTES: usize = 4096;
+
+/// The largest frame a peer may send with these limits: a refill chunk plus
+/// one maximal entry that started just below the cut.
+pub fn max_frame_bytes(limits: &Limits) -> usize {
+    REFILL_CHUNK_BYTES + limits.max_key_bytes + limits.max_value_bytes + FRAME_OVERHEAD_BYTES
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LinkError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    #[error("peer is not an rcache link (bad hello)")]
+    BadHello,
+}
+
+/// Worker states as a link reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WorkerState {
+    /// Listening, deciding whether to refill.
+    Starting = 0,
+    /// Receiving its partner's data; takes writes, serves no reads.
+    Refilling = 1,
+    /// Serving everything.
+    Ready = 2,
+}
+
+impl WorkerState {
+    pub fn from_u8(v: u8) -> Option<WorkerState> {
+        match v {
+            0 => Some(WorkerState::Starting),
+            1 => Some(WorkerState::Refilling),
+            2 => Some(WorkerState::Ready),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Refilling => "refilling",
+            WorkerState::Ready => "ready",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Get {
+        key: Bytes,
+    },
+    Set {
+        version: u64,
+        ttl_ms: u64,
+        key: Bytes,
+        value: Bytes,
+    },
+    Del {
+        version: u64,
+        key: Bytes,
+    },
+    Ping,
+    Status,
+    Refill,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Value {
+        version: u64,
+        ttl_ms: u64,
+        value: Bytes,
+    },
+    Set {
+        applied: bool,
+    },
+    Del {
+        existed: bool,
+    },
+    Pong,
+    Status {
+        state: WorkerState,
+        entries: u64,
+    },
+    NotFound,
+    Error(ErrorReply),
+    Chunk(Vec<Entry>),
+    End {
+        entries: u64,
+    },
+}
+
+/// One stored entry as it travels in a refill: the stored form, compressed
+/// or not, so neither side recompresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Bytes,
+    pub version: u64,
+    /// Remaining time to live in milliseconds; 0 = none.
+    pub ttl_ms: u64,
+    pub tombstone: bool,
+    pub compressed: bool,
+    /// Length of the value once decompressed.
+    pub raw_len: u32,
+    pub data: Bytes,
+}
+
+const FLAG_TOMBSTONE: u8 = 1;
+const FLAG_COMPRESSED: u8 = 2;
+
+mod op {
+    pub const GET: u8 = 1;
+    pub const SET: u8 = 2;
+    pub const DEL: u8 = 3;
+    pub const PING: u8 = 4;
+    pub const STATUS: u8 = 5;
+    pub const REFILL: u8 = 6;
+}
+
+mod status {
+    pub const OK: u8 = 0;
+    pub const NOT_FOUND: u8 = 2;
+    pub const ERROR: u8 = 255;
+    pub const CHUNK: u8 = 10;
+    pub const END: u8 = 11;
+}
+
+/// Takes one frame body out of `buf` once it is complete.
+pub fn read_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, LinkError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(LinkError::FrameTooLarge { len, max });
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// Writes a frame whose body `body` fills in; the length is patched after.
+fn write_frame(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u32(0);
+    body(out);
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_key(out: &mut BytesMut, key: &[u8]) {
+    // Keys are bounded by max_key_bytes, which config caps below u16::MAX.
+    out.put_u16(key.len() as u16);
+    out.put_slice(key);
+}
+
+pub fn encode_request(request: &Request, out: &mut BytesMut) {
+    write_frame(out, |out| match request {
+        Request::Get { key } => {
+            out.put_u8(op::GET);
+            put_key(out, key);
+        }
+        Request::Set {
+            version,
+            ttl_ms,
+            key,
+            value,
+        } => {
+            out.reserve(value.len() + key.len() + 32);
+            out.put_u8(op::SET);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
+            put_key(out, key);
+            out.put_slice(value);
+        }
+        Request::Del { version, key } => {
+            out.put_u8(op::DEL);
+            out.put_u64(*version);
+            put_key(out, key);
+        }
+        Request::Ping => out.put_u8(op::PING),
+        Request::Status => out.put_u8(op::STATUS),
+        Request::Refill => out.put_u8(op::REFILL),
+    })
+}
+
+pub fn encode_response(response: &Response, out: &mut BytesMut) {
+    write_frame(out, |out| match response {
+        Response::Value {
+            version,
+            ttl_ms,
+            value,
+        } => {
+            out.reserve(value.len() + 17);
+            out.put_u8(status::OK);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
+            out.put_slice(value);
+        }
+        Response::Set { applied } => {
+            out.put_u8(status::OK);
+            out.put_u8(*applied as u8);
+        }
+        Response::Del { existed } => {
+            out.put_u8(status::OK);
+            out.put_u8(*existed as u8);
+        }
+        Response::Pong => out.put_u8(status::OK),
+        Response::Status { state, entries } => {
+            out.put_u8(status::OK);
+            out.put_u8(*state as u8);
+            out.put_u64(*entries);
+        }
+        Response::NotFound => out.put_u8(status::NOT_FOUND),
+        Response::Error(error) => {
+            out.put_u8(status::ERROR);
+            out.put_u8(error.code.as_u8());
+            out.put_slice(error.message.as_bytes());
+        }
+        Response::Chunk(entries) => {
+            out.put_u8(status::CHUNK);
+            out.put_u32(entries.len() as u32);
+            for e in entries {
+                let flags = if e.tombstone { FLAG_TOMBSTONE } else { 0 }
+                    | if e.compressed { FLAG_COMPRESSED } else { 0 };
+                out.put_u8(flags);
+                out.put_u64(e.version);
+                out.put_u64(e.ttl_ms);
+                put_key(out, &e.key);
+                out.put_u32(e.raw_len);
+                out.put_u32(e.data.len() as u32);
+                out.put_slice(&e.data);
+            }
+        }
+        Response::End { entries } => {
+            out.put_u8(status::END);
+            out.put_u64(*entries);
+        }
+    })
+}
+
+/// A cursor over a frame body that fails instead of panicking.
+struct Reader(Bytes);
+
+impl Reader {
+    fn u8(&mut self) -> Result<u8, LinkError> {
+        if self.0.is_empty() {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.get_u8())
+    }
+
+    fn u32(&mut self) -> Result<u32, LinkError> {
+        if self.0.len() < 4 {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, LinkError> {
+        if self.0.len() < 8 {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.get_u64())
+    }
+
+    fn bytes(&mut self, len: usize) -> Result<Bytes, LinkError> {
+        if self.0.len() < len {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.split_to(len))
+    }
+
+    fn key(&mut self, limits: &Limits) -> Result<Bytes, LinkError> {
+        if self.0.len() < 2 {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        let len = self.0.get_u16() as usize;
+        if len == 0 {
+            return Err(LinkError::Malformed("empty key"));
+        }
+        if len > limits.max_key_bytes {
+            return Err(LinkError::Malformed("key over max_key_bytes"));
+        }
+        self.bytes(len)
+    }
+
+    fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.0)
+    }
+
+    fn end(self) -> Result<(), LinkError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(LinkError::Malformed("trailing bytes"))
+        }
+    }
+}
+
+pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkError> {
+    let mut r = Reader(frame);
+    let request = match r.u8()? {
+        op::GET => Request::Get {
+            key: r.key(limits)?,
+        },
+        op::SET => {
+            let version = r.u64()?;
+            let ttl_ms = r.u64()?;
+            let key = r.key(limits)?;
+            let value = r.rest();
+            if value.len() > limits.max_value_bytes {
+                return Err(LinkError::Malformed("value over max_value_bytes"));
+            }
+            Request::Set {
+                version,
+                ttl_ms,
+                key,
+                value,
+            }
+        }
+        op::DEL => {
+            let version = r.u64()?;
+            Request::Del {
+                version,
+                key: r.key(limits)?,
+            }
+        }
+        op::PING => Request::Ping,
+        op::STATUS => Request::Status,
+        op::REFILL => Request::Refill,
+        _ => return Err(LinkError::Malformed("unknown op")),
+    };
+    r.end()?;
+    Ok(request)
+}
+
+/// Decodes a response to `request` (the op decides the OK body's shape).
+pub fn decode_response(
+    frame: Bytes,
+    request: RequestKind,
+    limits: &Limits,
+) -> Result<Response, LinkError> {
+    let mut r = Reader(frame);
+    let response = match r.u8()? {
+        status::OK => match request {
+            RequestKind::Get => {
+                let version = r.u64()?;
+                let ttl_ms = r.u64()?;
+                let value = r.rest();
+                if value.len() > limits.max_value_bytes {
+                    return Err(LinkError::Malformed("value over max_value_bytes"));
+                }
+                Response::Value {
+                    version,
+                    ttl_ms,
+                    value,
+                }
+            }
+            RequestKind::Set => Response::Set {
+                applied: r.u8()? != 0,
+            },
+            RequestKind::Del => Response::Del {
+                existed: r.u8()? != 0,
+            },
+            RequestKind::Ping => Response::Pong,
+            RequestKind::Status => {
+                let state = WorkerState::from_u8(r.u8()?)
+                    .ok_or(LinkError::Malformed("unknown worker state"))?;
+                Response::Status {
+                    state,
+                    entries: r.u64()?,
+                }
+            }
+            RequestKind::Refill => return Err(LinkError::Malformed("OK in a refill stream")),
+        },
+        status::NOT_FOUND => Response::NotFound,
+        status::ERROR => {
+            let code =
+                ErrorCode::from_u8(r.u8()?).ok_or(LinkError::Malformed("unknown error code"))?;
+            let message = String::from_utf8_lossy(&r.rest()).into_owned();
+            Response::Error(ErrorReply::new(code, message))
+        }
+        status::CHUNK if request == RequestKind::Refill => {
+            let count = r.u32()? as usize;
+            // Each entry takes at least 27 bytes: bound the allocation by the frame.
+            if count > r.0.len() / 27 {
+                return Err(LinkError::Malformed("entry count beyond the frame"));
+            }
+            let mut entries = Vec::with_capacity(count);
+            for _ in 0..count {
+                let flags = r.u8()?;
+                let version = r.u64()?;
+                let ttl_ms = r.u64()?;
+                let key = r.key(limits)?;
+                let raw_len = r.u32()?;
+                if raw_len as usize > limits.max_value_bytes {
+                    return Err(LinkError::Malformed("value over max_value_bytes"));
+                }
+                let len = r.u32()? as usize;
+                let data = r.bytes(len)?;
+                entries.push(Entry {
+                    key,
+                    version,
+                    ttl_ms,
+                    tombstone: flags & FLAG_TOMBSTONE != 0,
+                    compressed: flags & FLAG_COMPRESSED != 0,
+                    raw_len,
+                    data,
+                });
+            }
+            Response::Chunk(entries)
+        }
+        status::END if request == RequestKind::Refill => Response::End { entries: r.u64()? },
+        _ => return Err(LinkError::Malformed("unknown status")),
+    };
+    r.end()?;
+    Ok(response)
+}
+
+/// What a response answers, so its body can be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Get,
+    Set,
+    Del,
+    Ping,
+    Status,
+    Refill,
+}
+
+impl Request {
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Get { .. } => RequestKind::Get,
+            Request::Set { .. } => RequestKind::Set,
+            Request::Del { .. } => RequestKind::Del,
+            Request::Ping => RequestKind::Ping,
+            Request::Status => RequestKind::Status,
+            Request::Refill => RequestKind::Refill,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_key_bytes: 64,
+            max_value_bytes: 1024,
+        }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let requests = [
+            Request::Get { key: b("k") },
+            Request::Set {
+                version: 7,
+                ttl_ms: 1500,
+                key: b("k"),
+                value: b("v\r\n\0"),
+            },
+            Request::Set {
+                version: 8,
+                ttl_ms: 0,
+                key: b("k"),
+                value: Bytes::new(),
+            },
+            Request::Del {
+                version: u64::MAX,
+                key: b("k"),
+            },
+            Request::Ping,
+            Request::Status,
+            Request::Refill,
+        ];
+        let mut buf = BytesMut::new();
+        for r in &requests {
+            encode_request(r, &mut buf);
+        }
+        for r in &requests {
+            let frame = read_frame(&mut buf, 4096)
+                .expect("valid")
+                .expect("complete");
+            assert_eq!(&decode_request(frame, &limits()).expect("decodes"), r);
+        }
+        assert_eq!(read_frame(&mut buf, 4096), Ok(None));
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let entry = Entry {
+            key: b("k"),
+            version: 3,
+            ttl_ms: 0,
+            tombstone: false,
+            compressed: true,
+            raw_len: 300,
+            data: b("xyz"),
+        };
+        let cases = [
+            (
+                Response::Value {
+                    version: 1,
+                    ttl_ms: 2,
+                    value: b("v"),
+                },
+                RequestKind::Get,
+            ),
+            (Response::Set { applied: true }, RequestKind::Set),
+            (Response::Del { existed: false }, RequestKind::Del),
+            (Response::Pong, RequestKind::Ping),
+            (
+                Response::Status {
+                    state: WorkerState::Refilling,
+                    entries: 9,
+                },
+                RequestKind::Status,
+            ),
+            (Response::NotFound, RequestKind::Get),
+            (
+                Response::Error(ErrorReply::new(ErrorCode::Loading, "refilling")),
+                RequestKind::Get,
+            ),
+            (
+                Response::Chunk(vec![
+                    entry.clone(),
+                    Entry {
+                        tombstone: true,
+                        ..entry
+                    },
+                ]),
+                RequestKind::Refill,
+            ),
+            (Response::End { entries: 2 }, RequestKind::Refill),
+        ];
+        let mut buf = BytesMut::new();
+        for (r, _) in &cases {
+            encode_response(r, &mut buf);
+        }
+        for (r, kind) in &cases {
+            let frame = read_frame(&mut buf, 4096)
+                .expect("valid")
+                .expect("complete");
+            assert_eq!(
+                &decode_response(frame, *kind, &limits()).expect("decodes"),
+                r
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_and_truncated_frames_are_errors() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            read_frame(&mut buf, 4096),
+            Err(LinkError::FrameTooLarge { .. })
+        ));
+        let mut buf = BytesMut::from(&[0, 0, 0, 5, 1][..]);
+        assert_eq!(read_frame(&mut buf, 4096), Ok(None));
+        for frame in [
+            &b""[..],
+            b"\x01",
+            b"\x01\x00",
+            b"\x01\x00\x05ab",
+            b"\x02\x00",
+            b"\x09",
+            b"\x04x",
+        ] {
+            assert!(
+                decode_request(Bytes::copy_from_slice(frame), &limits()).is_err(),
+                "{frame:?}"
+            );
+        }
+        // A chunk claiming a million entries in a few bytes is refused before allocating.
+        let frame = Bytes::from_static(b"\x0a\x00\x0f\x42\x40abc");
+        assert!(decode_response(frame, RequestKind::Refill, &limits()).is_err());
+    }
+
+    #[test]
+    fn random_frames_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let kinds = [
+            RequestKind::Get,
+            RequestKind::Set,
+            RequestKind::Del,
+            RequestKind::Ping,
+            RequestKind::Status,
+            RequestKind::Refill,
+        ];
+        for _ in 0..50_000 {
+            let len = (next() % 48) as usize;
+            let mut frame: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(first) = frame.first_mut() {
+                *first %= 12;
+            }
+            let frame = Bytes::from(frame);
+            let _ = decode_request(frame.clone(), &limits());
+            let _ = decode_response(frame, kinds[(next() % 6) as usize], &limits());
+        }
+    }
+}

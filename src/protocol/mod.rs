@@ -1,0 +1,145 @@
+//! Wire formats: bytes <-> typed requests and replies, no I/O.
+//!
+//! Every client-facing protocol decodes into the same [`Command`] and encodes
+//! the same [`Reply`], so the code that executes commands (the worker's store,
+//! the orchestrator's router) never knows which protocol a client spoke.
+//! `text` is the line protocol of the SPEC; `link` is the binary, versioned,
+//! pipelined framing between the orchestrator and the workers and between
+//! partners. Decoders are pure functions over buffers: "need more bytes" is
+//! `Ok(None)`, never an error, and no input makes them panic.
+
+pub mod link;
+pub mod text;
+
+use bytes::Bytes;
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// A request, whatever protocol carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Get {
+        key: Bytes,
+    },
+    Set {
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+    },
+    Del {
+        key: Bytes,
+    },
+    Ping,
+    Auth {
+        token: Bytes,
+    },
+    /// The client asks the server to close the connection.
+    Exit,
+}
+
+/// The outcome of a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Value(Bytes),
+    /// `set`, `setex`, `del` of a present key, `auth`: success without a result.
+    Done,
+    Pong,
+    Error(ErrorReply),
+}
+
+/// Stable error codes of the text protocol (SPEC: 1–3 fixed, the rest ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// Missing field, empty key, too long, bad number.
+    Parse = 1,
+    /// The key does not exist (or expired, or was deleted).
+    NotFound = 2,
+    /// Unknown command.
+    InvalidCommand = 3,
+    /// The value holds `\n` or `\r` and cannot travel in the text protocol.
+    NotText = 4,
+    /// The entry can never fit in the worker's `max_memory`.
+    OutOfMemory = 5,
+    /// No worker of the key's pair answered: for a write, its outcome is unknown.
+    Unavailable = 6,
+    /// The worker is refilling from its partner and serves no reads yet.
+    Loading = 7,
+    /// The server is at `max_connections`; the connection is closed.
+    TooManyConnections = 8,
+    /// Authentication failed or is required.
+    Auth = 9,
+}
+
+impl ErrorCode {
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_u8(code: u8) -> Option<ErrorCode> {
+        Some(match code {
+            1 => ErrorCode::Parse,
+            2 => ErrorCode::NotFound,
+            3 => ErrorCode::InvalidCommand,
+            4 => ErrorCode::NotText,
+            5 => ErrorCode::OutOfMemory,
+            6 => ErrorCode::Unavailable,
+            7 => ErrorCode::Loading,
+            8 => ErrorCode::TooManyConnections,
+            9 => ErrorCode::Auth,
+            _ => return None,
+        })
+    }
+}
+
+/// An error as the client sees it: a stable code and a short message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> ErrorReply {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found() -> ErrorReply {
+        ErrorReply::new(ErrorCode::NotFound, "key not found")
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error {}: {}", self.code.as_u8(), self.message)
+    }
+}
+
+impl Reply {
+    pub fn error(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Reply {
+        Reply::Error(ErrorReply::new(code, message))
+    }
+
+    pub fn not_found() -> Reply {
+        Reply::Error(ErrorReply::not_found())
+    }
+}
+
+/// Size limits every decoder enforces while reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 8 << 20,
+        }
+    }
+}
