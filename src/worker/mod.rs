@@ -1,1 +1,333 @@
+//! The worker daemon: serves its [`store::Store`] over the text protocol
+//! (direct use) and the link protocol (the orchestrator, its partner), and
+//! refills itself from its partner when it starts.
+//!
+//! Start-up: [`bind`] opens the listener; [`Bound::run`] serves at once
+//! (`ping` works while refilling), refills from the partner if the partner is
+//! ready, then reports ready. Reads are refused with error 7 (loading) until
+//! then; writes are applied all along, and versions settle which of a live
+//! write and a refilled entry wins.
+
+pub mod refill;
 pub mod store;
+
+use crate::net::{self, Closed, Conn, Handler, ServerConfig, Service, Shutdown};
+use crate::protocol::link::{
+    decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, WorkerState,
+    HELLO, HELLO_FIRST_BYTE, REFILL_CHUNK_BYTES,
+};
+use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
+use crate::version::Clock;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use store::{Applied, Store, StoreConfig, StoreError};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// How often the active expiry runs, and how many slots of each shard it
+/// looks at per run.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
+pub const EXPIRY_SLOTS_PER_SHARD: usize = 256;
+
+/// A worker's own section of the configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub listen: String,
+    pub partner: Option<String>,
+    pub metrics_listen: String,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+}
+
+/// The state shared by every connection of a worker.
+pub struct Worker {
+    pub store: Store,
+    state: AtomicU8,
+    clock: Clock,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    pub fn new(config: WorkerConfig) -> Worker {
+        Worker {
+            store: Store::new(config.store.clone()),
+            state: AtomicU8::new(WorkerState::Starting as u8),
+            clock: Clock::with_random_node(),
+            config,
+        }
+    }
+
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(WorkerState::Starting)
+    }
+
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    fn loading() -> ErrorReply {
+        ErrorReply::new(ErrorCode::Loading, "loading: refilling from the partner")
+    }
+
+    fn store_error(e: StoreError) -> ErrorReply {
+        ErrorReply::new(ErrorCode::OutOfMemory, e.to_string())
+    }
+
+    /// Executes one link request (not `Refill`, which streams).
+    fn execute(&self, request: Request) -> Response {
+        match request {
+            Request::Get { key } => {
+                if self.state() != WorkerState::Ready {
+                    return Response::Error(Worker::loading());
+                }
+                match self.store.get(&key) {
+                    Some(found) => Response::Value {
+                        version: found.version,
+                        ttl_ms: found.ttl_ms,
+                        value: found.value,
+                    },
+                    None => Response::NotFound,
+                }
+            }
+            Request::Set {
+                version,
+                ttl_ms,
+                key,
+                value,
+            } => {
+                self.clock.observe(version);
+                let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
+                match self.store.set(&key, &value, ttl, version) {
+                    Ok(applied) => Response::Set {
+                        applied: applied == Applied::Yes,
+                    },
+                    Err(e) => Response::Error(Worker::store_error(e)),
+                }
+            }
+            Request::Del { version, key } => {
+                self.clock.observe(version);
+                match self.store.delete(&key, version) {
+                    Ok(existed) => Response::Del { existed },
+                    Err(e) => Response::Error(Worker::store_error(e)),
+                }
+            }
+            Request::Ping => Response::Pong,
+            Request::Status => Response::Status {
+                state: self.state(),
+                entries: self.store.len(),
+            },
+            Request::Refill => Response::Error(ErrorReply::new(
+                ErrorCode::InvalidCommand,
+                "refill is a stream",
+            )),
+        }
+    }
+}
+
+/// Direct clients: the text protocol against the store, stamped with the
+/// worker's own clock.
+impl Service for Worker {
+    async fn call(&self, command: Command) -> Reply {
+        match command {
+            Command::Get { key } => {
+                if self.state() != WorkerState::Ready {
+                    return Reply::Error(Worker::loading());
+                }
+                match self.store.get(&key) {
+                    Some(found) => Reply::Value(found.value),
+                    None => Reply::not_found(),
+                }
+            }
+            Command::Set { key, value, ttl } => {
+                match self.store.set(&key, &value, ttl, self.clock.next()) {
+                    Ok(_) => Reply::Done,
+                    Err(e) => Reply::Error(Worker::store_error(e)),
+                }
+            }
+            Command::Del { key } => match self.store.delete(&key, self.clock.next()) {
+                Ok(true) => Reply::Done,
+                Ok(false) => Reply::not_found(),
+                Err(e) => Reply::Error(Worker::store_error(e)),
+            },
+            Command::Ping => Reply::Pong,
+            Command::Auth { .. } => Reply::Done,
+            Command::Exit => Reply::Done,
+        }
+    }
+}
+
+struct WorkerHandler {
+    worker: Arc<Worker>,
+}
+
+impl Handler for WorkerHandler {
+    async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) {
+        let config = &self.worker.config.server;
+        let mut conn = Conn::new(stream);
+        // The first byte tells the protocol: a link hello, or a text request.
+        if conn
+            .fill(Instant::now() + config.idle_timeout, &mut shutdown)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let closed = if conn.rbuf.first() == Some(&HELLO_FIRST_BYTE) {
+            serve_link(&mut conn, &self.worker, config, &mut shutdown).await
+        } else {
+            net::serve_text(&mut conn, &*self.worker, config, &mut shutdown).await
+        };
+        if let Closed::Io(e) = closed {
+            tracing::debug!(error = %e, "connection ended");
+        }
+    }
+}
+
+/// Serves the link protocol: pipelined requests, answered in order, and
+/// refill streams.
+async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    worker: &Worker,
+    config: &ServerConfig,
+    shutdown: &mut Shutdown,
+) -> Closed {
+    let mut deadline = Instant::now() + config.idle_timeout;
+    while conn.rbuf.len() < HELLO.len() {
+        if let Err(c) = conn.fill(deadline, shutdown).await {
+            return c;
+        }
+    }
+    if conn.rbuf[..HELLO.len()] != HELLO[..] {
+        // Another protocol version or garbage: framing cannot be trusted.
+        tracing::info!("closing a link with an unknown hello");
+        return Closed::Eof;
+    }
+    let _ = conn.rbuf.split_to(HELLO.len());
+    conn.wbuf.extend_from_slice(HELLO);
+    let max = max_frame_bytes(&config.limits);
+    loop {
+        loop {
+            let frame = match read_frame(&mut conn.rbuf, max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "closing a link that sent a bad frame");
+                    return Closed::Eof;
+                }
+            };
+            deadline = Instant::now() + config.idle_timeout;
+            match decode_request(frame, &config.limits) {
+                Ok(Request::Refill) => {
+                    if let Err(c) = stream_refill(conn, worker, config).await {
+                        return c;
+                    }
+                }
+                Ok(request) => encode_response(&worker.execute(request), &mut conn.wbuf),
+                Err(e) => {
+                    let error = ErrorReply::new(ErrorCode::Parse, e.to_string());
+                    encode_response(&Response::Error(error), &mut conn.wbuf);
+                }
+            }
+        }
+        if let Err(c) = conn.flush(config.idle_timeout).await {
+            return c;
+        }
+        if let Err(c) = conn.fill(deadline, shutdown).await {
+            return c;
+        }
+    }
+}
+
+/// Streams every entry to a partner that is refilling, a bounded chunk at a
+/// time; the socket's backpressure paces the scan, so memory stays bounded
+/// on both sides and the shard locks are held only while copying a chunk.
+async fn stream_refill<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    worker: &Worker,
+    config: &ServerConfig,
+) -> Result<(), Closed> {
+    if worker.state() != WorkerState::Ready {
+        encode_response(&Response::Error(Worker::loading()), &mut conn.wbuf);
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut chunk = Vec::new();
+    for shard in 0..worker.store.shard_count() {
+        let mut cursor = Some(0);
+        while let Some(c) = cursor {
+            chunk.clear();
+            cursor = worker.store.scan(shard, c, REFILL_CHUNK_BYTES, &mut chunk);
+            if chunk.is_empty() {
+                continue;
+            }
+            sent += chunk.len() as u64;
+            encode_response(&Response::Chunk(std::mem::take(&mut chunk)), &mut conn.wbuf);
+            conn.flush(config.idle_timeout).await?;
+        }
+    }
+    encode_response(&Response::End { entries: sent }, &mut conn.wbuf);
+    tracing::info!(entries = sent, elapsed = ?started.elapsed(), "served a refill to the partner");
+    Ok(())
+}
+
+/// A worker whose listener is bound.
+pub struct Bound {
+    listener: TcpListener,
+    pub local_addr: SocketAddr,
+    pub worker: Arc<Worker>,
+}
+
+/// Opens the worker's listener (port 0 picks a free port: see `local_addr`).
+pub async fn bind(config: WorkerConfig) -> std::io::Result<Bound> {
+    let listener = net::bind(&config.listen).await?;
+    let local_addr = listener.local_addr()?;
+    Ok(Bound {
+        listener,
+        local_addr,
+        worker: Arc::new(Worker::new(config)),
+    })
+}
+
+impl Bound {
+    /// Serves until shutdown. `on_ready` runs once the refill is over and
+    /// reads are served.
+    pub async fn run(self, shutdown: Shutdown, on_ready: impl FnOnce(&Worker)) {
+        let worker = self.worker;
+        let server = tokio::spawn(net::serve(
+            self.listener,
+            Arc::new(WorkerHandler {
+                worker: worker.clone(),
+            }),
+            worker.config.server.max_connections,
+            shutdown.clone(),
+        ));
+        let expiry = tokio::spawn(run_expiry(worker.clone(), shutdown.clone()));
+        let mut stop = shutdown.clone();
+        let refilled = tokio::select! {
+            _ = stop.wait() => false,
+            _ = refill::refill_from_partner(&worker) => true,
+        };
+        worker.set_state(WorkerState::Ready);
+        if refilled {
+            on_ready(&worker);
+        }
+        let _ = server.await;
+        expiry.abort();
+    }
+}
+
+async fn run_expiry(worker: Arc<Worker>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        worker.store.expire_step(EXPIRY_SLOTS_PER_SHARD);
+    }
+}

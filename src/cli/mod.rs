@@ -1,0 +1,1 @@
+//! The `rcache` command.

@@ -1,0 +1,160 @@
+//! One link to a worker: connect, exchange hellos, then framed requests and
+//! responses. [`LinkConn::split`] gives independent halves so a writer can
+//! pipeline requests while a reader matches responses in order.
+
+use super::text::closed;
+use super::{connect_tcp, ClientError};
+use crate::net::Conn;
+use crate::protocol::link::{
+    decode_response, encode_request, max_frame_bytes, read_frame, Request, RequestKind, Response,
+    HELLO,
+};
+use crate::protocol::Limits;
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub struct LinkConn {
+    conn: Conn<TcpStream>,
+    limits: Limits,
+}
+
+impl LinkConn {
+    /// Connects and exchanges hellos, all within `timeout`.
+    pub async fn connect(
+        addr: &str,
+        limits: Limits,
+        timeout: Duration,
+    ) -> Result<LinkConn, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let stream = connect_tcp(addr, timeout).await?;
+        let mut conn = Conn::new(stream);
+        conn.wbuf.extend_from_slice(HELLO);
+        conn.flush(timeout).await.map_err(|c| closed(c, timeout))?;
+        while conn.rbuf.len() < HELLO.len() {
+            conn.fill_until(deadline)
+                .await
+                .map_err(|c| closed(c, timeout))?;
+        }
+        if conn.rbuf[..HELLO.len()] != HELLO[..] {
+            return Err(ClientError::Protocol(format!(
+                "{addr} does not speak the rcache link protocol (version {})",
+                HELLO[4]
+            )));
+        }
+        let _ = conn.rbuf.split_to(HELLO.len());
+        Ok(LinkConn { conn, limits })
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn call(
+        &mut self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        encode_request(request, &mut self.conn.wbuf);
+        self.conn
+            .flush(timeout)
+            .await
+            .map_err(|c| closed(c, timeout))?;
+        self.recv(request.kind(), timeout).await
+    }
+
+    /// Sends a request without waiting (a refill then reads the stream).
+    pub async fn send(&mut self, request: &Request, timeout: Duration) -> Result<(), ClientError> {
+        encode_request(request, &mut self.conn.wbuf);
+        self.conn
+            .flush(timeout)
+            .await
+            .map_err(|c| closed(c, timeout))
+    }
+
+    /// Reads the next response, answering a request of `kind`.
+    pub async fn recv(
+        &mut self,
+        kind: RequestKind,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let max = max_frame_bytes(&self.limits);
+        loop {
+            if let Some(frame) = read_frame(&mut self.conn.rbuf, max)? {
+                return Ok(decode_response(frame, kind, &self.limits)?);
+            }
+            self.conn
+                .fill_until(deadline)
+                .await
+                .map_err(|c| closed(c, timeout))?;
+        }
+    }
+
+    pub fn split(self) -> (LinkReader, LinkWriter) {
+        let (r, w) = tokio::io::split(self.conn.io);
+        (
+            LinkReader {
+                io: r,
+                rbuf: self.conn.rbuf,
+                limits: self.limits,
+            },
+            LinkWriter {
+                io: w,
+                wbuf: BytesMut::with_capacity(16 * 1024),
+            },
+        )
+    }
+}
+
+pub struct LinkReader {
+    io: ReadHalf<TcpStream>,
+    rbuf: BytesMut,
+    limits: Limits,
+}
+
+impl LinkReader {
+    /// Reads the next response; waits as long as it takes (the caller
+    /// times out each request on its own).
+    pub async fn recv(&mut self, kind: RequestKind) -> Result<Response, ClientError> {
+        let max = max_frame_bytes(&self.limits);
+        loop {
+            if let Some(frame) = read_frame(&mut self.rbuf, max)? {
+                return Ok(decode_response(frame, kind, &self.limits)?);
+            }
+            self.rbuf.reserve(16 * 1024);
+            if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+}
+
+pub struct LinkWriter {
+    io: WriteHalf<TcpStream>,
+    wbuf: BytesMut,
+}
+
+impl LinkWriter {
+    /// Buffers a request; [`LinkWriter::flush`] sends everything buffered.
+    pub fn queue(&mut self, request: &Request) {
+        encode_request(request, &mut self.wbuf);
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    pub async fn flush(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(timeout, self.io.write_all(&self.wbuf)).await {
+            Err(_) => Err(ClientError::Timeout(timeout)),
+            Ok(Err(e)) => Err(ClientError::Io(e)),
+            Ok(Ok(())) => {
+                self.wbuf.clear();
+                Ok(())
+            }
+        }
+    }
+}

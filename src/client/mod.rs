@@ -1,0 +1,71 @@
+//! Clients of rcache's protocols: [`text::TextClient`] (the CLI, tests) and
+//! [`link::LinkConn`] (the orchestrator's pooled links to workers and a
+//! worker's refill from its partner).
+//!
+//! Errors say whether the request may have reached the server, so callers
+//! can decide between retrying, failing over, and reporting an unknown
+//! outcome.
+
+pub mod link;
+pub mod text;
+
+use crate::protocol::link::LinkError;
+use std::io;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("too many requests queued for {0}")]
+    Overloaded(String),
+    #[error("{0} was recently unreachable; retrying after a backoff")]
+    Backoff(String),
+}
+
+impl ClientError {
+    /// The request certainly never reached the server.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::ConnectTimeout { .. }
+                | ClientError::Overloaded(_)
+                | ClientError::Backoff(_)
+        )
+    }
+}
+
+/// Opens a TCP connection within `timeout`, naming the address on failure.
+pub async fn connect_tcp(
+    addr: &str,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, ClientError> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Err(_) => Err(ClientError::ConnectTimeout {
+            addr: addr.to_string(),
+            timeout,
+        }),
+        Ok(Err(source)) => Err(ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        }),
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}

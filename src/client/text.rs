@@ -1,0 +1,69 @@
+//! A client of the text protocol: one connection, one request at a time.
+
+use super::{connect_tcp, ClientError};
+use crate::net::{Closed, Conn};
+use crate::protocol::text::{encode_command, parse_reply};
+use crate::protocol::{Command, Reply};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub struct TextClient {
+    conn: Conn<TcpStream>,
+    timeout: Duration,
+}
+
+impl TextClient {
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<TextClient, ClientError> {
+        let stream = connect_tcp(addr, timeout).await?;
+        Ok(TextClient {
+            conn: Conn::new(stream),
+            timeout,
+        })
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn request(&mut self, command: &Command) -> Result<Reply, ClientError> {
+        encode_command(command, &mut self.conn.wbuf)
+            .map_err(|e| ClientError::Protocol(e.message.into_owned()))?;
+        self.conn
+            .flush(self.timeout)
+            .await
+            .map_err(|c| closed(c, self.timeout))?;
+        self.read_reply().await
+    }
+
+    /// Sends a raw line (a `\n` is added) and reads the reply.
+    pub async fn request_line(&mut self, line: &[u8]) -> Result<Reply, ClientError> {
+        self.conn.wbuf.extend_from_slice(line);
+        self.conn.wbuf.extend_from_slice(b"\n");
+        self.conn
+            .flush(self.timeout)
+            .await
+            .map_err(|c| closed(c, self.timeout))?;
+        self.read_reply().await
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(i) = self.conn.rbuf.iter().position(|&b| b == b'\n') {
+                let line = self.conn.rbuf.split_to(i + 1);
+                return parse_reply(&line[..i]).map_err(ClientError::Protocol);
+            }
+            self.conn
+                .fill_until(deadline)
+                .await
+                .map_err(|c| closed(c, self.timeout))?;
+        }
+    }
+}
+
+/// Maps why a connection stopped to the client's error.
+pub(crate) fn closed(c: Closed, timeout: Duration) -> ClientError {
+    match c {
+        Closed::Io(e) => ClientError::Io(e),
+        Closed::Idle => ClientError::Timeout(timeout),
+        Closed::Eof | Closed::Shutdown => ClientError::Closed,
+    }
+}

@@ -1,0 +1,641 @@
+//! Configuration: built-in defaults < TOML file (`--config`) < `RCACHE_*`
+//! environment < command-line flags, merged by figment into a raw struct that
+//! refuses unknown keys, then validated into each component's typed config.
+//! Validation reports every problem at once, each with its key, its value and
+//! the reason; binaries exit with status 2 on any of them.
+
+pub mod units;
+
+use crate::net::ServerConfig;
+use crate::orchestrator::OrchestratorConfig;
+use crate::protocol::Limits;
+use crate::worker::store::StoreConfig;
+use crate::worker::WorkerConfig;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use units::{check_address, parse_duration, parse_size, Scalar};
+
+pub const ENV_PREFIX: &str = "RCACHE_";
+
+/// Largest `max_key_bytes`: keys travel with a 16-bit length on links.
+pub const MAX_KEY_BYTES_LIMIT: u64 = 65_535;
+/// Largest `max_value_bytes`: a value must fit a link frame.
+pub const MAX_VALUE_BYTES_LIMIT: u64 = 512 << 20;
+
+/// Everything wrong with a configuration, one line each.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> ConfigError {
+        ConfigError {
+            problems: error.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+}
+
+/// Keys both daemons take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorker {
+    pub listen: String,
+    pub metrics_listen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner: Option<String>,
+    pub idle_timeout: Scalar,
+    pub max_connections: u64,
+    pub max_key_bytes: Scalar,
+    pub max_value_bytes: Scalar,
+    pub tombstone_ttl: Scalar,
+    pub max_memory: Scalar,
+    pub compression: String,
+    pub compress_min_bytes: Scalar,
+    pub log_level: String,
+}
+
+impl Default for RawWorker {
+    fn default() -> RawWorker {
+        RawWorker {
+            listen: "127.0.0.1:7001".into(),
+            metrics_listen: "127.0.0.1:7101".into(),
+            partner: None,
+            idle_timeout: "300s".into(),
+            max_connections: 10_000,
+            max_key_bytes: Scalar::Int(1024),
+            max_value_bytes: "8MiB".into(),
+            tombstone_ttl: "1h".into(),
+            max_memory: "1GiB".into(),
+            compression: "lz4".into(),
+            compress_min_bytes: Scalar::Int(128),
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrchestrator {
+    pub listen: String,
+    pub metrics_listen: String,
+    pub idle_timeout: Scalar,
+    pub max_connections: u64,
+    pub max_key_bytes: Scalar,
+    pub max_value_bytes: Scalar,
+    pub worker_timeout: Scalar,
+    pub health_interval: Scalar,
+    pub workers: Vec<Vec<String>>,
+    pub log_level: String,
+}
+
+impl Default for RawOrchestrator {
+    fn default() -> RawOrchestrator {
+        RawOrchestrator {
+            listen: "127.0.0.1:7000".into(),
+            metrics_listen: "127.0.0.1:7100".into(),
+            idle_timeout: "300s".into(),
+            max_connections: 10_000,
+            max_key_bytes: Scalar::Int(1024),
+            max_value_bytes: "8MiB".into(),
+            worker_timeout: "1s".into(),
+            health_interval: "500ms".into(),
+            workers: Vec::new(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A raw config figment can merge: its keys, for filtering the environment.
+pub trait RawConfig: Default + Serialize + DeserializeOwned {
+    const KEYS: &'static [&'static str];
+}
+
+impl RawConfig for RawWorker {
+    const KEYS: &'static [&'static str] = &[
+        "listen",
+        "metrics_listen",
+        "partner",
+        "idle_timeout",
+        "max_connections",
+        "max_key_bytes",
+        "max_value_bytes",
+        "tombstone_ttl",
+        "max_memory",
+        "compression",
+        "compress_min_bytes",
+        "log_level",
+    ];
+}
+
+impl RawConfig for RawOrchestrator {
+    const KEYS: &'static [&'static str] = &[
+        "listen",
+        "metrics_listen",
+        "idle_timeout",
+        "max_connections",
+        "max_key_bytes",
+        "max_value_bytes",
+        "worker_timeout",
+        "health_interval",
+        "workers",
+        "log_level",
+    ];
+}
+
+/// Merges defaults, the file, the environment and `flags` (only the flags
+/// that were given: `None` fields must be skipped when serialized).
+/// Environment variables that name no key of `R` are left alone: the
+/// environment is shared with other programs.
+pub fn load<R: RawConfig>(file: Option<&Path>, flags: &impl Serialize) -> Result<R, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(R::default()));
+    if let Some(path) = file {
+        // figment reads a missing file as an empty config: refuse it here.
+        if !path.is_file() {
+            return Err(ConfigError {
+                problems: vec![format!(
+                    "config file {} does not exist or is not a file",
+                    path.display()
+                )],
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let env = Env::prefixed(ENV_PREFIX)
+        .filter(move |key| {
+            let top = key.as_str().split("__").next().unwrap_or("");
+            R::KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+        })
+        .split("__");
+    figment = figment.merge(env).merge(Serialized::defaults(flags));
+    Ok(figment.extract()?)
+}
+
+/// Collects validation problems, naming the key and its value.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, key: &str, value: impl std::fmt::Display, reason: impl std::fmt::Display) {
+        self.0.push(format!("{key} = {value}: {reason}"));
+    }
+
+    fn duration(&mut self, key: &str, value: &Scalar, min: Duration) -> Duration {
+        match parse_duration(value) {
+            Ok(d) if d < min => {
+                self.push(key, value, format!("must be at least {min:?}"));
+                min
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.push(key, value, e);
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, value: &Scalar, min: u64, max: u64) -> u64 {
+        match parse_size(value) {
+            Ok(n) if n < min || n > max => {
+                self.push(key, value, format!("must be between {min} and {max} bytes"));
+                n.clamp(min, max)
+            }
+            Ok(n) => n,
+            Err(e) => {
+                self.push(key, value, e);
+                min
+            }
+        }
+    }
+
+    fn address(&mut self, key: &str, value: &str) {
+        if let Err(e) = check_address(value) {
+            self.push(key, format!("{value:?}"), e);
+        }
+    }
+
+    fn log_level(&mut self, value: &str) -> tracing::Level {
+        match value.parse() {
+            Ok(level) => level,
+            Err(_) => {
+                self.push(
+                    "log_level",
+                    format!("{value:?}"),
+                    "use error, warn, info, debug or trace",
+                );
+                tracing::Level::INFO
+            }
+        }
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+}
+
+fn server(
+    p: &mut Problems,
+    idle_timeout: &Scalar,
+    max_connections: u64,
+    max_key_bytes: &Scalar,
+    max_value_bytes: &Scalar,
+) -> ServerConfig {
+    if max_connections == 0 {
+        p.push("max_connections", 0, "must be at least 1");
+    }
+    ServerConfig {
+        idle_timeout: p.duration("idle_timeout", idle_timeout, Duration::from_millis(10)),
+        max_connections: max_connections.max(1) as usize,
+        limits: Limits {
+            max_key_bytes: p.size("max_key_bytes", max_key_bytes, 1, MAX_KEY_BYTES_LIMIT) as usize,
+            max_value_bytes: p.size("max_value_bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)
+                as usize,
+        },
+    }
+}
+
+impl RawWorker {
+    pub fn validate(&self) -> Result<(WorkerConfig, tracing::Level), ConfigError> {
+        let mut p = Problems::default();
+        p.address("listen", &self.listen);
+        p.address("metrics_listen", &self.metrics_listen);
+        if let Some(partner) = &self.partner {
+            p.address("partner", partner);
+            if partner == &self.listen {
+                p.push(
+                    "partner",
+                    format!("{partner:?}"),
+                    "a worker cannot be its own partner",
+                );
+            }
+        }
+        let server = server(
+            &mut p,
+            &self.idle_timeout,
+            self.max_connections,
+            &self.max_key_bytes,
+            &self.max_value_bytes,
+        );
+        let compression = match self.compression.as_str() {
+            "lz4" => true,
+            "none" => false,
+            other => {
+                p.push(
+                    "compression",
+                    format!("{other:?}"),
+                    "use \"lz4\" or \"none\"",
+                );
+                false
+            }
+        };
+        let max_memory = p.size("max_memory", &self.max_memory, 1 << 20, u64::MAX);
+        let store = StoreConfig {
+            max_memory_bytes: usize::try_from(max_memory).unwrap_or(usize::MAX),
+            compression,
+            compress_min_bytes: p.size("compress_min_bytes", &self.compress_min_bytes, 0, u64::MAX)
+                as usize,
+            tombstone_ttl: p.duration("tombstone_ttl", &self.tombstone_ttl, Duration::from_secs(1)),
+        };
+        let level = p.log_level(&self.log_level);
+        p.finish((
+            WorkerConfig {
+                listen: self.listen.clone(),
+                partner: self.partner.clone(),
+                metrics_listen: self.metrics_listen.clone(),
+                server,
+                store,
+            },
+            level,
+        ))
+    }
+}
+
+impl RawOrchestrator {
+    pub fn validate(&self) -> Result<(OrchestratorConfig, tracing::Level), ConfigError> {
+        let mut p = Problems::default();
+        p.address("listen", &self.listen);
+        p.address("metrics_listen", &self.metrics_listen);
+        let server = server(
+            &mut p,
+            &self.idle_timeout,
+            self.max_connections,
+            &self.max_key_bytes,
+            &self.max_value_bytes,
+        );
+        let worker_timeout = p.duration(
+            "worker_timeout",
+            &self.worker_timeout,
+            Duration::from_millis(1),
+        );
+        let health_interval = p.duration(
+            "health_interval",
+            &self.health_interval,
+            Duration::from_millis(10),
+        );
+        let mut pairs = Vec::new();
+        if self.workers.is_empty() {
+            p.0.push(
+                "workers: no workers configured: give pairs in the config \
+                 (workers = [[\"127.0.0.1:7001\", \"127.0.0.1:7002\"]]) or as arguments \
+                 <ip 1> <port 1> <ip 2> <port 2> ..."
+                    .into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, pair) in self.workers.iter().enumerate() {
+            let key = format!("workers[{i}]");
+            match pair.as_slice() {
+                [a, b] => {
+                    p.address(&key, a);
+                    p.address(&key, b);
+                    for addr in [a, b] {
+                        if !seen.insert(addr.clone()) {
+                            p.push(&key, format!("{addr:?}"), "a worker may appear only once");
+                        }
+                    }
+                    pairs.push([a.clone(), b.clone()]);
+                }
+                other => p.push(
+                    &key,
+                    format!("{other:?}"),
+                    "a pair has exactly two workers (partners)",
+                ),
+            }
+        }
+        let level = p.log_level(&self.log_level);
+        p.finish((
+            OrchestratorConfig {
+                listen: self.listen.clone(),
+                metrics_listen: self.metrics_listen.clone(),
+                server,
+                worker_timeout,
+                health_interval,
+                pairs,
+            },
+            level,
+        ))
+    }
+}
+
+/// Turns the seed-style positional arguments `<ip 1> <port 1> ... <ip n>
+/// <port n>` into pairs of worker addresses (workers 1 and 2 are partners,
+/// then 3 and 4, ...).
+pub fn pairs_from_args(args: &[String]) -> Result<Vec<Vec<String>>, ConfigError> {
+    let fail = |m: String| Err(ConfigError { problems: vec![m] });
+    if args.len() % 2 != 0 {
+        return fail(format!(
+            "worker arguments come as <ip> <port> pairs; got {} arguments",
+            args.len()
+        ));
+    }
+    let workers: Vec<String> = args
+        .chunks(2)
+        .map(|c| {
+            if c[0].contains(':') && !c[0].starts_with('[') {
+                format!("[{}]:{}", c[0], c[1])
+            } else {
+                format!("{}:{}", c[0], c[1])
+            }
+        })
+        .collect();
+    if workers.len() % 2 != 0 {
+        return fail(format!(
+            "workers form partner pairs (1,2), (3,4), ...: got an odd count of {} workers",
+            workers.len()
+        ));
+    }
+    Ok(workers.chunks(2).map(|c| c.to_vec()).collect())
+}
+
+/// Flags every daemon takes besides its keys.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonFlags {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print nothing, exit 0 (or 2 with the problems).
+    #[arg(long)]
+    pub check_config: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+macro_rules! flag_struct {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, clap::Args, Serialize)]
+        pub struct $name {
+            $(
+                $(#[$fmeta])*
+                #[arg(long)]
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
+    };
+}
+
+flag_struct!(
+    /// One flag per worker config key.
+    WorkerFlags {
+        /// Text/RESP protocol address [default: 127.0.0.1:7001]
+        listen: String,
+        /// Metrics and health HTTP address [default: 127.0.0.1:7101]
+        metrics_listen: String,
+        /// Address of the partner worker
+        partner: String,
+        /// Close connections idle this long [default: 300s]
+        idle_timeout: String,
+        /// Refuse connections beyond this many [default: 10000]
+        max_connections: u64,
+        /// Longest key [default: 1024]
+        max_key_bytes: String,
+        /// Longest value [default: 8MiB]
+        max_value_bytes: String,
+        /// How long a delete is remembered [default: 1h]
+        tombstone_ttl: String,
+        /// Memory for stored entries; beyond it entries are evicted [default: 1GiB]
+        max_memory: String,
+        /// "lz4" or "none" [default: lz4]
+        compression: String,
+        /// Values shorter than this are stored as they are [default: 128]
+        compress_min_bytes: String,
+        /// error, warn, info, debug or trace [default: info]
+        log_level: String,
+    }
+);
+
+flag_struct!(
+    /// One flag per orchestrator config key (`workers` come as arguments).
+    OrchestratorFlags {
+        /// Text/RESP protocol address [default: 127.0.0.1:7000]
+        listen: String,
+        /// Metrics and health HTTP address [default: 127.0.0.1:7100]
+        metrics_listen: String,
+        /// Close client connections idle this long [default: 300s]
+        idle_timeout: String,
+        /// Refuse connections beyond this many [default: 10000]
+        max_connections: u64,
+        /// Longest key [default: 1024]
+        max_key_bytes: String,
+        /// Longest value [default: 8MiB]
+        max_value_bytes: String,
+        /// Longest wait for one worker before its partner is asked [default: 1s]
+        worker_timeout: String,
+        /// How often workers are probed [default: 500ms]
+        health_interval: String,
+        /// error, warn, info, debug or trace [default: info]
+        log_level: String,
+    }
+);
+
+/// The orchestrator's flags plus the positional workers, as figment merges them.
+#[derive(Serialize)]
+pub struct OrchestratorOverrides<'a> {
+    #[serde(flatten)]
+    pub flags: &'a OrchestratorFlags,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Vec<Vec<String>>>,
+}
+
+/// Renders a raw config as TOML for `--print-config`.
+pub fn to_toml(raw: &impl Serialize) -> String {
+    toml::to_string_pretty(raw).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_valid() {
+        RawWorker::default().validate().expect("worker defaults");
+        let mut o = RawOrchestrator::default();
+        o.workers = vec![vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]];
+        let (config, _) = o.validate().expect("orchestrator defaults");
+        assert_eq!(config.worker_timeout, Duration::from_secs(1));
+        assert_eq!(config.health_interval, Duration::from_millis(500));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.server.limits, Limits::default());
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "w.toml",
+                "listen = \"127.0.0.1:8001\"\nidle_timeout = \"10s\"\nmax_memory = \"64MiB\"\n",
+            )?;
+            jail.set_env("RCACHE_IDLE_TIMEOUT", "20s");
+            jail.set_env("RCACHE_MAX_CONNECTIONS", "77");
+            jail.set_env("RCACHE_UNRELATED_THING", "ignored");
+            let flags = WorkerFlags {
+                max_connections: Some(99),
+                ..WorkerFlags::default()
+            };
+            let raw: RawWorker = load(Some(Path::new("w.toml")), &flags).expect("loads");
+            let (c, _) = raw.validate().expect("valid");
+            assert_eq!(c.listen, "127.0.0.1:8001");
+            assert_eq!(c.server.idle_timeout, Duration::from_secs(20));
+            assert_eq!(c.server.max_connections, 99);
+            assert_eq!(c.store.max_memory_bytes, 64 << 20);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "w.toml",
+                "listen = \"127.0.0.1:8001\"\nmax_memroy = \"1GiB\"\n",
+            )?;
+            let e = load::<RawWorker>(Some(Path::new("w.toml")), &WorkerFlags::default())
+                .expect_err("unknown key");
+            assert!(e.to_string().contains("max_memroy"), "{e}");
+            let e = load::<RawWorker>(Some(Path::new("nope.toml")), &WorkerFlags::default())
+                .expect_err("missing file");
+            assert!(e.to_string().contains("nope.toml"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let raw = RawWorker {
+            listen: "nowhere".into(),
+            idle_timeout: "5 fortnights".into(),
+            max_memory: "lots".into(),
+            compression: "zstd".into(),
+            log_level: "loud".into(),
+            max_key_bytes: Scalar::Int(100_000),
+            ..RawWorker::default()
+        };
+        let e = raw.validate().expect_err("invalid");
+        let text = e.to_string();
+        for key in [
+            "listen",
+            "idle_timeout",
+            "max_memory",
+            "compression",
+            "log_level",
+            "max_key_bytes",
+        ] {
+            assert!(
+                text.contains(&format!("{key} = ")),
+                "{key} missing in {text}"
+            );
+        }
+        assert_eq!(e.problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn orchestrator_pairs() {
+        let args: Vec<String> = ["127.0.0.1", "7001", "127.0.0.1", "7002"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            pairs_from_args(&args).expect("pairs"),
+            vec![vec![
+                "127.0.0.1:7001".to_string(),
+                "127.0.0.1:7002".to_string()
+            ]]
+        );
+        assert!(pairs_from_args(&args[..3]).is_err());
+        assert!(
+            pairs_from_args(&args[..2]).is_err(),
+            "one worker is an odd count"
+        );
+        let raw = RawOrchestrator {
+            workers: vec![
+                vec!["127.0.0.1:7001".into()],
+                vec!["a:1".into(), "a:1".into()],
+            ],
+            ..RawOrchestrator::default()
+        };
+        let e = raw.validate().expect_err("bad pairs");
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert!(RawOrchestrator::default().validate().is_err(), "no workers");
+    }
+}

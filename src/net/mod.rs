@@ -1,0 +1,294 @@
+//! Connections over any `AsyncRead + AsyncWrite` stream: the accept loop
+//! (connection limit, shutdown, drain), the buffered connection both sides
+//! use, and the text-protocol driver that both daemons run for clients.
+//!
+//! Nothing here knows what a command does: a [`Service`] executes it. The
+//! stream type is generic so TLS wraps a socket without touching the drivers.
+
+use crate::protocol::text::{encode_reply, TextDecoder};
+use crate::protocol::{Command, ErrorCode, ErrorReply, Limits, Reply};
+use bytes::BytesMut;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+/// How long in-flight connections may take to finish after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes read per read call.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Replies are written out once this many bytes are pending, even mid-batch.
+const WRITE_HIGH_WATER_BYTES: usize = 256 * 1024;
+
+/// Listener settings shared by both daemons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Fires once; every clone sees it.
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(tx), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown(self.0.subscribe())
+    }
+}
+
+impl Shutdown {
+    /// Resolves once shutdown has begun (or its trigger is gone).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|&stop| stop).await;
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// What a daemon does with each accepted connection.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        stream: TcpStream,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Executes client commands (the worker's store, the orchestrator's router).
+pub trait Service: Send + Sync + 'static {
+    fn call(&self, command: Command) -> impl Future<Output = Reply> + Send;
+}
+
+/// Binds `address` (`host:port`), naming the address when that fails.
+pub async fn bind(address: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(address).await.map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            ": the port is taken by another process"
+        } else {
+            ""
+        };
+        io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{hint}"))
+    })
+}
+
+/// Accepts connections until shutdown, then waits up to [`DRAIN_TIMEOUT`]
+/// for the open ones to finish what they are doing.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    max_connections: usize,
+    mut shutdown: Shutdown,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            handler.handle(stream, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain deadline; closing them");
+    }
+}
+
+/// Tells a connection over the limit why it is closed.
+async fn refuse(mut stream: TcpStream) {
+    let mut out = BytesMut::new();
+    encode_reply(
+        &Reply::error(ErrorCode::TooManyConnections, "too many connections"),
+        &mut out,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum Closed {
+    /// The peer closed it.
+    Eof,
+    /// Nothing complete arrived for the idle timeout.
+    Idle,
+    /// The daemon is shutting down.
+    Shutdown,
+    Io(io::Error),
+}
+
+/// A stream with its read and write buffers.
+pub struct Conn<S> {
+    pub io: S,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(io: S) -> Conn<S> {
+        Conn {
+            io,
+            rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            wbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+        }
+    }
+
+    /// Reads more bytes, giving up at `deadline` or when shutdown begins.
+    pub async fn fill(
+        &mut self,
+        deadline: Instant,
+        shutdown: &mut Shutdown,
+    ) -> Result<usize, Closed> {
+        self.rbuf.reserve(READ_CHUNK_BYTES);
+        tokio::select! {
+            _ = shutdown.wait() => Err(Closed::Shutdown),
+            read = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.rbuf)) => match read {
+                Err(_) => Err(Closed::Idle),
+                Ok(Ok(0)) => Err(Closed::Eof),
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(e)) => Err(Closed::Io(e)),
+            },
+        }
+    }
+
+    /// Reads more bytes with no shutdown to watch (clients).
+    pub async fn fill_until(&mut self, deadline: Instant) -> Result<usize, Closed> {
+        self.rbuf.reserve(READ_CHUNK_BYTES);
+        match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.rbuf)).await {
+            Err(_) => Err(Closed::Idle),
+            Ok(Ok(0)) => Err(Closed::Eof),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(Closed::Io(e)),
+        }
+    }
+
+    /// Writes out everything buffered; a peer that does not read for
+    /// `timeout` is given up on, so it cannot pin the buffer.
+    pub async fn flush(&mut self, timeout: Duration) -> Result<(), Closed> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(timeout, self.io.write_all(&self.wbuf)).await {
+            Err(_) => Err(Closed::Idle),
+            Ok(Err(e)) => Err(Closed::Io(e)),
+            Ok(Ok(())) => {
+                self.wbuf.clear();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Serves the text protocol on `conn` until the client leaves, idles past
+/// the timeout, or shutdown begins. `conn.rbuf` may already hold bytes
+/// read while detecting the protocol.
+///
+/// Every complete request in the buffer is executed before the replies are
+/// written with one write (pipelining). A request in progress when shutdown
+/// begins completes and is answered.
+pub async fn serve_text<S, Svc>(
+    conn: &mut Conn<S>,
+    service: &Svc,
+    config: &ServerConfig,
+    shutdown: &mut Shutdown,
+) -> Closed
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Svc: Service,
+{
+    let mut decoder = TextDecoder::new(config.limits);
+    let mut last_request = Instant::now();
+    loop {
+        loop {
+            let reply = match decoder.decode(&mut conn.rbuf) {
+                Ok(None) => break,
+                Ok(Some(Command::Exit)) => {
+                    let _ = conn.flush(config.idle_timeout).await;
+                    return Closed::Eof;
+                }
+                Ok(Some(command)) => service.call(command).await,
+                Err(error) => Reply::Error(error),
+            };
+            last_request = Instant::now();
+            encode_reply(&reply, &mut conn.wbuf);
+            if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
+                if let Err(closed) = conn.flush(config.idle_timeout).await {
+                    return closed;
+                }
+            }
+        }
+        if let Err(closed) = conn.flush(config.idle_timeout).await {
+            return closed;
+        }
+        if let Err(closed) = conn
+            .fill(last_request + config.idle_timeout, shutdown)
+            .await
+        {
+            return closed;
+        }
+    }
+}
+
+/// The reply of a daemon that has no `auth_token` to an `auth` command.
+pub fn auth_without_token() -> Reply {
+    Reply::Done
+}
+
+/// A parse error the connection driver reports (for services' own checks).
+pub fn parse_error(message: &'static str) -> Reply {
+    Reply::Error(ErrorReply::new(ErrorCode::Parse, message))
+}

@@ -1,0 +1,282 @@
+//! The orchestrator: a stateless proxy. Each client request is routed to the
+//! key's pair ([`placement`]); writes go to both workers of the pair at once
+//! and are acknowledged when at least one stored them; reads go to one
+//! worker and fail over to its partner on error or timeout. Links to workers
+//! are pooled and pipelined ([`pool`]); [`health`] probes keep each worker's
+//! state current.
+//!
+//! Read-your-writes: a write that one worker of the pair failed to store
+//! marks that worker down before the client is answered, so no later read
+//! is sent to the worker that missed the write until it has caught up (it
+//! comes back through a restart and refill, or a probe after recovery).
+
+pub mod health;
+pub mod placement;
+pub mod pool;
+
+use crate::client::ClientError;
+use crate::net::{self, Conn, Handler, ServerConfig, Service, Shutdown};
+use crate::protocol::link::{Request, Response};
+use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
+use crate::version::Clock;
+use bytes::Bytes;
+use pool::{Backend, Health, LinkSettings};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The orchestrator's own section of the configuration.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    pub listen: String,
+    pub metrics_listen: String,
+    pub server: ServerConfig,
+    pub worker_timeout: Duration,
+    pub health_interval: Duration,
+    /// Partner pairs of worker addresses.
+    pub pairs: Vec<[String; 2]>,
+}
+
+/// Routes commands to worker pairs.
+pub struct Router {
+    pairs: Vec<[Arc<Backend>; 2]>,
+    clock: Clock,
+    worker_timeout: Duration,
+}
+
+/// What one worker said to a write.
+enum WriteOutcome {
+    Stored(Response),
+    Refused(ErrorReply),
+    /// Transport failure: the worker may or may not have applied it.
+    Failed {
+        timed_out: bool,
+    },
+    NotAsked,
+}
+
+impl Router {
+    pub fn new(config: &OrchestratorConfig) -> Router {
+        let settings = LinkSettings {
+            limits: config.server.limits,
+            connect_timeout: config.worker_timeout,
+            keepalive: (config.server.idle_timeout / 2).min(pool::KEEPALIVE_MAX),
+        };
+        let pairs = config
+            .pairs
+            .iter()
+            .map(|[a, b]| {
+                [
+                    Backend::start(a.clone(), settings.clone()),
+                    Backend::start(b.clone(), settings.clone()),
+                ]
+            })
+            .collect();
+        Router {
+            pairs,
+            clock: Clock::with_random_node(),
+            worker_timeout: config.worker_timeout,
+        }
+    }
+
+    pub fn pairs(&self) -> &[[Arc<Backend>; 2]] {
+        &self.pairs
+    }
+
+    async fn read(&self, key: Bytes) -> Reply {
+        let slot = placement::locate(&key, self.pairs.len());
+        let pair = &self.pairs[slot.pair];
+        let mut order = [&pair[slot.first], &pair[1 - slot.first]];
+        // A worker that is up goes first; one believed down is still tried
+        // last, in case it is back before the probe noticed.
+        if order[0].health() != Health::Up && order[1].health() == Health::Up {
+            order.swap(0, 1);
+        }
+        let mut last_error = None;
+        for backend in order {
+            match backend
+                .call(Request::Get { key: key.clone() }, self.worker_timeout)
+                .await
+            {
+                Ok(Response::Value { value, .. }) => return Reply::Value(value),
+                Ok(Response::NotFound) => return Reply::not_found(),
+                Ok(Response::Error(e)) if e.code == ErrorCode::Loading => {
+                    backend.set_health(Health::Loading);
+                    last_error = Some(e.message.into_owned());
+                }
+                Ok(Response::Error(e)) => return Reply::Error(e),
+                Ok(other) => {
+                    last_error = Some(format!("unexpected answer {other:?}"));
+                }
+                Err(e) => {
+                    backend.report_failure(&e);
+                    last_error = Some(e.to_string());
+                }
+            }
+        }
+        Reply::error(
+            ErrorCode::Unavailable,
+            format!(
+                "no worker of pair {} could serve the read ({})",
+                slot.pair,
+                last_error.unwrap_or_default()
+            ),
+        )
+    }
+
+    async fn write(&self, key: &[u8], request: Request) -> Result<Vec<Response>, ErrorReply> {
+        let slot = placement::locate(key, self.pairs.len());
+        let pair = &self.pairs[slot.pair];
+        // Wait on every worker not known to be down; if both are, wait on
+        // both anyway (one may be back).
+        let all_down = pair.iter().all(|b| b.health() == Health::Down);
+        let ask = |backend: &Arc<Backend>| {
+            let request = request.clone();
+            let wait = all_down || backend.health() != Health::Down;
+            let backend = backend.clone();
+            let timeout = self.worker_timeout;
+            async move {
+                if !wait {
+                    backend.send_and_forget(request);
+                    return WriteOutcome::NotAsked;
+                }
+                match backend.call(request, timeout).await {
+                    Ok(Response::Error(e)) => WriteOutcome::Refused(e),
+                    Ok(response) => WriteOutcome::Stored(response),
+                    Err(e) => {
+                        backend.report_failure(&e);
+                        WriteOutcome::Failed {
+                            timed_out: matches!(e, ClientError::Timeout(_)) || !e.never_sent(),
+                        }
+                    }
+                }
+            }
+        };
+        let (a, b) = tokio::join!(ask(&pair[0]), ask(&pair[1]));
+        let mut stored = Vec::with_capacity(2);
+        let mut refused = None;
+        let mut unknown = false;
+        for (outcome, backend) in [(a, &pair[0]), (b, &pair[1])] {
+            match outcome {
+                WriteOutcome::Stored(r) => stored.push(r),
+                WriteOutcome::Refused(e) => {
+                    tracing::debug!(worker = %backend.addr, error = %e, "write refused");
+                    refused = Some(e);
+                }
+                WriteOutcome::Failed { timed_out } => unknown |= timed_out,
+                WriteOutcome::NotAsked => {}
+            }
+        }
+        if !stored.is_empty() {
+            return Ok(stored);
+        }
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        Err(ErrorReply::new(
+            ErrorCode::Unavailable,
+            if unknown {
+                format!(
+                    "write outcome unknown: no worker of pair {} acknowledged in time",
+                    slot.pair
+                )
+            } else {
+                format!("no worker of pair {} is reachable", slot.pair)
+            },
+        ))
+    }
+}
+
+impl Service for Router {
+    async fn call(&self, command: Command) -> Reply {
+        match command {
+            Command::Get { key } => self.read(key).await,
+            Command::Set { key, value, ttl } => {
+                let request = Request::Set {
+                    version: self.clock.next(),
+                    ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+                    key: key.clone(),
+                    value,
+                };
+                match self.write(&key, request).await {
+                    Ok(_) => Reply::Done,
+                    Err(e) => Reply::Error(e),
+                }
+            }
+            Command::Del { key } => {
+                let request = Request::Del {
+                    version: self.clock.next(),
+                    key: key.clone(),
+                };
+                match self.write(&key, request).await {
+                    Ok(responses) => {
+                        let existed = responses
+                            .iter()
+                            .any(|r| matches!(r, Response::Del { existed: true }));
+                        if existed {
+                            Reply::Done
+                        } else {
+                            Reply::not_found()
+                        }
+                    }
+                    Err(e) => Reply::Error(e),
+                }
+            }
+            Command::Ping => Reply::Pong,
+            Command::Auth { .. } | Command::Exit => Reply::Done,
+        }
+    }
+}
+
+struct ClientHandler {
+    router: Arc<Router>,
+    config: ServerConfig,
+}
+
+impl Handler for ClientHandler {
+    async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) {
+        let mut conn = Conn::new(stream);
+        net::serve_text(&mut conn, &*self.router, &self.config, &mut shutdown).await;
+    }
+}
+
+/// An orchestrator whose listener is bound.
+pub struct Bound {
+    listener: TcpListener,
+    pub local_addr: SocketAddr,
+    pub router: Arc<Router>,
+    config: OrchestratorConfig,
+}
+
+/// Opens the client listener and starts the links to the workers.
+pub async fn bind(config: OrchestratorConfig) -> std::io::Result<Bound> {
+    let listener = net::bind(&config.listen).await?;
+    let local_addr = listener.local_addr()?;
+    Ok(Bound {
+        listener,
+        local_addr,
+        router: Arc::new(Router::new(&config)),
+        config,
+    })
+}
+
+impl Bound {
+    /// Serves clients until shutdown; probes workers meanwhile.
+    pub async fn run(self, shutdown: Shutdown) {
+        let probes = health::start(&self.router, &self.config, shutdown.clone());
+        net::serve(
+            self.listener,
+            Arc::new(ClientHandler {
+                router: self.router.clone(),
+                config: self.config.server.clone(),
+            }),
+            self.config.server.max_connections,
+            shutdown,
+        )
+        .await;
+        for probe in probes {
+            probe.abort();
+        }
+    }
+}
