@@ -1,1 +1,235 @@
-//! The `rcache` command.
+//! The `rcache` command: one-shot commands against an orchestrator or a
+//! worker, an interactive shell, and `rcache local` (a whole cluster on
+//! loopback in one process).
+
+pub mod local;
+
+use crate::client::text::TextClient;
+use crate::protocol::{Command, Reply};
+use bytes::Bytes;
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "rcache",
+    version,
+    about = "rcache client and local cluster",
+    after_help = "With no command, starts an interactive shell."
+)]
+pub struct Cli {
+    /// Server to talk to (an orchestrator, or a worker directly).
+    #[arg(long, global = true, env = "RCACHE_ADDR", default_value = "127.0.0.1:7000")]
+    pub addr: String,
+    /// Longest wait for a connection or an answer.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CliCommand {
+    /// Print the value of KEY.
+    Get { key: String },
+    /// Store VALUE under KEY (optionally expiring after --ttl seconds).
+    Set {
+        key: String,
+        value: String,
+        /// Time to live in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Delete KEY.
+    Del { key: String },
+    /// Check that the server answers.
+    Ping,
+    /// Run an orchestrator and two worker pairs on loopback until Ctrl-C.
+    Local(local::LocalArgs),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::units::parse_duration(&crate::config::units::Scalar::Str(s.to_string()))
+}
+
+/// Runs the CLI; returns the process exit status.
+pub async fn run(cli: Cli) -> i32 {
+    let command = match cli.command {
+        None => return shell(&cli.addr, cli.timeout).await,
+        Some(CliCommand::Local(args)) => return local::run(args).await,
+        Some(CliCommand::Get { key }) => Command::Get { key: key.into() },
+        Some(CliCommand::Set { key, value, ttl }) => Command::Set {
+            key: key.into(),
+            value: value.into(),
+            ttl: ttl.map(Duration::from_secs),
+        },
+        Some(CliCommand::Del { key }) => Command::Del { key: key.into() },
+        Some(CliCommand::Ping) => Command::Ping,
+    };
+    let mut client = match TextClient::connect(&cli.addr, cli.timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rcache: {e}");
+            return 1;
+        }
+    };
+    match client.request(&command).await {
+        Ok(reply) => print_reply(&command, &reply),
+        Err(e) => {
+            eprintln!("rcache: {}: {e}", cli.addr);
+            1
+        }
+    }
+}
+
+/// Prints a reply as a person reads it; returns the exit status.
+fn print_reply(command: &Command, reply: &Reply) -> i32 {
+    match (command, reply) {
+        (Command::Ping, _) if !matches!(reply, Reply::Error(_)) => {
+            println!("pong");
+            0
+        }
+        (Command::Get { .. }, Reply::Value(v)) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(v);
+            let _ = out.write_all(b"\n");
+            0
+        }
+        (_, Reply::Value(_) | Reply::Done) => {
+            println!("OK");
+            0
+        }
+        (_, Reply::Pong) => {
+            println!("pong");
+            0
+        }
+        (_, Reply::Error(e)) => {
+            eprintln!("({}) {}", e.code.as_u8(), e.message);
+            1
+        }
+    }
+}
+
+/// Parses a shell line: `get k`, `set k some value`, `setex k 10 v`,
+/// `del k`, `ping`, or a raw protocol line holding `||`.
+fn parse_shell_line(line: &str) -> Option<Result<Command, String>> {
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    if line.contains("||") {
+        let limits = crate::protocol::Limits::default();
+        return Some(
+            crate::protocol::text::parse_line(Bytes::copy_from_slice(line.as_bytes()), &limits)
+                .map_err(|e| e.message.into_owned()),
+        );
+    }
+    let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim_start();
+    let (key, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let need_key = || {
+        if key.is_empty() {
+            Err(format!("usage: {word} <key> ..."))
+        } else {
+            Ok(Bytes::copy_from_slice(key.as_bytes()))
+        }
+    };
+    Some(match word.to_ascii_lowercase().as_str() {
+        "get" => need_key().map(|key| Command::Get { key }),
+        "del" => need_key().map(|key| Command::Del { key }),
+        "set" => need_key().map(|key| Command::Set {
+            key,
+            value: Bytes::copy_from_slice(tail.trim_start().as_bytes()),
+            ttl: None,
+        }),
+        "setex" => need_key().and_then(|key| {
+            let (ttl, value) = tail.trim_start().split_once(char::is_whitespace).unwrap_or((tail, ""));
+            let ttl: u64 = ttl.parse().map_err(|_| "usage: setex <key> <seconds> <value>".to_string())?;
+            Ok(Command::Set {
+                key,
+                value: Bytes::copy_from_slice(value.trim_start().as_bytes()),
+                ttl: Some(Duration::from_secs(ttl)),
+            })
+        }),
+        "ping" => Ok(Command::Ping),
+        "exit" | "quit" => Ok(Command::Exit),
+        other => Err(format!(
+            "unknown command {other:?}: use get, set, setex, del, ping, quit (or a raw line like get||key)"
+        )),
+    })
+}
+
+async fn shell(addr: &str, timeout: Duration) -> i32 {
+    let mut client = match TextClient::connect(addr, timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rcache: {e}");
+            return 1;
+        }
+    };
+    eprintln!("connected to {addr}; commands: get, set, setex, del, ping, quit");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        eprint!("{addr}> ");
+        let Some(line) = rx.recv().await else {
+            eprintln!();
+            return 0;
+        };
+        let command = match parse_shell_line(&line) {
+            None => continue,
+            Some(Err(e)) => {
+                eprintln!("{e}");
+                continue;
+            }
+            Some(Ok(Command::Exit)) => return 0,
+            Some(Ok(c)) => c,
+        };
+        match client.request(&command).await {
+            Ok(reply) => {
+                print_reply(&command, &reply);
+            }
+            Err(e) => {
+                eprintln!("rcache: {e}; reconnecting");
+                match TextClient::connect(addr, timeout).await {
+                    Ok(c) => client = c,
+                    Err(e) => {
+                        eprintln!("rcache: {e}");
+                        return 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_lines() {
+        let parse = |l: &str| parse_shell_line(l).map(|r| r.map_err(|_| ()));
+        assert_eq!(parse("  "), None);
+        assert_eq!(parse("get k"), Some(Ok(Command::Get { key: "k".into() })));
+        assert_eq!(
+            parse("set k hello  world"),
+            Some(Ok(Command::Set { key: "k".into(), value: "hello  world".into(), ttl: None }))
+        );
+        assert_eq!(
+            parse("setex k 5 v"),
+            Some(Ok(Command::Set { key: "k".into(), value: "v".into(), ttl: Some(Duration::from_secs(5)) }))
+        );
+        assert_eq!(parse("get||k"), Some(Ok(Command::Get { key: "k".into() })));
+        assert_eq!(parse("get"), Some(Err(())));
+        assert_eq!(parse("frobnicate"), Some(Err(())));
+    }
+}

@@ -1,0 +1,105 @@
+//! `rcache local`: an orchestrator and two worker pairs on loopback, in this
+//! one process, with the defaults of a fresh install. Ctrl-C stops them all
+//! (in-flight requests finish first).
+
+use crate::net::{shutdown_channel, ServerConfig};
+use crate::orchestrator::{self, OrchestratorConfig};
+use crate::worker::store::StoreConfig;
+use crate::worker::{self, WorkerConfig};
+use std::time::Duration;
+
+/// Worker pairs `rcache local` runs.
+pub const LOCAL_PAIRS: u16 = 2;
+
+#[derive(Debug, clap::Args)]
+pub struct LocalArgs {
+    /// Client port; workers take the next four, metrics base+100 on.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Memory per worker.
+    #[arg(long, default_value = "256MiB")]
+    pub max_memory: String,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+pub async fn run(args: LocalArgs) -> i32 {
+    let level = args.log_level.parse().unwrap_or(tracing::Level::INFO);
+    crate::daemon::init_logging(level);
+    let max_memory = match crate::config::units::parse_size(&crate::config::units::Scalar::Str(
+        args.max_memory.clone(),
+    )) {
+        Ok(n) if n >= 1 << 20 => n as usize,
+        _ => {
+            eprintln!("rcache local: --max-memory {:?} is not a size of at least 1MiB", args.max_memory);
+            return 2;
+        }
+    };
+    let base = args.base_port;
+    if u32::from(base) + 100 + 2 * u32::from(LOCAL_PAIRS) > u32::from(u16::MAX) {
+        eprintln!("rcache local: --base-port {base} leaves no room for the worker ports");
+        return 2;
+    }
+    let addr = |offset: u16| format!("127.0.0.1:{}", base + offset);
+    let server = ServerConfig::default();
+    let mut workers = Vec::new();
+    for i in 1..=2 * LOCAL_PAIRS {
+        let partner = if i % 2 == 1 { i + 1 } else { i - 1 };
+        let config = WorkerConfig {
+            listen: addr(i),
+            partner: Some(addr(partner)),
+            metrics_listen: addr(100 + i),
+            server: server.clone(),
+            store: StoreConfig {
+                max_memory_bytes: max_memory,
+                ..StoreConfig::default()
+            },
+        };
+        match worker::bind(config).await {
+            Ok(bound) => workers.push(bound),
+            Err(e) => return port_taken(e),
+        }
+    }
+    let pairs: Vec<[String; 2]> = (0..LOCAL_PAIRS)
+        .map(|p| [addr(2 * p + 1), addr(2 * p + 2)])
+        .collect();
+    let config = OrchestratorConfig {
+        listen: addr(0),
+        metrics_listen: addr(100),
+        server,
+        worker_timeout: Duration::from_secs(1),
+        health_interval: Duration::from_millis(500),
+        pairs: pairs.clone(),
+    };
+    let orchestrator = match orchestrator::bind(config).await {
+        Ok(b) => b,
+        Err(e) => return port_taken(e),
+    };
+    let (trigger, shutdown) = shutdown_channel();
+    if let Err(e) = crate::daemon::shutdown_on_signals(trigger) {
+        eprintln!("rcache local: cannot install signal handlers: {e}");
+        return 1;
+    }
+    let mut tasks = Vec::new();
+    for w in workers {
+        tasks.push(tokio::spawn(w.run(shutdown.clone(), |_| {})));
+    }
+    let client = orchestrator.local_addr;
+    tasks.push(tokio::spawn(orchestrator.run(shutdown.clone())));
+    let pairs: Vec<String> = pairs.iter().map(|p| format!("({}, {})", p[0], p[1])).collect();
+    println!("rcache local: orchestrator on {client}, worker pairs {}", pairs.join(" "));
+    println!("connect with:  rcache set greeting hello && rcache get greeting");
+    println!("          or:  nc {} {}   (then type get||greeting)", client.ip(), client.port());
+    println!("stop with Ctrl-C");
+    for t in tasks {
+        let _ = t.await;
+    }
+    println!("rcache local: stopped");
+    0
+}
+
+fn port_taken(e: std::io::Error) -> i32 {
+    eprintln!("rcache local: {e}\n(stop whatever uses it, or move the cluster with --base-port)");
+    1
+}
