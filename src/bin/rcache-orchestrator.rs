@@ -1,7 +1,9 @@
 //! `rcache-orchestrator`: the stateless proxy; see `rcache::orchestrator`.
 
 use clap::Parser;
-use rcache::config::{self, CommonFlags, OrchestratorFlags, OrchestratorOverrides, RawOrchestrator};
+use rcache::config::{
+    self, CommonFlags, OrchestratorFlags, OrchestratorOverrides, RawOrchestrator,
+};
 use rcache::daemon::{self, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
 use rcache::net::shutdown_channel;
 
@@ -52,7 +54,10 @@ fn main() {
         std::process::exit(EXIT_OK);
     }
     daemon::init_logging(level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rcache-orchestrator: cannot start the runtime: {e}");

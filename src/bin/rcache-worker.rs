@@ -6,7 +6,10 @@ use rcache::daemon::{self, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
 use rcache::net::shutdown_channel;
 
 #[derive(Parser)]
-#[command(version, about = "rcache worker: holds entries in memory; partners hold the same data")]
+#[command(
+    version,
+    about = "rcache worker: holds entries in memory; partners hold the same data"
+)]
 struct Args {
     #[command(flatten)]
     common: CommonFlags,
@@ -32,7 +35,10 @@ fn main() {
         std::process::exit(EXIT_OK);
     }
     daemon::init_logging(level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rcache-worker: cannot start the runtime: {e}");

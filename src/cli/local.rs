@@ -32,7 +32,10 @@ pub async fn run(args: LocalArgs) -> i32 {
     )) {
         Ok(n) if n >= 1 << 20 => n as usize,
         _ => {
-            eprintln!("rcache local: --max-memory {:?} is not a size of at least 1MiB", args.max_memory);
+            eprintln!(
+                "rcache local: --max-memory {:?} is not a size of at least 1MiB",
+                args.max_memory
+            );
             return 2;
         }
     };
@@ -87,10 +90,20 @@ pub async fn run(args: LocalArgs) -> i32 {
     }
     let client = orchestrator.local_addr;
     tasks.push(tokio::spawn(orchestrator.run(shutdown.clone())));
-    let pairs: Vec<String> = pairs.iter().map(|p| format!("({}, {})", p[0], p[1])).collect();
-    println!("rcache local: orchestrator on {client}, worker pairs {}", pairs.join(" "));
+    let pairs: Vec<String> = pairs
+        .iter()
+        .map(|p| format!("({}, {})", p[0], p[1]))
+        .collect();
+    println!(
+        "rcache local: orchestrator on {client}, worker pairs {}",
+        pairs.join(" ")
+    );
     println!("connect with:  rcache set greeting hello && rcache get greeting");
-    println!("          or:  nc {} {}   (then type get||greeting)", client.ip(), client.port());
+    println!(
+        "          or:  nc {} {}   (then type get||greeting)",
+        client.ip(),
+        client.port()
+    );
     println!("stop with Ctrl-C");
     for t in tasks {
         let _ = t.await;

@@ -19,7 +19,12 @@ use std::time::Duration;
 )]
 pub struct Cli {
     /// Server to talk to (an orchestrator, or a worker directly).
-    #[arg(long, global = true, env = "RCACHE_ADDR", default_value = "127.0.0.1:7000")]
+    #[arg(
+        long,
+        global = true,
+        env = "RCACHE_ADDR",
+        default_value = "127.0.0.1:7000"
+    )]
     pub addr: String,
     /// Longest wait for a connection or an answer.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
@@ -222,11 +227,19 @@ mod tests {
         assert_eq!(parse("get k"), Some(Ok(Command::Get { key: "k".into() })));
         assert_eq!(
             parse("set k hello  world"),
-            Some(Ok(Command::Set { key: "k".into(), value: "hello  world".into(), ttl: None }))
+            Some(Ok(Command::Set {
+                key: "k".into(),
+                value: "hello  world".into(),
+                ttl: None
+            }))
         );
         assert_eq!(
             parse("setex k 5 v"),
-            Some(Ok(Command::Set { key: "k".into(), value: "v".into(), ttl: Some(Duration::from_secs(5)) }))
+            Some(Ok(Command::Set {
+                key: "k".into(),
+                value: "v".into(),
+                ttl: Some(Duration::from_secs(5))
+            }))
         );
         assert_eq!(parse("get||k"), Some(Ok(Command::Get { key: "k".into() })));
         assert_eq!(parse("get"), Some(Err(())));

@@ -32,8 +32,8 @@ pub enum ClientError {
     Link(#[from] LinkError),
     #[error("too many requests queued for {0}")]
     Overloaded(String),
-    #[error("{0} was recently unreachable; retrying after a backoff")]
-    Backoff(String),
+    #[error("the link to {0} could not connect")]
+    NotConnected(String),
 }
 
 impl ClientError {
@@ -44,7 +44,7 @@ impl ClientError {
             ClientError::Connect { .. }
                 | ClientError::ConnectTimeout { .. }
                 | ClientError::Overloaded(_)
-                | ClientError::Backoff(_)
+                | ClientError::NotConnected(_)
         )
     }
 }

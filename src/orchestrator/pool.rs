@@ -4,8 +4,7 @@
 //! connects on first use, then writes every request queued to it in one
 //! batch per wake-up (one write syscall for many client requests), while a
 //! reader task answers the callers in order. A link that breaks fails its
-//! in-flight requests and reconnects on the next request, after a short
-//! backoff if connecting failed. Idle links send a ping now and then so the
+//! in-flight requests and reconnects on the next request. Idle links send a ping now and then so the
 //! worker's idle timeout never closes them under a request; if it closes
 //! one anyway, the request is retried once on a fresh connection (versioned
 //! writes are idempotent, so a retry cannot apply anything twice).
@@ -28,10 +27,6 @@ pub const LINK_QUEUE_DEPTH: usize = 4096;
 
 /// Requests written to a link in one batch at most.
 const LINK_BATCH_MAX: usize = 256;
-
-/// First and longest wait before reconnecting to a worker that refused.
-const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
-const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A link idle this long sends a ping to stay open.
 pub const KEEPALIVE_MAX: Duration = Duration::from_secs(10);
@@ -156,7 +151,9 @@ impl Backend {
     /// that turns out closed before answering is retried once.
     pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, ClientError> {
         let deadline = Instant::now() + timeout;
-        let mut retried = false;
+        // Each link found closed reconnects on its next request, so a retry
+        // per link is enough when the worker closed them all (idle timeout).
+        let mut retries = LINKS_PER_WORKER;
         loop {
             let rx = self.enqueue(request.clone())?;
             let result = match tokio::time::timeout_at(deadline, rx).await {
@@ -166,7 +163,7 @@ impl Backend {
                 Ok(Ok(result)) => result,
             };
             match result {
-                Err(ClientError::Closed) if !retried => retried = true,
+                Err(ClientError::Closed) if retries > 0 => retries -= 1,
                 result => return result,
             }
         }
@@ -183,32 +180,22 @@ impl Backend {
 }
 
 async fn run_link(addr: String, settings: LinkSettings, mut rx: mpsc::Receiver<Pending>) {
-    let mut backoff = RECONNECT_BACKOFF_MIN;
-    let mut retry_at: Option<Instant> = None;
     loop {
-        // Wait for work, or keep an idle connection alive (below).
         let Some(first) = rx.recv().await else {
             return;
         };
-        if retry_at.is_some_and(|t| Instant::now() < t) {
-            fail(first, ClientError::Backoff(addr.clone()));
-            continue;
-        }
+        // Connect on demand, with no backoff: requests to a worker believed
+        // down are not waited on, and a write that finds the worker back
+        // must reach it (a refilling worker needs every live write).
         match LinkConn::connect(&addr, settings.limits, settings.connect_timeout).await {
-            Ok(link) => {
-                backoff = RECONNECT_BACKOFF_MIN;
-                retry_at = None;
-                run_connected(link, first, &mut rx, &settings).await;
-            }
+            Ok(link) => run_connected(link, first, &mut rx, &settings).await,
             Err(e) => {
                 tracing::debug!(worker = %addr, error = %e, "cannot connect");
                 fail(first, e);
-                // Requests that queued while connecting fail too.
+                // Requests that queued during this attempt fail with it.
                 while let Ok(p) = rx.try_recv() {
-                    fail(p, ClientError::Backoff(addr.clone()));
+                    fail(p, ClientError::NotConnected(addr.clone()));
                 }
-                retry_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
             }
         }
     }

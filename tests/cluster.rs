@@ -1,0 +1,319 @@
+//! The whole path through real processes: client -> orchestrator -> pair.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[test]
+fn every_protocol_case_through_the_orchestrator() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &[]);
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req("ping"), "0||pong");
+    assert_eq!(c.req("set||greeting||hello"), "0||");
+    assert_eq!(c.req("get||greeting"), "0||hello");
+    assert_eq!(c.req("set||pipes||a||b||c"), "0||");
+    assert_eq!(c.req("get||pipes"), "0||a||b||c");
+    assert_eq!(c.req("set||empty||"), "0||");
+    assert_eq!(c.req("get||empty"), "0||");
+    assert_eq!(c.req("get||missing"), "2||key not found");
+    assert_eq!(c.req("del||greeting"), "0||");
+    assert_eq!(c.req("del||greeting"), "2||key not found");
+    assert_eq!(c.req("get||greeting"), "2||key not found");
+    assert_eq!(c.req("set||crlf||v\r"), "0||");
+    assert_eq!(c.req("get||crlf"), "0||v");
+    // Errors: the connection stays usable after each.
+    assert!(c.req("").starts_with("1||"));
+    assert!(c.req("get").starts_with("1||"));
+    assert!(c.req("get||").starts_with("1||"));
+    assert!(c.req("set||k").starts_with("1||"));
+    assert!(c.req("setex||k||zero||v").starts_with("1||"));
+    assert!(c.req("setex||k||0||v").starts_with("1||"));
+    assert_eq!(c.req("frobnicate||k"), "3||invalid command type");
+    assert!(c
+        .req(&format!("get||{}", "k".repeat(1025)))
+        .starts_with("1||"));
+    assert_eq!(c.req("get||pipes"), "0||a||b||c");
+    // setex expires.
+    assert_eq!(c.req("setex||short||1||v"), "0||");
+    assert_eq!(c.req("get||short"), "0||v");
+    assert!(eventually(Duration::from_secs(5), || c.req("get||short")
+        == "2||key not found"));
+    // exit closes without a reply.
+    c.send_raw(b"exit\n");
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn an_over_long_line_is_refused_without_buffering_it() {
+    let (a, b) = pair(&["--max-value-bytes", "1KiB"]);
+    let o = orchestrator(&[a.port, b.port], &["--max-value-bytes", "1KiB"]);
+    let mut c = Client::connect(o.port);
+    // 4 MiB without a newline: answered with error 1 before it ends.
+    let chunk = vec![b'x'; 64 * 1024];
+    c.send_raw(b"set||big||");
+    for _ in 0..64 {
+        c.send_raw(&chunk);
+    }
+    assert!(c.read_line().starts_with("1||"));
+    c.send_raw(b"\n");
+    assert_eq!(c.req("ping"), "0||pong");
+    // A value at the limit is fine.
+    let value = "v".repeat(1024);
+    assert_eq!(c.req(&format!("set||k||{value}")), "0||");
+    assert_eq!(c.req("get||k"), format!("0||{value}"));
+}
+
+#[test]
+fn garbage_bytes_get_errors_and_hurt_nothing() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &[]);
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req("set||keep||safe"), "0||");
+    let mut g = Client::connect(o.port);
+    g.send_raw(b"\x00\xff\xfe||\x01garbage\n\x80\x81\x82\n");
+    assert_eq!(g.read_line(), "3||invalid command type");
+    assert_eq!(g.read_line(), "3||invalid command type");
+    assert_eq!(g.req("ping"), "0||pong");
+    // Garbage straight to a worker, including a fake link hello.
+    let mut w = Client::connect(a.port);
+    w.send_raw(b"\xf0garbage that is not a link\n");
+    assert!(w.closed_within(Duration::from_secs(5)));
+    assert_eq!(c.req("get||keep"), "0||safe");
+}
+
+/// Every key is on both workers of exactly one pair, and keys spread.
+#[test]
+fn each_key_lives_on_both_workers_of_one_pair() {
+    let (a, b) = pair(&[]);
+    let (c, d) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port, c.port, d.port], &[]);
+    let mut client = Client::connect(o.port);
+    let mut workers: Vec<Client> = [&a, &b, &c, &d]
+        .iter()
+        .map(|w| Client::connect(w.port))
+        .collect();
+    let mut per_pair = [0u32; 2];
+    for i in 0..400 {
+        assert_eq!(client.req(&format!("set||key{i}||value{i}")), "0||");
+        let found: Vec<bool> = workers
+            .iter_mut()
+            .map(|w| {
+                let r = w.req(&format!("get||key{i}"));
+                assert!(
+                    r == format!("0||value{i}") || r == "2||key not found",
+                    "{r}"
+                );
+                r.starts_with("0||")
+            })
+            .collect();
+        match found.as_slice() {
+            [true, true, false, false] => per_pair[0] += 1,
+            [false, false, true, true] => per_pair[1] += 1,
+            other => panic!("key{i} is on workers {other:?}"),
+        }
+    }
+    assert!(
+        per_pair.iter().all(|&n| n > 150),
+        "uneven spread {per_pair:?}"
+    );
+}
+
+/// kill -9 one worker under load: no client request fails. Restart it: it
+/// refills from its partner; then the partner dies and everything written
+/// (before, during and after the outage) is still served.
+#[test]
+fn a_dead_worker_costs_no_request_and_refills_on_return() {
+    let (mut a, b) = pair(&[]);
+    let (c, d) = pair(&[]);
+    let o = orchestrator(
+        &[a.port, b.port, c.port, d.port],
+        &["--worker-timeout", "1s"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let written = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let ops = Arc::new(AtomicU64::new(0));
+    let seed = std::env::var("RCACHE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_u64);
+    println!("load seed {seed}");
+    let loaders: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (stop, failures, written, ops) =
+                (stop.clone(), failures.clone(), written.clone(), ops.clone());
+            let port = o.port;
+            std::thread::spawn(move || {
+                let mut rng = rcache::zipf::Rng::new(seed + t);
+                let mut client = Client::connect(port);
+                let mut mine: Vec<(String, String)> = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    if n % 2 == 0 || mine.is_empty() {
+                        let (k, v) = (format!("t{t}-k{n}"), format!("v{}", rng.next()));
+                        let r = client.req(&format!("set||{k}||{v}"));
+                        if r == "0||" {
+                            mine.push((k, v));
+                        } else {
+                            failures.lock().unwrap().push(format!("set {k}: {r}"));
+                        }
+                    } else {
+                        let (k, v) = &mine[rng.below(mine.len() as u64) as usize];
+                        let r = client.req(&format!("get||{k}"));
+                        if r != format!("0||{v}") {
+                            failures.lock().unwrap().push(format!("get {k}: {r}"));
+                        }
+                    }
+                    ops.fetch_add(1, Ordering::Relaxed);
+                }
+                written.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    let wait_ops = |n: u64| {
+        let target = ops.load(Ordering::Relaxed) + n;
+        assert!(eventually(Duration::from_secs(30), || ops
+            .load(Ordering::Relaxed)
+            >= target));
+    };
+    wait_ops(500);
+    a.kill9();
+    wait_ops(2_000);
+    // Restart on the same port: it refills from its partner while load goes on.
+    let port = a.port;
+    drop(a);
+    let a = worker(port, Some(b.port), &[]);
+    assert!(
+        a.log_text().contains("refilled from the partner"),
+        "{}",
+        a.log_text()
+    );
+    wait_ops(2_000);
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.join().expect("loader");
+    }
+    let failures = failures.lock().unwrap();
+    println!(
+        "{} requests, {} failed",
+        ops.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "failed requests: {:?}",
+        &failures[..failures.len().min(10)]
+    );
+
+    // The partner dies: the refilled worker alone must hold everything.
+    let mut b = b;
+    b.kill9();
+    let written = written.lock().unwrap();
+    let mut client = Client::connect(o.port);
+    let mut direct = Client::connect(a.port);
+    let mut missing = 0;
+    for (k, v) in written.iter() {
+        assert_eq!(
+            client.req(&format!("get||{k}")),
+            format!("0||{v}"),
+            "through the orchestrator"
+        );
+        // Keys of the first pair must be on the restarted worker itself.
+        let r = direct.req(&format!("get||{k}"));
+        if r != format!("0||{v}") && r != "2||key not found" {
+            panic!("{k}: {r}");
+        }
+        if r == "2||key not found" {
+            missing += 1;
+        }
+    }
+    let on_a = written.len() - missing;
+    println!(
+        "{} acknowledged writes, {on_a} on the restarted worker",
+        written.len()
+    );
+    assert!(
+        on_a > written.len() / 4,
+        "the restarted worker holds too few keys: {on_a}"
+    );
+    drop((c, d));
+}
+
+#[test]
+fn idle_connections_are_closed_and_busy_ones_kept() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &["--idle-timeout", "500ms"]);
+    let mut idle = Client::connect(o.port);
+    let mut busy = Client::connect(o.port);
+    let mut half = Client::connect(o.port);
+    assert_eq!(idle.req("ping"), "0||pong");
+    half.send_raw(b"set||slow||lor"); // never finished
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(busy.req("ping"), "0||pong");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        idle.closed_within(Duration::from_secs(2)),
+        "idle connection still open"
+    );
+    assert!(
+        half.closed_within(Duration::from_secs(2)),
+        "half-sent line kept the connection"
+    );
+    assert_eq!(busy.req("get||slow"), "2||key not found");
+    // The orchestrator's own links to the workers were idle-closed by the
+    // workers (same timeout) and came back without costing a request.
+    let (w1, w2) = pair(&["--idle-timeout", "300ms"]);
+    let o2 = orchestrator(&[w1.port, w2.port], &["--idle-timeout", "10s"]);
+    let mut c = Client::connect(o2.port);
+    for i in 0..5 {
+        assert_eq!(c.req(&format!("set||k{i}||v")), "0||");
+        std::thread::sleep(Duration::from_millis(450));
+        assert_eq!(c.req(&format!("get||k{i}")), "0||v");
+    }
+}
+
+#[test]
+fn connections_beyond_the_limit_get_an_error() {
+    let w = worker(free_port(), None, &["--max-connections", "2"]);
+    let mut c1 = Client::connect(w.port);
+    let mut c2 = Client::connect(w.port);
+    assert_eq!(c1.req("ping"), "0||pong");
+    assert_eq!(c2.req("ping"), "0||pong");
+    let mut c3 = Client::connect(w.port);
+    assert_eq!(c3.read_line(), "8||too many connections");
+    assert!(c3.closed_within(Duration::from_secs(5)));
+    assert_eq!(c1.req("set||k||v"), "0||");
+    drop(c2);
+    assert!(eventually(Duration::from_secs(5), || {
+        let mut c = Client::connect(w.port);
+        c.req("ping") == "0||pong"
+    }));
+}
+
+#[test]
+fn partners_starting_together_start_empty_and_a_later_one_refills() {
+    let (p1, p2) = (free_port(), free_port());
+    let a = worker(p1, Some(p2), &[]);
+    assert!(a.log_text().contains("not refilling"), "{}", a.log_text());
+    let mut c = Client::connect(a.port);
+    for i in 0..1000 {
+        assert_eq!(c.req(&format!("set||k{i}||{}", "x".repeat(200))), "0||");
+    }
+    assert_eq!(c.req("del||k7"), "0||");
+    let b = worker(p2, Some(p1), &[]);
+    assert!(b.log_text().contains("entries=1000"), "{}", b.log_text());
+    let mut c = Client::connect(b.port);
+    assert_eq!(c.req("get||k999"), format!("0||{}", "x".repeat(200)));
+    assert_eq!(
+        c.req("get||k7"),
+        "2||key not found",
+        "the tombstone came along"
+    );
+}

@@ -1,0 +1,235 @@
+//! Test harness: starts the real binaries on free loopback ports, waits for
+//! their ready line, talks TCP, and stops them with SIGTERM (asserting a
+//! clean exit) when dropped. Logs go to files, printed when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn log_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rcache-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+pub struct Daemon {
+    pub name: String,
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    fn spawn(name: &str, bin: &str, args: &[String], port: u16) -> Daemon {
+        let log = log_dir().join(format!("{name}-{}.log", port));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut daemon = Daemon {
+            name: name.to_string(),
+            port,
+            child: Some(child),
+            log,
+        };
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) if line.contains(" ready ") => daemon,
+            other => {
+                let log = daemon.log_text();
+                daemon.kill9();
+                panic!("{name} did not report ready ({other:?}); log:\n{log}");
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, sig);
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status within a deadline.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not exit within 15s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
+            self.kill9();
+            return;
+        }
+        if let Some(status) = self.terminate() {
+            assert!(
+                status.success(),
+                "{} exited with {status} after SIGTERM; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+}
+
+pub fn worker(port: u16, partner: Option<u16>, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+    if let Some(p) = partner {
+        args.push("--partner".into());
+        args.push(format!("127.0.0.1:{p}"));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Daemon::spawn(
+        &format!("worker-{port}"),
+        env!("CARGO_BIN_EXE_rcache-worker"),
+        &args,
+        port,
+    )
+}
+
+/// A pair of partner workers on fresh ports.
+pub fn pair(extra: &[&str]) -> (Daemon, Daemon) {
+    let (a, b) = (free_port(), free_port());
+    let wa = worker(a, Some(b), extra);
+    let wb = worker(b, Some(a), extra);
+    (wa, wb)
+}
+
+pub fn orchestrator(workers: &[u16], extra: &[&str]) -> Daemon {
+    let port = free_port();
+    let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    for w in workers {
+        args.push("127.0.0.1".into());
+        args.push(w.to_string());
+    }
+    Daemon::spawn(
+        &format!("orchestrator-{port}"),
+        env!("CARGO_BIN_EXE_rcache-orchestrator"),
+        &args,
+        port,
+    )
+}
+
+/// A blocking text-protocol client.
+pub struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        Client { stream, reader }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .expect("read a response line");
+        assert!(line.ends_with('\n'), "connection closed; got {line:?}");
+        line.pop();
+        line
+    }
+
+    /// Sends one request line and returns the response line.
+    pub fn req(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\n").as_bytes());
+        self.read_line()
+    }
+
+    /// True when the server closed the connection (EOF within the timeout).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
