@@ -155,7 +155,7 @@ fn a_dead_worker_costs_no_request_and_refills_on_return() {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     if n % 2 == 0 || mine.is_empty() {
-                        let (k, v) = (format!("t{t}-k{n}"), format!("v{}", rng.next()));
+                        let (k, v) = (format!("t{t}-k{n}"), format!("v{}", rng.next_u64()));
                         let r = client.req(&format!("set||{k}||{v}"));
                         if r == "0||" {
                             mine.push((k, v));

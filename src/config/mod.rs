@@ -524,6 +524,7 @@ pub fn to_toml(raw: &impl Serialize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
     use figment::Jail;
@@ -531,8 +532,10 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         RawWorker::default().validate().expect("worker defaults");
-        let mut o = RawOrchestrator::default();
-        o.workers = vec![vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]];
+        let o = RawOrchestrator {
+            workers: vec![vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]],
+            ..RawOrchestrator::default()
+        };
         let (config, _) = o.validate().expect("orchestrator defaults");
         assert_eq!(config.worker_timeout, Duration::from_secs(1));
         assert_eq!(config.health_interval, Duration::from_millis(500));

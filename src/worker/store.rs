@@ -859,7 +859,7 @@ mod tests {
         assert_eq!(s.get(b"text").map(|f| f.value.to_vec()), Some(text));
 
         let mut rng = Rng::new(7);
-        let noise: Vec<u8> = (0..800).map(|_| rng.next() as u8).collect();
+        let noise: Vec<u8> = (0..800).map(|_| rng.next_u64() as u8).collect();
         s.set(b"noise", &noise, None, 1).expect("fits");
         let after = s.usage();
         assert_eq!(after.raw_value_bytes - usage.raw_value_bytes, 800);
@@ -912,7 +912,7 @@ mod tests {
     fn an_entry_larger_than_memory_is_refused() {
         let s = store(1000);
         let mut rng = Rng::new(3);
-        let noise: Vec<u8> = (0..2000).map(|_| rng.next() as u8).collect();
+        let noise: Vec<u8> = (0..2000).map(|_| rng.next_u64() as u8).collect();
         assert!(matches!(
             s.set(b"k", &noise, None, 1),
             Err(StoreError::TooLarge { .. })
@@ -928,7 +928,7 @@ mod tests {
             let value: Vec<u8> = if i % 2 == 0 {
                 vec![b'a'; 300]
             } else {
-                (0..50).map(|_| rng.next() as u8).collect()
+                (0..50).map(|_| rng.next_u64() as u8).collect()
             };
             let ttl = (i % 3 == 0).then(|| Duration::from_secs(3600));
             src.set(format!("k{i}").as_bytes(), &value, ttl, u64::from(i) + 1)
