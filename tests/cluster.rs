@@ -317,3 +317,41 @@ fn partners_starting_together_start_empty_and_a_later_one_refills() {
         "the tombstone came along"
     );
 }
+
+/// A worker frozen (SIGSTOP) during writes: every write still succeeds
+/// within the worker timeout, and once it answers again, reads see every
+/// acknowledged write. (Whether a thawed worker is stale depends on what its
+/// socket buffers held; `Backend`'s unit tests pin the `Behind` rule.)
+#[test]
+fn a_frozen_worker_never_serves_reads_it_missed() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(
+        &[a.port, b.port],
+        &["--worker-timeout", "300ms", "--health-interval", "100ms"],
+    );
+    let mut c = Client::connect(o.port);
+    for i in 0..50 {
+        assert_eq!(c.req(&format!("set||k{i}||old")), "0||");
+    }
+    a.signal(libc::SIGSTOP);
+    for i in 0..50 {
+        assert_eq!(
+            c.req(&format!("set||k{i}||new")),
+            "0||",
+            "write {i} while a worker is frozen"
+        );
+    }
+    a.signal(libc::SIGCONT);
+    // The probes see the worker alive again; reads stay correct meanwhile.
+    let mut direct = Client::connect(a.port);
+    assert_eq!(direct.req("ping"), "0||pong");
+    for round in 0..3 {
+        for i in 0..50 {
+            assert_eq!(
+                c.req(&format!("get||k{i}")),
+                "0||new",
+                "round {round}, key k{i}"
+            );
+        }
+    }
+}

@@ -12,7 +12,6 @@ use crate::client::link::LinkConn;
 use crate::net::Shutdown;
 use crate::protocol::link::{Request, Response, WorkerState};
 use crate::protocol::Limits;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -69,13 +68,17 @@ async fn probe_loop(
         }
         .await;
         match result {
-            Ok(Response::Status { state, entries }) => {
+            Ok(Response::Status {
+                state,
+                entries,
+                incarnation,
+            }) => {
                 failures = 0;
-                backend.entries.store(entries, Ordering::Relaxed);
-                backend.set_health(match state {
+                let healthy = match state {
                     WorkerState::Ready => Health::Up,
                     WorkerState::Starting | WorkerState::Refilling => Health::Loading,
-                });
+                };
+                backend.probed(healthy, incarnation, entries);
             }
             other => {
                 // A probe connection in an unknown state is not reused.

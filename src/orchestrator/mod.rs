@@ -5,10 +5,12 @@
 //! are pooled and pipelined ([`pool`]); [`health`] probes keep each worker's
 //! state current.
 //!
-//! Read-your-writes: a write that one worker of the pair failed to store
-//! marks that worker down before the client is answered, so no later read
-//! is sent to the worker that missed the write until it has caught up (it
-//! comes back through a restart and refill, or a probe after recovery).
+//! Read-your-writes: when a write is acknowledged but one worker of the pair
+//! did not confirm it (it failed, timed out, or was believed down), that
+//! worker is marked `Behind` before the client is answered. A `Behind`
+//! worker takes writes but serves reads only when its partner cannot, until
+//! a new incarnation of it shows up: a restarted worker refills from its
+//! partner, so it holds every acknowledged write again.
 
 pub mod health;
 pub mod placement;
@@ -154,6 +156,8 @@ impl Router {
             }
         };
         let (a, b) = tokio::join!(ask(&pair[0]), ask(&pair[1]));
+        let a_failed = matches!(a, WriteOutcome::Failed { .. });
+        let b_failed = matches!(b, WriteOutcome::Failed { .. });
         let mut stored = Vec::with_capacity(2);
         let mut refused = None;
         let mut unknown = false;
@@ -169,6 +173,12 @@ impl Router {
             }
         }
         if !stored.is_empty() {
+            // Acknowledged: a worker that may lack it must not serve reads.
+            for (outcome_failed, backend) in [(a_failed, &pair[0]), (b_failed, &pair[1])] {
+                if outcome_failed {
+                    backend.missed_write();
+                }
+            }
             return Ok(stored);
         }
         if let Some(e) = refused {

@@ -41,6 +41,9 @@ pub enum Health {
     Loading = 1,
     /// Unreachable or failing: not waited on.
     Down = 2,
+    /// Reachable, but it missed an acknowledged write: takes writes, serves
+    /// reads only when its partner cannot, until it restarts (and refills).
+    Behind = 3,
 }
 
 impl Health {
@@ -49,6 +52,16 @@ impl Health {
             Health::Up => "up",
             Health::Loading => "loading",
             Health::Down => "down",
+            Health::Behind => "behind",
+        }
+    }
+
+    fn from_u8(v: u8) -> Health {
+        match v {
+            0 => Health::Up,
+            1 => Health::Loading,
+            3 => Health::Behind,
+            _ => Health::Down,
         }
     }
 }
@@ -73,11 +86,16 @@ pub struct Backend {
     health: AtomicU8,
     /// Entries the worker reported in its last health probe.
     pub entries: AtomicU64,
+    /// The worker process's incarnation as last probed (0: never seen).
+    incarnation: AtomicU64,
+    /// The incarnation that missed a write (0: none missed; `u64::MAX`:
+    /// missed while its incarnation was unknown).
+    missed: AtomicU64,
 }
 
 impl Backend {
-    /// Starts the link tasks. The worker starts out `Down` until a probe
-    /// or a request proves otherwise.
+    /// Starts the link tasks. The worker starts out `Up`: the first failed
+    /// request or probe says otherwise.
     pub fn start(addr: String, settings: LinkSettings) -> Arc<Backend> {
         let links = (0..LINKS_PER_WORKER)
             .map(|_| {
@@ -90,27 +108,20 @@ impl Backend {
             addr,
             links,
             next_link: AtomicUsize::new(0),
-            health: AtomicU8::new(Health::Down as u8),
+            health: AtomicU8::new(Health::Up as u8),
             entries: AtomicU64::new(0),
+            incarnation: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
         })
     }
 
     pub fn health(&self) -> Health {
-        match self.health.load(Ordering::Relaxed) {
-            0 => Health::Up,
-            1 => Health::Loading,
-            _ => Health::Down,
-        }
+        Health::from_u8(self.health.load(Ordering::Relaxed))
     }
 
     /// Records a new health; returns the previous one.
     pub fn set_health(&self, health: Health) -> Health {
-        let previous = self.health.swap(health as u8, Ordering::Relaxed);
-        let previous = match previous {
-            0 => Health::Up,
-            1 => Health::Loading,
-            _ => Health::Down,
-        };
+        let previous = Health::from_u8(self.health.swap(health as u8, Ordering::Relaxed));
         if previous != health {
             match health {
                 Health::Down => tracing::warn!(worker = %self.addr, "worker is down"),
@@ -125,6 +136,37 @@ impl Backend {
         if self.health() != Health::Down {
             tracing::debug!(worker = %self.addr, %error, "request failed");
             self.set_health(Health::Down);
+        }
+    }
+
+    /// Records that this worker may lack an acknowledged write: it serves
+    /// no reads while its partner can, until a new incarnation (a restart,
+    /// which refills from the partner) shows up.
+    pub fn missed_write(&self) {
+        let known = self.incarnation.load(Ordering::Relaxed);
+        let mark = if known == 0 { u64::MAX } else { known };
+        if self.missed.swap(mark, Ordering::Relaxed) == 0 {
+            tracing::warn!(worker = %self.addr, "worker missed an acknowledged write; no reads from it until it restarts");
+        }
+        if self.health() != Health::Down {
+            self.set_health(Health::Behind);
+        }
+    }
+
+    /// Applies a probe's answer: the worker is reachable in `healthy`
+    /// state (`Up` or `Loading`) as process `incarnation`.
+    pub fn probed(&self, healthy: Health, incarnation: u64, entries: u64) {
+        self.entries.store(entries, Ordering::Relaxed);
+        self.incarnation.store(incarnation, Ordering::Relaxed);
+        let missed = self.missed.load(Ordering::Relaxed);
+        if missed != 0 && missed != u64::MAX && missed != incarnation {
+            // A new process: it refilled from its partner (or is refilling).
+            self.missed.store(0, Ordering::Relaxed);
+        }
+        if self.missed.load(Ordering::Relaxed) != 0 && healthy == Health::Up {
+            self.set_health(Health::Behind);
+        } else {
+            self.set_health(healthy);
         }
     }
 
@@ -172,6 +214,7 @@ impl Backend {
     /// Queues a request whose answer nobody waits for (a write to a worker
     /// believed down: if it is back, it gets the write).
     pub fn send_and_forget(&self, request: Request) {
+        self.missed_write();
         let _ = self.pick_link().try_send(Pending {
             request,
             reply: None,
@@ -299,5 +342,45 @@ async fn read_responses(mut reader: LinkReader, mut inflight: mpsc::Receiver<InF
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Arc<Backend> {
+        let settings = LinkSettings {
+            limits: Limits::default(),
+            connect_timeout: Duration::from_millis(100),
+            keepalive: Duration::from_secs(10),
+        };
+        Backend::start("127.0.0.1:9".into(), settings)
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_missed_a_write_serves_no_reads_until_it_restarts() {
+        let b = backend();
+        b.probed(Health::Up, 5, 0);
+        assert_eq!(b.health(), Health::Up);
+        b.missed_write();
+        assert_eq!(b.health(), Health::Behind);
+        b.probed(Health::Up, 5, 0);
+        assert_eq!(b.health(), Health::Behind, "same process: still behind");
+        b.probed(Health::Loading, 6, 0);
+        assert_eq!(b.health(), Health::Loading, "a new process refills");
+        b.probed(Health::Up, 6, 0);
+        assert_eq!(b.health(), Health::Up);
+    }
+
+    #[tokio::test]
+    async fn a_miss_before_the_first_probe_is_never_forgotten_by_a_probe() {
+        let b = backend();
+        b.report_failure(&ClientError::Closed);
+        assert_eq!(b.health(), Health::Down);
+        b.missed_write();
+        assert_eq!(b.health(), Health::Down);
+        b.probed(Health::Up, 42, 0);
+        assert_eq!(b.health(), Health::Behind);
     }
 }

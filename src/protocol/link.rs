@@ -18,7 +18,7 @@
 //! response = status:u8 body
 //!   OK          0  op-specific (GET: version:u64 ttl_ms:u64 value(rest);
 //!                  SET: applied:u8; DEL: existed:u8;
-//!                  STATUS: state:u8 entries:u64)
+//!                  STATUS: state:u8 entries:u64 incarnation:u64)
 //!   NOT_FOUND   2
 //!   ERROR     255  code:u8 message(rest)
 //!   CHUNK      10  count:u32 entry*   (refill stream)
@@ -129,9 +129,11 @@ pub enum Response {
         existed: bool,
     },
     Pong,
+    /// `incarnation` is drawn at each start: a change means a restart.
     Status {
         state: WorkerState,
         entries: u64,
+        incarnation: u64,
     },
     NotFound,
     Error(ErrorReply),
@@ -260,10 +262,15 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u8(*existed as u8);
         }
         Response::Pong => out.put_u8(status::OK),
-        Response::Status { state, entries } => {
+        Response::Status {
+            state,
+            entries,
+            incarnation,
+        } => {
             out.put_u8(status::OK);
             out.put_u8(*state as u8);
             out.put_u64(*entries);
+            out.put_u64(*incarnation);
         }
         Response::NotFound => out.put_u8(status::NOT_FOUND),
         Response::Error(error) => {
@@ -424,6 +431,7 @@ pub fn decode_response(
                 Response::Status {
                     state,
                     entries: r.u64()?,
+                    incarnation: r.u64()?,
                 }
             }
             RequestKind::Refill => return Err(LinkError::Malformed("OK in a refill stream")),
@@ -575,6 +583,7 @@ mod tests {
                 Response::Status {
                     state: WorkerState::Refilling,
                     entries: 9,
+                    incarnation: 77,
                 },
                 RequestKind::Status,
             ),

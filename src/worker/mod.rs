@@ -47,6 +47,8 @@ pub struct Worker {
     pub store: Store,
     state: AtomicU8,
     clock: Clock,
+    /// Drawn at start; tells the orchestrator this process is a new one.
+    incarnation: u64,
     config: WorkerConfig,
 }
 
@@ -56,6 +58,7 @@ impl Worker {
             store: Store::new(config.store.clone()),
             state: AtomicU8::new(WorkerState::Starting as u8),
             clock: Clock::with_random_node(),
+            incarnation: random_u64(),
             config,
         }
     }
@@ -118,6 +121,7 @@ impl Worker {
             Request::Status => Response::Status {
                 state: self.state(),
                 entries: self.store.len(),
+                incarnation: self.incarnation,
             },
             Request::Refill => Response::Error(ErrorReply::new(
                 ErrorCode::InvalidCommand,
@@ -318,6 +322,18 @@ impl Bound {
         let _ = server.await;
         expiry.abort();
     }
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() | 1
 }
 
 async fn run_expiry(worker: Arc<Worker>, mut shutdown: Shutdown) {
