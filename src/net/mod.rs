@@ -6,7 +6,7 @@
 //! stream type is generic so TLS wraps a socket without touching the drivers.
 
 use crate::protocol::text::{encode_reply, TextDecoder};
-use crate::protocol::{Command, ErrorCode, ErrorReply, Limits, Reply};
+use crate::protocol::{Command, ErrorCode, Limits, Reply};
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
@@ -281,14 +281,4 @@ where
             return closed;
         }
     }
-}
-
-/// The reply of a daemon that has no `auth_token` to an `auth` command.
-pub fn auth_without_token() -> Reply {
-    Reply::Done
-}
-
-/// A parse error the connection driver reports (for services' own checks).
-pub fn parse_error(message: &'static str) -> Reply {
-    Reply::Error(ErrorReply::new(ErrorCode::Parse, message))
 }

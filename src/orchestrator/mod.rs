@@ -16,7 +16,6 @@ pub mod health;
 pub mod placement;
 pub mod pool;
 
-use crate::client::ClientError;
 use crate::net::{self, Conn, Handler, ServerConfig, Service, Shutdown};
 use crate::protocol::link::{Request, Response};
 use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
@@ -51,9 +50,9 @@ pub struct Router {
 enum WriteOutcome {
     Stored(Response),
     Refused(ErrorReply),
-    /// Transport failure: the worker may or may not have applied it.
+    /// Transport failure; `maybe_applied` unless it certainly never left.
     Failed {
-        timed_out: bool,
+        maybe_applied: bool,
     },
     NotAsked,
 }
@@ -149,7 +148,7 @@ impl Router {
                     Err(e) => {
                         backend.report_failure(&e);
                         WriteOutcome::Failed {
-                            timed_out: matches!(e, ClientError::Timeout(_)) || !e.never_sent(),
+                            maybe_applied: !e.never_sent(),
                         }
                     }
                 }
@@ -168,7 +167,7 @@ impl Router {
                     tracing::debug!(worker = %backend.addr, error = %e, "write refused");
                     refused = Some(e);
                 }
-                WriteOutcome::Failed { timed_out } => unknown |= timed_out,
+                WriteOutcome::Failed { maybe_applied } => unknown |= maybe_applied,
                 WriteOutcome::NotAsked => {}
             }
         }
