@@ -4,8 +4,7 @@ use clap::Parser;
 use rcache::config::{
     self, CommonFlags, OrchestratorFlags, OrchestratorOverrides, RawOrchestrator,
 };
-use rcache::daemon::{self, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
-use rcache::net::shutdown_channel;
+use rcache::daemon::{self, EXIT_OK, EXIT_RUNTIME};
 
 #[derive(Parser)]
 #[command(
@@ -26,72 +25,40 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let workers = if args.workers.is_empty() {
-        None
+    let loaded = (if args.workers.is_empty() {
+        Ok(None)
     } else {
-        match config::pairs_from_args(&args.workers) {
-            Ok(pairs) => Some(pairs),
-            Err(e) => exit_config(e),
-        }
-    };
-    let overrides = OrchestratorOverrides {
-        flags: &args.flags,
-        workers,
-    };
-    let raw: RawOrchestrator = match config::load(args.common.config.as_deref(), &overrides) {
-        Ok(raw) => raw,
-        Err(e) => exit_config(e),
-    };
-    let (config, level) = match raw.validate() {
-        Ok(c) => c,
-        Err(e) => exit_config(e),
-    };
-    if args.common.print_config {
-        print!("{}", config::to_toml(&raw));
-        std::process::exit(EXIT_OK);
-    }
-    if args.common.check_config {
-        std::process::exit(EXIT_OK);
-    }
-    daemon::init_logging(level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rcache-orchestrator: cannot start the runtime: {e}");
-            std::process::exit(EXIT_RUNTIME);
-        }
-    };
-    let code = runtime.block_on(async move {
-        let bound = match rcache::orchestrator::bind(config.clone()).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("{e}");
-                return EXIT_RUNTIME;
-            }
+        config::pairs_from_args(&args.workers).map(Some)
+    })
+    .and_then(|workers| {
+        let overrides = OrchestratorOverrides {
+            flags: &args.flags,
+            workers,
         };
-        let (trigger, shutdown) = shutdown_channel();
-        if let Err(e) = daemon::shutdown_on_signals(trigger) {
-            tracing::error!("cannot install signal handlers: {e}");
-            return EXIT_RUNTIME;
-        }
-        let workers: Vec<String> = config.pairs.iter().map(|p| p.join(",")).collect();
-        println!(
-            "rcache-orchestrator ready listen={} pairs={}",
-            bound.local_addr,
-            workers.join(";")
-        );
-        tracing::info!(listen = %bound.local_addr, "ready");
-        bound.run(shutdown).await;
-        tracing::info!("stopped");
-        EXIT_OK
+        config::load::<RawOrchestrator>(args.common.config.as_deref(), &overrides)
     });
-    std::process::exit(code);
-}
-
-fn exit_config(e: config::ConfigError) -> ! {
-    eprint!("rcache-orchestrator: {e}");
-    std::process::exit(EXIT_CONFIG);
+    daemon::main_with(
+        "rcache-orchestrator",
+        &args.common,
+        loaded,
+        RawOrchestrator::validate,
+        |config, shutdown| async move {
+            let bound = match rcache::orchestrator::bind(config.clone()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return EXIT_RUNTIME;
+                }
+            };
+            let pairs: Vec<String> = config.pairs.iter().map(|p| p.join(",")).collect();
+            println!(
+                "rcache-orchestrator ready listen={} pairs={}",
+                bound.local_addr,
+                pairs.join(";")
+            );
+            tracing::info!(listen = %bound.local_addr, "ready");
+            bound.run(shutdown).await;
+            EXIT_OK
+        },
+    )
 }

@@ -33,3 +33,58 @@ pub fn shutdown_on_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
     });
     Ok(())
 }
+
+/// The shared `main` of both daemons: config errors exit 2 with every
+/// problem listed, `--print-config` / `--check-config` exit 0, otherwise
+/// logging starts and `run` (given the validated config and a shutdown
+/// wired to SIGTERM/SIGINT) returns the exit status.
+pub fn main_with<R, C, F, Fut>(
+    name: &str,
+    common: &crate::config::CommonFlags,
+    loaded: Result<R, crate::config::ConfigError>,
+    validate: impl FnOnce(&R) -> Result<(C, tracing::Level), crate::config::ConfigError>,
+    run: F,
+) -> !
+where
+    R: serde::Serialize,
+    F: FnOnce(C, crate::net::Shutdown) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    let (raw, config, level) = match loaded.and_then(|raw| validate(&raw).map(|(c, l)| (raw, c, l)))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprint!("{name}: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    if common.print_config {
+        print!("{}", crate::config::to_toml(&raw));
+        std::process::exit(EXIT_OK);
+    }
+    if common.check_config {
+        std::process::exit(EXIT_OK);
+    }
+    init_logging(level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            std::process::exit(EXIT_RUNTIME);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let (trigger, shutdown) = crate::net::shutdown_channel();
+        if let Err(e) = shutdown_on_signals(trigger) {
+            tracing::error!("cannot install signal handlers: {e}");
+            return EXIT_RUNTIME;
+        }
+        let code = run(config, shutdown).await;
+        tracing::info!("stopped");
+        code
+    });
+    std::process::exit(code);
+}
