@@ -529,6 +529,29 @@ mod tests {
     use super::*;
     use figment::Jail;
 
+    /// The environment filter's key lists name exactly the struct's keys.
+    #[test]
+    fn key_lists_match_the_structs() {
+        fn keys<R: RawConfig>() -> Vec<String> {
+            match toml::Value::try_from(R::default()) {
+                Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+                other => panic!("not a table: {other:?}"),
+            }
+        }
+        let sorted = |v: &[&str]| {
+            let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            v.sort();
+            v
+        };
+        let mut worker = keys::<RawWorker>();
+        worker.push("partner".into()); // None by default, so not serialized
+        worker.sort();
+        assert_eq!(worker, sorted(RawWorker::KEYS));
+        let mut orchestrator = keys::<RawOrchestrator>();
+        orchestrator.sort();
+        assert_eq!(orchestrator, sorted(RawOrchestrator::KEYS));
+    }
+
     #[test]
     fn defaults_are_valid() {
         RawWorker::default().validate().expect("worker defaults");
