@@ -355,3 +355,49 @@ fn a_frozen_worker_never_serves_reads_it_missed() {
         }
     }
 }
+
+/// The `rcache` command against a cluster, as a newcomer uses it.
+#[test]
+fn the_rcache_command_sets_gets_and_deletes() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &[]);
+    let rcache = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rcache"))
+            .arg("--addr")
+            .arg(o.addr())
+            .args(args)
+            .output()
+            .expect("rcache runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(rcache(&["ping"]).1, "pong\n");
+    assert_eq!(rcache(&["set", "greeting", "hello"]).1, "OK\n");
+    assert_eq!(rcache(&["get", "greeting"]).1, "hello\n");
+    assert_eq!(rcache(&["set", "t", "v", "--ttl", "60"]).1, "OK\n");
+    assert_eq!(rcache(&["del", "greeting"]).1, "OK\n");
+    let (code, _, stderr) = rcache(&["get", "greeting"]);
+    assert_eq!((code, stderr.as_str()), (Some(1), "(2) key not found\n"));
+    // The shell reads commands from stdin.
+    let mut shell = std::process::Command::new(env!("CARGO_BIN_EXE_rcache"))
+        .arg("--addr")
+        .arg(o.addr())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("shell starts");
+    use std::io::Write;
+    shell
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"set k hello world\nget k\nget t\nquit\n")
+        .expect("write");
+    let out = shell.wait_with_output().expect("shell ends");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\nhello world\nv\n");
+}
