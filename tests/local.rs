@@ -1,0 +1,59 @@
+//! `rcache local`: the README's first command.
+
+mod common;
+
+use common::Client;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn rcache_local_serves_and_stops_on_ctrl_c() {
+    // A base port whose five neighbours are free right now.
+    let base = (0..200)
+        .map(|i| 20_000 + (std::process::id() as u16 % 200) * 50 + i * 7)
+        .find(|&b| (0..5).all(|o| std::net::TcpListener::bind(("127.0.0.1", b + o)).is_ok()))
+        .expect("a free port range");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rcache"))
+        .args([
+            "local",
+            "--base-port",
+            &base.to_string(),
+            "--max-memory",
+            "64MiB",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rcache local starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert!(
+        first.contains(&format!("orchestrator on 127.0.0.1:{base}")),
+        "{first}"
+    );
+    let mut c = Client::connect(base);
+    assert_eq!(c.req("set||greeting||hello"), "0||");
+    assert_eq!(c.req("get||greeting"), "0||hello");
+    // Both pairs answer directly too.
+    for w in 1..=4 {
+        assert_eq!(Client::connect(base + w).req("ping"), "0||pong");
+    }
+    drop(c);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "{status}");
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &format!("127.0.0.1:{base}").parse().expect("addr"),
+            Duration::from_secs(1)
+        )
+        .is_err(),
+        "the port is released"
+    );
+}
