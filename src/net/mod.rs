@@ -193,19 +193,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         deadline: Instant,
         shutdown: &mut Shutdown,
     ) -> Result<usize, Closed> {
-        self.rbuf.reserve(READ_CHUNK_BYTES);
         tokio::select! {
             _ = shutdown.wait() => Err(Closed::Shutdown),
-            read = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.rbuf)) => match read {
-                Err(_) => Err(Closed::Idle),
-                Ok(Ok(0)) => Err(Closed::Eof),
-                Ok(Ok(n)) => Ok(n),
-                Ok(Err(e)) => Err(Closed::Io(e)),
-            },
+            read = self.fill_until(deadline) => read,
         }
     }
 
-    /// Reads more bytes with no shutdown to watch (clients).
+    /// Reads more bytes, giving up at `deadline`.
     pub async fn fill_until(&mut self, deadline: Instant) -> Result<usize, Closed> {
         self.rbuf.reserve(READ_CHUNK_BYTES);
         match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.rbuf)).await {
