@@ -20,7 +20,7 @@
 //!
 //! [`config`] (figment: defaults < file < env < flags) and [`daemon`]
 //! (logging, signals) are used from the top. [`version`] (hybrid logical
-//! clock) and [`zipf`] are leaf utilities.
+//! clock), [`hash`] (the stable key hash) and [`zipf`] are leaf utilities.
 //!
 //! A request runs in a straight line: accept, decode a `Command`, execute it
 //! (the worker's store; or the orchestrator's router picks a pair and the
@@ -30,6 +30,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod hash;
 pub mod net;
 pub mod orchestrator;
 pub mod protocol;

@@ -2,11 +2,11 @@
 //! one process, with the defaults of a fresh install. Ctrl-C stops them all
 //! (in-flight requests finish first).
 
-use crate::net::{shutdown_channel, ServerConfig};
-use crate::orchestrator::{self, OrchestratorConfig};
-use crate::worker::store::StoreConfig;
-use crate::worker::{self, WorkerConfig};
-use std::time::Duration;
+use crate::config::units::Scalar;
+use crate::config::{RawOrchestrator, RawWorker};
+use crate::net::shutdown_channel;
+use crate::orchestrator;
+use crate::worker;
 
 /// Worker pairs `rcache local` runs.
 pub const LOCAL_PAIRS: u16 = 2;
@@ -27,37 +27,28 @@ pub struct LocalArgs {
 pub async fn run(args: LocalArgs) -> i32 {
     let level = args.log_level.parse().unwrap_or(tracing::Level::INFO);
     crate::daemon::init_logging(level);
-    let max_memory = match crate::config::units::parse_size(&crate::config::units::Scalar::Str(
-        args.max_memory.clone(),
-    )) {
-        Ok(n) if n >= 1 << 20 => n as usize,
-        _ => {
-            eprintln!(
-                "rcache local: --max-memory {:?} is not a size of at least 1MiB",
-                args.max_memory
-            );
-            return 2;
-        }
-    };
     let base = args.base_port;
     if u32::from(base) + 100 + 2 * u32::from(LOCAL_PAIRS) > u32::from(u16::MAX) {
         eprintln!("rcache local: --base-port {base} leaves no room for the worker ports");
         return 2;
     }
     let addr = |offset: u16| format!("127.0.0.1:{}", base + offset);
-    let server = ServerConfig::default();
     let mut workers = Vec::new();
     for i in 1..=2 * LOCAL_PAIRS {
         let partner = if i % 2 == 1 { i + 1 } else { i - 1 };
-        let config = WorkerConfig {
+        let raw = RawWorker {
             listen: addr(i),
             partner: Some(addr(partner)),
             metrics_listen: addr(100 + i),
-            server: server.clone(),
-            store: StoreConfig {
-                max_memory_bytes: max_memory,
-                ..StoreConfig::default()
-            },
+            max_memory: Scalar::Str(args.max_memory.clone()),
+            ..RawWorker::default()
+        };
+        let config = match raw.validate() {
+            Ok((config, _)) => config,
+            Err(e) => {
+                eprintln!("rcache local: --max-memory: {e}");
+                return 2;
+            }
         };
         match worker::bind(config).await {
             Ok(bound) => workers.push(bound),
@@ -67,13 +58,18 @@ pub async fn run(args: LocalArgs) -> i32 {
     let pairs: Vec<[String; 2]> = (0..LOCAL_PAIRS)
         .map(|p| [addr(2 * p + 1), addr(2 * p + 2)])
         .collect();
-    let config = OrchestratorConfig {
+    let raw = RawOrchestrator {
         listen: addr(0),
         metrics_listen: addr(100),
-        server,
-        worker_timeout: Duration::from_secs(1),
-        health_interval: Duration::from_millis(500),
-        pairs: pairs.clone(),
+        workers: pairs.iter().map(|p| p.to_vec()).collect(),
+        ..RawOrchestrator::default()
+    };
+    let config = match raw.validate() {
+        Ok((config, _)) => config,
+        Err(e) => {
+            eprintln!("rcache local: {e}");
+            return 2;
+        }
     };
     let orchestrator = match orchestrator::bind(config).await {
         Ok(b) => b,

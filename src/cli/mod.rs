@@ -49,6 +49,9 @@ pub enum CliCommand {
     Del { key: String },
     /// Check that the server answers.
     Ping,
+    /// Show the cluster as the orchestrator sees it (pairs, health, entries,
+    /// hints queued, anti-entropy rounds), or a worker's own state.
+    Cluster,
     /// Run an orchestrator and two worker pairs on loopback until Ctrl-C.
     Local(local::LocalArgs),
 }
@@ -70,6 +73,7 @@ pub async fn run(cli: Cli) -> i32 {
         },
         Some(CliCommand::Del { key }) => Command::Del { key: key.into() },
         Some(CliCommand::Ping) => Command::Ping,
+        Some(CliCommand::Cluster) => Command::Cluster,
     };
     let mut client = match TextClient::connect(&cli.addr, cli.timeout).await {
         Ok(c) => c,
@@ -94,6 +98,10 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
             println!("pong");
             0
         }
+        (Command::Cluster, Reply::Value(v)) => {
+            print!("{}", cluster_table(&String::from_utf8_lossy(v)));
+            0
+        }
         (Command::Get { .. }, Reply::Value(v)) => {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(v);
@@ -113,6 +121,52 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
             1
         }
     }
+}
+
+/// Lays out a `cluster` reply (`;` between records, `name=value` fields)
+/// as an aligned table whose columns are the fields' names.
+fn cluster_table(reply: &str) -> String {
+    let records: Vec<Vec<(&str, &str)>> = reply
+        .split(';')
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| {
+            r.split_whitespace()
+                .map(|f| f.split_once('=').unwrap_or((f, "")))
+                .collect()
+        })
+        .collect();
+    let Some(first) = records.first() else {
+        return String::new();
+    };
+    let names: Vec<&str> = first.iter().map(|(n, _)| *n).collect();
+    let mut rows = vec![names.iter().map(|n| n.to_uppercase()).collect::<Vec<_>>()];
+    for r in &records {
+        rows.push(
+            names
+                .iter()
+                .map(|n| {
+                    r.iter()
+                        .find(|(k, _)| k == n)
+                        .map_or("", |(_, v)| *v)
+                        .to_string()
+                })
+                .collect(),
+        );
+    }
+    let widths: Vec<usize> = (0..names.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Parses a shell line: `get k`, `set k some value`, `setex k 10 v`,
@@ -157,6 +211,7 @@ fn parse_shell_line(line: &str) -> Option<Result<Command, String>> {
             })
         }),
         "ping" => Ok(Command::Ping),
+        "cluster" => Ok(Command::Cluster),
         "exit" | "quit" => Ok(Command::Exit),
         other => Err(format!(
             "unknown command {other:?}: use get, set, setex, del, ping, quit (or a raw line like get||key)"
@@ -219,6 +274,19 @@ async fn shell(addr: &str, timeout: Duration) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_replies_become_a_table() {
+        let table = cluster_table(
+            "pair=0 worker=127.0.0.1:7001 health=up entries=10;pair=0 worker=127.0.0.1:7002 health=behind entries=9",
+        );
+        assert_eq!(
+            table,
+            "PAIR  WORKER          HEALTH  ENTRIES\n\
+             0     127.0.0.1:7001  up      10\n\
+             0     127.0.0.1:7002  behind  9\n"
+        );
+    }
 
     #[test]
     fn shell_lines() {

@@ -67,6 +67,7 @@ pub struct RawWorker {
     pub max_memory: Scalar,
     pub compression: String,
     pub compress_min_bytes: Scalar,
+    pub anti_entropy_interval: Scalar,
     pub log_level: String,
 }
 
@@ -84,6 +85,7 @@ impl Default for RawWorker {
             max_memory: "1GiB".into(),
             compression: "lz4".into(),
             compress_min_bytes: Scalar::Int(128),
+            anti_entropy_interval: "2s".into(),
             log_level: "info".into(),
         }
     }
@@ -100,6 +102,9 @@ pub struct RawOrchestrator {
     pub max_value_bytes: Scalar,
     pub worker_timeout: Scalar,
     pub health_interval: Scalar,
+    pub health_timeout: Scalar,
+    pub health_failures: u64,
+    pub max_hint_bytes: Scalar,
     pub workers: Vec<Vec<String>>,
     pub log_level: String,
 }
@@ -115,6 +120,9 @@ impl Default for RawOrchestrator {
             max_value_bytes: "8MiB".into(),
             worker_timeout: "1s".into(),
             health_interval: "500ms".into(),
+            health_timeout: "500ms".into(),
+            health_failures: 2,
+            max_hint_bytes: "64MiB".into(),
             workers: Vec::new(),
             log_level: "info".into(),
         }
@@ -139,6 +147,7 @@ impl RawConfig for RawWorker {
         "max_memory",
         "compression",
         "compress_min_bytes",
+        "anti_entropy_interval",
         "log_level",
     ];
 }
@@ -153,6 +162,9 @@ impl RawConfig for RawOrchestrator {
         "max_value_bytes",
         "worker_timeout",
         "health_interval",
+        "health_timeout",
+        "health_failures",
+        "max_hint_bytes",
         "workers",
         "log_level",
     ];
@@ -315,6 +327,11 @@ impl RawWorker {
                 as usize,
             tombstone_ttl: p.duration("tombstone_ttl", &self.tombstone_ttl, Duration::from_secs(1)),
         };
+        let anti_entropy_interval = p.duration(
+            "anti_entropy_interval",
+            &self.anti_entropy_interval,
+            Duration::from_millis(50),
+        );
         let level = p.log_level(&self.log_level);
         p.finish((
             WorkerConfig {
@@ -323,6 +340,7 @@ impl RawWorker {
                 metrics_listen: self.metrics_listen.clone(),
                 server,
                 store,
+                anti_entropy_interval,
             },
             level,
         ))
@@ -351,6 +369,15 @@ impl RawOrchestrator {
             &self.health_interval,
             Duration::from_millis(10),
         );
+        let health_timeout = p.duration(
+            "health_timeout",
+            &self.health_timeout,
+            Duration::from_millis(1),
+        );
+        if self.health_failures == 0 {
+            p.push("health_failures", 0, "must be at least 1");
+        }
+        let max_hint_bytes = p.size("max_hint_bytes", &self.max_hint_bytes, 0, u64::MAX);
         let mut pairs = Vec::new();
         if self.workers.is_empty() {
             p.0.push(
@@ -389,6 +416,9 @@ impl RawOrchestrator {
                 server,
                 worker_timeout,
                 health_interval,
+                health_timeout,
+                health_failures: self.health_failures.clamp(1, u64::from(u32::MAX)) as u32,
+                max_hint_bytes: usize::try_from(max_hint_bytes).unwrap_or(usize::MAX),
                 pairs,
             },
             level,
@@ -480,6 +510,8 @@ flag_struct!(
         compression: String,
         /// Values shorter than this are stored as they are [default: 128]
         compress_min_bytes: String,
+        /// How often partners compare their stores and repair differences [default: 2s]
+        anti_entropy_interval: String,
         /// error, warn, info, debug or trace [default: info]
         log_level: String,
     }
@@ -504,6 +536,12 @@ flag_struct!(
         worker_timeout: String,
         /// How often workers are probed [default: 500ms]
         health_interval: String,
+        /// Longest wait for a probe's answer [default: 500ms]
+        health_timeout: String,
+        /// Failed probes in a row before a worker counts as down [default: 2]
+        health_failures: u64,
+        /// Writes queued per unreachable worker for hinted handoff, in bytes [default: 64MiB]
+        max_hint_bytes: String,
         /// error, warn, info, debug or trace [default: info]
         log_level: String,
     }

@@ -1,10 +1,13 @@
 //! Health probes: every `health_interval` each worker is asked for its
 //! state over a connection of its own (so a probe never queues behind
-//! client traffic). A ready worker is `Up`; a starting or refilling one is
-//! `Loading` (writes, no reads); [`FAILURES_TO_DOWN`] failed probes in a row
-//! make it `Down`. A worker back up is used again at the next probe, within
-//! one interval. Failed requests mark a worker down at once (see
-//! `Backend::report_failure`); probes bring it back.
+//! client traffic), waiting at most `health_timeout`. A ready worker is
+//! `Up`; a starting or refilling one is `Loading` (writes, no reads);
+//! `health_failures` failed probes in a row make it `Down`. A worker back
+//! up is used again at the next probe, within one interval, and its hints
+//! are delivered then. Failed requests mark a worker down at once (see
+//! `Backend::report_failure`); probes bring it back. Reconnecting to a
+//! down worker is paced by the probes: its links stay unused (writes
+//! become hints) until a probe reaches it.
 
 use super::pool::{Backend, Health};
 use super::{OrchestratorConfig, Router};
@@ -16,15 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-/// Failed probes in a row before a worker counts as down.
-pub const FAILURES_TO_DOWN: u32 = 2;
-
 pub fn start(
     router: &Router,
     config: &OrchestratorConfig,
     shutdown: Shutdown,
 ) -> Vec<JoinHandle<()>> {
-    let timeout = config.worker_timeout.min(config.health_interval);
+    let settings = ProbeSettings {
+        limits: config.server.limits,
+        interval: config.health_interval,
+        timeout: config.health_timeout,
+        failures_to_down: config.health_failures,
+        hint_timeout: config.worker_timeout,
+    };
     router
         .pairs()
         .iter()
@@ -32,22 +38,29 @@ pub fn start(
         .map(|backend| {
             tokio::spawn(probe_loop(
                 backend.clone(),
-                config.server.limits,
-                config.health_interval,
-                timeout,
+                settings.clone(),
                 shutdown.clone(),
             ))
         })
         .collect()
 }
 
-async fn probe_loop(
-    backend: Arc<Backend>,
+#[derive(Debug, Clone)]
+struct ProbeSettings {
     limits: Limits,
     interval: Duration,
     timeout: Duration,
-    mut shutdown: Shutdown,
-) {
+    failures_to_down: u32,
+    hint_timeout: Duration,
+}
+
+async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown: Shutdown) {
+    let ProbeSettings {
+        limits,
+        interval,
+        timeout,
+        ..
+    } = settings;
     let mut link: Option<LinkConn> = None;
     let mut failures = 0u32;
     let mut tick = tokio::time::interval(interval);
@@ -72,19 +85,22 @@ async fn probe_loop(
                 state,
                 entries,
                 incarnation,
+                synced,
             }) => {
                 failures = 0;
                 let healthy = match state {
                     WorkerState::Ready => Health::Up,
                     WorkerState::Starting | WorkerState::Refilling => Health::Loading,
                 };
-                backend.probed(healthy, incarnation, entries);
+                if backend.probed(healthy, incarnation, entries, synced) {
+                    tokio::spawn(backend.clone().deliver_hints(settings.hint_timeout));
+                }
             }
             other => {
                 // A probe connection in an unknown state is not reused.
                 link = None;
                 failures += 1;
-                if failures >= FAILURES_TO_DOWN {
+                if failures >= settings.failures_to_down {
                     if backend.health() != Health::Down {
                         tracing::debug!(worker = %backend.addr, result = ?other.err(), "probe failed");
                     }

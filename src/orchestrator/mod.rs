@@ -7,10 +7,11 @@
 //!
 //! Read-your-writes: when a write is acknowledged but one worker of the pair
 //! did not confirm it (it failed, timed out, or was believed down), that
-//! worker is marked `Behind` before the client is answered. A `Behind`
-//! worker takes writes but serves reads only when its partner cannot, until
-//! a new incarnation of it shows up: a restarted worker refills from its
-//! partner, so it holds every acknowledged write again.
+//! worker is marked `Behind` before the client is answered, and the write is
+//! kept as a hint for it. A `Behind` worker takes writes but serves reads
+//! only when its partner cannot, until it has caught up: its hints were
+//! delivered, or anti-entropy with its partner ran after the miss, or it
+//! restarted and refilled (see [`pool`]).
 
 pub mod health;
 pub mod placement;
@@ -35,6 +36,12 @@ pub struct OrchestratorConfig {
     pub server: ServerConfig,
     pub worker_timeout: Duration,
     pub health_interval: Duration,
+    /// Longest wait for a probe's answer.
+    pub health_timeout: Duration,
+    /// Failed probes in a row before a worker counts as down.
+    pub health_failures: u32,
+    /// Bytes of writes queued for one unreachable worker (hinted handoff).
+    pub max_hint_bytes: usize,
     /// Partner pairs of worker addresses.
     pub pairs: Vec<[String; 2]>,
 }
@@ -63,6 +70,7 @@ impl Router {
             limits: config.server.limits,
             connect_timeout: config.worker_timeout,
             keepalive: (config.server.idle_timeout / 2).min(pool::KEEPALIVE_MAX),
+            max_hint_bytes: config.max_hint_bytes,
         };
         let pairs = config
             .pairs
@@ -85,6 +93,25 @@ impl Router {
         &self.pairs
     }
 
+    /// The workers as this orchestrator sees them, for `cluster`.
+    pub fn describe(&self) -> String {
+        let mut records = Vec::new();
+        for (i, pair) in self.pairs.iter().enumerate() {
+            for backend in pair {
+                let v = backend.view();
+                records.push(format!(
+                    "pair={i} worker={} health={} entries={} hints={} synced={}",
+                    v.addr,
+                    v.health.name(),
+                    v.entries,
+                    v.hints,
+                    v.synced
+                ));
+            }
+        }
+        records.join(";")
+    }
+
     async fn read(&self, key: Bytes) -> Reply {
         let slot = placement::locate(&key, self.pairs.len());
         let pair = &self.pairs[slot.pair];
@@ -96,6 +123,15 @@ impl Router {
         }
         let mut last_error = None;
         for backend in order {
+            // A worker that is not up may have missed writes: it gets its
+            // hints before it serves a read, or the read could go back in
+            // time (its partner is not up either, or it failed just now).
+            if backend.health() != Health::Up {
+                if let Err(e) = backend.flush_hints(self.worker_timeout).await {
+                    last_error = Some(e.to_string());
+                    continue;
+                }
+            }
             match backend
                 .call(Request::Get { key: key.clone() }, self.worker_timeout)
                 .await
@@ -139,7 +175,8 @@ impl Router {
             let timeout = self.worker_timeout;
             async move {
                 if !wait {
-                    backend.send_and_forget(request);
+                    // Not even sent: the probes say when it is back, and
+                    // then it gets this write as a hint if it was acknowledged.
                     return WriteOutcome::NotAsked;
                 }
                 match backend.call(request, timeout).await {
@@ -155,8 +192,8 @@ impl Router {
             }
         };
         let (a, b) = tokio::join!(ask(&pair[0]), ask(&pair[1]));
-        let a_failed = matches!(a, WriteOutcome::Failed { .. });
-        let b_failed = matches!(b, WriteOutcome::Failed { .. });
+        let a_missed = matches!(a, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked);
+        let b_missed = matches!(b, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked);
         let mut stored = Vec::with_capacity(2);
         let mut refused = None;
         let mut unknown = false;
@@ -172,10 +209,12 @@ impl Router {
             }
         }
         if !stored.is_empty() {
-            // Acknowledged: a worker that may lack it must not serve reads.
-            for (outcome_failed, backend) in [(a_failed, &pair[0]), (b_failed, &pair[1])] {
-                if outcome_failed {
-                    backend.missed_write();
+            // Acknowledged: a worker that may lack it must not serve reads
+            // until it has it. (A write nobody acknowledged is never
+            // hinted: the client was told it failed or is unknown.)
+            for (missed, backend) in [(a_missed, &pair[0]), (b_missed, &pair[1])] {
+                if missed {
+                    backend.missed_write(request.clone());
                 }
             }
             return Ok(stored);
@@ -234,6 +273,7 @@ impl Service for Router {
             }
             Command::Ping => Reply::Pong,
             Command::Auth { .. } | Command::Exit => Reply::Done,
+            Command::Cluster => Reply::Value(self.describe().into()),
         }
     }
 }

@@ -3,31 +3,12 @@
 //!
 //! Jump hash spreads keys evenly (no virtual nodes, no table) and, when pairs
 //! are appended to the list, moves only the keys the new pairs take over.
-//! The key hash is FNV-1a followed by the MurmurHash3 finalizer: fixed here,
-//! independent of any crate's version, and pinned by golden vectors below,
-//! because a changed hash would silently move every key to another pair.
+//! The key hash ([`crate::hash::key_hash`]) is pinned by golden vectors
+//! below, because a changed hash would silently move every key to another
+//! pair.
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// The stable hash every orchestrator computes for a key.
-pub fn key_hash(key: &[u8]) -> u64 {
-    let mut h = FNV_OFFSET;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    fmix64(h)
-}
-
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h
-}
+use crate::hash::fmix64;
+pub use crate::hash::key_hash;
 
 /// Jump consistent hash: a bucket in `0..buckets` for `key`.
 pub fn jump(mut key: u64, buckets: u32) -> u32 {

@@ -8,13 +8,28 @@
 //! worker's idle timeout never closes them under a request; if it closes
 //! one anyway, the request is retried once on a fresh connection (versioned
 //! writes are idempotent, so a retry cannot apply anything twice).
+//!
+//! Catch-up: a write the worker did not confirm (it was down, failed or
+//! timed out) while its partner stored it is a *miss*. The worker is then
+//! `Behind` (no reads from it while its partner can serve) and the write is
+//! queued as a *hint*, up to `max_hint_bytes`. When a probe finds the worker
+//! reachable, the hints are delivered (versions make replay idempotent and
+//! order-free). `Behind` ends when
+//! - every hint was delivered and none was dropped for lack of room, or
+//! - the worker completed two anti-entropy rounds after the first probe
+//!   that followed the miss (a round then began after the miss, and it
+//!   copies whatever the partner held: anti-entropy is the safety net when
+//!   hints overflowed or another orchestrator's writes were missed), or
+//! - a new process of it appeared after that probe (it refilled from its
+//!   partner).
 
 use crate::client::link::{LinkConn, LinkReader, LinkWriter};
 use crate::client::ClientError;
 use crate::protocol::link::{Request, RequestKind, Response};
 use crate::protocol::Limits;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -30,6 +45,16 @@ const LINK_BATCH_MAX: usize = 256;
 
 /// A link idle this long sends a ping to stay open.
 pub const KEEPALIVE_MAX: Duration = Duration::from_secs(10);
+
+/// Hints sent to a returning worker in one pipelined batch.
+const HINT_BATCH: usize = 256;
+
+/// What a hint is charged against `max_hint_bytes` beyond its key and value.
+const HINT_OVERHEAD_BYTES: usize = 64;
+
+/// Anti-entropy rounds a behind worker must complete after the first probe
+/// that followed its miss: the first may have begun before the miss.
+const CATCHUP_ROUNDS: u64 = 2;
 
 /// Health of a worker as the orchestrator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +96,53 @@ pub struct LinkSettings {
     pub limits: Limits,
     pub connect_timeout: Duration,
     pub keepalive: Duration,
+    /// Bytes of hints kept for this worker.
+    pub max_hint_bytes: usize,
+}
+
+/// How a worker catches up on writes it missed (see the module doc).
+#[derive(Debug, Default)]
+struct Catchup {
+    /// The worker may lack an acknowledged write.
+    behind: bool,
+    hints: VecDeque<Request>,
+    hint_bytes: usize,
+    /// A hint was dropped for lack of room since the worker fell behind.
+    overflowed: bool,
+    /// A probe after the last miss has not answered yet.
+    awaiting_probe: bool,
+    /// (incarnation, rounds to reach) from the first probe after the miss.
+    target: Option<(u64, u64)>,
+    /// The state the last probe reported (`Up` or `Loading`).
+    probed: Option<Health>,
+}
+
+impl Catchup {
+    fn caught_up(&mut self) {
+        self.behind = false;
+        self.overflowed = false;
+        self.awaiting_probe = false;
+        self.target = None;
+    }
+}
+
+fn hint_bytes(request: &Request) -> usize {
+    HINT_OVERHEAD_BYTES
+        + match request {
+            Request::Set { key, value, .. } => key.len() + value.len(),
+            Request::Del { key, .. } => key.len(),
+            _ => 0,
+        }
+}
+
+/// A worker as `rcache cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendView {
+    pub addr: String,
+    pub health: Health,
+    pub entries: u64,
+    pub hints: usize,
+    pub synced: u64,
 }
 
 struct Pending {
@@ -86,11 +158,13 @@ pub struct Backend {
     health: AtomicU8,
     /// Entries the worker reported in its last health probe.
     pub entries: AtomicU64,
-    /// The worker process's incarnation as last probed (0: never seen).
-    incarnation: AtomicU64,
-    /// The incarnation that missed a write (0: none missed; `u64::MAX`:
-    /// missed while its incarnation was unknown).
-    missed: AtomicU64,
+    /// Anti-entropy rounds it reported in its last health probe.
+    synced: AtomicU64,
+    catchup: Mutex<Catchup>,
+    /// Held while hints are being delivered: one delivery at a time, and a
+    /// read that must go to a behind worker waits for it.
+    delivery: tokio::sync::Mutex<()>,
+    max_hint_bytes: usize,
 }
 
 impl Backend {
@@ -110,9 +184,26 @@ impl Backend {
             next_link: AtomicUsize::new(0),
             health: AtomicU8::new(Health::Up as u8),
             entries: AtomicU64::new(0),
-            incarnation: AtomicU64::new(0),
-            missed: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            catchup: Mutex::new(Catchup::default()),
+            delivery: tokio::sync::Mutex::new(()),
+            max_hint_bytes: settings.max_hint_bytes,
         })
+    }
+
+    fn catchup(&self) -> std::sync::MutexGuard<'_, Catchup> {
+        // Every update of `Catchup` completes before it could panic.
+        self.catchup.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn view(&self) -> BackendView {
+        BackendView {
+            addr: self.addr.clone(),
+            health: self.health(),
+            entries: self.entries.load(Ordering::Relaxed),
+            hints: self.catchup().hints.len(),
+            synced: self.synced.load(Ordering::Relaxed),
+        }
     }
 
     pub fn health(&self) -> Health {
@@ -139,34 +230,146 @@ impl Backend {
         }
     }
 
-    /// Records that this worker may lack an acknowledged write: it serves
-    /// no reads while its partner can, until a new incarnation (a restart,
-    /// which refills from the partner) shows up.
-    pub fn missed_write(&self) {
-        let known = self.incarnation.load(Ordering::Relaxed);
-        let mark = if known == 0 { u64::MAX } else { known };
-        if self.missed.swap(mark, Ordering::Relaxed) == 0 {
-            tracing::warn!(worker = %self.addr, "worker missed an acknowledged write; no reads from it until it restarts");
+    /// Records that this worker may lack an acknowledged write `request`:
+    /// it serves no reads while its partner can, and the write is kept as
+    /// a hint for when it is reachable again (see the module doc).
+    pub fn missed_write(&self, request: Request) {
+        let mut c = self.catchup();
+        if !c.behind {
+            tracing::warn!(worker = %self.addr, "worker missed an acknowledged write; no reads from it until it catches up");
         }
+        c.behind = true;
+        c.awaiting_probe = true;
+        c.target = None;
+        let size = hint_bytes(&request);
+        if c.hint_bytes + size <= self.max_hint_bytes {
+            c.hint_bytes += size;
+            c.hints.push_back(request);
+        } else if !c.overflowed {
+            c.overflowed = true;
+            tracing::warn!(worker = %self.addr, max_hint_bytes = self.max_hint_bytes, "hint queue full; anti-entropy will repair the rest");
+        }
+        drop(c);
         if self.health() != Health::Down {
             self.set_health(Health::Behind);
         }
     }
 
     /// Applies a probe's answer: the worker is reachable in `healthy`
-    /// state (`Up` or `Loading`) as process `incarnation`.
-    pub fn probed(&self, healthy: Health, incarnation: u64, entries: u64) {
+    /// state (`Up` or `Loading`) as process `incarnation`, having completed
+    /// `synced` anti-entropy rounds. Returns whether hints wait to be
+    /// delivered (the caller spawns [`Backend::deliver_hints`]).
+    pub fn probed(&self, healthy: Health, incarnation: u64, entries: u64, synced: u64) -> bool {
         self.entries.store(entries, Ordering::Relaxed);
-        self.incarnation.store(incarnation, Ordering::Relaxed);
-        let missed = self.missed.load(Ordering::Relaxed);
-        if missed != 0 && missed != u64::MAX && missed != incarnation {
-            // A new process: it refilled from its partner (or is refilling).
-            self.missed.store(0, Ordering::Relaxed);
+        self.synced.store(synced, Ordering::Relaxed);
+        let mut c = self.catchup();
+        c.probed = Some(healthy);
+        if c.behind {
+            if c.awaiting_probe {
+                c.awaiting_probe = false;
+                c.target = Some((incarnation, synced + CATCHUP_ROUNDS));
+            } else if let Some((then, rounds)) = c.target {
+                if incarnation != then || synced >= rounds {
+                    let how = if incarnation != then {
+                        "it restarted and refilled"
+                    } else {
+                        "anti-entropy with its partner"
+                    };
+                    tracing::info!(worker = %self.addr, "worker caught up ({how})");
+                    c.caught_up();
+                }
+            }
         }
-        if self.missed.load(Ordering::Relaxed) != 0 && healthy == Health::Up {
-            self.set_health(Health::Behind);
+        let deliver = !c.hints.is_empty();
+        let health = if c.behind && healthy == Health::Up {
+            Health::Behind
         } else {
-            self.set_health(healthy);
+            healthy
+        };
+        drop(c);
+        self.set_health(health);
+        deliver
+    }
+
+    /// Delivers the hints in the background unless a delivery runs already
+    /// (a probe found the worker reachable).
+    pub async fn deliver_hints(self: Arc<Self>, timeout: Duration) {
+        if let Ok(_delivery) = self.delivery.try_lock() {
+            let _ = self.send_hints(timeout).await;
+        }
+    }
+
+    /// Delivers every hint before returning (or fails): a read that must
+    /// go to this worker because its partner cannot serve calls this first,
+    /// so it sees every write acknowledged while this worker was away.
+    pub async fn flush_hints(&self, timeout: Duration) -> Result<(), ClientError> {
+        if self.catchup().hints.is_empty() {
+            return Ok(());
+        }
+        let _delivery = self.delivery.lock().await;
+        self.send_hints(timeout).await
+    }
+
+    /// Sends the queued hints, a pipelined batch at a time, until none is
+    /// left or the worker fails again (what was not delivered stays queued).
+    async fn send_hints(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut delivered = 0usize;
+        loop {
+            let batch: Vec<Request> = {
+                let mut c = self.catchup();
+                if c.hints.is_empty() {
+                    if c.behind && !c.overflowed {
+                        c.caught_up();
+                        let probed = c.probed;
+                        drop(c);
+                        tracing::info!(worker = %self.addr, delivered, "worker caught up (hints delivered)");
+                        if let Some(health) = probed {
+                            if self.health() == Health::Behind {
+                                self.set_health(health);
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
+                let n = c.hints.len().min(HINT_BATCH);
+                let batch: Vec<Request> = c.hints.drain(..n).collect();
+                c.hint_bytes -= batch.iter().map(hint_bytes).sum::<usize>();
+                batch
+            };
+            let mut receivers = Vec::with_capacity(batch.len());
+            for request in &batch {
+                receivers.push(self.enqueue(request.clone()));
+            }
+            let mut failed = None;
+            for (i, rx) in receivers.into_iter().enumerate() {
+                let result = match rx {
+                    Err(e) => Err(e),
+                    Ok(rx) => match tokio::time::timeout(timeout, rx).await {
+                        Err(_) => Err(ClientError::Timeout(timeout)),
+                        Ok(Err(_)) => Err(ClientError::Closed),
+                        Ok(Ok(r)) => r,
+                    },
+                };
+                match result {
+                    // A refusal (an entry that can never fit) is final.
+                    Ok(_) => delivered += 1,
+                    Err(e) => {
+                        failed = Some((i, e));
+                        break;
+                    }
+                }
+            }
+            if let Some((i, error)) = failed {
+                let mut c = self.catchup();
+                for request in batch.into_iter().skip(i).rev() {
+                    c.hint_bytes += hint_bytes(&request);
+                    c.hints.push_front(request);
+                }
+                drop(c);
+                tracing::debug!(worker = %self.addr, %error, delivered, "hint delivery interrupted");
+                self.report_failure(&error);
+                return Err(error);
+            }
         }
     }
 
@@ -209,16 +412,6 @@ impl Backend {
                 result => return result,
             }
         }
-    }
-
-    /// Queues a request whose answer nobody waits for (a write to a worker
-    /// believed down: if it is back, it gets the write).
-    pub fn send_and_forget(&self, request: Request) {
-        self.missed_write();
-        let _ = self.pick_link().try_send(Pending {
-            request,
-            reply: None,
-        });
     }
 }
 
@@ -350,37 +543,84 @@ mod tests {
     use super::*;
 
     fn backend() -> Arc<Backend> {
+        backend_with_room(1 << 20)
+    }
+
+    fn backend_with_room(max_hint_bytes: usize) -> Arc<Backend> {
         let settings = LinkSettings {
             limits: Limits::default(),
             connect_timeout: Duration::from_millis(100),
             keepalive: Duration::from_secs(10),
+            max_hint_bytes,
         };
         Backend::start("127.0.0.1:9".into(), settings)
     }
 
+    fn set(key: &str) -> Request {
+        Request::Set {
+            version: 1,
+            ttl_ms: 0,
+            key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+            value: bytes::Bytes::from_static(b"value"),
+        }
+    }
+
     #[tokio::test]
-    async fn a_worker_that_missed_a_write_serves_no_reads_until_it_restarts() {
+    async fn a_restart_after_the_miss_ends_behind() {
         let b = backend();
-        b.probed(Health::Up, 5, 0);
+        b.probed(Health::Up, 5, 0, 0);
         assert_eq!(b.health(), Health::Up);
-        b.missed_write();
+        b.missed_write(set("k"));
         assert_eq!(b.health(), Health::Behind);
-        b.probed(Health::Up, 5, 0);
+        assert!(b.probed(Health::Up, 5, 0, 0), "hints to deliver");
         assert_eq!(b.health(), Health::Behind, "same process: still behind");
-        b.probed(Health::Loading, 6, 0);
+        b.probed(Health::Loading, 6, 0, 0);
         assert_eq!(b.health(), Health::Loading, "a new process refills");
-        b.probed(Health::Up, 6, 0);
+        b.probed(Health::Up, 6, 0, 0);
         assert_eq!(b.health(), Health::Up);
     }
 
     #[tokio::test]
-    async fn a_miss_before_the_first_probe_is_never_forgotten_by_a_probe() {
-        let b = backend();
+    async fn anti_entropy_rounds_after_the_miss_end_behind() {
+        // No room for hints: only anti-entropy can bring the worker back.
+        let b = backend_with_room(0);
         b.report_failure(&ClientError::Closed);
+        b.missed_write(set("k"));
         assert_eq!(b.health(), Health::Down);
-        b.missed_write();
-        assert_eq!(b.health(), Health::Down);
-        b.probed(Health::Up, 42, 0);
+        assert!(!b.probed(Health::Up, 42, 0, 7), "no hints kept");
+        assert_eq!(
+            b.health(),
+            Health::Behind,
+            "a miss before any probe is not forgotten"
+        );
+        b.probed(Health::Up, 42, 0, 8);
+        assert_eq!(
+            b.health(),
+            Health::Behind,
+            "round 8 may have begun before the miss"
+        );
+        b.missed_write(set("k2"));
+        b.probed(Health::Up, 42, 0, 9);
+        assert_eq!(b.health(), Health::Behind, "a new miss restarts the count");
+        b.probed(Health::Up, 42, 0, 10);
         assert_eq!(b.health(), Health::Behind);
+        b.probed(Health::Up, 42, 0, 11);
+        assert_eq!(
+            b.health(),
+            Health::Up,
+            "two rounds after the probe that followed the miss"
+        );
+    }
+
+    #[tokio::test]
+    async fn hints_are_bounded_and_an_overflow_is_remembered() {
+        let b = backend_with_room(3 * hint_bytes(&set("k0")));
+        for i in 0..5 {
+            b.missed_write(set(&format!("k{i}")));
+        }
+        let c = b.catchup();
+        assert_eq!(c.hints.len(), 3);
+        assert!(c.overflowed);
+        assert_eq!(c.hint_bytes, 3 * hint_bytes(&set("k0")));
     }
 }

@@ -15,16 +15,24 @@
 //!   PING    4
 //!   STATUS  5
 //!   REFILL  6                         the rest of the link carries the stream
+//!   DIGEST  7                         anti-entropy: start a round
+//!   SYNC    8  n:u16 bucket:u16* after:bound upto:bound m:u32 summary*
+//!   APPLY   9  last:u8 count:u32 entry*
 //! response = status:u8 body
 //!   OK          0  op-specific (GET: version:u64 ttl_ms:u64 value(rest);
 //!                  SET: applied:u8; DEL: existed:u8;
-//!                  STATUS: state:u8 entries:u64 incarnation:u64)
+//!                  STATUS: state:u8 entries:u64 incarnation:u64 synced:u64;
+//!                  DIGEST: n:u32 (hash:u64 entries:u32)*;
+//!                  SYNC: complete:u8 count:u32 entry* n:u32 key*;
+//!                  APPLY: applied:u32)
 //!   NOT_FOUND   2
 //!   ERROR     255  code:u8 message(rest)
 //!   CHUNK      10  count:u32 entry*   (refill stream)
 //!   END        11  entries:u64        (refill stream)
-//! key   = len:u16 bytes
-//! entry = flags:u8 version:u64 ttl_ms:u64 key raw_len:u32 len:u32 data
+//! key     = len:u16 bytes
+//! entry   = flags:u8 version:u64 ttl_ms:u64 key raw_len:u32 len:u32 data
+//! summary = flags:u8 version:u64 key
+//! bound   = len:u16 bytes              (len 0: unbounded)
 //! ```
 //!
 //! Decoding checks every length against the frame and the configured limits
@@ -37,13 +45,22 @@ use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
 /// protocol name and its version.
-pub const HELLO: &[u8; 5] = b"\xF0rcl\x01";
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x02";
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;
 
 /// A refill chunk is cut once it holds this many bytes of entries.
 pub const REFILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// Anti-entropy compares partners bucket by bucket: a key's bucket is the
+/// top bits of its stable hash ([`crate::hash::key_hash`]).
+pub const DIGEST_BUCKETS: usize = 4096;
+
+/// The anti-entropy bucket of a key.
+pub fn digest_bucket(key: &[u8]) -> u16 {
+    (crate::hash::key_hash(key) >> (64 - DIGEST_BUCKETS.trailing_zeros())) as u16
+}
 
 /// Room in a frame beyond one key and one value.
 const FRAME_OVERHEAD_BYTES: usize = 4096;
@@ -113,6 +130,39 @@ pub enum Request {
     Ping,
     Status,
     Refill,
+    /// Starts an anti-entropy round: the partner answers with its digest.
+    Digest,
+    /// The sender's summaries of every entry in `buckets` whose key lies in
+    /// the window `after < key <= upto` (an empty bound is open): the
+    /// partner answers with the entries of that window it holds newer and
+    /// the keys it wants.
+    Sync {
+        buckets: Vec<u16>,
+        after: Bytes,
+        upto: Bytes,
+        summaries: Vec<Summary>,
+    },
+    /// Entries the partner wanted; `last` ends the round.
+    Apply {
+        last: bool,
+        entries: Vec<Entry>,
+    },
+}
+
+/// One bucket of a store's digest: a sum of its entries' fingerprints
+/// (key, version, kind), and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketDigest {
+    pub hash: u64,
+    pub entries: u32,
+}
+
+/// What anti-entropy compares of an entry: its key, version and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub key: Bytes,
+    pub version: u64,
+    pub tombstone: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,10 +180,22 @@ pub enum Response {
     },
     Pong,
     /// `incarnation` is drawn at each start: a change means a restart.
+    /// `synced` counts the anti-entropy rounds this process completed.
     Status {
         state: WorkerState,
         entries: u64,
         incarnation: u64,
+        synced: u64,
+    },
+    Digest(Vec<BucketDigest>),
+    /// `complete` is false when the answer was cut to bound the frame.
+    Synced {
+        complete: bool,
+        entries: Vec<Entry>,
+        wanted: Vec<Bytes>,
+    },
+    Applied {
+        count: u32,
     },
     NotFound,
     Error(ErrorReply),
@@ -168,6 +230,9 @@ mod op {
     pub const PING: u8 = 4;
     pub const STATUS: u8 = 5;
     pub const REFILL: u8 = 6;
+    pub const DIGEST: u8 = 7;
+    pub const SYNC: u8 = 8;
+    pub const APPLY: u8 = 9;
 }
 
 mod status {
@@ -237,7 +302,48 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
         Request::Ping => out.put_u8(op::PING),
         Request::Status => out.put_u8(op::STATUS),
         Request::Refill => out.put_u8(op::REFILL),
+        Request::Digest => out.put_u8(op::DIGEST),
+        Request::Sync {
+            buckets,
+            after,
+            upto,
+            summaries,
+        } => {
+            out.put_u8(op::SYNC);
+            out.put_u16(buckets.len() as u16);
+            for b in buckets {
+                out.put_u16(*b);
+            }
+            put_key(out, after);
+            put_key(out, upto);
+            out.put_u32(summaries.len() as u32);
+            for s in summaries {
+                out.put_u8(if s.tombstone { FLAG_TOMBSTONE } else { 0 });
+                out.put_u64(s.version);
+                put_key(out, &s.key);
+            }
+        }
+        Request::Apply { last, entries } => {
+            out.put_u8(op::APPLY);
+            out.put_u8(*last as u8);
+            put_entries(out, entries);
+        }
     })
+}
+
+fn put_entries(out: &mut BytesMut, entries: &[Entry]) {
+    out.put_u32(entries.len() as u32);
+    for e in entries {
+        let flags = if e.tombstone { FLAG_TOMBSTONE } else { 0 }
+            | if e.compressed { FLAG_COMPRESSED } else { 0 };
+        out.put_u8(flags);
+        out.put_u64(e.version);
+        out.put_u64(e.ttl_ms);
+        put_key(out, &e.key);
+        out.put_u32(e.raw_len);
+        out.put_u32(e.data.len() as u32);
+        out.put_slice(&e.data);
+    }
 }
 
 pub fn encode_response(response: &Response, out: &mut BytesMut) {
@@ -266,11 +372,38 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             state,
             entries,
             incarnation,
+            synced,
         } => {
             out.put_u8(status::OK);
             out.put_u8(*state as u8);
             out.put_u64(*entries);
             out.put_u64(*incarnation);
+            out.put_u64(*synced);
+        }
+        Response::Digest(buckets) => {
+            out.put_u8(status::OK);
+            out.put_u32(buckets.len() as u32);
+            for b in buckets {
+                out.put_u64(b.hash);
+                out.put_u32(b.entries);
+            }
+        }
+        Response::Synced {
+            complete,
+            entries,
+            wanted,
+        } => {
+            out.put_u8(status::OK);
+            out.put_u8(*complete as u8);
+            put_entries(out, entries);
+            out.put_u32(wanted.len() as u32);
+            for key in wanted {
+                put_key(out, key);
+            }
+        }
+        Response::Applied { count } => {
+            out.put_u8(status::OK);
+            out.put_u32(*count);
         }
         Response::NotFound => out.put_u8(status::NOT_FOUND),
         Response::Error(error) => {
@@ -280,18 +413,7 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
         }
         Response::Chunk(entries) => {
             out.put_u8(status::CHUNK);
-            out.put_u32(entries.len() as u32);
-            for e in entries {
-                let flags = if e.tombstone { FLAG_TOMBSTONE } else { 0 }
-                    | if e.compressed { FLAG_COMPRESSED } else { 0 };
-                out.put_u8(flags);
-                out.put_u64(e.version);
-                out.put_u64(e.ttl_ms);
-                put_key(out, &e.key);
-                out.put_u32(e.raw_len);
-                out.put_u32(e.data.len() as u32);
-                out.put_slice(&e.data);
-            }
+            put_entries(out, entries);
         }
         Response::End { entries } => {
             out.put_u8(status::END);
@@ -346,6 +468,60 @@ impl Reader {
         self.bytes(len)
     }
 
+    fn u16(&mut self) -> Result<u16, LinkError> {
+        if self.0.len() < 2 {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.get_u16())
+    }
+
+    /// A count of items of at least `min_bytes` each: refused when the rest
+    /// of the frame cannot hold them, so no allocation exceeds the frame.
+    fn count(&mut self, min_bytes: usize) -> Result<usize, LinkError> {
+        let count = self.u32()? as usize;
+        if count > self.0.len() / min_bytes {
+            return Err(LinkError::Malformed("count beyond the frame"));
+        }
+        Ok(count)
+    }
+
+    fn entries(&mut self, limits: &Limits) -> Result<Vec<Entry>, LinkError> {
+        // Each entry takes at least 27 bytes.
+        let count = self.count(27)?;
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let flags = self.u8()?;
+            let version = self.u64()?;
+            let ttl_ms = self.u64()?;
+            let key = self.key(limits)?;
+            let raw_len = self.u32()?;
+            if raw_len as usize > limits.max_value_bytes {
+                return Err(LinkError::Malformed("value over max_value_bytes"));
+            }
+            let len = self.u32()? as usize;
+            let data = self.bytes(len)?;
+            entries.push(Entry {
+                key,
+                version,
+                ttl_ms,
+                tombstone: flags & FLAG_TOMBSTONE != 0,
+                compressed: flags & FLAG_COMPRESSED != 0,
+                raw_len,
+                data,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// A key or, with length 0, no bound.
+    fn bound(&mut self, limits: &Limits) -> Result<Bytes, LinkError> {
+        if self.0.len() >= 2 && self.0[..2] == [0, 0] {
+            self.0.advance(2);
+            return Ok(Bytes::new());
+        }
+        self.key(limits)
+    }
+
     fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.0)
     }
@@ -390,6 +566,45 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
         op::PING => Request::Ping,
         op::STATUS => Request::Status,
         op::REFILL => Request::Refill,
+        op::DIGEST => Request::Digest,
+        op::SYNC => {
+            let n = r.u16()? as usize;
+            if n > DIGEST_BUCKETS {
+                return Err(LinkError::Malformed("more buckets than a digest has"));
+            }
+            let mut buckets = Vec::with_capacity(n);
+            for _ in 0..n {
+                let b = r.u16()?;
+                if b as usize >= DIGEST_BUCKETS {
+                    return Err(LinkError::Malformed("bucket out of range"));
+                }
+                buckets.push(b);
+            }
+            let after = r.bound(limits)?;
+            let upto = r.bound(limits)?;
+            // A summary takes at least 12 bytes.
+            let m = r.count(12)?;
+            let mut summaries = Vec::with_capacity(m);
+            for _ in 0..m {
+                let flags = r.u8()?;
+                let version = r.u64()?;
+                summaries.push(Summary {
+                    key: r.key(limits)?,
+                    version,
+                    tombstone: flags & FLAG_TOMBSTONE != 0,
+                });
+            }
+            Request::Sync {
+                buckets,
+                after,
+                upto,
+                summaries,
+            }
+        }
+        op::APPLY => Request::Apply {
+            last: r.u8()? != 0,
+            entries: r.entries(limits)?,
+        },
         _ => return Err(LinkError::Malformed("unknown op")),
     };
     r.end()?;
@@ -432,9 +647,40 @@ pub fn decode_response(
                     state,
                     entries: r.u64()?,
                     incarnation: r.u64()?,
+                    synced: r.u64()?,
                 }
             }
             RequestKind::Refill => return Err(LinkError::Malformed("OK in a refill stream")),
+            RequestKind::Digest => {
+                let n = r.count(12)?;
+                if n != DIGEST_BUCKETS {
+                    return Err(LinkError::Malformed("digest of another size"));
+                }
+                let mut buckets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    buckets.push(BucketDigest {
+                        hash: r.u64()?,
+                        entries: r.u32()?,
+                    });
+                }
+                Response::Digest(buckets)
+            }
+            RequestKind::Sync => {
+                let complete = r.u8()? != 0;
+                let entries = r.entries(limits)?;
+                // A wanted key takes at least 3 bytes.
+                let n = r.count(3)?;
+                let mut wanted = Vec::with_capacity(n);
+                for _ in 0..n {
+                    wanted.push(r.key(limits)?);
+                }
+                Response::Synced {
+                    complete,
+                    entries,
+                    wanted,
+                }
+            }
+            RequestKind::Apply => Response::Applied { count: r.u32()? },
         },
         status::NOT_FOUND => Response::NotFound,
         status::ERROR => {
@@ -443,36 +689,7 @@ pub fn decode_response(
             let message = String::from_utf8_lossy(&r.rest()).into_owned();
             Response::Error(ErrorReply::new(code, message))
         }
-        status::CHUNK if request == RequestKind::Refill => {
-            let count = r.u32()? as usize;
-            // Each entry takes at least 27 bytes: bound the allocation by the frame.
-            if count > r.0.len() / 27 {
-                return Err(LinkError::Malformed("entry count beyond the frame"));
-            }
-            let mut entries = Vec::with_capacity(count);
-            for _ in 0..count {
-                let flags = r.u8()?;
-                let version = r.u64()?;
-                let ttl_ms = r.u64()?;
-                let key = r.key(limits)?;
-                let raw_len = r.u32()?;
-                if raw_len as usize > limits.max_value_bytes {
-                    return Err(LinkError::Malformed("value over max_value_bytes"));
-                }
-                let len = r.u32()? as usize;
-                let data = r.bytes(len)?;
-                entries.push(Entry {
-                    key,
-                    version,
-                    ttl_ms,
-                    tombstone: flags & FLAG_TOMBSTONE != 0,
-                    compressed: flags & FLAG_COMPRESSED != 0,
-                    raw_len,
-                    data,
-                });
-            }
-            Response::Chunk(entries)
-        }
+        status::CHUNK if request == RequestKind::Refill => Response::Chunk(r.entries(limits)?),
         status::END if request == RequestKind::Refill => Response::End { entries: r.u64()? },
         _ => return Err(LinkError::Malformed("unknown status")),
     };
@@ -489,6 +706,9 @@ pub enum RequestKind {
     Ping,
     Status,
     Refill,
+    Digest,
+    Sync,
+    Apply,
 }
 
 impl Request {
@@ -500,6 +720,9 @@ impl Request {
             Request::Ping => RequestKind::Ping,
             Request::Status => RequestKind::Status,
             Request::Refill => RequestKind::Refill,
+            Request::Digest => RequestKind::Digest,
+            Request::Sync { .. } => RequestKind::Sync,
+            Request::Apply { .. } => RequestKind::Apply,
         }
     }
 }
@@ -542,6 +765,36 @@ mod tests {
             Request::Ping,
             Request::Status,
             Request::Refill,
+            Request::Digest,
+            Request::Sync {
+                buckets: vec![0, 17, (DIGEST_BUCKETS - 1) as u16],
+                after: Bytes::new(),
+                upto: b("m"),
+                summaries: vec![
+                    Summary {
+                        key: b("a"),
+                        version: 9,
+                        tombstone: false,
+                    },
+                    Summary {
+                        key: b("b"),
+                        version: 10,
+                        tombstone: true,
+                    },
+                ],
+            },
+            Request::Apply {
+                last: true,
+                entries: vec![Entry {
+                    key: b("k"),
+                    version: 3,
+                    ttl_ms: 5,
+                    tombstone: false,
+                    compressed: false,
+                    raw_len: 1,
+                    data: b("v"),
+                }],
+            },
         ];
         let mut buf = BytesMut::new();
         for r in &requests {
@@ -584,9 +837,30 @@ mod tests {
                     state: WorkerState::Refilling,
                     entries: 9,
                     incarnation: 77,
+                    synced: 4,
                 },
                 RequestKind::Status,
             ),
+            (
+                Response::Digest(
+                    (0..DIGEST_BUCKETS as u64)
+                        .map(|i| BucketDigest {
+                            hash: i * 31,
+                            entries: i as u32,
+                        })
+                        .collect(),
+                ),
+                RequestKind::Digest,
+            ),
+            (
+                Response::Synced {
+                    complete: false,
+                    entries: vec![entry.clone()],
+                    wanted: vec![b("w1"), b("w2")],
+                },
+                RequestKind::Sync,
+            ),
+            (Response::Applied { count: 12 }, RequestKind::Apply),
             (Response::NotFound, RequestKind::Get),
             (
                 Response::Error(ErrorReply::new(ErrorCode::Loading, "refilling")),
@@ -609,7 +883,7 @@ mod tests {
             encode_response(r, &mut buf);
         }
         for (r, kind) in &cases {
-            let frame = read_frame(&mut buf, 4096)
+            let frame = read_frame(&mut buf, 1 << 20)
                 .expect("valid")
                 .expect("complete");
             assert_eq!(
@@ -663,16 +937,23 @@ mod tests {
             RequestKind::Ping,
             RequestKind::Status,
             RequestKind::Refill,
+            RequestKind::Digest,
+            RequestKind::Sync,
+            RequestKind::Apply,
         ];
         for _ in 0..50_000 {
             let len = (next() % 48) as usize;
             let mut frame: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if let Some(first) = frame.first_mut() {
-                *first %= 12;
+                *first %= 13;
             }
             let frame = Bytes::from(frame);
             let _ = decode_request(frame.clone(), &limits());
-            let _ = decode_response(frame, kinds[(next() % 6) as usize], &limits());
+            let _ = decode_response(
+                frame,
+                kinds[(next() % kinds.len() as u64) as usize],
+                &limits(),
+            );
         }
     }
 }

@@ -35,6 +35,10 @@ pub enum Command {
     },
     /// The client asks the server to close the connection.
     Exit,
+    /// The server's view of the cluster: one record per worker, `;`
+    /// between records, `name=value` fields within one (see
+    /// docs/protocol.md).
+    Cluster,
 }
 
 /// The outcome of a [`Command`].

@@ -133,6 +133,7 @@ pub fn parse_line(line: Bytes, limits: &Limits) -> Result<Command, ErrorReply> {
         }
         b"ping" => no_fields(rest, Command::Ping),
         b"exit" => no_fields(rest, Command::Exit),
+        b"cluster" => no_fields(rest, Command::Cluster),
         b"auth" => {
             let token = rest.ok_or_else(|| parse_error("missing token"))?;
             Ok(Command::Auth { token })
@@ -292,6 +293,7 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         }
         Command::Ping => put_fields(out, &[b"ping"]),
         Command::Exit => put_fields(out, &[b"exit"]),
+        Command::Cluster => put_fields(out, &[b"cluster"]),
         Command::Auth { token } => {
             check(token, "token", true)?;
             put_fields(out, &[b"auth", token]);
@@ -526,6 +528,7 @@ mod tests {
             Command::Del { key: b("k") },
             Command::Ping,
             Command::Exit,
+            Command::Cluster,
         ];
         let mut out = BytesMut::new();
         for c in &commands {

@@ -8,6 +8,7 @@
 //! then; writes are applied all along, and versions settle which of a live
 //! write and a refilled entry wins.
 
+pub mod antientropy;
 pub mod refill;
 pub mod store;
 
@@ -40,6 +41,8 @@ pub struct WorkerConfig {
     pub metrics_listen: String,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    /// How often partners compare their stores (anti-entropy).
+    pub anti_entropy_interval: Duration,
 }
 
 /// The state shared by every connection of a worker.
@@ -49,6 +52,7 @@ pub struct Worker {
     clock: Clock,
     /// Drawn at start; tells the orchestrator this process is a new one.
     incarnation: u64,
+    pub anti_entropy: antientropy::AntiEntropy,
     config: WorkerConfig,
 }
 
@@ -59,6 +63,7 @@ impl Worker {
             state: AtomicU8::new(WorkerState::Starting as u8),
             clock: Clock::with_random_node(),
             incarnation: random_u64(),
+            anti_entropy: antientropy::AntiEntropy::default(),
             config,
         }
     }
@@ -122,11 +127,14 @@ impl Worker {
                 state: self.state(),
                 entries: self.store.len(),
                 incarnation: self.incarnation,
+                synced: self.anti_entropy.rounds(),
             },
-            Request::Refill => Response::Error(ErrorReply::new(
-                ErrorCode::InvalidCommand,
-                "refill is a stream",
-            )),
+            Request::Refill | Request::Digest | Request::Sync { .. } | Request::Apply { .. } => {
+                Response::Error(ErrorReply::new(
+                    ErrorCode::InvalidCommand,
+                    "not a single request",
+                ))
+            }
         }
     }
 }
@@ -159,6 +167,22 @@ impl Service for Worker {
             Command::Ping => Reply::Pong,
             Command::Auth { .. } => Reply::Done,
             Command::Exit => Reply::Done,
+            Command::Cluster => {
+                let usage = self.store.usage();
+                Reply::Value(
+                    format!(
+                        "worker={} partner={} state={} entries={} tombstones={} synced={} repaired={}",
+                        self.config.listen,
+                        self.config.partner.as_deref().unwrap_or("-"),
+                        self.state().name(),
+                        usage.entries,
+                        usage.tombstones,
+                        self.anti_entropy.rounds(),
+                        self.anti_entropy.repaired(),
+                    )
+                    .into(),
+                )
+            }
         }
     }
 }
@@ -212,6 +236,7 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = conn.rbuf.split_to(HELLO.len());
     conn.wbuf.extend_from_slice(HELLO);
     let max = max_frame_bytes(&config.limits);
+    let mut responder = antientropy::Responder::default();
     loop {
         loop {
             let frame = match read_frame(&mut conn.rbuf, max) {
@@ -229,6 +254,10 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                         return c;
                     }
                 }
+                Ok(request @ (Request::Digest | Request::Sync { .. } | Request::Apply { .. })) => {
+                    let response = responder.handle(worker, request).await;
+                    encode_response(&response, &mut conn.wbuf);
+                }
                 Ok(request) => encode_response(&worker.execute(request), &mut conn.wbuf),
                 Err(e) => {
                     let error = ErrorReply::new(ErrorCode::Parse, e.to_string());
@@ -239,7 +268,14 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
         if let Err(c) = conn.flush(config.idle_timeout).await {
             return c;
         }
-        if let Err(c) = conn.fill(deadline, shutdown).await {
+        // An initiator that goes quiet mid-round must not hold this
+        // worker's round lock for a whole idle timeout.
+        let wait_until = if responder.in_round() {
+            deadline.min(Instant::now() + antientropy::ROUND_TIMEOUT)
+        } else {
+            deadline
+        };
+        if let Err(c) = conn.fill(wait_until, shutdown).await {
             return c;
         }
     }
@@ -310,6 +346,11 @@ impl Bound {
             shutdown.clone(),
         ));
         let expiry = tokio::spawn(run_expiry(worker.clone(), shutdown.clone()));
+        let anti_entropy = tokio::spawn(antientropy::run(
+            worker.clone(),
+            worker.config.anti_entropy_interval,
+            shutdown.clone(),
+        ));
         let mut stop = shutdown.clone();
         let refilled = tokio::select! {
             _ = stop.wait() => false,
@@ -321,6 +362,7 @@ impl Bound {
         }
         let _ = server.await;
         expiry.abort();
+        anti_entropy.abort();
     }
 }
 

@@ -39,7 +39,7 @@
 //! bring the key back. Expired entries are removed lazily when read and
 //! actively by [`Store::expire_step`], which a worker runs in the background.
 
-use crate::protocol::link::Entry;
+use crate::protocol::link::{digest_bucket, BucketDigest, Entry, Summary, DIGEST_BUCKETS};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
@@ -104,6 +104,40 @@ pub enum Applied {
     Yes,
     /// The store already holds a newer version; nothing changed.
     Stale,
+    /// A repair brought a key the store lacks while it is near its memory
+    /// limit: not stored (see [`Store::apply_repair`]).
+    NoRoom,
+}
+
+/// The share of `max_memory` beyond which anti-entropy stops adding keys a
+/// worker lacks: under memory pressure partners evict different entries,
+/// and re-adding them would only evict others.
+pub const REPAIR_ADMIT_PERCENT: usize = 90;
+
+/// A set of anti-entropy buckets.
+#[derive(Debug, Clone)]
+pub struct BucketSet([u64; DIGEST_BUCKETS / 64]);
+
+impl BucketSet {
+    pub fn new(buckets: &[u16]) -> BucketSet {
+        let mut set = BucketSet([0; DIGEST_BUCKETS / 64]);
+        for &b in buckets {
+            let b = b as usize % DIGEST_BUCKETS;
+            set.0[b / 64] |= 1 << (b % 64);
+        }
+        set
+    }
+
+    pub fn contains(&self, bucket: u16) -> bool {
+        let b = bucket as usize % DIGEST_BUCKETS;
+        self.0[b / 64] & (1 << (b % 64)) != 0
+    }
+}
+
+/// An entry's share of its bucket's digest: two partners holding the same
+/// version (and kind) of a key add the same number.
+fn fingerprint(key: &[u8], version: u64, tombstone: bool) -> u64 {
+    crate::hash::fmix64(crate::hash::key_hash(key) ^ version.rotate_left(17) ^ tombstone as u64)
 }
 
 /// Counters a worker exposes.
@@ -180,6 +214,19 @@ impl Slot {
             self.expires_at.saturating_sub(now).max(1)
         }
     }
+
+    /// The slot as it travels between partners.
+    fn entry(&self, now: u64) -> Entry {
+        Entry {
+            key: Bytes::copy_from_slice(self.key()),
+            version: self.version,
+            ttl_ms: self.ttl_ms(now),
+            tombstone: self.is(FLAG_TOMBSTONE),
+            compressed: self.is(FLAG_COMPRESSED),
+            raw_len: self.raw_len,
+            data: Bytes::copy_from_slice(self.value()),
+        }
+    }
 }
 
 /// What a shard's `put` did.
@@ -199,6 +246,8 @@ struct NewSlot {
     version: u64,
     expires_at: u64,
     flags: u8,
+    /// Store only over an existing entry (a repair under memory pressure).
+    replace_only: bool,
 }
 
 #[derive(Default)]
@@ -334,6 +383,7 @@ impl Store {
             version,
             expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis() as u64)),
             flags: if compressed { FLAG_COMPRESSED } else { 0 },
+            replace_only: false,
         };
         self.put(key, new, now).map(|p| p.applied)
     }
@@ -349,6 +399,7 @@ impl Store {
             version,
             expires_at: now.saturating_add(self.config.tombstone_ttl.as_millis() as u64),
             flags: FLAG_TOMBSTONE,
+            replace_only: false,
         };
         let put = self.put(key, new, now)?;
         Ok(put.applied == Applied::Yes && put.was_live)
@@ -357,6 +408,21 @@ impl Store {
     /// Applies an entry streamed from the partner (refill), keeping the newer
     /// version. Compressed data is verified before it is accepted.
     pub fn apply(&self, entry: &Entry) -> Result<Applied, StoreError> {
+        self.apply_entry(entry, false)
+    }
+
+    /// Applies an entry an anti-entropy round brought, keeping the newer
+    /// version. Near the memory limit (above [`REPAIR_ADMIT_PERCENT`]) a key
+    /// this store lacks is not added: it may have been evicted here, and a
+    /// cache under pressure must not trade its own choice for its partner's.
+    /// Newer versions of present keys and tombstones always apply.
+    pub fn apply_repair(&self, entry: &Entry) -> Result<Applied, StoreError> {
+        let crowded = self.charged.load(Ordering::Relaxed)
+            > self.config.max_memory_bytes / 100 * REPAIR_ADMIT_PERCENT;
+        self.apply_entry(entry, crowded && !entry.tombstone)
+    }
+
+    fn apply_entry(&self, entry: &Entry, replace_only: bool) -> Result<Applied, StoreError> {
         if entry.compressed {
             let ok = lz4_flex::block::decompress(&entry.data, entry.raw_len as usize)
                 .is_ok_and(|v| v.len() == entry.raw_len as usize);
@@ -391,6 +457,7 @@ impl Store {
                 now.saturating_add(entry.ttl_ms)
             },
             flags,
+            replace_only,
         };
         self.put(&entry.key, new, now).map(|p| p.applied)
     }
@@ -485,15 +552,7 @@ impl Store {
                 continue;
             }
             taken += slot.data.len() + 32;
-            out.push(Entry {
-                key: Bytes::copy_from_slice(slot.key()),
-                version: slot.version,
-                ttl_ms: slot.ttl_ms(now),
-                tombstone: slot.is(FLAG_TOMBSTONE),
-                compressed: slot.is(FLAG_COMPRESSED),
-                raw_len: slot.raw_len,
-                data: Bytes::copy_from_slice(slot.value()),
-            });
+            out.push(slot.entry(now));
             if taken >= max_bytes {
                 return Some(i);
             }
@@ -503,6 +562,60 @@ impl Store {
 
     pub fn shard_count(&self) -> usize {
         SHARD_COUNT
+    }
+
+    /// Adds the digest of one shard's live entries and tombstones into
+    /// `out` (indexed by [`digest_bucket`]). Summed over every shard, two
+    /// stores holding the same versions of the same keys have equal digests.
+    pub fn digest_shard(&self, shard: usize, out: &mut [BucketDigest]) {
+        let now = self.now();
+        let shard = self.shard(shard);
+        for slot in shard.slots.iter() {
+            if slot.is(FLAG_FREE) || slot.expired(now) {
+                continue;
+            }
+            let key = slot.key();
+            if let Some(b) = out.get_mut(digest_bucket(key) as usize) {
+                b.hash =
+                    b.hash
+                        .wrapping_add(fingerprint(key, slot.version, slot.is(FLAG_TOMBSTONE)));
+                b.entries += 1;
+            }
+        }
+    }
+
+    /// Summaries of one shard's entries (tombstones included) that fall in
+    /// `buckets`.
+    pub fn summarize_shard(&self, shard: usize, buckets: &BucketSet, out: &mut Vec<Summary>) {
+        let now = self.now();
+        let shard = self.shard(shard);
+        for slot in shard.slots.iter() {
+            if slot.is(FLAG_FREE)
+                || slot.expired(now)
+                || !buckets.contains(digest_bucket(slot.key()))
+            {
+                continue;
+            }
+            out.push(Summary {
+                key: Bytes::copy_from_slice(slot.key()),
+                version: slot.version,
+                tombstone: slot.is(FLAG_TOMBSTONE),
+            });
+        }
+    }
+
+    /// The entry under `key` as it would travel in a refill (a tombstone
+    /// too), unless it is missing or expired.
+    pub fn entry(&self, key: &[u8]) -> Option<Entry> {
+        let (hash, index) = self.locate(key);
+        let now = self.now();
+        let shard = self.shard(index);
+        let idx = shard.find(hash, key)?;
+        let slot = &shard.slots[idx as usize];
+        if slot.expired(now) {
+            return None;
+        }
+        Some(slot.entry(now))
     }
 
     pub fn usage(&self) -> Usage {
@@ -582,6 +695,14 @@ impl Shard {
                 added,
                 freed,
                 was_live,
+            };
+        }
+        if new.replace_only {
+            return Put {
+                applied: Applied::NoRoom,
+                added: 0,
+                freed: 0,
+                was_live: false,
             };
         }
         let slot = Slot {

@@ -1,0 +1,31 @@
+//! The stable 64-bit key hash every rcache process computes the same way:
+//! FNV-1a followed by the MurmurHash3 finalizer. It is fixed here,
+//! independent of any crate's version, because two things depend on it
+//! agreeing across processes and releases: the orchestrator's placement of
+//! keys on pairs (`orchestrator::placement`, pinned by golden vectors there)
+//! and the anti-entropy buckets partners compare (`worker::antientropy`).
+//! It is not keyed: it must never index a table that clients can flood.
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The stable hash of a key.
+pub fn key_hash(key: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    fmix64(h)
+}
+
+/// The MurmurHash3 64-bit finalizer: every input bit flips about half of the
+/// output bits.
+pub fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h
+}
