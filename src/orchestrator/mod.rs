@@ -168,9 +168,8 @@ impl Router {
         // Wait on every worker not known to be down; if both are, wait on
         // both anyway (one may be back).
         let all_down = pair.iter().all(|b| b.health() == Health::Down);
-        let ask = |backend: &Arc<Backend>| {
+        let ask = |backend: &Arc<Backend>, wait: bool| {
             let request = request.clone();
-            let wait = all_down || backend.health() != Health::Down;
             let backend = backend.clone();
             let timeout = self.worker_timeout;
             async move {
@@ -191,7 +190,18 @@ impl Router {
                 }
             }
         };
-        let (a, b) = tokio::join!(ask(&pair[0]), ask(&pair[1]));
+        let wait = |b: &Arc<Backend>| all_down || b.health() != Health::Down;
+        let (mut a, mut b) =
+            tokio::join!(ask(&pair[0], wait(&pair[0])), ask(&pair[1], wait(&pair[1])));
+        // The worker waited on failed and its partner was believed down:
+        // the partner may be back before a probe noticed (a rolling
+        // restart), so it is asked after all.
+        let failed = |o: &WriteOutcome| matches!(o, WriteOutcome::Failed { .. });
+        if failed(&a) && matches!(b, WriteOutcome::NotAsked) {
+            b = ask(&pair[1], true).await;
+        } else if failed(&b) && matches!(a, WriteOutcome::NotAsked) {
+            a = ask(&pair[0], true).await;
+        }
         let a_missed = matches!(a, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked);
         let b_missed = matches!(b, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked);
         let mut stored = Vec::with_capacity(2);

@@ -249,7 +249,8 @@ impl Backend {
             c.overflowed = true;
             tracing::warn!(worker = %self.addr, max_hint_bytes = self.max_hint_bytes, "hint queue full; anti-entropy will repair the rest");
         }
-        drop(c);
+        // Under the catch-up lock, like every change between behind and
+        // up, so a concurrent probe cannot write `Up` over it.
         if self.health() != Health::Down {
             self.set_health(Health::Behind);
         }
@@ -286,7 +287,6 @@ impl Backend {
         } else {
             healthy
         };
-        drop(c);
         self.set_health(health);
         deliver
     }
@@ -320,10 +320,8 @@ impl Backend {
                 if c.hints.is_empty() {
                     if c.behind && !c.overflowed {
                         c.caught_up();
-                        let probed = c.probed;
-                        drop(c);
                         tracing::info!(worker = %self.addr, delivered, "worker caught up (hints delivered)");
-                        if let Some(health) = probed {
+                        if let Some(health) = c.probed {
                             if self.health() == Health::Behind {
                                 self.set_health(health);
                             }

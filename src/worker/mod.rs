@@ -53,6 +53,8 @@ pub struct Worker {
     /// Drawn at start; tells the orchestrator this process is a new one.
     incarnation: u64,
     pub anti_entropy: antientropy::AntiEntropy,
+    /// Entries received from the partner by the refill so far.
+    pub refilled: std::sync::atomic::AtomicU64,
     config: WorkerConfig,
 }
 
@@ -64,6 +66,7 @@ impl Worker {
             clock: Clock::with_random_node(),
             incarnation: random_u64(),
             anti_entropy: antientropy::AntiEntropy::default(),
+            refilled: std::sync::atomic::AtomicU64::new(0),
             config,
         }
     }
@@ -169,14 +172,22 @@ impl Service for Worker {
             Command::Exit => Reply::Done,
             Command::Cluster => {
                 let usage = self.store.usage();
+                // The whole store's digest: partners holding the same
+                // versions of the same keys show the same number.
+                let digest = antientropy::digest(&self.store)
+                    .await
+                    .iter()
+                    .fold(0u64, |sum, b| sum.wrapping_add(b.hash));
                 Reply::Value(
                     format!(
-                        "worker={} partner={} state={} entries={} tombstones={} synced={} repaired={}",
+                        "worker={} partner={} state={} entries={} tombstones={} refilled={} \
+                         synced={} repaired={} digest={digest:016x}",
                         self.config.listen,
                         self.config.partner.as_deref().unwrap_or("-"),
                         self.state().name(),
                         usage.entries,
                         usage.tombstones,
+                        self.refilled.load(Ordering::Relaxed),
                         self.anti_entropy.rounds(),
                         self.anti_entropy.repaired(),
                     )

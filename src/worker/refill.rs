@@ -91,6 +91,9 @@ async fn refill(worker: &Worker, partner: &str) -> RefillOutcome {
                         }
                     }
                     entries += chunk.len() as u64;
+                    worker
+                        .refilled
+                        .store(entries, std::sync::atomic::Ordering::Relaxed);
                 }
                 Response::End { .. } => return Ok(()),
                 Response::Error(e) => return Err(ClientError::Protocol(e.to_string())),

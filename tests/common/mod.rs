@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -32,6 +34,7 @@ pub struct Daemon {
     pub port: u16,
     child: Option<Child>,
     log: PathBuf,
+    stdout: Option<mpsc::Receiver<String>>,
 }
 
 impl Daemon {
@@ -44,6 +47,13 @@ impl Daemon {
     }
 
     fn spawn(name: &str, bin: &str, args: &[String], port: u16) -> Daemon {
+        let mut daemon = Daemon::start(name, bin, args, port);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts the process without waiting for its ready line.
+    fn start(name: &str, bin: &str, args: &[String], port: u16) -> Daemon {
         let log = log_dir().join(format!("{name}-{}.log", port));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(bin)
@@ -60,18 +70,29 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        let mut daemon = Daemon {
+        Daemon {
             name: name.to_string(),
             port,
             child: Some(child),
             log,
+            stdout: Some(rx),
+        }
+    }
+
+    /// Waits for the ready line (a worker prints it once refilled).
+    pub fn wait_ready(&mut self) {
+        let Some(rx) = self.stdout.take() else {
+            return;
         };
         match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) if line.contains(" ready ") => daemon,
+            Ok(line) if line.contains(" ready ") => {}
             other => {
-                let log = daemon.log_text();
-                daemon.kill9();
-                panic!("{name} did not report ready ({other:?}); log:\n{log}");
+                let log = self.log_text();
+                self.kill9();
+                panic!(
+                    "{} did not report ready ({other:?}); log:\n{log}",
+                    self.name
+                );
             }
         }
     }
@@ -138,13 +159,20 @@ impl Drop for Daemon {
 }
 
 pub fn worker(port: u16, partner: Option<u16>, extra: &[&str]) -> Daemon {
+    let mut w = worker_starting(port, partner, extra);
+    w.wait_ready();
+    w
+}
+
+/// A worker process, started but perhaps not ready yet (refilling).
+pub fn worker_starting(port: u16, partner: Option<u16>, extra: &[&str]) -> Daemon {
     let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
     if let Some(p) = partner {
         args.push("--partner".into());
         args.push(format!("127.0.0.1:{p}"));
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Daemon::spawn(
+    Daemon::start(
         &format!("worker-{port}"),
         env!("CARGO_BIN_EXE_rcache-worker"),
         &args,
@@ -161,7 +189,10 @@ pub fn pair(extra: &[&str]) -> (Daemon, Daemon) {
 }
 
 pub fn orchestrator(workers: &[u16], extra: &[&str]) -> Daemon {
-    let port = free_port();
+    orchestrator_on(free_port(), workers, extra)
+}
+
+pub fn orchestrator_on(port: u16, workers: &[u16], extra: &[&str]) -> Daemon {
     let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
     args.extend(extra.iter().map(|s| s.to_string()));
     for w in workers {
