@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::chaos::{await_convergence, check, seed, worker_status, Conn, Load, Rng};
+use common::chaos::{await_convergence, check, loopback, seed, worker_status, Conn, Load, Rng};
 use common::{free_port, orchestrator, worker, worker_starting, Daemon};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -63,9 +63,9 @@ fn killing_one_worker_of_each_pair_under_load_loses_nothing() {
     load.progress(2_000);
     let (history, failures) = load.finish();
     assert_no_failures(&failures);
-    let took = await_convergence(&pairs, CONVERGE_TIMEOUT);
+    let took = await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
     println!("partners identical {took:?} after the load stopped");
-    check(&history, &pairs);
+    check(&history, &loopback(&pairs));
 }
 
 #[test]
@@ -84,8 +84,8 @@ fn a_rolling_restart_of_every_worker_loses_nothing() {
     }
     let (history, failures) = load.finish();
     assert_no_failures(&failures);
-    await_convergence(&pairs, CONVERGE_TIMEOUT);
-    check(&history, &pairs);
+    await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
+    check(&history, &loopback(&pairs));
 }
 
 /// SIGSTOP for `freeze` under load, then SIGCONT: the frozen worker must
@@ -114,9 +114,9 @@ fn freeze_scenario(name: &str, how: &str, worker_extra: &[&str], orchestrator_ex
     load.progress(2_000);
     let (history, failures) = load.finish();
     assert_no_failures(&failures);
-    let took = await_convergence(&pairs, CONVERGE_TIMEOUT);
+    let took = await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
     println!("partners identical {took:?} after the load stopped");
-    check(&history, &pairs);
+    check(&history, &loopback(&pairs));
     // It caught up without a restart, by the expected mechanism (the
     // orchestrator learns of anti-entropy rounds from its probes).
     let line = format!("worker caught up ({how}) worker=127.0.0.1:{}", victim.port);
@@ -177,8 +177,8 @@ fn two_orchestrators_writing_the_same_keys_converge() {
         .collect();
     let (history, failures) = load.finish();
     assert_no_failures(&failures);
-    await_convergence(&pairs, CONVERGE_TIMEOUT);
-    check(&history, &pairs);
+    await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
+    check(&history, &loopback(&pairs));
     // Every shared key holds the same value on both partners, a value one
     // of the racers wrote, and never one older than that racer's last
     // acknowledged write of the key (one orchestrator's versions only grow).
@@ -244,7 +244,7 @@ fn the_partner_dying_mid_refill_is_reported_and_refilled_back() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "B never started refilling");
-        if let Ok(s) = worker_status(b_port) {
+        if let Ok(s) = worker_status(&format!("127.0.0.1:{b_port}")) {
             let refilled: u64 = s.get("refilled").and_then(|v| v.parse().ok()).unwrap_or(0);
             if s.get("state").map(String::as_str) == Some("refilling") && refilled > 0 {
                 break;
@@ -261,7 +261,7 @@ fn the_partner_dying_mid_refill_is_reported_and_refilled_back() {
     b.wait_ready();
     let log = b.log_text();
     assert!(log.contains("REFILL INCOMPLETE"), "{log}");
-    let kept: u64 = worker_status(b_port).expect("status")["entries"]
+    let kept: u64 = worker_status(&format!("127.0.0.1:{b_port}")).expect("status")["entries"]
         .parse()
         .expect("entries");
     println!("B kept {kept} of {N} entries when A died mid-refill");
@@ -276,7 +276,7 @@ fn the_partner_dying_mid_refill_is_reported_and_refilled_back() {
         "{}",
         a.log_text()
     );
-    await_convergence(&[(a_port, b_port)], CONVERGE_TIMEOUT);
+    await_convergence(&loopback(&[(a_port, b_port)]), CONVERGE_TIMEOUT);
     let o = orchestrator(&[a_port, b_port], &[]);
     let mut c = Conn::new(o.addr());
     assert_eq!(c.req("set||after||1").as_deref(), Ok("0||"));

@@ -247,9 +247,17 @@ impl Load {
     }
 }
 
+/// Pairs of worker addresses on loopback.
+pub fn loopback(pairs: &[(u16, u16)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|&(a, b)| (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")))
+        .collect()
+}
+
 /// A worker's `cluster` line as name -> value.
-pub fn worker_status(port: u16) -> Result<HashMap<String, String>, String> {
-    let line = Conn::new(format!("127.0.0.1:{port}")).req("cluster")?;
+pub fn worker_status(addr: &str) -> Result<HashMap<String, String>, String> {
+    let line = Conn::new(addr.to_string()).req("cluster")?;
     let body = line
         .strip_prefix("0||")
         .ok_or_else(|| format!("cluster: {line}"))?;
@@ -262,13 +270,13 @@ pub fn worker_status(port: u16) -> Result<HashMap<String, String>, String> {
 
 /// Waits until both workers of every pair are ready with equal digests
 /// (bounded by `timeout`); returns how long that took.
-pub fn await_convergence(pairs: &[(u16, u16)], timeout: Duration) -> Duration {
+pub fn await_convergence(pairs: &[(String, String)], timeout: Duration) -> Duration {
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < timeout {
         let converged = pairs
             .iter()
-            .all(|&(a, b)| match (worker_status(a), worker_status(b)) {
+            .all(|(a, b)| match (worker_status(a), worker_status(b)) {
                 (Ok(a), Ok(b)) => {
                     let same = a.get("state").map(String::as_str) == Some("ready")
                         && b.get("state").map(String::as_str) == Some("ready")
@@ -293,15 +301,10 @@ pub fn await_convergence(pairs: &[(u16, u16)], timeout: Duration) -> Duration {
 
 /// Reads every key from both workers of its pair directly: both must hold
 /// the same, and it must be what the key's history allows.
-pub fn check(history: &HashMap<String, History>, pairs: &[(u16, u16)]) {
+pub fn check(history: &HashMap<String, History>, pairs: &[(String, String)]) {
     let mut conns: Vec<(Conn, Conn)> = pairs
         .iter()
-        .map(|&(a, b)| {
-            (
-                Conn::new(format!("127.0.0.1:{a}")),
-                Conn::new(format!("127.0.0.1:{b}")),
-            )
-        })
+        .map(|(a, b)| (Conn::new(a.clone()), Conn::new(b.clone())))
         .collect();
     let mut lost = Vec::new();
     let mut diverged = Vec::new();

@@ -46,14 +46,14 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
-    fn spawn(name: &str, bin: &str, args: &[String], port: u16) -> Daemon {
+    pub fn spawn(name: &str, bin: &str, args: &[String], port: u16) -> Daemon {
         let mut daemon = Daemon::start(name, bin, args, port);
         daemon.wait_ready();
         daemon
     }
 
     /// Starts the process without waiting for its ready line.
-    fn start(name: &str, bin: &str, args: &[String], port: u16) -> Daemon {
+    pub fn start(name: &str, bin: &str, args: &[String], port: u16) -> Daemon {
         let log = log_dir().join(format!("{name}-{}.log", port));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(bin)
