@@ -20,7 +20,9 @@
 //!
 //! [`config`] (figment: defaults < file < env < flags) and [`daemon`]
 //! (logging, signals) are used from the top. [`version`] (hybrid logical
-//! clock), [`hash`] (the stable key hash) and [`zipf`] are leaf utilities.
+//! clock), [`hash`] (the stable key hash) and [`zipf`] are leaf utilities;
+//! [`sys`] is the one door to sockets, the wall clock and randomness (a
+//! simulation swaps it).
 //!
 //! A request runs in a straight line: accept, decode a `Command`, execute it
 //! (the worker's store; or the orchestrator's router picks a pair and the
@@ -34,6 +36,7 @@ pub mod hash;
 pub mod net;
 pub mod orchestrator;
 pub mod protocol;
+pub mod sys;
 pub mod version;
 pub mod worker;
 pub mod zipf;

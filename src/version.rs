@@ -16,7 +16,6 @@
 //! store breaks even that tie deterministically.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const NODE_BITS: u32 = 8;
 const LOGICAL_BITS: u32 = 12;
@@ -39,12 +38,9 @@ impl Clock {
         }
     }
 
-    /// A clock with a node id drawn from the process's randomness.
+    /// A clock with a node id drawn at random.
     pub fn with_random_node() -> Clock {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        Clock::new(h.finish() as u8)
+        Clock::new(crate::sys::random_u64() as u8)
     }
 
     pub fn node(&self) -> u8 {
@@ -80,12 +76,7 @@ pub fn millis(version: u64) -> u64 {
     version >> PHYSICAL_SHIFT
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::sys::wall_ms;
 
 #[cfg(test)]
 mod tests {

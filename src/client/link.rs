@@ -10,10 +10,10 @@ use crate::protocol::link::{
     HELLO,
 };
 use crate::protocol::Limits;
+use crate::sys::TcpStream;
 use bytes::BytesMut;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub struct LinkConn {

@@ -53,8 +53,8 @@ impl ClientError {
 pub async fn connect_tcp(
     addr: &str,
     timeout: Duration,
-) -> Result<tokio::net::TcpStream, ClientError> {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+) -> Result<crate::sys::TcpStream, ClientError> {
+    match tokio::time::timeout(timeout, crate::sys::TcpStream::connect(addr)).await {
         Err(_) => Err(ClientError::ConnectTimeout {
             addr: addr.to_string(),
             timeout,

@@ -4,8 +4,8 @@ use super::{connect_tcp, ClientError};
 use crate::net::{Closed, Conn};
 use crate::protocol::text::{encode_command, parse_reply};
 use crate::protocol::{Command, Reply};
+use crate::sys::TcpStream;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub struct TextClient {

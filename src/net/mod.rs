@@ -7,13 +7,13 @@
 
 use crate::protocol::text::{encode_reply, TextDecoder};
 use crate::protocol::{Command, ErrorCode, Limits, Reply};
+use crate::sys::{TcpListener, TcpStream};
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
@@ -114,9 +114,10 @@ pub async fn serve<H: Handler>(
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.wait() => break,
-            accepted = listener.accept() => accepted,
-        };
+        biased;
+                   _ = shutdown.wait() => break,
+                   accepted = listener.accept() => accepted,
+               };
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -194,9 +195,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         shutdown: &mut Shutdown,
     ) -> Result<usize, Closed> {
         tokio::select! {
-            _ = shutdown.wait() => Err(Closed::Shutdown),
-            read = self.fill_until(deadline) => read,
-        }
+        biased;
+                   _ = shutdown.wait() => Err(Closed::Shutdown),
+                   read = self.fill_until(deadline) => read,
+               }
     }
 
     /// Reads more bytes, giving up at `deadline`.

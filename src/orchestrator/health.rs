@@ -67,9 +67,10 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
+        biased;
+                   _ = shutdown.wait() => return,
+                   _ = tick.tick() => {}
+               }
         let result = async {
             if link.is_none() {
                 link = Some(LinkConn::connect(&backend.addr, limits, timeout).await?);

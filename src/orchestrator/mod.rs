@@ -20,13 +20,13 @@ pub mod pool;
 use crate::net::{self, Conn, Handler, ServerConfig, Service, Shutdown};
 use crate::protocol::link::{Request, Response};
 use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
+use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
 use bytes::Bytes;
 use pool::{Backend, Health, LinkSettings};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
 
 /// The orchestrator's own section of the configuration.
 #[derive(Debug, Clone)]
@@ -71,6 +71,7 @@ impl Router {
             connect_timeout: config.worker_timeout,
             keepalive: (config.server.idle_timeout / 2).min(pool::KEEPALIVE_MAX),
             max_hint_bytes: config.max_hint_bytes,
+            response_timeout: (2 * config.worker_timeout).max(pool::MIN_RESPONSE_TIMEOUT),
         };
         let pairs = config
             .pairs

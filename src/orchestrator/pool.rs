@@ -46,6 +46,9 @@ const LINK_BATCH_MAX: usize = 256;
 /// A link idle this long sends a ping to stay open.
 pub const KEEPALIVE_MAX: Duration = Duration::from_secs(10);
 
+/// The least a link waits for an answer before it counts as broken.
+pub const MIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Hints sent to a returning worker in one pipelined batch.
 const HINT_BATCH: usize = 256;
 
@@ -98,6 +101,10 @@ pub struct LinkSettings {
     pub keepalive: Duration,
     /// Bytes of hints kept for this worker.
     pub max_hint_bytes: usize,
+    /// A link whose oldest request has waited this long for its answer is
+    /// closed and reconnected: a worker behind a dead network path (no
+    /// FIN, no RST) must not wedge it until TCP gives up, minutes later.
+    pub response_timeout: Duration,
 }
 
 /// How a worker catches up on writes it missed (see the module doc).
@@ -455,7 +462,11 @@ async fn run_connected(
 ) {
     let (reader, mut writer) = link.split();
     let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(LINK_QUEUE_DEPTH);
-    let mut reader_task = tokio::spawn(read_responses(reader, inflight_rx));
+    let mut reader_task = tokio::spawn(read_responses(
+        reader,
+        inflight_rx,
+        settings.response_timeout,
+    ));
     let mut next = Some(first);
     loop {
         let batch_start = next.take();
@@ -463,13 +474,14 @@ async fn run_connected(
             Some(p) => p,
             None => {
                 tokio::select! {
-                    p = rx.recv() => match p {
-                        Some(p) => p,
-                        None => break,
-                    },
-                    _ = tokio::time::sleep(settings.keepalive) => Pending { request: Request::Ping, reply: None },
-                    _ = &mut reader_task => return,
-                }
+                biased;
+                                   p = rx.recv() => match p {
+                                       Some(p) => p,
+                                       None => break,
+                                   },
+                                   _ = tokio::time::sleep(settings.keepalive) => Pending { request: Request::Ping, reply: None },
+                                   _ = &mut reader_task => return,
+                               }
             }
         };
         // Take everything queued so far into one batch, one write.
@@ -504,12 +516,20 @@ async fn flush(writer: &mut LinkWriter, settings: &LinkSettings) -> Result<(), C
 
 /// Matches responses to requests in order; on a broken connection fails
 /// everything still in flight.
-async fn read_responses(mut reader: LinkReader, mut inflight: mpsc::Receiver<InFlight>) {
+async fn read_responses(
+    mut reader: LinkReader,
+    mut inflight: mpsc::Receiver<InFlight>,
+    response_timeout: Duration,
+) {
     loop {
         let Some((kind, reply)) = inflight.recv().await else {
             return;
         };
-        match reader.recv(kind).await {
+        let response = match tokio::time::timeout(response_timeout, reader.recv(kind)).await {
+            Ok(response) => response,
+            Err(_) => Err(ClientError::Timeout(response_timeout)),
+        };
+        match response {
             Ok(response) => {
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(response));
@@ -550,6 +570,7 @@ mod tests {
             connect_timeout: Duration::from_millis(100),
             keepalive: Duration::from_secs(10),
             max_hint_bytes,
+            response_timeout: Duration::from_secs(2),
         };
         Backend::start("127.0.0.1:9".into(), settings)
     }

@@ -268,9 +268,10 @@ pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown
     let mut partner_down = false;
     loop {
         tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
+        biased;
+                   _ = shutdown.wait() => return,
+                   _ = tick.tick() => {}
+               }
         if worker.state() != WorkerState::Ready || worker.anti_entropy.ran_within(interval) {
             continue;
         }

@@ -18,6 +18,7 @@ use crate::protocol::link::{
     HELLO, HELLO_FIRST_BYTE, REFILL_CHUNK_BYTES,
 };
 use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
+use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -25,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::{Applied, Store, StoreConfig, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 /// How often the active expiry runs, and how many slots of each shard it
@@ -64,7 +64,7 @@ impl Worker {
             store: Store::new(config.store.clone()),
             state: AtomicU8::new(WorkerState::Starting as u8),
             clock: Clock::with_random_node(),
-            incarnation: random_u64(),
+            incarnation: crate::sys::random_u64() | 1,
             anti_entropy: antientropy::AntiEntropy::default(),
             refilled: std::sync::atomic::AtomicU64::new(0),
             config,
@@ -364,9 +364,10 @@ impl Bound {
         ));
         let mut stop = shutdown.clone();
         let refilled = tokio::select! {
-            _ = stop.wait() => false,
-            _ = refill::refill_from_partner(&worker) => true,
-        };
+        biased;
+                   _ = stop.wait() => false,
+                   _ = refill::refill_from_partner(&worker) => true,
+               };
         worker.set_state(WorkerState::Ready);
         if refilled {
             on_ready(&worker);
@@ -377,26 +378,15 @@ impl Bound {
     }
 }
 
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() | 1
-}
-
 async fn run_expiry(worker: Arc<Worker>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
+        biased;
+                   _ = shutdown.wait() => return,
+                   _ = tick.tick() => {}
+               }
         worker.store.expire_step(EXPIRY_SLOTS_PER_SHARD);
     }
 }

@@ -163,7 +163,7 @@ pub struct Usage {
 
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
-    hasher: foldhash::fast::RandomState,
+    hasher: crate::sys::TableHasher,
     charged: AtomicUsize,
     config: StoreConfig,
     epoch: Instant,
@@ -280,7 +280,7 @@ impl Store {
             .collect();
         Store {
             shards,
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: crate::sys::table_hasher(),
             charged: AtomicUsize::new(0),
             config,
             epoch: Instant::now(),
@@ -663,7 +663,7 @@ impl Shard {
         key: &[u8],
         new: NewSlot,
         now: u64,
-        hasher: &foldhash::fast::RandomState,
+        hasher: &crate::sys::TableHasher,
     ) -> Put {
         if let Some(idx) = self.find(hash, key) {
             let slot = &self.slots[idx as usize];
@@ -767,7 +767,7 @@ impl Shard {
     }
 
     /// Unlinks and frees slot `idx`; returns the bytes it was charged.
-    fn remove(&mut self, idx: u32, hasher: &foldhash::fast::RandomState) -> usize {
+    fn remove(&mut self, idx: u32, hasher: &crate::sys::TableHasher) -> usize {
         self.account(idx, -1);
         let (newer, older, hash, charge) = {
             let slot = &self.slots[idx as usize];
@@ -806,7 +806,7 @@ impl Shard {
 
     /// SIEVE: walks the hand from old to new, clearing visited bits, and
     /// evicts the first unvisited entry. Returns the bytes freed.
-    fn evict_one(&mut self, hasher: &foldhash::fast::RandomState) -> Option<usize> {
+    fn evict_one(&mut self, hasher: &crate::sys::TableHasher) -> Option<usize> {
         if self.oldest == NIL {
             return None;
         }
@@ -837,7 +837,7 @@ impl Shard {
         &mut self,
         now: u64,
         budget: usize,
-        hasher: &foldhash::fast::RandomState,
+        hasher: &crate::sys::TableHasher,
     ) -> (usize, usize, usize) {
         let (mut entries, mut tombstones, mut freed) = (0, 0, 0);
         let len = self.slots.len();

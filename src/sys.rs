@@ -1,0 +1,85 @@
+//! Where rcache touches the world outside its own logic: sockets, the wall
+//! clock and randomness. Everything else reaches them through here, so the
+//! `simulation` feature can swap them for turmoil's simulated network,
+//! simulated time and a seeded generator, and a whole cluster then runs
+//! deterministically in one thread (`tests/simulation.rs`): a failing seed
+//! replays exactly. For the same reason every `select!` in the daemons is
+//! `biased`: it polls its branches in a fixed order.
+
+#[cfg(not(feature = "simulation"))]
+pub use tokio::net::{TcpListener, TcpStream};
+#[cfg(feature = "simulation")]
+pub use turmoil::net::{TcpListener, TcpStream};
+
+/// The hasher of the worker's store tables: seeded per process, so clients
+/// cannot aim collisions (fixed by the seed in a simulation).
+#[cfg(not(feature = "simulation"))]
+pub type TableHasher = foldhash::fast::RandomState;
+#[cfg(feature = "simulation")]
+pub type TableHasher = foldhash::fast::FixedState;
+
+pub fn table_hasher() -> TableHasher {
+    #[cfg(not(feature = "simulation"))]
+    return foldhash::fast::RandomState::default();
+    #[cfg(feature = "simulation")]
+    return foldhash::fast::FixedState::with_seed(random_u64());
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn wall_ms() -> u64 {
+    #[cfg(not(feature = "simulation"))]
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok();
+    #[cfg(feature = "simulation")]
+    let since_epoch = turmoil::since_epoch();
+    since_epoch.map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A random number: from the process's randomness, or from the seed in a
+/// simulation.
+pub fn random_u64() -> u64 {
+    #[cfg(not(feature = "simulation"))]
+    {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.finish()
+    }
+    #[cfg(feature = "simulation")]
+    {
+        sim::next()
+    }
+}
+
+#[cfg(feature = "simulation")]
+pub mod sim {
+    //! The simulation's seeded generator (SplitMix64). Hosts run one after
+    //! another on the simulating thread, so the order of draws, and every
+    //! number, is fixed by the seed; each thread has its own generator, so
+    //! simulations on other threads do not disturb it.
+    use std::cell::Cell;
+
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub fn seed(seed: u64) {
+        STATE.with(|s| s.set(seed));
+    }
+
+    pub fn next() -> u64 {
+        STATE.with(|s| {
+            let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    }
+}
