@@ -271,7 +271,7 @@ fn the_partner_dying_mid_refill_is_reported_and_refilled_back() {
     let a = worker(a_port, Some(b_port), &[]);
     assert!(
         a.log_text().contains(&format!(
-            "refilled from the partner partner=127.0.0.1:{b_port} entries={kept}"
+            "refilled from the partner partner=127.0.0.1:{b_port} entries={kept} "
         )),
         "{}",
         a.log_text()

@@ -28,8 +28,8 @@ pub enum RefillOutcome {
     NoPartner,
     /// The partner could not serve a refill; started empty.
     Skipped(String),
-    /// Every entry of the partner arrived.
-    Done { entries: u64 },
+    /// Every entry of the partner arrived, taking `elapsed`.
+    Done { entries: u64, elapsed: Duration },
     /// The stream broke off; serving what arrived.
     Failed { entries: u64, error: String },
 }
@@ -45,8 +45,9 @@ pub async fn refill_from_partner(worker: &Worker) -> RefillOutcome {
         RefillOutcome::Skipped(why) => {
             tracing::info!(%partner, "not refilling: {why}; starting empty")
         }
-        RefillOutcome::Done { entries } => {
-            tracing::info!(%partner, entries, "refilled from the partner")
+        RefillOutcome::Done { entries, elapsed } => {
+            let rate = *entries as f64 / elapsed.as_secs_f64().max(1e-6);
+            tracing::info!(%partner, entries, ?elapsed, entries_per_second = rate as u64, "refilled from the partner")
         }
         RefillOutcome::Failed { entries, error } => tracing::error!(
             %partner,
@@ -107,10 +108,10 @@ async fn refill(worker: &Worker, partner: &str) -> RefillOutcome {
     }
     .await;
     match result {
-        Ok(()) => {
-            tracing::debug!(elapsed = ?started.elapsed(), "refill stream complete");
-            RefillOutcome::Done { entries }
-        }
+        Ok(()) => RefillOutcome::Done {
+            entries,
+            elapsed: started.elapsed(),
+        },
         // The partner stopped being ready before streaming: not a failure.
         Err(ClientError::Protocol(e)) if entries == 0 && e.contains("loading") => {
             RefillOutcome::Skipped(format!("partner is not ready: {e}"))
