@@ -133,25 +133,15 @@ async fn client(
     let mut failures = Vec::new();
     // One fault at a time: (starts at op, kind, worker, lasts ops).
     let mut fault: Option<(&'static str, &'static str, u64)> = None;
+    // The cluster starts with the simulation: wait until it is up, as an
+    // operator would.
+    settle(&mut conn, 0).await?;
     for op in 0..OPS {
         if fault.is_none() && op % 150 == 50 {
             // The last fault must have healed completely (every worker up,
             // none refilling or behind) before the next one starts: two
             // faults in one pair at once are beyond what rcache promises.
-            let settle = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let view = match conn.request(&Command::Cluster).await? {
-                    Reply::Value(v) => String::from_utf8_lossy(&v).into_owned(),
-                    other => format!("{other:?}"),
-                };
-                if view.split(';').all(|w| w.contains("health=up")) {
-                    break;
-                }
-                if tokio::time::Instant::now() > settle {
-                    return Err(format!("op {op}: the cluster did not heal: {view}").into());
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            settle(&mut conn, op).await?;
             let w = WORKERS[rng.below(4) as usize];
             let kind = ["partition", "hold", "crash"][rng.below(3) as usize];
             match kind {
@@ -269,6 +259,35 @@ async fn client(
             return Err(format!("no convergence: {problems:?}").into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits (in simulated time, at most 60s) until every worker says it is
+/// ready and the orchestrator sees every worker up.
+async fn settle(conn: &mut TextClient, op: u64) -> turmoil::Result {
+    let settle = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut view = match conn.request(&Command::Cluster).await? {
+            Reply::Value(v) => String::from_utf8_lossy(&v).into_owned(),
+            other => format!("{other:?}"),
+        };
+        let mut ready = view.split(';').all(|w| w.contains("health=up"));
+        for w in WORKERS {
+            let state =
+                match TextClient::connect(&format!("{w}:7001"), Duration::from_secs(1)).await {
+                    Ok(mut c) => format!("{:?}", c.request(&Command::Cluster).await),
+                    Err(e) => e.to_string(),
+                };
+            ready &= state.contains("state=ready");
+            view.push_str(&format!("; {w}: {state}"));
+        }
+        if ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > settle {
+            return Err(format!("op {op}: the cluster did not heal: {view}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
