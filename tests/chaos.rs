@@ -43,6 +43,16 @@ fn assert_no_failures(failures: &[String]) {
     );
 }
 
+/// Stops the load, asserts no request failed, waits until the partners'
+/// digests agree, then checks every key on both workers of its pair.
+fn finish_and_check(load: Load, pairs: &[(u16, u16)]) {
+    let (history, failures) = load.finish();
+    assert_no_failures(&failures);
+    let took = await_convergence(&loopback(pairs), CONVERGE_TIMEOUT);
+    println!("partners identical {took:?} after the load stopped");
+    check(&history, &loopback(pairs));
+}
+
 #[test]
 fn killing_one_worker_of_each_pair_under_load_loses_nothing() {
     let seed = seed("kill");
@@ -61,11 +71,7 @@ fn killing_one_worker_of_each_pair_under_load_loses_nothing() {
         assert!(workers[v].log_text().contains("refilled from the partner"));
     }
     load.progress(2_000);
-    let (history, failures) = load.finish();
-    assert_no_failures(&failures);
-    let took = await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
-    println!("partners identical {took:?} after the load stopped");
-    check(&history, &loopback(&pairs));
+    finish_and_check(load, &pairs);
 }
 
 #[test]
@@ -82,10 +88,7 @@ fn a_rolling_restart_of_every_worker_loses_nothing() {
         restart(&mut workers, i, &[]);
         load.progress(500);
     }
-    let (history, failures) = load.finish();
-    assert_no_failures(&failures);
-    await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
-    check(&history, &loopback(&pairs));
+    finish_and_check(load, &pairs);
 }
 
 /// SIGSTOP for `freeze` under load, then SIGCONT: the frozen worker must
@@ -112,11 +115,7 @@ fn freeze_scenario(name: &str, how: &str, worker_extra: &[&str], orchestrator_ex
         "the load stalled during the freeze: {during}"
     );
     load.progress(2_000);
-    let (history, failures) = load.finish();
-    assert_no_failures(&failures);
-    let took = await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
-    println!("partners identical {took:?} after the load stopped");
-    check(&history, &loopback(&pairs));
+    finish_and_check(load, &pairs);
     // It caught up without a restart, by the expected mechanism (the
     // orchestrator learns of anti-entropy rounds from its probes).
     let line = format!("worker caught up ({how}) worker=127.0.0.1:{}", victim.port);
@@ -175,10 +174,7 @@ fn two_orchestrators_writing_the_same_keys_converge() {
         .into_iter()
         .map(|r| r.join().expect("racer"))
         .collect();
-    let (history, failures) = load.finish();
-    assert_no_failures(&failures);
-    await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
-    check(&history, &loopback(&pairs));
+    finish_and_check(load, &pairs);
     // Every shared key holds the same value on both partners, a value one
     // of the racers wrote, and never one older than that racer's last
     // acknowledged write of the key (one orchestrator's versions only grow).

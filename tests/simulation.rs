@@ -94,6 +94,43 @@ struct Requests {
     restart: Option<&'static str>,
 }
 
+/// What the schedule does to one worker.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Cut from the orchestrator and its partner; it keeps running.
+    Partition(&'static str),
+    /// The orchestrator's messages to and from it are held, then released.
+    Hold(&'static str),
+    /// Crashed, later restarted (empty: it refills).
+    Crash(&'static str),
+}
+
+impl Fault {
+    fn start(self, requests: &RefCell<Requests>) {
+        match self {
+            Fault::Partition(w) => {
+                for other in ["orch", partner(w)] {
+                    turmoil::partition(w, other);
+                }
+            }
+            Fault::Hold(w) => turmoil::hold("orch", w),
+            Fault::Crash(w) => requests.borrow_mut().crash = Some(w),
+        }
+    }
+
+    fn heal(self, requests: &RefCell<Requests>) {
+        match self {
+            Fault::Partition(w) => {
+                for other in ["orch", partner(w)] {
+                    turmoil::repair(w, other);
+                }
+            }
+            Fault::Hold(w) => turmoil::release("orch", w),
+            Fault::Crash(w) => requests.borrow_mut().restart = Some(w),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
     Value(Vec<u8>),
@@ -131,8 +168,8 @@ async fn client(
     let mut conn = TextClient::connect("orch:7000", timeout).await?;
     let mut history: BTreeMap<u64, History> = BTreeMap::new();
     let mut failures = Vec::new();
-    // One fault at a time: (starts at op, kind, worker, lasts ops).
-    let mut fault: Option<(&'static str, &'static str, u64)> = None;
+    // One fault at a time, and the op at which it heals.
+    let mut fault: Option<(Fault, u64)> = None;
     // The cluster starts with the simulation: wait until it is up, as an
     // operator would.
     settle(&mut conn, 0).await?;
@@ -143,31 +180,15 @@ async fn client(
             // faults in one pair at once are beyond what rcache promises.
             settle(&mut conn, op).await?;
             let w = WORKERS[rng.below(4) as usize];
-            let kind = ["partition", "hold", "crash"][rng.below(3) as usize];
-            match kind {
-                "partition" => {
-                    for other in ["orch", partner(w)] {
-                        turmoil::partition(w, other);
-                    }
-                }
-                "hold" => turmoil::hold("orch", w),
-                _ => requests.borrow_mut().crash = Some(w),
-            }
-            trace.borrow_mut().push(format!("op {op}: {kind} {w}"));
-            fault = Some((kind, w, op + 20 + rng.below(80)));
+            let f = [Fault::Partition, Fault::Hold, Fault::Crash][rng.below(3) as usize](w);
+            f.start(&requests);
+            trace.borrow_mut().push(format!("op {op}: {f:?}"));
+            fault = Some((f, op + 20 + rng.below(80)));
         }
-        if let Some((kind, w, until)) = fault {
+        if let Some((f, until)) = fault {
             if op >= until {
-                match kind {
-                    "partition" => {
-                        for other in ["orch", partner(w)] {
-                            turmoil::repair(w, other);
-                        }
-                    }
-                    "hold" => turmoil::release("orch", w),
-                    _ => requests.borrow_mut().restart = Some(w),
-                }
-                trace.borrow_mut().push(format!("op {op}: heal {w}"));
+                f.heal(&requests);
+                trace.borrow_mut().push(format!("op {op}: healed {f:?}"));
                 fault = None;
             }
         }
@@ -216,16 +237,8 @@ async fn client(
             _ => failures.push(format!("op {op}: {command:?} -> {reply:?}, history {h:?}")),
         }
     }
-    if let Some((kind, w, _)) = fault {
-        match kind {
-            "partition" => {
-                for other in ["orch", partner(w)] {
-                    turmoil::repair(w, other);
-                }
-            }
-            "hold" => turmoil::release("orch", w),
-            _ => requests.borrow_mut().restart = Some(w),
-        }
+    if let Some((f, _)) = fault {
+        f.heal(&requests);
     }
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     // Healed: the partners must converge and hold every acknowledged write.
