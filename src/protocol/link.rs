@@ -59,7 +59,12 @@ pub const DIGEST_BUCKETS: usize = 4096;
 
 /// The anti-entropy bucket of a key.
 pub fn digest_bucket(key: &[u8]) -> u16 {
-    (crate::hash::key_hash(key) >> (64 - DIGEST_BUCKETS.trailing_zeros())) as u16
+    bucket_of_hash(crate::hash::key_hash(key))
+}
+
+/// The anti-entropy bucket of a key whose stable hash is known.
+pub fn bucket_of_hash(key_hash: u64) -> u16 {
+    (key_hash >> (64 - DIGEST_BUCKETS.trailing_zeros())) as u16
 }
 
 /// Room in a frame beyond one key and one value.

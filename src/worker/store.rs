@@ -39,7 +39,9 @@
 //! bring the key back. Expired entries are removed lazily when read and
 //! actively by [`Store::expire_step`], which a worker runs in the background.
 
-use crate::protocol::link::{digest_bucket, BucketDigest, Entry, Summary, DIGEST_BUCKETS};
+use crate::protocol::link::{
+    bucket_of_hash, digest_bucket, BucketDigest, Entry, Summary, DIGEST_BUCKETS,
+};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
@@ -136,8 +138,8 @@ impl BucketSet {
 
 /// An entry's share of its bucket's digest: two partners holding the same
 /// version (and kind) of a key add the same number.
-fn fingerprint(key: &[u8], version: u64, tombstone: bool) -> u64 {
-    crate::hash::fmix64(crate::hash::key_hash(key) ^ version.rotate_left(17) ^ tombstone as u64)
+fn fingerprint(key_hash: u64, version: u64, tombstone: bool) -> u64 {
+    crate::hash::fmix64(key_hash ^ version.rotate_left(17) ^ tombstone as u64)
 }
 
 /// Counters a worker exposes.
@@ -575,10 +577,11 @@ impl Store {
                 continue;
             }
             let key = slot.key();
-            if let Some(b) = out.get_mut(digest_bucket(key) as usize) {
+            let hash = crate::hash::key_hash(key);
+            if let Some(b) = out.get_mut(bucket_of_hash(hash) as usize) {
                 b.hash =
                     b.hash
-                        .wrapping_add(fingerprint(key, slot.version, slot.is(FLAG_TOMBSTONE)));
+                        .wrapping_add(fingerprint(hash, slot.version, slot.is(FLAG_TOMBSTONE)));
                 b.entries += 1;
             }
         }
@@ -875,6 +878,74 @@ mod tests {
             max_memory_bytes,
             ..StoreConfig::default()
         })
+    }
+
+    fn digest(s: &Store) -> Vec<BucketDigest> {
+        let mut out = vec![BucketDigest::default(); DIGEST_BUCKETS];
+        for shard in 0..s.shard_count() {
+            s.digest_shard(shard, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn digests_agree_on_equal_data_and_locate_differences() {
+        let (a, b) = (store(1 << 30), store(1 << 30));
+        for i in 0..2_000u64 {
+            a.set(format!("k{i}").as_bytes(), b"v", None, i + 1)
+                .expect("set");
+        }
+        // The same versions, another order and another process's hashing.
+        for i in (0..2_000u64).rev() {
+            b.set(format!("k{i}").as_bytes(), b"v", None, i + 1)
+                .expect("set");
+        }
+        a.delete(b"k7", 10_000).expect("delete");
+        b.delete(b"k7", 10_000).expect("delete");
+        assert_eq!(digest(&a), digest(&b));
+        // One newer version on one side: exactly its bucket differs.
+        b.set(b"k42", b"w", None, 20_000).expect("set");
+        let (da, db) = (digest(&a), digest(&b));
+        let differing: Vec<usize> = (0..DIGEST_BUCKETS).filter(|&i| da[i] != db[i]).collect();
+        assert_eq!(differing, vec![digest_bucket(b"k42") as usize]);
+        // Summaries of that bucket carry the key and both versions.
+        let set = BucketSet::new(&[digest_bucket(b"k42")]);
+        let mut sa = Vec::new();
+        for shard in 0..a.shard_count() {
+            a.summarize_shard(shard, &set, &mut sa);
+        }
+        assert!(sa
+            .iter()
+            .all(|s| digest_bucket(&s.key) == digest_bucket(b"k42")));
+        assert!(sa.iter().any(|s| &s.key[..] == b"k42" && s.version == 43));
+        // A repair applies the newer entry and the digests meet again.
+        let newer = b.entry(b"k42").expect("present");
+        assert_eq!(a.apply_repair(&newer), Ok(Applied::Yes));
+        assert_eq!(digest(&a), digest(&b));
+    }
+
+    #[test]
+    fn repairs_near_the_memory_limit_add_no_new_keys() {
+        let s = store(1 << 20);
+        let mut i = 0;
+        while s.usage().charged_bytes < (1 << 20) / 100 * 95 {
+            s.set(format!("fill{i}").as_bytes(), &[b'x'; 100], None, 1)
+                .expect("set");
+            i += 1;
+        }
+        let entry = |key: &str, version, tombstone| Entry {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            version,
+            ttl_ms: 0,
+            tombstone,
+            compressed: false,
+            raw_len: 1,
+            data: Bytes::from_static(b"y"),
+        };
+        assert_eq!(s.apply_repair(&entry("new", 5, false)), Ok(Applied::NoRoom));
+        assert_eq!(s.apply_repair(&entry("fill0", 5, false)), Ok(Applied::Yes));
+        assert_eq!(s.apply_repair(&entry("gone", 5, true)), Ok(Applied::Yes));
+        assert_eq!(s.apply(&entry("refilled", 5, false)), Ok(Applied::Yes));
     }
 
     #[test]
