@@ -111,13 +111,20 @@ fn worker(port: u16, partner: u16, wait_ready: bool) -> Result<Proc> {
             format!("127.0.0.1:{partner}"),
             "--max-memory".into(),
             "4GiB".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ],
         wait_ready,
     )
 }
 
 fn orchestrator(port: u16, workers: &[u16]) -> Result<Proc> {
-    let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--metrics-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+    ];
     for w in workers {
         args.push("127.0.0.1".into());
         args.push(w.to_string());

@@ -15,11 +15,12 @@
 //! | [`worker`] | listener, store (shards, SIEVE eviction, TTLs, lz4), refill |
 //! | [`orchestrator`] | listener, placement (key → pair), pool of links, health |
 //! | [`client`] | text client, link client |
+//! | [`metrics`] | Prometheus registries, the `/metrics` and `/health` endpoint |
 //! | [`net`] | accept loop, limits, shutdown, buffered connections, text driver |
 //! | [`protocol`] | text and link codecs: bytes ↔ types, no I/O |
 //!
 //! [`config`] (figment: defaults < file < env < flags) and [`daemon`]
-//! (logging, signals) are used from the top. [`version`] (hybrid logical
+//! (logging, signals, systemd notifications, reload) are used from the top. [`version`] (hybrid logical
 //! clock), [`hash`] (the stable key hash) and [`zipf`] are leaf utilities;
 //! [`sys`] is the one door to sockets, the wall clock and randomness (a
 //! simulation swaps it).
@@ -33,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod hash;
+pub mod metrics;
 pub mod net;
 pub mod orchestrator;
 pub mod protocol;

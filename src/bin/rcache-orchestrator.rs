@@ -4,7 +4,7 @@ use clap::Parser;
 use rcache::config::{
     self, CommonFlags, OrchestratorFlags, OrchestratorOverrides, RawOrchestrator,
 };
-use rcache::daemon::{self, EXIT_OK, EXIT_RUNTIME};
+use rcache::daemon::{self, notify, EXIT_OK, EXIT_RUNTIME};
 
 #[derive(Parser)]
 #[command(
@@ -25,24 +25,27 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let loaded = (if args.workers.is_empty() {
-        Ok(None)
-    } else {
-        config::pairs_from_args(&args.workers).map(Some)
-    })
-    .and_then(|workers| {
+    let file = args.common.config.clone();
+    let flags = args.flags.clone();
+    let positional = args.workers.clone();
+    let load = move || {
+        let workers = if positional.is_empty() {
+            None
+        } else {
+            Some(config::pairs_from_args(&positional)?)
+        };
         let overrides = OrchestratorOverrides {
-            flags: &args.flags,
+            flags: &flags,
             workers,
         };
-        config::load::<RawOrchestrator>(args.common.config.as_deref(), &overrides)
-    });
+        config::load::<RawOrchestrator>(file.as_deref(), &overrides)
+    };
     daemon::main_with(
         "rcache-orchestrator",
         &args.common,
-        loaded,
+        load,
         RawOrchestrator::validate,
-        |config, shutdown| async move {
+        |config, mut ctx| async move {
             let bound = match rcache::orchestrator::bind(config.clone()).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -50,14 +53,39 @@ fn main() {
                     return EXIT_RUNTIME;
                 }
             };
+            let router = bound.router.clone();
+            let metrics = match rcache::metrics::spawn(
+                &config.metrics_listen,
+                router.clone(),
+                ctx.shutdown.clone(),
+            )
+            .await
+            {
+                Ok(addr) => addr,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return EXIT_RUNTIME;
+                }
+            };
+            let r = router.clone();
+            notify::spawn_status(move || (r.status_line(), false), ctx.shutdown.clone());
+            let r = router.clone();
+            let shutdown = ctx.shutdown.clone();
+            tokio::spawn(async move {
+                while let Some(reload) = ctx.reloads.recv().await {
+                    r.reload(&reload.config, &shutdown);
+                    let _ = reload.done.send(());
+                }
+            });
             let pairs: Vec<String> = config.pairs.iter().map(|p| p.join(",")).collect();
             println!(
-                "rcache-orchestrator ready listen={} pairs={}",
+                "rcache-orchestrator ready listen={} pairs={} metrics={metrics}",
                 bound.local_addr,
                 pairs.join(";")
             );
-            tracing::info!(listen = %bound.local_addr, "ready");
-            bound.run(shutdown).await;
+            tracing::info!(listen = %bound.local_addr, %metrics, "ready");
+            notify::ready(&router.status_line());
+            bound.run(ctx.shutdown).await;
             EXIT_OK
         },
     )

@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use rcache::config::{self, CommonFlags, RawWorker, WorkerFlags};
-use rcache::daemon::{self, EXIT_OK, EXIT_RUNTIME};
+use rcache::daemon::{self, notify, EXIT_OK, EXIT_RUNTIME};
+use rcache::protocol::link::WorkerState;
 
 #[derive(Parser)]
 #[command(
@@ -18,13 +19,15 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let loaded = config::load::<RawWorker>(args.common.config.as_deref(), &args.flags);
+    let file = args.common.config.clone();
+    let flags = args.flags.clone();
+    let load = move || config::load::<RawWorker>(file.as_deref(), &flags);
     daemon::main_with(
         "rcache-worker",
         &args.common,
-        loaded,
+        load,
         RawWorker::validate,
-        |config, shutdown| async move {
+        |config, mut ctx| async move {
             let bound = match rcache::worker::bind(config.clone()).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -32,12 +35,41 @@ fn main() {
                     return EXIT_RUNTIME;
                 }
             };
+            let worker = bound.worker.clone();
+            let metrics = match rcache::metrics::spawn(
+                &config.metrics_listen,
+                worker.clone(),
+                ctx.shutdown.clone(),
+            )
+            .await
+            {
+                Ok(addr) => addr,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return EXIT_RUNTIME;
+                }
+            };
+            let w = worker.clone();
+            notify::spawn_status(
+                move || (w.status_line(), w.state() != WorkerState::Ready),
+                ctx.shutdown.clone(),
+            );
+            let w = worker.clone();
+            tokio::spawn(async move {
+                while let Some(reload) = ctx.reloads.recv().await {
+                    w.reload(&reload.config);
+                    let _ = reload.done.send(());
+                }
+            });
             let listen = bound.local_addr;
             let partner = config.partner.unwrap_or_else(|| "none".into());
             bound
-                .run(shutdown, |worker| {
-                    tracing::info!(%listen, entries = worker.store.len(), "ready");
-                    println!("rcache-worker ready listen={listen} partner={partner}");
+                .run(ctx.shutdown, |worker| {
+                    tracing::info!(%listen, %metrics, entries = worker.store.len(), "ready");
+                    println!(
+                        "rcache-worker ready listen={listen} partner={partner} metrics={metrics}"
+                    );
+                    notify::ready(&worker.status_line());
                 })
                 .await;
             EXIT_OK

@@ -81,8 +81,17 @@ pub async fn run(args: LocalArgs) -> i32 {
         return 1;
     }
     let mut tasks = Vec::new();
-    for w in workers {
+    for (i, w) in workers.into_iter().enumerate() {
+        let metrics = addr(101 + i as u16);
+        if let Err(e) = crate::metrics::spawn(&metrics, w.worker.clone(), shutdown.clone()).await {
+            return port_taken(e);
+        }
         tasks.push(tokio::spawn(w.run(shutdown.clone(), |_| {})));
+    }
+    if let Err(e) =
+        crate::metrics::spawn(&addr(100), orchestrator.router.clone(), shutdown.clone()).await
+    {
+        return port_taken(e);
     }
     let client = orchestrator.local_addr;
     tasks.push(tokio::spawn(orchestrator.run(shutdown.clone())));
@@ -99,6 +108,12 @@ pub async fn run(args: LocalArgs) -> i32 {
         "          or:  nc {} {}   (then type get||greeting)",
         client.ip(),
         client.port()
+    );
+    println!(
+        "metrics:      http://{}/metrics (orchestrator), ports {}-{} (workers)",
+        addr(100),
+        base + 101,
+        base + 100 + 2 * LOCAL_PAIRS
     );
     println!("stop with Ctrl-C");
     for t in tasks {

@@ -130,8 +130,25 @@ impl Default for RawOrchestrator {
 }
 
 /// A raw config figment can merge: its keys, for filtering the environment.
-pub trait RawConfig: Default + Serialize + DeserializeOwned {
+pub trait RawConfig: Default + Clone + Serialize + DeserializeOwned {
     const KEYS: &'static [&'static str];
+    /// Keys a reload (SIGHUP) applies while serving; a change to any other
+    /// key is logged as needing a restart.
+    const LIVE_KEYS: &'static [&'static str];
+}
+
+/// The keys whose values differ between two configs, in `R::KEYS` order.
+pub fn changed_keys<R: RawConfig>(old: &R, new: &R) -> Vec<&'static str> {
+    let table = |raw: &R| match toml::Value::try_from(raw) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    let (old, new) = (table(old), table(new));
+    R::KEYS
+        .iter()
+        .copied()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .collect()
 }
 
 impl RawConfig for RawWorker {
@@ -150,6 +167,7 @@ impl RawConfig for RawWorker {
         "anti_entropy_interval",
         "log_level",
     ];
+    const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "max_memory", "log_level"];
 }
 
 impl RawConfig for RawOrchestrator {
@@ -168,6 +186,8 @@ impl RawConfig for RawOrchestrator {
         "workers",
         "log_level",
     ];
+    const LIVE_KEYS: &'static [&'static str] =
+        &["idle_timeout", "worker_timeout", "workers", "log_level"];
 }
 
 /// Merges defaults, the file, the environment and `flags` (only the flags

@@ -1,5 +1,8 @@
-//! Process plumbing shared by the binaries: logging to stderr, and signals
-//! turned into a shutdown. Only this module knows signal numbers.
+//! Process plumbing shared by the binaries: logging to stderr, signals
+//! (SIGTERM/SIGINT: shutdown; SIGHUP: reload), and systemd notifications
+//! ([`notify`]). Only this module knows signal numbers.
+
+pub mod notify;
 
 use crate::net::ShutdownTrigger;
 
@@ -8,17 +11,32 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
 
-/// Logs go to stderr, where journald picks them up.
-pub fn init_logging(level: tracing::Level) {
-    let _ = tracing_subscriber::fmt()
+/// Changes the log level of a running daemon.
+pub type LogLevelHandle = tracing_subscriber::reload::Handle<
+    tracing_subscriber::filter::LevelFilter,
+    tracing_subscriber::Registry,
+>;
+
+/// Logs go to stderr, where journald picks them up. The level can change
+/// later through the returned handle (a reload).
+pub fn init_logging(level: tracing::Level) -> Option<LogLevelHandle> {
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(
+        tracing_subscriber::filter::LevelFilter::from_level(level),
+    );
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
         .with_target(false)
-        .with_ansi(false)
-        .try_init();
+        .with_ansi(false);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .ok()
+        .map(|()| handle)
 }
 
-/// Triggers `trigger` on the first SIGTERM or SIGINT.
+/// Triggers `trigger` on the first SIGTERM or SIGINT (`rcache local`).
 pub fn shutdown_on_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -34,23 +52,48 @@ pub fn shutdown_on_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A validated config delivered to a running daemon by a reload (SIGHUP).
+/// The daemon applies what can change live, then drops `done` (or sends
+/// on it), after which READY=1 goes to systemd.
+pub struct Reload<C> {
+    pub config: C,
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// What a running daemon gets besides its config.
+pub struct Context<C> {
+    pub shutdown: crate::net::Shutdown,
+    pub reloads: tokio::sync::mpsc::Receiver<Reload<C>>,
+}
+
 /// The shared `main` of both daemons: config errors exit 2 with every
 /// problem listed, `--print-config` / `--check-config` exit 0, otherwise
-/// logging starts and `run` (given the validated config and a shutdown
-/// wired to SIGTERM/SIGINT) returns the exit status.
-pub fn main_with<R, C, F, Fut>(
-    name: &str,
+/// logging starts and `run` (given the validated config, a shutdown wired
+/// to SIGTERM/SIGINT, and the reloads SIGHUP brings) returns the exit
+/// status.
+///
+/// SIGHUP: RELOADING=1; `load` reads the config again (same file,
+/// environment and flags) and it is validated; a bad one is refused with
+/// its problems logged and the running config stays in force; a good one
+/// changes the log level, goes to `run` to apply the rest of
+/// `R::LIVE_KEYS`, and every other changed key is logged as needing a
+/// restart; READY=1 either way.
+pub fn main_with<R, C, L, V, F, Fut>(
+    name: &'static str,
     common: &crate::config::CommonFlags,
-    loaded: Result<R, crate::config::ConfigError>,
-    validate: impl FnOnce(&R) -> Result<(C, tracing::Level), crate::config::ConfigError>,
+    load: L,
+    validate: V,
     run: F,
 ) -> !
 where
-    R: serde::Serialize,
-    F: FnOnce(C, crate::net::Shutdown) -> Fut,
+    R: crate::config::RawConfig + Send + 'static,
+    C: Send + 'static,
+    L: Fn() -> Result<R, crate::config::ConfigError> + Send + 'static,
+    V: Fn(&R) -> Result<(C, tracing::Level), crate::config::ConfigError> + Send + 'static,
+    F: FnOnce(C, Context<C>) -> Fut,
     Fut: std::future::Future<Output = i32>,
 {
-    let (raw, config, level) = match loaded.and_then(|raw| validate(&raw).map(|(c, l)| (raw, c, l)))
+    let (raw, config, level) = match load().and_then(|raw| validate(&raw).map(|(c, l)| (raw, c, l)))
     {
         Ok(v) => v,
         Err(e) => {
@@ -65,7 +108,7 @@ where
     if common.check_config {
         std::process::exit(EXIT_OK);
     }
-    init_logging(level);
+    let log_level = init_logging(level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,13 +121,120 @@ where
     };
     let code = runtime.block_on(async move {
         let (trigger, shutdown) = crate::net::shutdown_channel();
-        if let Err(e) = shutdown_on_signals(trigger) {
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+        let signals = Signals {
+            name,
+            started: raw.clone(),
+            in_force: raw,
+            load,
+            validate,
+            log_level,
+            reload_tx,
+        };
+        if let Err(e) = signals.install(trigger) {
             tracing::error!("cannot install signal handlers: {e}");
             return EXIT_RUNTIME;
         }
-        let code = run(config, shutdown).await;
+        notify::spawn_watchdog(shutdown.clone());
+        let code = run(config, Context { shutdown, reloads }).await;
         tracing::info!("stopped");
         code
     });
     std::process::exit(code);
+}
+
+struct Signals<R, C, L, V> {
+    name: &'static str,
+    /// The config the process started with: what restart-only keys hold.
+    started: R,
+    /// The config last applied: what live keys hold.
+    in_force: R,
+    load: L,
+    validate: V,
+    log_level: Option<LogLevelHandle>,
+    reload_tx: tokio::sync::mpsc::Sender<Reload<C>>,
+}
+
+impl<R, C, L, V> Signals<R, C, L, V>
+where
+    R: crate::config::RawConfig + Send + 'static,
+    C: Send + 'static,
+    L: Fn() -> Result<R, crate::config::ConfigError> + Send + 'static,
+    V: Fn(&R) -> Result<(C, tracing::Level), crate::config::ConfigError> + Send + 'static,
+{
+    /// SIGTERM/SIGINT trigger the shutdown (STOPPING=1); SIGHUP reloads.
+    fn install(mut self, trigger: ShutdownTrigger) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => {
+                        self.reload().await;
+                        continue;
+                    }
+                };
+                tracing::info!("{name} received: finishing in-flight requests, then exiting");
+                notify::stopping();
+                trigger.trigger();
+                return;
+            }
+        });
+        Ok(())
+    }
+
+    async fn reload(&mut self) {
+        notify::reloading();
+        tracing::info!("SIGHUP received: reloading the config");
+        let checked = (self.load)().and_then(|raw| (self.validate)(&raw).map(|(c, l)| (raw, c, l)));
+        let outcome = match checked {
+            Err(e) => {
+                let problems = e.to_string();
+                tracing::error!(
+                    "{}: reload refused, the running config stays in force: {}",
+                    self.name,
+                    problems.trim_end().replace('\n', "; ")
+                );
+                "reload refused: the running config stays in force (see the log)".to_string()
+            }
+            Ok((raw, config, level)) => {
+                let live: Vec<&str> = crate::config::changed_keys(&self.in_force, &raw)
+                    .into_iter()
+                    .filter(|k| R::LIVE_KEYS.contains(k))
+                    .collect();
+                let restart: Vec<&str> = crate::config::changed_keys(&self.started, &raw)
+                    .into_iter()
+                    .filter(|k| !R::LIVE_KEYS.contains(k))
+                    .collect();
+                if let Some(handle) = &self.log_level {
+                    let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
+                    if let Err(e) = handle.modify(|f| *f = filter) {
+                        tracing::warn!(error = %e, "cannot change the log level");
+                    }
+                }
+                let (done, applied) = tokio::sync::oneshot::channel();
+                if self.reload_tx.send(Reload { config, done }).await.is_ok() {
+                    let _ = applied.await;
+                }
+                for key in &restart {
+                    tracing::warn!(
+                        key,
+                        "{key} changed in the config: it takes effect at the next restart"
+                    );
+                }
+                tracing::info!(applied = ?live, needs_restart = ?restart, "config reloaded");
+                self.in_force = raw;
+                if live.is_empty() && restart.is_empty() {
+                    "reloaded: nothing changed".to_string()
+                } else {
+                    format!("reloaded: applied {live:?}; needs a restart: {restart:?}")
+                }
+            }
+        };
+        notify::ready(&outcome);
+    }
 }

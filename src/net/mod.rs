@@ -5,6 +5,7 @@
 //! Nothing here knows what a command does: a [`Service`] executes it. The
 //! stream type is generic so TLS wraps a socket without touching the drivers.
 
+use crate::metrics::{Op, Outcome, ServerMetrics};
 use crate::protocol::text::{encode_reply, TextDecoder};
 use crate::protocol::{Command, ErrorCode, Limits, Reply};
 use crate::sys::{TcpListener, TcpStream};
@@ -44,6 +45,10 @@ impl Default for ServerConfig {
     }
 }
 
+/// Listener settings that a reload can change while connections are open:
+/// every connection reads them again before each wait for a request.
+pub type LiveConfig = arc_swap::ArcSwap<ServerConfig>;
+
 /// Fires once; every clone sees it.
 #[derive(Debug)]
 pub struct ShutdownTrigger(watch::Sender<bool>);
@@ -77,13 +82,13 @@ impl Shutdown {
     }
 }
 
-/// What a daemon does with each accepted connection.
+/// What a daemon does with each accepted connection; says why it ended.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         self: Arc<Self>,
         stream: TcpStream,
         shutdown: Shutdown,
-    ) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = Closed> + Send;
 }
 
 /// Executes client commands (the worker's store, the orchestrator's router).
@@ -93,14 +98,19 @@ pub trait Service: Send + Sync + 'static {
 
 /// Binds `address` (`host:port`), naming the address when that fails.
 pub async fn bind(address: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(address).await.map_err(|e| {
-        let hint = if e.kind() == io::ErrorKind::AddrInUse {
-            ": the port is taken by another process"
-        } else {
-            ""
-        };
-        io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{hint}"))
-    })
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| bind_error(address, e))
+}
+
+/// Names the address a bind failed on, and says so when the port is taken.
+pub fn bind_error(address: &str, e: io::Error) -> io::Error {
+    let hint = if e.kind() == io::ErrorKind::AddrInUse {
+        ": the port is taken by another process"
+    } else {
+        ""
+    };
+    io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{hint}"))
 }
 
 /// Accepts connections until shutdown, then waits up to [`DRAIN_TIMEOUT`]
@@ -109,6 +119,7 @@ pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     max_connections: usize,
+    metrics: Arc<ServerMetrics>,
     mut shutdown: Shutdown,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -128,14 +139,22 @@ pub async fn serve<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
+        metrics.connections_accepted.inc();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics.connections_rejected.inc();
             tokio::spawn(refuse(stream));
             continue;
         };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
+        metrics.connections_open.inc();
         tokio::spawn(async move {
-            handler.handle(stream, shutdown).await;
+            let closed = handler.handle(stream, shutdown).await;
+            if matches!(closed, Closed::Idle) {
+                metrics.connections_reaped.inc();
+            }
+            metrics.connections_open.dec();
             drop(permit);
         });
     }
@@ -239,27 +258,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 pub async fn serve_text<S, Svc>(
     conn: &mut Conn<S>,
     service: &Svc,
-    config: &ServerConfig,
+    live: &LiveConfig,
+    metrics: &ServerMetrics,
     shutdown: &mut Shutdown,
 ) -> Closed
 where
     S: AsyncRead + AsyncWrite + Unpin,
     Svc: Service,
 {
+    let mut config = live.load_full();
     let mut decoder = TextDecoder::new(config.limits);
     let mut last_request = Instant::now();
     loop {
         loop {
-            let reply = match decoder.decode(&mut conn.rbuf) {
+            let started = Instant::now();
+            let (op, reply) = match decoder.decode(&mut conn.rbuf) {
                 Ok(None) => break,
                 Ok(Some(Command::Exit)) => {
+                    metrics.observe(Op::Exit, Outcome::Ok, started.elapsed());
                     let _ = conn.flush(config.idle_timeout).await;
                     return Closed::Eof;
                 }
-                Ok(Some(command)) => service.call(command).await,
-                Err(error) => Reply::Error(error),
+                Ok(Some(command)) => {
+                    let op = command_op(&command);
+                    (op, service.call(command).await)
+                }
+                Err(error) => (Op::Invalid, Reply::Error(error)),
             };
             last_request = Instant::now();
+            metrics.observe(op, reply_outcome(&reply), last_request - started);
             encode_reply(&reply, &mut conn.wbuf);
             if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
                 if let Err(closed) = conn.flush(config.idle_timeout).await {
@@ -270,11 +297,34 @@ where
         if let Err(closed) = conn.flush(config.idle_timeout).await {
             return closed;
         }
+        config = live.load_full();
         if let Err(closed) = conn
             .fill(last_request + config.idle_timeout, shutdown)
             .await
         {
             return closed;
         }
+    }
+}
+
+/// The metrics label of a client command.
+pub fn command_op(command: &Command) -> Op {
+    match command {
+        Command::Get { .. } => Op::Get,
+        Command::Set { .. } => Op::Set,
+        Command::Del { .. } => Op::Del,
+        Command::Ping => Op::Ping,
+        Command::Auth { .. } => Op::Auth,
+        Command::Exit => Op::Exit,
+        Command::Cluster => Op::Cluster,
+    }
+}
+
+/// The metrics result of a reply.
+pub fn reply_outcome(reply: &Reply) -> Outcome {
+    match reply {
+        Reply::Error(e) if e.code == ErrorCode::NotFound => Outcome::NotFound,
+        Reply::Error(_) => Outcome::Error,
+        _ => Outcome::Ok,
     }
 }

@@ -19,39 +19,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-pub fn start(
-    router: &Router,
-    config: &OrchestratorConfig,
-    shutdown: Shutdown,
-) -> Vec<JoinHandle<()>> {
-    let settings = ProbeSettings {
-        limits: config.server.limits,
-        interval: config.health_interval,
-        timeout: config.health_timeout,
-        failures_to_down: config.health_failures,
-        hint_timeout: config.worker_timeout,
-    };
+pub fn start(router: &Router, shutdown: Shutdown) -> Vec<JoinHandle<()>> {
     router
-        .pairs()
+        .topology()
+        .pairs
         .iter()
         .flatten()
-        .map(|backend| {
-            tokio::spawn(probe_loop(
-                backend.clone(),
-                settings.clone(),
-                shutdown.clone(),
-            ))
-        })
+        .map(|backend| spawn_probe(backend.clone(), router.probe.clone(), shutdown.clone()))
         .collect()
 }
 
+/// Probes one worker until shutdown or until a reload retires it.
+pub fn spawn_probe(
+    backend: Arc<Backend>,
+    settings: ProbeSettings,
+    shutdown: Shutdown,
+) -> JoinHandle<()> {
+    tokio::spawn(probe_loop(backend, settings, shutdown))
+}
+
 #[derive(Debug, Clone)]
-struct ProbeSettings {
+pub struct ProbeSettings {
     limits: Limits,
     interval: Duration,
     timeout: Duration,
     failures_to_down: u32,
     hint_timeout: Duration,
+}
+
+impl ProbeSettings {
+    pub fn from_config(config: &OrchestratorConfig) -> ProbeSettings {
+        ProbeSettings {
+            limits: config.server.limits,
+            interval: config.health_interval,
+            timeout: config.health_timeout,
+            failures_to_down: config.health_failures,
+            hint_timeout: config.worker_timeout,
+        }
+    }
 }
 
 async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown: Shutdown) {
@@ -71,6 +76,9 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                    _ = shutdown.wait() => return,
                    _ = tick.tick() => {}
                }
+        if backend.is_retired() {
+            return;
+        }
         let result = async {
             if link.is_none() {
                 link = Some(LinkConn::connect(&backend.addr, limits, timeout).await?);

@@ -14,17 +14,21 @@
 //! restarted and refilled (see [`pool`]).
 
 pub mod health;
+pub mod metrics;
 pub mod placement;
 pub mod pool;
 
-use crate::net::{self, Conn, Handler, ServerConfig, Service, Shutdown};
+use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service, Shutdown};
 use crate::protocol::link::{Request, Response};
 use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use pool::{Backend, Health, LinkSettings};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,11 +50,21 @@ pub struct OrchestratorConfig {
     pub pairs: Vec<[String; 2]>,
 }
 
+/// The worker pairs in force; a reload swaps in a new one.
+pub struct Topology {
+    pub pairs: Vec<[Arc<Backend>; 2]>,
+}
+
 /// Routes commands to worker pairs.
 pub struct Router {
-    pairs: Vec<[Arc<Backend>; 2]>,
+    topology: ArcSwap<Topology>,
     clock: Clock,
-    worker_timeout: Duration,
+    worker_timeout_ms: AtomicU64,
+    settings: LinkSettings,
+    probe: health::ProbeSettings,
+    /// Client listener settings; a reload may change them.
+    pub live: LiveConfig,
+    pub metrics: metrics::OrchestratorMetrics,
 }
 
 /// What one worker said to a write.
@@ -73,31 +87,115 @@ impl Router {
             max_hint_bytes: config.max_hint_bytes,
             response_timeout: (2 * config.worker_timeout).max(pool::MIN_RESPONSE_TIMEOUT),
         };
+        let metrics = metrics::OrchestratorMetrics::new();
+        let start = |addr: &String| {
+            Backend::start_measured(addr.clone(), settings.clone(), metrics.backend(addr))
+        };
         let pairs = config
             .pairs
             .iter()
-            .map(|[a, b]| {
-                [
-                    Backend::start(a.clone(), settings.clone()),
-                    Backend::start(b.clone(), settings.clone()),
-                ]
-            })
+            .map(|[a, b]| [start(a), start(b)])
             .collect();
         Router {
-            pairs,
+            topology: ArcSwap::from_pointee(Topology { pairs }),
             clock: Clock::with_random_node(),
-            worker_timeout: config.worker_timeout,
+            worker_timeout_ms: AtomicU64::new(config.worker_timeout.as_millis() as u64),
+            probe: health::ProbeSettings::from_config(config),
+            settings,
+            live: LiveConfig::from_pointee(config.server.clone()),
+            metrics,
         }
     }
 
-    pub fn pairs(&self) -> &[[Arc<Backend>; 2]] {
-        &self.pairs
+    /// The pairs in force now.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.load_full()
+    }
+
+    fn worker_timeout(&self) -> Duration {
+        Duration::from_millis(self.worker_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Applies what a reload may change while serving: `idle_timeout`,
+    /// `worker_timeout` and the pair list. Workers that stay keep their
+    /// links, health and hints; new ones are probed from now on; removed
+    /// ones are let go once their last request is answered.
+    pub fn reload(&self, new: &OrchestratorConfig, shutdown: &Shutdown) {
+        let mut server = ServerConfig::clone(&self.live.load());
+        server.idle_timeout = new.server.idle_timeout;
+        self.live.store(Arc::new(server));
+        self.worker_timeout_ms
+            .store(new.worker_timeout.as_millis() as u64, Ordering::Relaxed);
+        let old = self.topology();
+        let current: Vec<[String; 2]> = old
+            .pairs
+            .iter()
+            .map(|[a, b]| [a.addr.clone(), b.addr.clone()])
+            .collect();
+        if current == new.pairs {
+            return;
+        }
+        let mut existing: HashMap<&str, &Arc<Backend>> = HashMap::new();
+        for backend in old.pairs.iter().flatten() {
+            existing.insert(&backend.addr, backend);
+        }
+        let mut started = 0;
+        let mut get = |addr: &String| match existing.get(addr.as_str()) {
+            Some(b) => Arc::clone(b),
+            None => {
+                started += 1;
+                let b = Backend::start_measured(
+                    addr.clone(),
+                    self.settings.clone(),
+                    self.metrics.backend(addr),
+                );
+                health::spawn_probe(b.clone(), self.probe.clone(), shutdown.clone());
+                b
+            }
+        };
+        let pairs: Vec<[Arc<Backend>; 2]> =
+            new.pairs.iter().map(|[a, b]| [get(a), get(b)]).collect();
+        let kept: std::collections::HashSet<&str> =
+            pairs.iter().flatten().map(|b| b.addr.as_str()).collect();
+        let mut retired = 0;
+        for backend in old.pairs.iter().flatten() {
+            if !kept.contains(backend.addr.as_str()) {
+                backend.retire();
+                self.metrics.forget(&backend.addr);
+                retired += 1;
+            }
+        }
+        tracing::warn!(
+            pairs_before = old.pairs.len(),
+            pairs = pairs.len(),
+            workers_added = started,
+            workers_removed = retired,
+            "pair list changed: keys that now map to another pair read as misses until written again"
+        );
+        self.topology.store(Arc::new(Topology { pairs }));
+    }
+
+    /// One line for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let topology = self.topology();
+        let workers = topology.pairs.len() * 2;
+        let up = topology
+            .pairs
+            .iter()
+            .flatten()
+            .filter(|b| b.health() == Health::Up)
+            .count();
+        format!(
+            "serving {} pairs, {up} of {workers} workers up, {} connections",
+            topology.pairs.len(),
+            self.metrics.server.connections_open.get()
+        )
     }
 
     /// The workers as this orchestrator sees them, for `cluster`.
     pub fn describe(&self) -> String {
         let mut records = Vec::new();
-        for (i, pair) in self.pairs.iter().enumerate() {
+        for (i, pair) in self.topology().pairs.iter().enumerate() {
             for backend in pair {
                 let v = backend.view();
                 records.push(format!(
@@ -114,8 +212,10 @@ impl Router {
     }
 
     async fn read(&self, key: Bytes) -> Reply {
-        let slot = placement::locate(&key, self.pairs.len());
-        let pair = &self.pairs[slot.pair];
+        let topology = self.topology();
+        let slot = placement::locate(&key, topology.pairs.len());
+        let pair = &topology.pairs[slot.pair];
+        let worker_timeout = self.worker_timeout();
         let mut order = [&pair[slot.first], &pair[1 - slot.first]];
         // A worker that is up goes first; one believed down is still tried
         // last, in case it is back before the probe noticed.
@@ -123,18 +223,18 @@ impl Router {
             order.swap(0, 1);
         }
         let mut last_error = None;
-        for backend in order {
+        for (tried, backend) in order.into_iter().enumerate() {
             // A worker that is not up may have missed writes: it gets its
             // hints before it serves a read, or the read could go back in
             // time (its partner is not up either, or it failed just now).
             if backend.health() != Health::Up {
-                if let Err(e) = backend.flush_hints(self.worker_timeout).await {
+                if let Err(e) = backend.flush_hints(worker_timeout).await {
                     last_error = Some(e.to_string());
                     continue;
                 }
             }
             match backend
-                .call(Request::Get { key: key.clone() }, self.worker_timeout)
+                .call(Request::Get { key: key.clone() }, worker_timeout)
                 .await
             {
                 Ok(Response::Value { value, .. }) => return Reply::Value(value),
@@ -152,6 +252,10 @@ impl Router {
                     last_error = Some(e.to_string());
                 }
             }
+            if tried == 0 {
+                // On to the partner.
+                backend.metrics.failovers.inc();
+            }
         }
         Reply::error(
             ErrorCode::Unavailable,
@@ -164,15 +268,16 @@ impl Router {
     }
 
     async fn write(&self, key: &[u8], request: Request) -> Result<Vec<Response>, ErrorReply> {
-        let slot = placement::locate(key, self.pairs.len());
-        let pair = &self.pairs[slot.pair];
+        let topology = self.topology();
+        let slot = placement::locate(key, topology.pairs.len());
+        let pair = &topology.pairs[slot.pair];
         // Wait on every worker not known to be down; if both are, wait on
         // both anyway (one may be back).
         let all_down = pair.iter().all(|b| b.health() == Health::Down);
         let ask = |backend: &Arc<Backend>, wait: bool| {
             let request = request.clone();
             let backend = backend.clone();
-            let timeout = self.worker_timeout;
+            let timeout = self.worker_timeout();
             async move {
                 if !wait {
                     // Not even sent: the probes say when it is back, and
@@ -233,6 +338,9 @@ impl Router {
         if let Some(e) = refused {
             return Err(e);
         }
+        if unknown {
+            self.metrics.writes_unknown.inc();
+        }
         Err(ErrorReply::new(
             ErrorCode::Unavailable,
             if unknown {
@@ -291,13 +399,20 @@ impl Service for Router {
 
 struct ClientHandler {
     router: Arc<Router>,
-    config: ServerConfig,
 }
 
 impl Handler for ClientHandler {
-    async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) {
+    async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) -> Closed {
         let mut conn = Conn::new(stream);
-        net::serve_text(&mut conn, &*self.router, &self.config, &mut shutdown).await;
+        let router = &self.router;
+        net::serve_text(
+            &mut conn,
+            &**router,
+            &router.live,
+            &router.metrics.server,
+            &mut shutdown,
+        )
+        .await
     }
 }
 
@@ -324,14 +439,14 @@ pub async fn bind(config: OrchestratorConfig) -> std::io::Result<Bound> {
 impl Bound {
     /// Serves clients until shutdown; probes workers meanwhile.
     pub async fn run(self, shutdown: Shutdown) {
-        let probes = health::start(&self.router, &self.config, shutdown.clone());
+        let probes = health::start(&self.router, shutdown.clone());
         net::serve(
             self.listener,
             Arc::new(ClientHandler {
                 router: self.router.clone(),
-                config: self.config.server.clone(),
             }),
             self.config.server.max_connections,
+            self.router.metrics.server.clone(),
             shutdown,
         )
         .await;

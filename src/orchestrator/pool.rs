@@ -27,8 +27,9 @@ use crate::client::link::{LinkConn, LinkReader, LinkWriter};
 use crate::client::ClientError;
 use crate::protocol::link::{Request, RequestKind, Response};
 use crate::protocol::Limits;
+use prometheus::{Histogram, HistogramOpts, IntCounter};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -149,7 +150,35 @@ pub struct BackendView {
     pub health: Health,
     pub entries: u64,
     pub hints: usize,
+    pub hint_bytes: usize,
     pub synced: u64,
+}
+
+/// Per-worker metric handles (labelled with the worker's address by the
+/// orchestrator's registry; detached ones count without being exported).
+#[derive(Clone)]
+pub struct BackendMetrics {
+    /// Time from sending a request to this worker to its answer.
+    pub latency: Histogram,
+    /// Requests that failed on this worker (transport errors, timeouts).
+    pub errors: IntCounter,
+    /// Reads that went on to the partner because this worker failed them.
+    pub failovers: IntCounter,
+    /// Hints dropped because the queue was full.
+    pub hints_dropped: IntCounter,
+}
+
+impl BackendMetrics {
+    #[allow(clippy::expect_used)]
+    pub fn detached() -> BackendMetrics {
+        BackendMetrics {
+            latency: Histogram::with_opts(HistogramOpts::new("latency", "latency"))
+                .expect("valid histogram"),
+            errors: IntCounter::new("errors", "errors").expect("valid counter"),
+            failovers: IntCounter::new("failovers", "failovers").expect("valid counter"),
+            hints_dropped: IntCounter::new("dropped", "dropped").expect("valid counter"),
+        }
+    }
 }
 
 struct Pending {
@@ -172,12 +201,25 @@ pub struct Backend {
     /// read that must go to a behind worker waits for it.
     delivery: tokio::sync::Mutex<()>,
     max_hint_bytes: usize,
+    pub metrics: BackendMetrics,
+    /// No longer in the orchestrator's pair list (a reload removed it): its
+    /// probe stops, and its links close once the last request is done.
+    retired: AtomicBool,
 }
 
 impl Backend {
     /// Starts the link tasks. The worker starts out `Up`: the first failed
     /// request or probe says otherwise.
     pub fn start(addr: String, settings: LinkSettings) -> Arc<Backend> {
+        Backend::start_measured(addr, settings, BackendMetrics::detached())
+    }
+
+    /// [`Backend::start`] with metric handles of the orchestrator's registry.
+    pub fn start_measured(
+        addr: String,
+        settings: LinkSettings,
+        metrics: BackendMetrics,
+    ) -> Arc<Backend> {
         let links = (0..LINKS_PER_WORKER)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(LINK_QUEUE_DEPTH);
@@ -195,6 +237,8 @@ impl Backend {
             catchup: Mutex::new(Catchup::default()),
             delivery: tokio::sync::Mutex::new(()),
             max_hint_bytes: settings.max_hint_bytes,
+            metrics,
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -204,13 +248,26 @@ impl Backend {
     }
 
     pub fn view(&self) -> BackendView {
+        let (hints, hint_bytes) = {
+            let c = self.catchup();
+            (c.hints.len(), c.hint_bytes)
+        };
         BackendView {
             addr: self.addr.clone(),
             health: self.health(),
             entries: self.entries.load(Ordering::Relaxed),
-            hints: self.catchup().hints.len(),
+            hints,
+            hint_bytes,
             synced: self.synced.load(Ordering::Relaxed),
         }
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     pub fn health(&self) -> Health {
@@ -231,6 +288,7 @@ impl Backend {
 
     /// Marks the worker down after a request failed on it.
     pub fn report_failure(&self, error: &ClientError) {
+        self.metrics.errors.inc();
         if self.health() != Health::Down {
             tracing::debug!(worker = %self.addr, %error, "request failed");
             self.set_health(Health::Down);
@@ -252,9 +310,12 @@ impl Backend {
         if c.hint_bytes + size <= self.max_hint_bytes {
             c.hint_bytes += size;
             c.hints.push_back(request);
-        } else if !c.overflowed {
-            c.overflowed = true;
-            tracing::warn!(worker = %self.addr, max_hint_bytes = self.max_hint_bytes, "hint queue full; anti-entropy will repair the rest");
+        } else {
+            self.metrics.hints_dropped.inc();
+            if !c.overflowed {
+                c.overflowed = true;
+                tracing::warn!(worker = %self.addr, max_hint_bytes = self.max_hint_bytes, "hint queue full; anti-entropy will repair the rest");
+            }
         }
         // Under the catch-up lock, like every change between behind and
         // up, so a concurrent probe cannot write `Up` over it.
@@ -404,6 +465,7 @@ impl Backend {
         // Each link found closed reconnects on its next request, so a retry
         // per link is enough when the worker closed them all (idle timeout).
         let mut retries = LINKS_PER_WORKER;
+        let started = Instant::now();
         loop {
             let rx = self.enqueue(request.clone())?;
             let result = match tokio::time::timeout_at(deadline, rx).await {
@@ -414,7 +476,14 @@ impl Backend {
             };
             match result {
                 Err(ClientError::Closed) if retries > 0 => retries -= 1,
-                result => return result,
+                result => {
+                    if result.is_ok() {
+                        self.metrics
+                            .latency
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    return result;
+                }
             }
         }
     }

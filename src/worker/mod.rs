@@ -9,10 +9,12 @@
 //! write and a refilled entry wins.
 
 pub mod antientropy;
+pub mod metrics;
 pub mod refill;
 pub mod store;
 
-use crate::net::{self, Closed, Conn, Handler, ServerConfig, Service, Shutdown};
+use crate::metrics::{Op, Outcome};
+use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service, Shutdown};
 use crate::protocol::link::{
     decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, WorkerState,
     HELLO, HELLO_FIRST_BYTE, REFILL_CHUNK_BYTES,
@@ -21,7 +23,7 @@ use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use store::{Applied, Store, StoreConfig, StoreError};
@@ -54,7 +56,14 @@ pub struct Worker {
     incarnation: u64,
     pub anti_entropy: antientropy::AntiEntropy,
     /// Entries received from the partner by the refill so far.
-    pub refilled: std::sync::atomic::AtomicU64,
+    pub refilled: AtomicU64,
+    /// Entries the partner held when the refill began.
+    pub refill_expected: AtomicU64,
+    /// How long the completed refill took (0: none).
+    pub refill_millis: AtomicU64,
+    /// Listener settings; a reload may change them.
+    pub live: LiveConfig,
+    pub metrics: metrics::WorkerMetrics,
     config: WorkerConfig,
 }
 
@@ -66,8 +75,47 @@ impl Worker {
             clock: Clock::with_random_node(),
             incarnation: crate::sys::random_u64() | 1,
             anti_entropy: antientropy::AntiEntropy::default(),
-            refilled: std::sync::atomic::AtomicU64::new(0),
+            refilled: AtomicU64::new(0),
+            refill_expected: AtomicU64::new(0),
+            refill_millis: AtomicU64::new(0),
+            live: LiveConfig::from_pointee(config.server.clone()),
+            metrics: metrics::WorkerMetrics::new(),
             config,
+        }
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Applies what a reload may change while serving: `idle_timeout`
+    /// (open connections included) and `max_memory` (lowering it evicts
+    /// down to the new limit at once).
+    pub fn reload(&self, new: &WorkerConfig) {
+        let mut server = ServerConfig::clone(&self.live.load());
+        server.idle_timeout = new.server.idle_timeout;
+        self.live.store(Arc::new(server));
+        self.store.set_max_memory(new.store.max_memory_bytes);
+    }
+
+    /// One line for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        match self.state() {
+            WorkerState::Ready => format!(
+                "serving {} entries, {} connections",
+                self.store.len(),
+                self.metrics.server.connections_open.get()
+            ),
+            WorkerState::Refilling => {
+                let done = self.refilled.load(Ordering::Relaxed);
+                let expected = self.refill_expected.load(Ordering::Relaxed).max(1);
+                format!(
+                    "refilling from {}: {}% ({done} of about {expected} entries)",
+                    self.config.partner.as_deref().unwrap_or("-"),
+                    (done * 100 / expected).min(100),
+                )
+            }
+            WorkerState::Starting => "starting: asking the partner for its state".into(),
         }
     }
 
@@ -203,25 +251,30 @@ struct WorkerHandler {
 }
 
 impl Handler for WorkerHandler {
-    async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) {
-        let config = &self.worker.config.server;
+    async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) -> Closed {
+        let worker = &self.worker;
         let mut conn = Conn::new(stream);
         // The first byte tells the protocol: a link hello, or a text request.
-        if conn
-            .fill(Instant::now() + config.idle_timeout, &mut shutdown)
-            .await
-            .is_err()
-        {
-            return;
+        let idle = worker.live.load().idle_timeout;
+        if let Err(closed) = conn.fill(Instant::now() + idle, &mut shutdown).await {
+            return closed;
         }
         let closed = if conn.rbuf.first() == Some(&HELLO_FIRST_BYTE) {
-            serve_link(&mut conn, &self.worker, config, &mut shutdown).await
+            serve_link(&mut conn, worker, &mut shutdown).await
         } else {
-            net::serve_text(&mut conn, &*self.worker, config, &mut shutdown).await
+            net::serve_text(
+                &mut conn,
+                &**worker,
+                &worker.live,
+                &worker.metrics.server,
+                &mut shutdown,
+            )
+            .await
         };
-        if let Closed::Io(e) = closed {
+        if let Closed::Io(e) = &closed {
             tracing::debug!(error = %e, "connection ended");
         }
+        closed
     }
 }
 
@@ -230,9 +283,9 @@ impl Handler for WorkerHandler {
 async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     worker: &Worker,
-    config: &ServerConfig,
     shutdown: &mut Shutdown,
 ) -> Closed {
+    let mut config = worker.live.load_full();
     let mut deadline = Instant::now() + config.idle_timeout;
     while conn.rbuf.len() < HELLO.len() {
         if let Err(c) = conn.fill(deadline, shutdown).await {
@@ -258,27 +311,43 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                     return Closed::Eof;
                 }
             };
-            deadline = Instant::now() + config.idle_timeout;
-            match decode_request(frame, &config.limits) {
+            let started = Instant::now();
+            deadline = started + config.idle_timeout;
+            let (op, response) = match decode_request(frame, &config.limits) {
                 Ok(Request::Refill) => {
-                    if let Err(c) = stream_refill(conn, worker, config).await {
+                    if let Err(c) = stream_refill(conn, worker, &config).await {
                         return c;
                     }
+                    worker
+                        .metrics
+                        .server
+                        .observe(Op::Refill, Outcome::Ok, started.elapsed());
+                    continue;
                 }
                 Ok(request @ (Request::Digest | Request::Sync { .. } | Request::Apply { .. })) => {
-                    let response = responder.handle(worker, request).await;
-                    encode_response(&response, &mut conn.wbuf);
+                    (Op::AntiEntropy, responder.handle(worker, request).await)
                 }
-                Ok(request) => encode_response(&worker.execute(request), &mut conn.wbuf),
+                Ok(request) => (link_op(&request), worker.execute(request)),
                 Err(e) => {
                     let error = ErrorReply::new(ErrorCode::Parse, e.to_string());
-                    encode_response(&Response::Error(error), &mut conn.wbuf);
+                    (Op::Invalid, Response::Error(error))
                 }
-            }
+            };
+            let outcome = match &response {
+                Response::NotFound => Outcome::NotFound,
+                Response::Error(_) => Outcome::Error,
+                _ => Outcome::Ok,
+            };
+            worker
+                .metrics
+                .server
+                .observe(op, outcome, started.elapsed());
+            encode_response(&response, &mut conn.wbuf);
         }
         if let Err(c) = conn.flush(config.idle_timeout).await {
             return c;
         }
+        config = worker.live.load_full();
         // An initiator that goes quiet mid-round must not hold this
         // worker's round lock for a whole idle timeout.
         let wait_until = if responder.in_round() {
@@ -289,6 +358,18 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
         if let Err(c) = conn.fill(wait_until, shutdown).await {
             return c;
         }
+    }
+}
+
+fn link_op(request: &Request) -> Op {
+    match request {
+        Request::Get { .. } => Op::Get,
+        Request::Set { .. } => Op::Set,
+        Request::Del { .. } => Op::Del,
+        Request::Ping => Op::Ping,
+        Request::Status => Op::Status,
+        Request::Refill => Op::Refill,
+        Request::Digest | Request::Sync { .. } | Request::Apply { .. } => Op::AntiEntropy,
     }
 }
 
@@ -354,6 +435,7 @@ impl Bound {
                 worker: worker.clone(),
             }),
             worker.config.server.max_connections,
+            worker.metrics.server.clone(),
             shutdown.clone(),
         ));
         let expiry = tokio::spawn(run_expiry(worker.clone(), shutdown.clone()));

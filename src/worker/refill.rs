@@ -40,6 +40,12 @@ pub async fn refill_from_partner(worker: &Worker) -> RefillOutcome {
         return RefillOutcome::NoPartner;
     };
     let outcome = refill(worker, &partner).await;
+    if let RefillOutcome::Done { elapsed, .. } = &outcome {
+        worker.refill_millis.store(
+            elapsed.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     match &outcome {
         RefillOutcome::NoPartner => {}
         RefillOutcome::Skipped(why) => {
@@ -60,7 +66,7 @@ pub async fn refill_from_partner(worker: &Worker) -> RefillOutcome {
 }
 
 async fn refill(worker: &Worker, partner: &str) -> RefillOutcome {
-    let limits = worker.config.server.limits;
+    let limits = worker.live.load().limits;
     let mut link = match LinkConn::connect(partner, limits, REFILL_CONNECT_TIMEOUT).await {
         Ok(link) => link,
         Err(e) => return RefillOutcome::Skipped(format!("partner unreachable: {e}")),
@@ -68,8 +74,11 @@ async fn refill(worker: &Worker, partner: &str) -> RefillOutcome {
     match link.call(&Request::Status, REFILL_CONNECT_TIMEOUT).await {
         Ok(Response::Status {
             state: WorkerState::Ready,
+            entries,
             ..
-        }) => {}
+        }) => worker
+            .refill_expected
+            .store(entries, std::sync::atomic::Ordering::Relaxed),
         Ok(Response::Status { state, .. }) => {
             return RefillOutcome::Skipped(format!("partner is {}", state.name()))
         }

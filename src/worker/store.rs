@@ -167,6 +167,8 @@ pub struct Store {
     shards: Box<[Mutex<Shard>]>,
     hasher: crate::sys::TableHasher,
     charged: AtomicUsize,
+    /// `config.max_memory_bytes`, which a reload may change.
+    max_memory: AtomicUsize,
     config: StoreConfig,
     epoch: Instant,
     pub stats: StoreStats,
@@ -284,6 +286,7 @@ impl Store {
             shards,
             hasher: crate::sys::table_hasher(),
             charged: AtomicUsize::new(0),
+            max_memory: AtomicUsize::new(config.max_memory_bytes),
             config,
             epoch: Instant::now(),
             stats: StoreStats::default(),
@@ -292,6 +295,19 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// The memory limit in force.
+    pub fn max_memory(&self) -> usize {
+        self.max_memory.load(Ordering::Relaxed)
+    }
+
+    /// Changes the memory limit; a lower one evicts down to it at once.
+    pub fn set_max_memory(&self, bytes: usize) {
+        self.max_memory.store(bytes, Ordering::Relaxed);
+        if self.charged.load(Ordering::Relaxed) > bytes {
+            self.evict(0);
+        }
     }
 
     /// Milliseconds since this store was made (monotonic; follows
@@ -419,8 +435,8 @@ impl Store {
     /// cache under pressure must not trade its own choice for its partner's.
     /// Newer versions of present keys and tombstones always apply.
     pub fn apply_repair(&self, entry: &Entry) -> Result<Applied, StoreError> {
-        let crowded = self.charged.load(Ordering::Relaxed)
-            > self.config.max_memory_bytes / 100 * REPAIR_ADMIT_PERCENT;
+        let crowded =
+            self.charged.load(Ordering::Relaxed) > self.max_memory() / 100 * REPAIR_ADMIT_PERCENT;
         self.apply_entry(entry, crowded && !entry.tombstone)
     }
 
@@ -476,7 +492,7 @@ impl Store {
 
     fn put(&self, key: &[u8], new: NewSlot, now: u64) -> Result<Put, StoreError> {
         let charge = new.data.len() + ENTRY_OVERHEAD_BYTES;
-        let max = self.config.max_memory_bytes;
+        let max = self.max_memory();
         if charge > max {
             return Err(StoreError::TooLarge { charge, max });
         }
@@ -497,7 +513,7 @@ impl Store {
 
     /// Evicts until the charge is under the limit, starting with `first`.
     fn evict(&self, first: usize) {
-        let max = self.config.max_memory_bytes;
+        let max = self.max_memory();
         for offset in 0..SHARD_COUNT {
             let mut shard = self.shard((first + offset) % SHARD_COUNT);
             while self.charged.load(Ordering::Relaxed) > max {
@@ -1066,6 +1082,29 @@ mod tests {
         let before = s.usage().stored_value_bytes;
         s.set(b"short", &short, None, 1).expect("fits");
         assert_eq!(s.usage().stored_value_bytes - before, 48);
+    }
+
+    #[test]
+    fn lowering_the_limit_evicts_down_to_it() {
+        let store = store(1 << 20);
+        let mut rng = crate::zipf::Rng::new(7);
+        for i in 0..2000 {
+            // Random bytes: lz4 cannot shrink them.
+            let value: Vec<u8> = (0..200).map(|_| rng.next_u64() as u8).collect();
+            store
+                .set(format!("key{i}").as_bytes(), &value, None, 1)
+                .unwrap();
+        }
+        let before = store.usage().charged_bytes;
+        assert!(before > 256 * 1024, "{before}");
+        store.set_max_memory(256 * 1024);
+        let after = store.usage().charged_bytes;
+        assert!(after <= 256 * 1024, "{after} over the new limit");
+        assert!(store.stats.evictions.load(Ordering::Relaxed) > 0);
+        // Writes go on under the new limit.
+        store.set(b"fresh", b"value", None, 2).unwrap();
+        assert!(store.get(b"fresh").is_some());
+        assert!(store.usage().charged_bytes <= 256 * 1024);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
     stdout: Option<mpsc::Receiver<String>>,
+    metrics: Option<String>,
 }
 
 impl Daemon {
@@ -54,10 +55,31 @@ impl Daemon {
 
     /// Starts the process without waiting for its ready line.
     pub fn start(name: &str, bin: &str, args: &[String], port: u16) -> Daemon {
+        Daemon::start_with_env(name, bin, args, port, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables. A daemon gets
+    /// its metrics on a free port unless `args` name one.
+    pub fn start_with_env(
+        name: &str,
+        bin: &str,
+        args: &[String],
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = log_dir().join(format!("{name}-{}.log", port));
         let stderr = std::fs::File::create(&log).expect("log file");
+        let mut args = args.to_vec();
+        let is_daemon = std::iter::once(bin)
+            .chain(args.iter().map(String::as_str))
+            .any(|a| a.ends_with("rcache-worker") || a.ends_with("rcache-orchestrator"));
+        if is_daemon && !args.iter().any(|a| a.starts_with("--metrics-listen")) {
+            args.push("--metrics-listen".into());
+            args.push("127.0.0.1:0".into());
+        }
         let mut child = Command::new(bin)
-            .args(args)
+            .args(&args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .spawn()
@@ -76,7 +98,15 @@ impl Daemon {
             child: Some(child),
             log,
             stdout: Some(rx),
+            metrics: None,
         }
+    }
+
+    /// The metrics address from the ready line.
+    pub fn metrics_addr(&self) -> String {
+        self.metrics
+            .clone()
+            .unwrap_or_else(|| panic!("{} has not reported its metrics address", self.name))
     }
 
     /// Waits for the ready line (a worker prints it once refilled).
@@ -85,7 +115,12 @@ impl Daemon {
             return;
         };
         match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) if line.contains(" ready ") => {}
+            Ok(line) if line.contains(" ready ") => {
+                self.metrics = line
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("metrics="))
+                    .map(str::to_string);
+            }
             other => {
                 let log = self.log_text();
                 self.kill9();

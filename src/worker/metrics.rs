@@ -1,0 +1,150 @@
+//! The worker's metrics: requests and connections (shared with the
+//! orchestrator), and the store, refill and anti-entropy read from the
+//! worker's state at scrape time.
+
+use super::Worker;
+use crate::metrics::{mirror, Builder, Exporter, ProcessMetrics, ServerMetrics};
+use crate::protocol::link::WorkerState;
+use prometheus::{Gauge, IntCounter, IntGauge, IntGaugeVec, Registry};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub struct WorkerMetrics {
+    registry: Registry,
+    pub server: Arc<ServerMetrics>,
+    process: ProcessMetrics,
+    entries: IntGauge,
+    tombstones: IntGauge,
+    raw_bytes: IntGauge,
+    stored_bytes: IntGauge,
+    memory_used: IntGauge,
+    memory_max: IntGauge,
+    evictions: IntCounter,
+    expirations: IntCounter,
+    state: IntGaugeVec,
+    refill_entries: IntGauge,
+    refill_expected: IntGauge,
+    refill_duration: Gauge,
+    ae_rounds: IntCounter,
+    ae_repairs: IntCounter,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        WorkerMetrics::new()
+    }
+}
+
+impl WorkerMetrics {
+    pub fn new() -> WorkerMetrics {
+        let registry = Registry::new();
+        let b = Builder::new(&registry);
+        WorkerMetrics {
+            server: Arc::new(b.server("worker")),
+            process: ProcessMetrics::new(&b),
+            entries: b.gauge("rcache_entries", "Live entries held (tombstones excluded)"),
+            tombstones: b.gauge(
+                "rcache_tombstones",
+                "Deletes remembered for tombstone_ttl so no refill or repair undoes them",
+            ),
+            raw_bytes: b.gauge(
+                "rcache_value_raw_bytes",
+                "Bytes of the values held, as clients sent them",
+            ),
+            stored_bytes: b.gauge(
+                "rcache_value_stored_bytes",
+                "Bytes of the values held, as stored (after lz4 where it pays)",
+            ),
+            memory_used: b.gauge(
+                "rcache_memory_used_bytes",
+                "Bytes counted against max_memory (keys, stored values, per-entry overhead)",
+            ),
+            memory_max: b.gauge("rcache_memory_max_bytes", "The max_memory setting in bytes"),
+            evictions: b.counter(
+                "rcache_evictions_total",
+                "Entries evicted to stay under max_memory",
+            ),
+            expirations: b.counter(
+                "rcache_expirations_total",
+                "Entries and tombstones removed because their time ran out",
+            ),
+            state: b.gauge_vec(
+                "rcache_worker_state",
+                "1 for the worker's current state (starting, refilling, ready), 0 for the others",
+                &["state"],
+            ),
+            refill_entries: b.gauge(
+                "rcache_refill_entries",
+                "Entries received from the partner by the refill at start",
+            ),
+            refill_expected: b.gauge(
+                "rcache_refill_expected_entries",
+                "Entries the partner held when the refill began (progress: entries / expected)",
+            ),
+            refill_duration: b.float_gauge(
+                "rcache_refill_duration_seconds",
+                "How long the completed refill took (0 while none completed)",
+            ),
+            ae_rounds: b.counter(
+                "rcache_anti_entropy_rounds_total",
+                "Anti-entropy rounds with the partner completed",
+            ),
+            ae_repairs: b.counter(
+                "rcache_anti_entropy_repairs_total",
+                "Entries repaired by anti-entropy (sent or received)",
+            ),
+            registry,
+        }
+    }
+}
+
+impl Exporter for Worker {
+    fn registry(&self) -> &Registry {
+        &self.metrics.registry
+    }
+
+    fn refresh(&self) {
+        let m = &self.metrics;
+        m.process.refresh();
+        let usage = self.store.usage();
+        m.entries.set(usage.entries as i64);
+        m.tombstones.set(usage.tombstones as i64);
+        m.raw_bytes.set(usage.raw_value_bytes as i64);
+        m.stored_bytes.set(usage.stored_value_bytes as i64);
+        m.memory_used.set(usage.charged_bytes as i64);
+        m.memory_max.set(self.store.max_memory() as i64);
+        mirror(
+            &m.evictions,
+            self.store.stats.evictions.load(Ordering::Relaxed),
+        );
+        mirror(
+            &m.expirations,
+            self.store.stats.expirations.load(Ordering::Relaxed),
+        );
+        let now = self.state();
+        for state in [
+            WorkerState::Starting,
+            WorkerState::Refilling,
+            WorkerState::Ready,
+        ] {
+            m.state
+                .with_label_values(&[state.name()])
+                .set((state == now) as i64);
+        }
+        m.refill_entries
+            .set(self.refilled.load(Ordering::Relaxed) as i64);
+        m.refill_expected
+            .set(self.refill_expected.load(Ordering::Relaxed) as i64);
+        m.refill_duration
+            .set(self.refill_millis.load(Ordering::Relaxed) as f64 / 1000.0);
+        mirror(&m.ae_rounds, self.anti_entropy.rounds());
+        mirror(&m.ae_repairs, self.anti_entropy.repaired());
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match self.state() {
+            WorkerState::Ready => Ok(()),
+            state => Err(format!("{}: {}", state.name(), self.status_line())),
+        }
+    }
+}
