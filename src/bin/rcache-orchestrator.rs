@@ -1,30 +1,11 @@
 //! `rcache-orchestrator`: the stateless proxy; see `rcache::orchestrator`.
 
 use clap::Parser;
-use rcache::config::{
-    self, CommonFlags, OrchestratorFlags, OrchestratorOverrides, RawOrchestrator,
-};
+use rcache::config::{self, OrchestratorOverrides, RawOrchestrator};
 use rcache::daemon::{self, notify, EXIT_OK, EXIT_RUNTIME};
 
-#[derive(Parser)]
-#[command(
-    version,
-    about = "rcache orchestrator: routes every client request to its worker pair",
-    after_help = "Workers come as <ip 1> <port 1> ... <ip n> <port n>; workers 1 and 2 are \
-                  partners, then 3 and 4, ... (or the `workers` config key)."
-)]
-struct Args {
-    #[command(flatten)]
-    common: CommonFlags,
-    #[command(flatten)]
-    flags: OrchestratorFlags,
-    /// Workers as <ip> <port> pairs, overriding the `workers` key.
-    #[arg(value_name = "IP PORT")]
-    workers: Vec<String>,
-}
-
 fn main() {
-    let args = Args::parse();
+    let args = rcache::daemon::args::OrchestratorArgs::parse();
     let file = args.common.config.clone();
     let flags = args.flags.clone();
     let positional = args.workers.clone();

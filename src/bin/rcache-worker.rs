@@ -1,24 +1,12 @@
 //! `rcache-worker`: stores entries in memory and serves them; see `rcache::worker`.
 
 use clap::Parser;
-use rcache::config::{self, CommonFlags, RawWorker, WorkerFlags};
+use rcache::config::{self, RawWorker};
 use rcache::daemon::{self, notify, EXIT_OK, EXIT_RUNTIME};
 use rcache::protocol::link::WorkerState;
 
-#[derive(Parser)]
-#[command(
-    version,
-    about = "rcache worker: holds entries in memory; partners hold the same data"
-)]
-struct Args {
-    #[command(flatten)]
-    common: CommonFlags,
-    #[command(flatten)]
-    flags: WorkerFlags,
-}
-
 fn main() {
-    let args = Args::parse();
+    let args = rcache::daemon::args::WorkerArgs::parse();
     let file = args.common.config.clone();
     let flags = args.flags.clone();
     let load = move || config::load::<RawWorker>(file.as_deref(), &flags);

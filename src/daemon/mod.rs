@@ -2,6 +2,7 @@
 //! (SIGTERM/SIGINT: shutdown; SIGHUP: reload), and systemd notifications
 //! ([`notify`]). Only this module knows signal numbers.
 
+pub mod args;
 pub mod notify;
 
 use crate::net::ShutdownTrigger;
