@@ -103,49 +103,6 @@ fn units_are_hardened_to_an_exposure_of_1_1_or_lower() {
     }
 }
 
-/// Metric names a PromQL text refers to (`rcache_*`, `process_*`).
-fn metric_names(promql: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let bytes = promql.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let rest = &promql[i..];
-        let starts_word = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        if starts_word && (rest.starts_with("rcache_") || rest.starts_with("process_")) {
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
-            names.insert(rest[..end].to_string());
-            i += end;
-        } else {
-            i += 1;
-        }
-    }
-    names
-}
-
-/// Every `expr` of the shipped dashboard, and the alert rules' text.
-pub fn shipped_queries() -> Vec<String> {
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(ROOT).join("packaging/grafana/rcache-dashboard.json"))
-            .expect("dashboard"),
-    )
-    .expect("the dashboard is JSON");
-    let mut queries = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
-        for target in panel["targets"].as_array().expect("targets") {
-            queries.push(target["expr"].as_str().expect("expr").to_string());
-        }
-    }
-    // Only the exprs name metrics in the rules file (the annotations say
-    // "rcache " with a space), so its whole text is scanned.
-    queries.push(
-        std::fs::read_to_string(Path::new(ROOT).join("packaging/prometheus/rcache-alerts.yml"))
-            .expect("rules"),
-    );
-    queries
-}
-
 #[test]
 fn the_dashboard_and_alerts_query_only_exported_metrics() {
     let queries = shipped_queries();

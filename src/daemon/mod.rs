@@ -29,12 +29,19 @@ pub fn init_logging(level: tracing::Level) -> Option<LogLevelHandle> {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(false);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .try_init()
-        .ok()
-        .map(|()| handle)
+    // Under systemd, journald stamps every line itself.
+    let result = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.without_time())
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .try_init()
+    };
+    result.ok().map(|()| handle)
 }
 
 /// Triggers `trigger` on the first SIGTERM or SIGINT (`rcache local`).
