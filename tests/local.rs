@@ -9,10 +9,12 @@ use std::time::Duration;
 
 #[test]
 fn rcache_local_serves_and_stops_on_ctrl_c() {
-    // A base port whose five neighbours are free right now.
+    // A base port whose five neighbours (and their metrics ports, 100
+    // above) are free right now.
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let base = (0..200)
         .map(|i| 20_000 + (std::process::id() as u16 % 200) * 50 + i * 7)
-        .find(|&b| (0..5).all(|o| std::net::TcpListener::bind(("127.0.0.1", b + o)).is_ok()))
+        .find(|&b| (0..5).all(|o| free(b + o) && free(b + 100 + o)))
         .expect("a free port range");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rcache"))
         .args([
@@ -38,6 +40,14 @@ fn rcache_local_serves_and_stops_on_ctrl_c() {
     // Both pairs answer directly too.
     for w in 1..=4 {
         assert_eq!(Client::connect(base + w).req("ping"), "0||pong");
+    }
+    // Metrics: the orchestrator on base+100, the workers on base+101..104.
+    let (status, body) = common::http_get(&format!("127.0.0.1:{}", base + 100), "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(common::metric(&body, "rcache_pairs"), Some(2.0));
+    for w in 1..=4 {
+        let (status, _) = common::http_get(&format!("127.0.0.1:{}", base + 100 + w), "/health");
+        assert_eq!(status, 200, "worker {w}'s /health");
     }
     drop(c);
     // SAFETY: kill(2) on our own child's pid.

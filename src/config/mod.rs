@@ -695,6 +695,22 @@ mod tests {
     }
 
     #[test]
+    fn changed_keys_name_what_differs() {
+        let old = RawWorker::default();
+        let mut new = old.clone();
+        assert!(changed_keys(&old, &new).is_empty());
+        new.max_memory = Scalar::Str("2GiB".into());
+        new.listen = "127.0.0.1:9".into();
+        assert_eq!(changed_keys(&old, &new), vec!["listen", "max_memory"]);
+        for key in RawWorker::LIVE_KEYS {
+            assert!(RawWorker::KEYS.contains(key), "{key}");
+        }
+        for key in RawOrchestrator::LIVE_KEYS {
+            assert!(RawOrchestrator::KEYS.contains(key), "{key}");
+        }
+    }
+
+    #[test]
     fn orchestrator_pairs() {
         let args: Vec<String> = ["127.0.0.1", "7001", "127.0.0.1", "7002"]
             .map(String::from)

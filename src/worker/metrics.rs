@@ -148,3 +148,37 @@ impl Exporter for Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{render, Exporter};
+    use crate::worker::{Worker, WorkerConfig};
+
+    #[test]
+    fn health_is_unavailable_until_the_worker_is_ready() {
+        let worker = Worker::new(WorkerConfig {
+            listen: "127.0.0.1:0".into(),
+            partner: Some("127.0.0.1:9".into()),
+            metrics_listen: "127.0.0.1:0".into(),
+            server: Default::default(),
+            store: Default::default(),
+            anti_entropy_interval: std::time::Duration::from_secs(2),
+        });
+        let why = worker.health().unwrap_err();
+        assert!(why.starts_with("starting"), "{why}");
+        worker.set_state(WorkerState::Refilling);
+        worker.refill_expected.store(1000, Ordering::Relaxed);
+        worker.refilled.store(400, Ordering::Relaxed);
+        let why = worker.health().unwrap_err();
+        assert!(why.contains("refilling from 127.0.0.1:9: 40%"), "{why}");
+        let text = render(&worker);
+        assert!(
+            text.contains("rcache_worker_state{state=\"refilling\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("rcache_refill_entries 400"));
+        worker.set_state(WorkerState::Ready);
+        assert_eq!(worker.health(), Ok(()));
+    }
+}
