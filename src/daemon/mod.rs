@@ -243,6 +243,6 @@ where
                 }
             }
         };
-        notify::ready(&outcome);
+        notify::reloaded(&outcome);
     }
 }

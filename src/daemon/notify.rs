@@ -10,6 +10,7 @@
 
 use crate::net::Shutdown;
 use sd_notify::NotifyState;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How often `STATUS=` is refreshed.
@@ -24,8 +25,23 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Set once READY=1 went out: a reload before that (a worker still
+/// refilling) must not tell systemd the start is over.
+static READY_SENT: AtomicBool = AtomicBool::new(false);
+
 pub fn ready(status: &str) {
+    READY_SENT.store(true, Ordering::Relaxed);
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// The end of a reload: READY=1 again (systemd waits for it after
+/// RELOADING=1), unless the daemon had not reported ready yet.
+pub fn reloaded(status: &str) {
+    if READY_SENT.load(Ordering::Relaxed) {
+        ready(status);
+    } else {
+        self::status(status);
+    }
 }
 
 pub fn status(status: &str) {
@@ -33,6 +49,9 @@ pub fn status(status: &str) {
 }
 
 pub fn reloading() {
+    if !READY_SENT.load(Ordering::Relaxed) {
+        return;
+    }
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),

@@ -1,7 +1,8 @@
 //! The metrics endpoint: a small HTTP/1.1 server (hyper) on
 //! `metrics_listen`. It takes at most [`MAX_HTTP_CONNECTIONS`] connections
-//! at once, gives a client [`HEADER_TIMEOUT`] to send its request head
-//! (a slow client cannot pin it), and stops accepting at shutdown.
+//! at once, one request each, gives a client [`HEADER_TIMEOUT`] to send its
+//! request head (a slow client cannot pin it), and stops accepting at
+//! shutdown.
 
 use super::{render, Exporter};
 use crate::net::Shutdown;
@@ -20,7 +21,8 @@ use tokio::sync::Semaphore;
 
 pub const MAX_HTTP_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A whole exchange (a scrape included) ends within this.
+/// A whole exchange (a scrape included) ends within this, so a client that
+/// stops reading the response cannot hold its slot for ever.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `/metrics` and `/health` on `listener` until shutdown.
@@ -58,7 +60,9 @@ pub async fn serve_http(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
+                // One request per connection: a scrape is one request, and
+                // no idle keep-alive connection can hold one of the slots.
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
                 tracing::debug!(error = %e, "metrics: connection ended");
