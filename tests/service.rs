@@ -342,9 +342,31 @@ fn the_orchestrator_reloads_its_pair_list() {
     assert_eq!(entries(&d), Some(moved));
     let om = http_get(&o.metrics_addr(), "/metrics").1;
     assert_eq!(metric(&om, "rcache_pairs"), Some(2.0));
+    let up = |w: &Daemon, pair: usize| {
+        format!(r#"rcache_worker_up{{pair="{pair}",worker="{}"}}"#, w.addr())
+    };
+    assert!(metric(&om, &up(&c, 1)).is_some(), "{om}");
     // Keys written before still read where jump hashing keeps them.
     let kept = (0..100)
         .filter(|i| client.req(&format!("get||before{i}")) == "0||v")
         .count();
     assert!(kept >= 20, "{kept} of 100 old keys still on pair 0");
+
+    // Back to the second pair alone: the first pair's series go away.
+    let only_second = format!("[[\"{}\", \"{}\"]]", c.addr(), d.addr());
+    write_config(
+        &config,
+        &format!("listen = \"127.0.0.1:{port}\"\nworkers = {only_second}\n"),
+    );
+    o.signal(libc::SIGHUP);
+    notify.expect("RELOADING=1", Duration::from_secs(5));
+    notify.expect("READY=1", Duration::from_secs(5));
+    let om = http_get(&o.metrics_addr(), "/metrics").1;
+    assert_eq!(metric(&om, "rcache_pairs"), Some(1.0));
+    assert!(metric(&om, &up(&c, 0)).is_some(), "{om}");
+    assert!(
+        !om.contains(&format!("worker=\"{}\"", a.addr())),
+        "a removed worker left series behind:\n{om}"
+    );
+    assert_eq!(client.req("set||third||v"), "0||");
 }

@@ -387,14 +387,22 @@ fn the_package_installs_and_runs_under_systemd_and_prometheus() {
         text.replace("max_memory = \"1GiB\"", "max_memory = \"512MiB\""),
     )
     .expect("edit the config");
+    // systemd 252 considers the reload done once `kill -HUP` returned, not
+    // at the daemon's READY=1: wait for the new setting to show.
     c.must(&["systemctl", "reload", "rcache-worker@1"]);
-    let max = metric(
-        &http_get("127.0.0.1:7101", "/metrics").1,
-        "rcache_memory_max_bytes",
+    let applied = eventually(Duration::from_secs(10), || {
+        let max = try_http_get("127.0.0.1:7101", "/metrics")
+            .ok()
+            .and_then(|(_, body)| metric(&body, "rcache_memory_max_bytes"));
+        max == Some(512.0 * 1024.0 * 1024.0)
+            && c.property("rcache-worker@1", "StatusText")
+                .contains("applied [\"max_memory\"]")
+    });
+    assert!(
+        applied,
+        "the reload did not apply max_memory: {}",
+        c.property("rcache-worker@1", "StatusText")
     );
-    assert_eq!(max, Some(512.0 * 1024.0 * 1024.0));
-    let status = c.property("rcache-worker@1", "StatusText");
-    assert!(status.contains("applied [\"max_memory\"]"), "{status}");
     assert_eq!(
         c.must(&["systemctl", "is-active", "rcache-worker@1"])
             .trim(),

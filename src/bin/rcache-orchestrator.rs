@@ -51,10 +51,9 @@ fn main() {
             let r = router.clone();
             notify::spawn_status(move || (r.status_line(), false), ctx.shutdown.clone());
             let r = router.clone();
-            let shutdown = ctx.shutdown.clone();
             tokio::spawn(async move {
                 while let Some(reload) = ctx.reloads.recv().await {
-                    r.reload(&reload.config, &shutdown);
+                    r.reload(&reload.config);
                     let _ = reload.done.send(());
                 }
             });

@@ -39,13 +39,17 @@ fn main() {
             };
             let w = worker.clone();
             notify::spawn_status(
-                move || (w.status_line(), w.state() != WorkerState::Ready),
+                move || (w.status_line(), w.state() == WorkerState::Refilling),
                 ctx.shutdown.clone(),
             );
             let w = worker.clone();
             tokio::spawn(async move {
                 while let Some(reload) = ctx.reloads.recv().await {
-                    w.reload(&reload.config);
+                    // Lowering max_memory may evict many entries: off the
+                    // runtime's threads.
+                    let worker = w.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || worker.reload(&reload.config)).await;
                     let _ = reload.done.send(());
                 }
             });

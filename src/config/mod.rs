@@ -186,8 +186,7 @@ impl RawConfig for RawOrchestrator {
         "workers",
         "log_level",
     ];
-    const LIVE_KEYS: &'static [&'static str] =
-        &["idle_timeout", "worker_timeout", "workers", "log_level"];
+    const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "workers", "log_level"];
 }
 
 /// Merges defaults, the file, the environment and `flags` (only the flags

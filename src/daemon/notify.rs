@@ -87,7 +87,7 @@ pub fn spawn_watchdog(mut shutdown: Shutdown) {
 }
 
 /// Refreshes `STATUS=` from `line` until shutdown. While `line` reports a
-/// start-up in progress (`(text, true)`), the start timeout is extended.
+/// refill in progress (`(text, true)`), the start timeout is extended.
 pub fn spawn_status<F>(line: F, mut shutdown: Shutdown)
 where
     F: Fn() -> (String, bool) + Send + 'static,

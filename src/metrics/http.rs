@@ -1,8 +1,8 @@
 //! The metrics endpoint: a small HTTP/1.1 server (hyper) on
 //! `metrics_listen`. It takes at most [`MAX_HTTP_CONNECTIONS`] connections
 //! at once, one request each, gives a client [`HEADER_TIMEOUT`] to send its
-//! request head (a slow client cannot pin it), and stops accepting at
-//! shutdown.
+//! request head (a slow client cannot pin it), and keeps answering until
+//! the process exits (`/health` says "stopping" during the drain).
 
 use super::{render, Exporter};
 use crate::net::Shutdown;
@@ -25,19 +25,13 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// stops reading the response cannot hold its slot for ever.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `/metrics` and `/health` on `listener` until shutdown.
-pub async fn serve_http(
-    listener: TcpListener,
-    exporter: Arc<dyn Exporter>,
-    mut shutdown: Shutdown,
-) {
+/// Serves `/metrics` and `/health` on `listener` for as long as the
+/// process runs: through the drain after a shutdown began too, when
+/// `/health` answers 503 "stopping".
+pub async fn serve_http(listener: TcpListener, exporter: Arc<dyn Exporter>, shutdown: Shutdown) {
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.wait() => return,
-            accepted = listener.accept() => accepted,
-        };
+        let accepted = listener.accept().await;
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {

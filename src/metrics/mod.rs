@@ -292,6 +292,10 @@ pub async fn spawn(
 
 /// The registry's content in the text exposition format.
 pub fn render(exporter: &dyn Exporter) -> String {
+    // One scrape at a time: `refresh` reads and then adds to counters
+    // mirrored from the daemon's state, which two at once would overcount.
+    static RENDERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = RENDERING.lock().unwrap_or_else(|p| p.into_inner());
     exporter.refresh();
     let mut out = String::new();
     if let Err(e) =

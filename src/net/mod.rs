@@ -147,14 +147,13 @@ pub async fn serve<H: Handler>(
         };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
-        let metrics = metrics.clone();
-        metrics.connections_open.inc();
+        let open = OpenConnection::new(metrics.clone());
         tokio::spawn(async move {
             let closed = handler.handle(stream, shutdown).await;
             if matches!(closed, Closed::Idle) {
-                metrics.connections_reaped.inc();
+                open.metrics.connections_reaped.inc();
             }
-            metrics.connections_open.dec();
+            drop(open);
             drop(permit);
         });
     }
@@ -165,6 +164,25 @@ pub async fn serve<H: Handler>(
         .is_err()
     {
         tracing::warn!("connections still open after the drain deadline; closing them");
+    }
+}
+
+/// Counts a connection as open for as long as it lives (its task may end
+/// early, even by a panic).
+struct OpenConnection {
+    metrics: Arc<ServerMetrics>,
+}
+
+impl OpenConnection {
+    fn new(metrics: Arc<ServerMetrics>) -> OpenConnection {
+        metrics.connections_open.inc();
+        OpenConnection { metrics }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.connections_open.dec();
     }
 }
 

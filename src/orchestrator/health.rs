@@ -19,14 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// Starts a probe per worker (once per router; workers a reload adds get
+/// theirs from [`Router::reload`]).
 pub fn start(router: &Router, shutdown: Shutdown) -> Vec<JoinHandle<()>> {
-    router
-        .topology()
-        .pairs
-        .iter()
-        .flatten()
-        .map(|backend| spawn_probe(backend.clone(), router.probe.clone(), shutdown.clone()))
-        .collect()
+    router.start_probes(shutdown)
 }
 
 /// Probes one worker until shutdown or until a reload retires it.

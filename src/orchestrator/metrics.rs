@@ -105,20 +105,13 @@ impl OrchestratorMetrics {
         }
     }
 
-    /// Drops a worker's series once a reload removed it.
+    /// Drops a removed worker's counters and histogram (its gauges are
+    /// rebuilt from the pairs in force at every scrape).
     pub fn forget(&self, addr: &str) {
-        for vec in [&self.worker_entries, &self.hints, &self.hint_bytes] {
-            let _ = vec.remove_label_values(&[addr]);
-        }
         for vec in [&self.errors, &self.failovers, &self.hints_dropped] {
             let _ = vec.remove_label_values(&[addr]);
         }
         let _ = self.latency.remove_label_values(&[addr]);
-        for h in HEALTHS {
-            let _ = self.worker_state.remove_label_values(&[addr, h.name()]);
-        }
-        // The pair label may be any number; rebuilt by the next refresh.
-        self.worker_up.reset();
     }
 }
 
@@ -132,6 +125,17 @@ impl Exporter for Router {
         m.process.refresh();
         let topology = self.topology();
         m.pairs.set(topology.pairs.len() as i64);
+        // Rebuilt from the pairs in force, so a worker a reload removed or
+        // moved to another pair leaves no stale series behind.
+        for vec in [
+            &m.worker_up,
+            &m.worker_state,
+            &m.worker_entries,
+            &m.hints,
+            &m.hint_bytes,
+        ] {
+            vec.reset();
+        }
         for (i, pair) in topology.pairs.iter().enumerate() {
             let pair_label = i.to_string();
             for backend in pair {

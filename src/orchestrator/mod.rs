@@ -28,7 +28,6 @@ use bytes::Bytes;
 use pool::{Backend, Health, LinkSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,9 +58,13 @@ pub struct Topology {
 pub struct Router {
     topology: ArcSwap<Topology>,
     clock: Clock,
-    worker_timeout_ms: AtomicU64,
+    worker_timeout: Duration,
     settings: LinkSettings,
     probe: health::ProbeSettings,
+    /// The shutdown the probes watch, once they run (`health::start`).
+    /// Held while the pair list changes, so every worker gets exactly one
+    /// probe whether a reload comes before or after the probes start.
+    probing: std::sync::Mutex<Option<Shutdown>>,
     /// Client listener settings; a reload may change them.
     pub live: LiveConfig,
     pub metrics: metrics::OrchestratorMetrics,
@@ -99,8 +102,9 @@ impl Router {
         Router {
             topology: ArcSwap::from_pointee(Topology { pairs }),
             clock: Clock::with_random_node(),
-            worker_timeout_ms: AtomicU64::new(config.worker_timeout.as_millis() as u64),
+            worker_timeout: config.worker_timeout,
             probe: health::ProbeSettings::from_config(config),
+            probing: std::sync::Mutex::new(None),
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
             metrics,
@@ -113,19 +117,37 @@ impl Router {
     }
 
     fn worker_timeout(&self) -> Duration {
-        Duration::from_millis(self.worker_timeout_ms.load(Ordering::Relaxed))
+        self.worker_timeout
     }
 
-    /// Applies what a reload may change while serving: `idle_timeout`,
-    /// `worker_timeout` and the pair list. Workers that stay keep their
-    /// links, health and hints; new ones are probed from now on; removed
-    /// ones are let go once their last request is answered.
-    pub fn reload(&self, new: &OrchestratorConfig, shutdown: &Shutdown) {
+    fn probing(&self) -> std::sync::MutexGuard<'_, Option<Shutdown>> {
+        self.probing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts probing every worker (once; see [`health::start`]).
+    pub(crate) fn start_probes(&self, shutdown: Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut probing = self.probing();
+        if probing.is_some() {
+            return Vec::new();
+        }
+        *probing = Some(shutdown.clone());
+        self.topology()
+            .pairs
+            .iter()
+            .flatten()
+            .map(|b| health::spawn_probe(b.clone(), self.probe.clone(), shutdown.clone()))
+            .collect()
+    }
+
+    /// Applies what a reload may change while serving: `idle_timeout` and
+    /// the pair list. Workers that stay keep their links, health and hints;
+    /// new ones are probed from now on; removed ones are let go once their
+    /// last request is answered.
+    pub fn reload(&self, new: &OrchestratorConfig) {
         let mut server = ServerConfig::clone(&self.live.load());
         server.idle_timeout = new.server.idle_timeout;
         self.live.store(Arc::new(server));
-        self.worker_timeout_ms
-            .store(new.worker_timeout.as_millis() as u64, Ordering::Relaxed);
+        let probing = self.probing();
         let old = self.topology();
         let current: Vec<[String; 2]> = old
             .pairs
@@ -149,30 +171,34 @@ impl Router {
                     self.settings.clone(),
                     self.metrics.backend(addr),
                 );
-                health::spawn_probe(b.clone(), self.probe.clone(), shutdown.clone());
+                if let Some(shutdown) = probing.as_ref() {
+                    health::spawn_probe(b.clone(), self.probe.clone(), shutdown.clone());
+                }
                 b
             }
         };
         let pairs: Vec<[Arc<Backend>; 2]> =
             new.pairs.iter().map(|[a, b]| [get(a), get(b)]).collect();
-        let kept: std::collections::HashSet<&str> =
-            pairs.iter().flatten().map(|b| b.addr.as_str()).collect();
+        let kept: std::collections::HashSet<String> =
+            pairs.iter().flatten().map(|b| b.addr.clone()).collect();
+        let (pairs_before, pairs_now) = (old.pairs.len(), pairs.len());
+        self.topology.store(Arc::new(Topology { pairs }));
         let mut retired = 0;
         for backend in old.pairs.iter().flatten() {
-            if !kept.contains(backend.addr.as_str()) {
+            if !kept.contains(&backend.addr) {
                 backend.retire();
                 self.metrics.forget(&backend.addr);
                 retired += 1;
             }
         }
+        drop(probing);
         tracing::warn!(
-            pairs_before = old.pairs.len(),
-            pairs = pairs.len(),
+            pairs_before,
+            pairs = pairs_now,
             workers_added = started,
             workers_removed = retired,
             "pair list changed: keys that now map to another pair read as misses until written again"
         );
-        self.topology.store(Arc::new(Topology { pairs }));
     }
 
     /// One line for systemd's STATUS=.
@@ -230,6 +256,9 @@ impl Router {
             if backend.health() != Health::Up {
                 if let Err(e) = backend.flush_hints(worker_timeout).await {
                     last_error = Some(e.to_string());
+                    if tried == 0 {
+                        backend.metrics.failovers.inc();
+                    }
                     continue;
                 }
             }

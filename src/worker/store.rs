@@ -302,12 +302,36 @@ impl Store {
         self.max_memory.load(Ordering::Relaxed)
     }
 
-    /// Changes the memory limit; a lower one evicts down to it at once.
-    pub fn set_max_memory(&self, bytes: usize) {
+    /// Changes the memory limit; a lower one evicts down to it at once,
+    /// a few entries per shard per pass (so every shard keeps its hottest
+    /// entries and no shard lock is held for long). Returns the entries
+    /// evicted.
+    pub fn set_max_memory(&self, bytes: usize) -> u64 {
+        const PER_SHARD_PER_PASS: usize = 4;
         self.max_memory.store(bytes, Ordering::Relaxed);
-        if self.charged.load(Ordering::Relaxed) > bytes {
-            self.evict(0);
+        let mut evicted = 0;
+        while self.charged.load(Ordering::Relaxed) > bytes {
+            let mut progress = false;
+            for index in 0..SHARD_COUNT {
+                let mut shard = self.shard(index);
+                for _ in 0..PER_SHARD_PER_PASS {
+                    if self.charged.load(Ordering::Relaxed) <= bytes {
+                        break;
+                    }
+                    let Some(freed) = shard.evict_one(&self.hasher) else {
+                        break;
+                    };
+                    self.charged.fetch_sub(freed, Ordering::Relaxed);
+                    self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                    evicted += 1;
+                    progress = true;
+                }
+            }
+            if !progress {
+                break;
+            }
         }
+        evicted
     }
 
     /// Milliseconds since this store was made (monotonic; follows
@@ -1086,21 +1110,27 @@ mod tests {
 
     #[test]
     fn lowering_the_limit_evicts_down_to_it() {
-        let store = store(1 << 20);
+        let store = store(8 << 20);
         let mut rng = crate::zipf::Rng::new(7);
-        for i in 0..2000 {
+        for i in 0..20_000 {
             // Random bytes: lz4 cannot shrink them.
-            let value: Vec<u8> = (0..200).map(|_| rng.next_u64() as u8).collect();
+            let value: Vec<u8> = (0..100).map(|_| rng.next_u64() as u8).collect();
             store
                 .set(format!("key{i}").as_bytes(), &value, None, 1)
                 .unwrap();
         }
         let before = store.usage().charged_bytes;
-        assert!(before > 256 * 1024, "{before}");
-        store.set_max_memory(256 * 1024);
+        let limit = 2 << 20;
+        assert!(before > 3 << 20, "{before}");
+        let evicted = store.set_max_memory(limit);
         let after = store.usage().charged_bytes;
-        assert!(after <= 256 * 1024, "{after} over the new limit");
-        assert!(store.stats.evictions.load(Ordering::Relaxed) > 0);
+        assert!(after <= limit as u64, "{after} over the new limit");
+        assert_eq!(store.stats.evictions.load(Ordering::Relaxed), evicted);
+        // Spread over the shards: none is emptied while others stay full.
+        let empty = (0..SHARD_COUNT)
+            .filter(|&i| store.shard(i).entries == 0)
+            .count();
+        assert_eq!(empty, 0, "{empty} shards emptied by a lowered limit");
         // Writes go on under the new limit (SIEVE may pick any unvisited
         // entry as the next victim, the new one included).
         for i in 0..100 {
@@ -1108,7 +1138,7 @@ mod tests {
                 .set(format!("fresh{i}").as_bytes(), b"value", None, 2)
                 .unwrap();
         }
-        assert!(store.usage().charged_bytes <= 256 * 1024);
+        assert!(store.usage().charged_bytes <= limit as u64);
     }
 
     #[test]
