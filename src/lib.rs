@@ -29,6 +29,7 @@
 //! (the worker's store; or the orchestrator's router picks a pair and the
 //! pool forwards it), encode the `Reply`, write.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -29,6 +29,9 @@ pub struct Cli {
     /// Longest wait for a connection or an answer.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// The cluster's auth_token, sent as auth||<token> first.
+    #[arg(long, global = true, env = "RCACHE_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
     #[command(subcommand)]
     pub command: Option<CliCommand>,
 }
@@ -63,7 +66,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs the CLI; returns the process exit status.
 pub async fn run(cli: Cli) -> i32 {
     let command = match cli.command {
-        None => return shell(&cli.addr, cli.timeout).await,
+        None => return shell(&cli.addr, cli.timeout, cli.auth_token.as_deref()).await,
         Some(CliCommand::Local(args)) => return local::run(args).await,
         Some(CliCommand::Get { key }) => Command::Get { key: key.into() },
         Some(CliCommand::Set { key, value, ttl }) => Command::Set {
@@ -75,7 +78,7 @@ pub async fn run(cli: Cli) -> i32 {
         Some(CliCommand::Ping) => Command::Ping,
         Some(CliCommand::Cluster) => Command::Cluster,
     };
-    let mut client = match TextClient::connect(&cli.addr, cli.timeout).await {
+    let mut client = match connect(&cli.addr, cli.timeout, cli.auth_token.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rcache: {e}");
@@ -89,6 +92,26 @@ pub async fn run(cli: Cli) -> i32 {
             1
         }
     }
+}
+
+/// Connects, and authenticates when given a token.
+async fn connect(addr: &str, timeout: Duration, token: Option<&str>) -> Result<TextClient, String> {
+    let mut client = TextClient::connect(addr, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(token) = token {
+        let auth = Command::Auth {
+            token: Bytes::copy_from_slice(token.as_bytes()),
+        };
+        match client.request(&auth).await {
+            Ok(Reply::Done) => {}
+            Ok(Reply::Value(v)) if v.is_empty() => {}
+            Ok(Reply::Error(e)) => return Err(format!("{addr}: auth refused: {}", e.message)),
+            Ok(other) => return Err(format!("{addr}: unexpected answer to auth: {other:?}")),
+            Err(e) => return Err(format!("{addr}: {e}")),
+        }
+    }
+    Ok(client)
 }
 
 /// Prints a reply as a person reads it; returns the exit status.
@@ -219,8 +242,8 @@ fn parse_shell_line(line: &str) -> Option<Result<Command, String>> {
     })
 }
 
-async fn shell(addr: &str, timeout: Duration) -> i32 {
-    let mut client = match TextClient::connect(addr, timeout).await {
+async fn shell(addr: &str, timeout: Duration, token: Option<&str>) -> i32 {
+    let mut client = match connect(addr, timeout, token).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rcache: {e}");

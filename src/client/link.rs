@@ -3,7 +3,7 @@
 //! pipeline requests while a reader matches responses in order.
 
 use super::text::closed;
-use super::{connect_tcp, ClientError};
+use super::{connect_tcp, ClientError, Dial};
 use crate::net::Conn;
 use crate::protocol::link::{
     decode_response, encode_request, max_frame_bytes, read_frame, Request, RequestKind, Response,
@@ -22,12 +22,14 @@ pub struct LinkConn {
 }
 
 impl LinkConn {
-    /// Connects and exchanges hellos, all within `timeout`.
+    /// Connects, exchanges hellos and presents the token (if any), all
+    /// within `timeout`.
     pub async fn connect(
         addr: &str,
-        limits: Limits,
+        dial: &Dial,
         timeout: Duration,
     ) -> Result<LinkConn, ClientError> {
+        let limits = dial.limits;
         let deadline = Instant::now() + timeout;
         let stream = connect_tcp(addr, timeout).await?;
         let mut conn = Conn::new(stream);
@@ -45,7 +47,28 @@ impl LinkConn {
             )));
         }
         let _ = conn.rbuf.split_to(HELLO.len());
-        Ok(LinkConn { conn, limits })
+        let mut link = LinkConn { conn, limits };
+        if let Some(token) = &dial.token {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let auth = Request::Auth {
+                token: bytes::Bytes::copy_from_slice(token.expose()),
+            };
+            match link.call(&auth, left).await? {
+                Response::Authenticated => {}
+                Response::Error(e) => {
+                    return Err(ClientError::Refused {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected answer to auth: {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(link)
     }
 
     /// Sends one request and waits for its response.

@@ -34,6 +34,8 @@ pub enum ClientError {
     Overloaded(String),
     #[error("the link to {0} could not connect")]
     NotConnected(String),
+    #[error("{addr} refused the link: {reason}")]
+    Refused { addr: String, reason: String },
 }
 
 impl ClientError {
@@ -45,7 +47,26 @@ impl ClientError {
                 | ClientError::ConnectTimeout { .. }
                 | ClientError::Overloaded(_)
                 | ClientError::NotConnected(_)
+                | ClientError::Refused { .. }
         )
+    }
+}
+
+/// How a daemon opens links to others: the frame limits it accepts, and
+/// the cluster's token to present when it has one.
+#[derive(Debug, Clone, Default)]
+pub struct Dial {
+    pub limits: crate::protocol::Limits,
+    pub token: Option<crate::auth::Secret>,
+}
+
+impl Dial {
+    /// What a daemon with these listener settings dials with.
+    pub fn from_server(server: &crate::net::ServerConfig) -> Dial {
+        Dial {
+            limits: server.limits,
+            token: server.auth.clone(),
+        }
     }
 }
 

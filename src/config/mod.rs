@@ -69,6 +69,8 @@ pub struct RawWorker {
     pub compress_min_bytes: Scalar,
     pub anti_entropy_interval: Scalar,
     pub log_level: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
 }
 
 impl Default for RawWorker {
@@ -87,6 +89,7 @@ impl Default for RawWorker {
             compress_min_bytes: Scalar::Int(128),
             anti_entropy_interval: "2s".into(),
             log_level: "info".into(),
+            auth_token: None,
         }
     }
 }
@@ -107,6 +110,8 @@ pub struct RawOrchestrator {
     pub max_hint_bytes: Scalar,
     pub workers: Vec<Vec<String>>,
     pub log_level: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
 }
 
 impl Default for RawOrchestrator {
@@ -125,6 +130,7 @@ impl Default for RawOrchestrator {
             max_hint_bytes: "64MiB".into(),
             workers: Vec::new(),
             log_level: "info".into(),
+            auth_token: None,
         }
     }
 }
@@ -166,6 +172,7 @@ impl RawConfig for RawWorker {
         "compress_min_bytes",
         "anti_entropy_interval",
         "log_level",
+        "auth_token",
     ];
     const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "max_memory", "log_level"];
 }
@@ -185,6 +192,7 @@ impl RawConfig for RawOrchestrator {
         "max_hint_bytes",
         "workers",
         "log_level",
+        "auth_token",
     ];
     const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "workers", "log_level"];
 }
@@ -289,11 +297,35 @@ fn server(
     max_connections: u64,
     max_key_bytes: &Scalar,
     max_value_bytes: &Scalar,
+    auth_token: Option<&str>,
 ) -> ServerConfig {
     if max_connections == 0 {
         p.push("max_connections", 0, "must be at least 1");
     }
+    let auth = auth_token.and_then(|token| {
+        let why = if token.is_empty() {
+            Some("must not be empty (leave the key out for no authentication)".to_string())
+        } else if token.len() > crate::protocol::link::MAX_TOKEN_BYTES {
+            Some(format!(
+                "longer than {} bytes",
+                crate::protocol::link::MAX_TOKEN_BYTES
+            ))
+        } else if token.contains(['\n', '\r']) {
+            Some("must not contain line breaks".to_string())
+        } else {
+            None
+        };
+        match why {
+            // The value itself is a secret: never echoed.
+            Some(why) => {
+                p.push("auth_token", "<redacted>", why);
+                None
+            }
+            None => Some(crate::auth::Secret::new(token.as_bytes())),
+        }
+    });
     ServerConfig {
+        auth,
         idle_timeout: p.duration("idle_timeout", idle_timeout, Duration::from_millis(10)),
         max_connections: max_connections.max(1) as usize,
         limits: Limits {
@@ -325,6 +357,7 @@ impl RawWorker {
             self.max_connections,
             &self.max_key_bytes,
             &self.max_value_bytes,
+            self.auth_token.as_deref(),
         );
         let compression = match self.compression.as_str() {
             "lz4" => true,
@@ -377,6 +410,7 @@ impl RawOrchestrator {
             self.max_connections,
             &self.max_key_bytes,
             &self.max_value_bytes,
+            self.auth_token.as_deref(),
         );
         let worker_timeout = p.duration(
             "worker_timeout",
@@ -533,6 +567,8 @@ flag_struct!(
         anti_entropy_interval: String,
         /// error, warn, info, debug or trace [default: info]
         log_level: String,
+        /// Clients must `auth||<token>` first; links present it too (prefer RCACHE_AUTH_TOKEN: flags show in ps)
+        auth_token: String,
     }
 );
 
@@ -563,6 +599,8 @@ flag_struct!(
         max_hint_bytes: String,
         /// error, warn, info, debug or trace [default: info]
         log_level: String,
+        /// Clients must `auth||<token>` first; links present it too (prefer RCACHE_AUTH_TOKEN: flags show in ps)
+        auth_token: String,
     }
 );
 
@@ -575,9 +613,16 @@ pub struct OrchestratorOverrides<'a> {
     pub workers: Option<Vec<Vec<String>>>,
 }
 
-/// Renders a raw config as TOML for `--print-config`.
+/// Renders a raw config as TOML for `--print-config` (the token redacted).
 pub fn to_toml(raw: &impl Serialize) -> String {
-    toml::to_string_pretty(raw).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    let mut value = match toml::Value::try_from(raw) {
+        Ok(v) => v,
+        Err(e) => return format!("# cannot render config: {e}\n"),
+    };
+    if let Some(token) = value.get_mut("auth_token") {
+        *token = toml::Value::String("<redacted>".into());
+    }
+    toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
 }
 
 #[cfg(test)]
@@ -601,10 +646,13 @@ mod tests {
             v
         };
         let mut worker = keys::<RawWorker>();
-        worker.push("partner".into()); // None by default, so not serialized
+        // None by default, so not serialized.
+        worker.push("partner".into());
+        worker.push("auth_token".into());
         worker.sort();
         assert_eq!(worker, sorted(RawWorker::KEYS));
         let mut orchestrator = keys::<RawOrchestrator>();
+        orchestrator.push("auth_token".into());
         orchestrator.sort();
         assert_eq!(orchestrator, sorted(RawOrchestrator::KEYS));
     }

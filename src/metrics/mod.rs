@@ -105,6 +105,7 @@ pub struct ServerMetrics {
     pub connections_accepted: IntCounter,
     pub connections_rejected: IntCounter,
     pub connections_reaped: IntCounter,
+    pub auth_failures: IntCounter,
 }
 
 impl ServerMetrics {
@@ -223,6 +224,10 @@ impl<'a> Builder<'a> {
             connections_reaped: self.counter(
                 "rcache_connections_reaped_total",
                 "Connections closed for staying idle past idle_timeout",
+            ),
+            auth_failures: self.counter(
+                "rcache_auth_failures_total",
+                "Wrong tokens presented (clients with auth||, daemons on links)",
             ),
         }
     }

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub limits: Limits,
+    /// When set, a connection must present this token before anything else.
+    pub auth: Option<crate::auth::Secret>,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             limits: Limits::default(),
+            auth: None,
         }
     }
 }
@@ -287,6 +290,7 @@ where
     let mut config = live.load_full();
     let mut decoder = TextDecoder::new(config.limits);
     let mut last_request = Instant::now();
+    let mut authenticated = false;
     loop {
         loop {
             let started = Instant::now();
@@ -297,6 +301,29 @@ where
                     let _ = conn.flush(config.idle_timeout).await;
                     return Closed::Eof;
                 }
+                Ok(Some(Command::Auth { token })) => {
+                    let reply = match &config.auth {
+                        // A daemon without a token accepts any (SPEC).
+                        None => Reply::Done,
+                        Some(secret) if secret.matches(&token) => {
+                            authenticated = true;
+                            Reply::Done
+                        }
+                        Some(_) => {
+                            authenticated = false;
+                            metrics.auth_failures.inc();
+                            Reply::error(ErrorCode::Auth, "invalid token")
+                        }
+                    };
+                    (Op::Auth, reply)
+                }
+                Ok(Some(command)) if config.auth.is_some() && !authenticated => (
+                    command_op(&command),
+                    Reply::error(
+                        ErrorCode::Auth,
+                        "authentication required: send auth||<token> first",
+                    ),
+                ),
                 Ok(Some(command)) => {
                     let op = command_op(&command);
                     (op, service.call(command).await)

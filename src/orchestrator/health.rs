@@ -14,7 +14,6 @@ use super::{OrchestratorConfig, Router};
 use crate::client::link::LinkConn;
 use crate::net::Shutdown;
 use crate::protocol::link::{Request, Response, WorkerState};
-use crate::protocol::Limits;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -36,7 +35,7 @@ pub fn spawn_probe(
 
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
-    limits: Limits,
+    dial: crate::client::Dial,
     interval: Duration,
     timeout: Duration,
     failures_to_down: u32,
@@ -46,7 +45,7 @@ pub struct ProbeSettings {
 impl ProbeSettings {
     pub fn from_config(config: &OrchestratorConfig) -> ProbeSettings {
         ProbeSettings {
-            limits: config.server.limits,
+            dial: crate::client::Dial::from_server(&config.server),
             interval: config.health_interval,
             timeout: config.health_timeout,
             failures_to_down: config.health_failures,
@@ -57,7 +56,7 @@ impl ProbeSettings {
 
 async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown: Shutdown) {
     let ProbeSettings {
-        limits,
+        dial,
         interval,
         timeout,
         ..
@@ -77,7 +76,7 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
         }
         let result = async {
             if link.is_none() {
-                link = Some(LinkConn::connect(&backend.addr, limits, timeout).await?);
+                link = Some(LinkConn::connect(&backend.addr, &dial, timeout).await?);
             }
             match link.as_mut() {
                 Some(l) => l.call(&Request::Status, timeout).await,

@@ -85,6 +85,7 @@ impl Router {
     pub fn new(config: &OrchestratorConfig) -> Router {
         let settings = LinkSettings {
             limits: config.server.limits,
+            token: config.server.auth.clone(),
             connect_timeout: config.worker_timeout,
             keepalive: (config.server.idle_timeout / 2).min(pool::KEEPALIVE_MAX),
             max_hint_bytes: config.max_hint_bytes,

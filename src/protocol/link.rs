@@ -67,6 +67,9 @@ pub fn bucket_of_hash(key_hash: u64) -> u16 {
     (key_hash >> (64 - DIGEST_BUCKETS.trailing_zeros())) as u16
 }
 
+/// The longest `auth_token` (config validation refuses longer ones).
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
 /// Room in a frame beyond one key and one value.
 const FRAME_OVERHEAD_BYTES: usize = 4096;
 
@@ -152,6 +155,11 @@ pub enum Request {
         last: bool,
         entries: Vec<Entry>,
     },
+    /// The cluster's `auth_token`: the first request on a link to a
+    /// daemon that has one.
+    Auth {
+        token: Bytes,
+    },
 }
 
 /// One bucket of a store's digest: a sum of its entries' fingerprints
@@ -184,6 +192,8 @@ pub enum Response {
         existed: bool,
     },
     Pong,
+    /// The link's token was accepted.
+    Authenticated,
     /// `incarnation` is drawn at each start: a change means a restart.
     /// `synced` counts the anti-entropy rounds this process completed.
     Status {
@@ -238,6 +248,7 @@ mod op {
     pub const DIGEST: u8 = 7;
     pub const SYNC: u8 = 8;
     pub const APPLY: u8 = 9;
+    pub const AUTH: u8 = 10;
 }
 
 mod status {
@@ -305,6 +316,10 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             put_key(out, key);
         }
         Request::Ping => out.put_u8(op::PING),
+        Request::Auth { token } => {
+            out.put_u8(op::AUTH);
+            out.put_slice(token);
+        }
         Request::Status => out.put_u8(op::STATUS),
         Request::Refill => out.put_u8(op::REFILL),
         Request::Digest => out.put_u8(op::DIGEST),
@@ -372,7 +387,7 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u8(status::OK);
             out.put_u8(*existed as u8);
         }
-        Response::Pong => out.put_u8(status::OK),
+        Response::Pong | Response::Authenticated => out.put_u8(status::OK),
         Response::Status {
             state,
             entries,
@@ -569,6 +584,13 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
             }
         }
         op::PING => Request::Ping,
+        op::AUTH => {
+            let token = r.rest();
+            if token.len() > MAX_TOKEN_BYTES {
+                return Err(LinkError::Malformed("token over its maximum length"));
+            }
+            Request::Auth { token }
+        }
         op::STATUS => Request::Status,
         op::REFILL => Request::Refill,
         op::DIGEST => Request::Digest,
@@ -645,6 +667,7 @@ pub fn decode_response(
                 existed: r.u8()? != 0,
             },
             RequestKind::Ping => Response::Pong,
+            RequestKind::Auth => Response::Authenticated,
             RequestKind::Status => {
                 let state = WorkerState::from_u8(r.u8()?)
                     .ok_or(LinkError::Malformed("unknown worker state"))?;
@@ -705,6 +728,7 @@ pub fn decode_response(
 /// What a response answers, so its body can be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
+    Auth,
     Get,
     Set,
     Del,
@@ -723,6 +747,7 @@ impl Request {
             Request::Set { .. } => RequestKind::Set,
             Request::Del { .. } => RequestKind::Del,
             Request::Ping => RequestKind::Ping,
+            Request::Auth { .. } => RequestKind::Auth,
             Request::Status => RequestKind::Status,
             Request::Refill => RequestKind::Refill,
             Request::Digest => RequestKind::Digest,
@@ -768,6 +793,7 @@ mod tests {
                 key: b("k"),
             },
             Request::Ping,
+            Request::Auth { token: b("s3cret") },
             Request::Status,
             Request::Refill,
             Request::Digest,
@@ -837,6 +863,7 @@ mod tests {
             (Response::Set { applied: true }, RequestKind::Set),
             (Response::Del { existed: false }, RequestKind::Del),
             (Response::Pong, RequestKind::Ping),
+            (Response::Authenticated, RequestKind::Auth),
             (
                 Response::Status {
                     state: WorkerState::Refilling,

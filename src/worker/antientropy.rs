@@ -362,7 +362,7 @@ async fn round(
     link: &mut Option<LinkConn>,
 ) -> Result<RoundReport, RoundError> {
     if link.is_none() {
-        *link = Some(LinkConn::connect(partner, worker.live.load().limits, ROUND_TIMEOUT).await?);
+        *link = Some(LinkConn::connect(partner, &worker.dial(), ROUND_TIMEOUT).await?);
     }
     let Some(link) = link.as_mut() else {
         return Err(RoundError::Failed(ClientError::Closed));

@@ -88,6 +88,11 @@ impl Worker {
         &self.config
     }
 
+    /// How this worker opens links to its partner.
+    pub fn dial(&self) -> crate::client::Dial {
+        crate::client::Dial::from_server(&self.live.load())
+    }
+
     /// Applies what a reload may change while serving: `idle_timeout`
     /// (open connections included) and `max_memory` (lowering it evicts
     /// down to the new limit at once).
@@ -174,6 +179,8 @@ impl Worker {
                 }
             }
             Request::Ping => Response::Pong,
+            // Checked by `serve_link` before anything else.
+            Request::Auth { .. } => Response::Authenticated,
             Request::Status => Response::Status {
                 state: self.state(),
                 entries: self.store.len(),
@@ -301,6 +308,7 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
     conn.wbuf.extend_from_slice(HELLO);
     let max = max_frame_bytes(&config.limits);
     let mut responder = antientropy::Responder::default();
+    let mut authenticated = config.auth.is_none();
     loop {
         loop {
             let frame = match read_frame(&mut conn.rbuf, max) {
@@ -313,7 +321,29 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
             };
             let started = Instant::now();
             deadline = started + config.idle_timeout;
-            let (op, response) = match decode_request(frame, &config.limits) {
+            let request = decode_request(frame, &config.limits);
+            if !authenticated {
+                // A link must present the cluster's token first; a peer
+                // without it is a stranger and is hung up on.
+                let ok = matches!(
+                    (&request, &config.auth),
+                    (Ok(Request::Auth { token }), Some(secret)) if secret.matches(token)
+                );
+                if !ok {
+                    worker.metrics.server.auth_failures.inc();
+                    worker
+                        .metrics
+                        .server
+                        .observe(Op::Auth, Outcome::Error, started.elapsed());
+                    tracing::warn!("closing a link that did not present the cluster's token");
+                    let error = ErrorReply::new(ErrorCode::Auth, "authentication required");
+                    encode_response(&Response::Error(error), &mut conn.wbuf);
+                    let _ = conn.flush(config.idle_timeout).await;
+                    return Closed::Eof;
+                }
+                authenticated = true;
+            }
+            let (op, response) = match request {
                 Ok(Request::Refill) => {
                     if let Err(c) = stream_refill(conn, worker, &config).await {
                         return c;
@@ -367,6 +397,7 @@ fn link_op(request: &Request) -> Op {
         Request::Set { .. } => Op::Set,
         Request::Del { .. } => Op::Del,
         Request::Ping => Op::Ping,
+        Request::Auth { .. } => Op::Auth,
         Request::Status => Op::Status,
         Request::Refill => Op::Refill,
         Request::Digest | Request::Sync { .. } | Request::Apply { .. } => Op::AntiEntropy,

@@ -66,8 +66,7 @@ pub async fn refill_from_partner(worker: &Worker) -> RefillOutcome {
 }
 
 async fn refill(worker: &Worker, partner: &str) -> RefillOutcome {
-    let limits = worker.live.load().limits;
-    let mut link = match LinkConn::connect(partner, limits, REFILL_CONNECT_TIMEOUT).await {
+    let mut link = match LinkConn::connect(partner, &worker.dial(), REFILL_CONNECT_TIMEOUT).await {
         Ok(link) => link,
         Err(e) => return RefillOutcome::Skipped(format!("partner unreachable: {e}")),
     };

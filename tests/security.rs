@@ -1,0 +1,161 @@
+//! Who may talk to rcache: `auth_token` on client connections (text
+//! protocol) and on the links between daemons.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+const TOKEN: &str = "correct horse battery staple";
+
+fn with_token(token: &str) -> Vec<String> {
+    vec!["--auth-token".into(), token.into()]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_token_guards_clients_workers_and_links() {
+    let t = with_token(TOKEN);
+    let (a, b) = pair(&args(&t));
+    let o = orchestrator(&[a.port, b.port], &args(&t));
+
+    for port in [o.port, a.port] {
+        let mut c = Client::connect(port);
+        assert_eq!(
+            c.req("set||k||v"),
+            "9||authentication required: send auth||<token> first"
+        );
+        assert!(c.req("get||k").starts_with("9||"));
+        assert!(c.req("ping").starts_with("9||"));
+        assert_eq!(c.req("auth||wrong"), "9||invalid token");
+        assert!(
+            c.req("get||k").starts_with("9||"),
+            "a wrong token let it in"
+        );
+        assert_eq!(c.req(&format!("auth||{TOKEN}")), "0||");
+        assert_eq!(c.req("ping"), "0||pong");
+    }
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req(&format!("auth||{TOKEN}")), "0||");
+    for i in 0..100 {
+        assert_eq!(c.req(&format!("set||key{i}||value{i}")), "0||");
+    }
+    assert_eq!(c.req("get||key7"), "0||value7");
+    // A wrong token after a right one logs the connection out.
+    assert_eq!(c.req("auth||wrong"), "9||invalid token");
+    assert!(c.req("get||key7").starts_with("9||"));
+
+    // An orchestrator with another token is refused by the workers: its
+    // requests fail, nothing is written.
+    let stranger = orchestrator(&[a.port, b.port], &args(&with_token("guess")));
+    let mut s = Client::connect(stranger.port);
+    assert_eq!(s.req("auth||guess"), "0||");
+    let reply = s.req("set||key7||overwritten");
+    assert!(reply.starts_with("6||"), "{reply}");
+    assert!(s.req("get||key7").starts_with("6||"));
+    assert_eq!(c.req(&format!("auth||{TOKEN}")), "0||");
+    assert_eq!(c.req("get||key7"), "0||value7");
+    let wm = http_get(&a.metrics_addr(), "/metrics").1;
+    assert!(
+        metric(&wm, "rcache_auth_failures_total").unwrap_or(0.0) >= 1.0,
+        "{wm}"
+    );
+    assert!(a.log_text().contains("did not present the cluster's token"));
+
+    // A raw link without the token: an error frame, then the worker hangs up.
+    let mut raw = TcpStream::connect(a.addr()).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    use rcache::protocol::link::{encode_request, Request, HELLO};
+    let mut frame = bytes::BytesMut::new();
+    encode_request(&Request::Status, &mut frame);
+    raw.write_all(HELLO).expect("hello");
+    raw.write_all(&frame).expect("a STATUS frame");
+    let mut got = Vec::new();
+    let _ = raw.read_to_end(&mut got);
+    assert!(got.starts_with(HELLO), "{got:?}");
+    assert!(got.ends_with(b"authentication required"), "{got:?}");
+}
+
+#[test]
+fn partners_with_a_token_refill_each_other() {
+    let t = with_token(TOKEN);
+    let (pa, pb) = (free_port(), free_port());
+    let a = worker(pa, Some(pb), &args(&t));
+    let mut c = Client::connect(a.port);
+    assert_eq!(c.req(&format!("auth||{TOKEN}")), "0||");
+    for i in 0..300 {
+        assert_eq!(c.req(&format!("set||key{i}||value{i}")), "0||");
+    }
+    let b = worker(pb, Some(pa), &args(&t));
+    assert!(
+        b.log_text().contains("refilled from the partner") && b.log_text().contains("entries=300"),
+        "{}",
+        b.log_text()
+    );
+    // A partner with the wrong token is refused and starts empty.
+    let pc = free_port();
+    let stranger = worker(pc, Some(pa), &args(&with_token("guess")));
+    let log = stranger.log_text();
+    assert!(
+        log.contains("not refilling") && log.contains("refused the link"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_cli_sends_the_token_and_configs_never_print_it() {
+    let t = with_token(TOKEN);
+    let (a, b) = pair(&args(&t));
+    let o = orchestrator(&[a.port, b.port], &args(&t));
+    let rcache = |env: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcache"));
+        cmd.args(["--addr", &o.addr()])
+            .args(args)
+            .env_remove("RCACHE_AUTH_TOKEN");
+        if let Some(token) = env {
+            cmd.env("RCACHE_AUTH_TOKEN", token);
+        }
+        cmd.output().expect("rcache runs")
+    };
+    let out = rcache(Some(TOKEN), &["set", "greeting", "hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = rcache(Some(TOKEN), &["get", "greeting"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    let out = rcache(None, &["get", "greeting"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(9) authentication required"));
+    let out = rcache(Some("guess"), &["get", "greeting"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth refused: invalid token"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+        .args(["--auth-token", TOKEN, "--print-config"])
+        .output()
+        .expect("runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("auth_token = \"<redacted>\""), "{printed}");
+    assert!(!printed.contains(TOKEN));
+    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+        .args(["--check-config"])
+        .env("RCACHE_AUTH_TOKEN", "two\nlines")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auth_token = <redacted>: must not contain line breaks"),
+        "{err}"
+    );
+    assert!(!err.contains("two"));
+}
