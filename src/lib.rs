@@ -40,6 +40,7 @@ pub mod net;
 pub mod orchestrator;
 pub mod protocol;
 pub mod sys;
+pub mod tls;
 pub mod version;
 pub mod worker;
 pub mod zipf;

@@ -8,6 +8,7 @@ fn main() {
     let args = rcache::daemon::args::OrchestratorArgs::parse();
     let file = args.common.config.clone();
     let flags = args.flags.clone();
+    let tls = args.tls.clone();
     let positional = args.workers.clone();
     let load = move || {
         let workers = if positional.is_empty() {
@@ -15,10 +16,7 @@ fn main() {
         } else {
             Some(config::pairs_from_args(&positional)?)
         };
-        let overrides = OrchestratorOverrides {
-            flags: &flags,
-            workers,
-        };
+        let overrides = OrchestratorOverrides::new(&flags, workers, &tls);
         config::load::<RawOrchestrator>(file.as_deref(), &overrides)
     };
     daemon::main_with(

@@ -9,7 +9,10 @@ fn main() {
     let args = rcache::daemon::args::WorkerArgs::parse();
     let file = args.common.config.clone();
     let flags = args.flags.clone();
-    let load = move || config::load::<RawWorker>(file.as_deref(), &flags);
+    let tls = args.tls.clone();
+    let load = move || {
+        config::load::<RawWorker>(file.as_deref(), &config::WorkerOverrides::new(&flags, &tls))
+    };
     daemon::main_with(
         "rcache-worker",
         &args.common,

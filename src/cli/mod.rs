@@ -32,6 +32,15 @@ pub struct Cli {
     /// The cluster's auth_token, sent as auth||<token> first.
     #[arg(long, global = true, env = "RCACHE_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// Speak TLS, trusting servers whose certificate this PEM CA signed.
+    #[arg(long, global = true, env = "RCACHE_TLS_CA")]
+    pub tls_ca: Option<String>,
+    /// Client certificate (PEM) for servers that require one (with --tls-key).
+    #[arg(long, global = true)]
+    pub tls_cert: Option<String>,
+    /// Private key of --tls-cert.
+    #[arg(long, global = true)]
+    pub tls_key: Option<String>,
     #[command(subcommand)]
     pub command: Option<CliCommand>,
 }
@@ -64,9 +73,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs the CLI; returns the process exit status.
-pub async fn run(cli: Cli) -> i32 {
-    let command = match cli.command {
-        None => return shell(&cli.addr, cli.timeout, cli.auth_token.as_deref()).await,
+pub async fn run(mut cli: Cli) -> i32 {
+    let command = match cli.command.take() {
+        None => return shell(&cli).await,
         Some(CliCommand::Local(args)) => return local::run(args).await,
         Some(CliCommand::Get { key }) => Command::Get { key: key.into() },
         Some(CliCommand::Set { key, value, ttl }) => Command::Set {
@@ -78,7 +87,7 @@ pub async fn run(cli: Cli) -> i32 {
         Some(CliCommand::Ping) => Command::Ping,
         Some(CliCommand::Cluster) => Command::Cluster,
     };
-    let mut client = match connect(&cli.addr, cli.timeout, cli.auth_token.as_deref()).await {
+    let mut client = match connect(&cli).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rcache: {e}");
@@ -95,11 +104,22 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 /// Connects, and authenticates when given a token.
-async fn connect(addr: &str, timeout: Duration, token: Option<&str>) -> Result<TextClient, String> {
-    let mut client = TextClient::connect(addr, timeout)
+async fn connect(cli: &Cli) -> Result<TextClient, String> {
+    let addr = cli.addr.as_str();
+    let pair = match (cli.tls_cert.as_deref(), cli.tls_key.as_deref()) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    let tls = match (&cli.tls_ca, pair) {
+        (Some(ca), pair) => Some(crate::tls::client_config(ca, pair)?),
+        (None, None) => None,
+        (None, Some(_)) => return Err("--tls-cert needs --tls-ca".into()),
+    };
+    let mut client = TextClient::connect_tls(addr, tls.as_ref(), cli.timeout)
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(token) = token {
+    if let Some(token) = &cli.auth_token {
         let auth = Command::Auth {
             token: Bytes::copy_from_slice(token.as_bytes()),
         };
@@ -242,8 +262,9 @@ fn parse_shell_line(line: &str) -> Option<Result<Command, String>> {
     })
 }
 
-async fn shell(addr: &str, timeout: Duration, token: Option<&str>) -> i32 {
-    let mut client = match connect(addr, timeout, token).await {
+async fn shell(cli: &Cli) -> i32 {
+    let addr = cli.addr.as_str();
+    let mut client = match connect(cli).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rcache: {e}");
@@ -282,7 +303,7 @@ async fn shell(addr: &str, timeout: Duration, token: Option<&str>) -> i32 {
             }
             Err(e) => {
                 eprintln!("rcache: {e}; reconnecting");
-                match TextClient::connect(addr, timeout).await {
+                match connect(cli).await {
                     Ok(c) => client = c,
                     Err(e) => {
                         eprintln!("rcache: {e}");

@@ -3,21 +3,21 @@
 //! pipeline requests while a reader matches responses in order.
 
 use super::text::closed;
-use super::{connect_tcp, ClientError, Dial};
+use super::{connect_stream, ClientError, Dial};
 use crate::net::Conn;
+use crate::net::Stream;
 use crate::protocol::link::{
     decode_response, encode_request, max_frame_bytes, read_frame, Request, RequestKind, Response,
     HELLO,
 };
 use crate::protocol::Limits;
-use crate::sys::TcpStream;
 use bytes::BytesMut;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 pub struct LinkConn {
-    conn: Conn<TcpStream>,
+    conn: Conn<Stream>,
     limits: Limits,
 }
 
@@ -31,7 +31,7 @@ impl LinkConn {
     ) -> Result<LinkConn, ClientError> {
         let limits = dial.limits;
         let deadline = Instant::now() + timeout;
-        let stream = connect_tcp(addr, timeout).await?;
+        let stream = connect_stream(addr, dial.tls.as_ref(), timeout).await?;
         let mut conn = Conn::new(stream);
         conn.wbuf.extend_from_slice(HELLO);
         conn.flush(timeout).await.map_err(|c| closed(c, timeout))?;
@@ -130,7 +130,7 @@ impl LinkConn {
 }
 
 pub struct LinkReader {
-    io: ReadHalf<TcpStream>,
+    io: ReadHalf<Stream>,
     rbuf: BytesMut,
     limits: Limits,
 }
@@ -153,7 +153,7 @@ impl LinkReader {
 }
 
 pub struct LinkWriter {
-    io: WriteHalf<TcpStream>,
+    io: WriteHalf<Stream>,
     wbuf: BytesMut,
 }
 

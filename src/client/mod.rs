@@ -58,6 +58,8 @@ impl ClientError {
 pub struct Dial {
     pub limits: crate::protocol::Limits,
     pub token: Option<crate::auth::Secret>,
+    /// TLS for links, when the daemon has `tls.ca`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Dial {
@@ -66,7 +68,38 @@ impl Dial {
         Dial {
             limits: server.limits,
             token: server.auth.clone(),
+            tls: server.tls.client.clone(),
         }
+    }
+}
+
+/// Opens a connection, in TLS when `tls` is given (the peer's certificate
+/// must name the host of `addr`), all within `timeout`.
+pub async fn connect_stream(
+    addr: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<crate::net::Stream, ClientError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tcp = connect_tcp(addr, timeout).await?;
+    let Some(config) = tls else {
+        return Ok(crate::net::Stream::Plain(tcp));
+    };
+    let name = crate::tls::server_name(addr).map_err(|reason| ClientError::Refused {
+        addr: addr.to_string(),
+        reason,
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+        Err(_) => Err(ClientError::ConnectTimeout {
+            addr: addr.to_string(),
+            timeout,
+        }),
+        Ok(Err(e)) => Err(ClientError::Refused {
+            addr: addr.to_string(),
+            reason: format!("TLS handshake failed: {e}"),
+        }),
+        Ok(Ok(stream)) => Ok(crate::net::Stream::Client(Box::new(stream))),
     }
 }
 

@@ -1,21 +1,30 @@
 //! A client of the text protocol: one connection, one request at a time.
 
-use super::{connect_tcp, ClientError};
+use super::{connect_stream, ClientError};
+use crate::net::Stream;
 use crate::net::{Closed, Conn};
 use crate::protocol::text::{encode_command, parse_reply};
 use crate::protocol::{Command, Reply};
-use crate::sys::TcpStream;
 use std::time::Duration;
 use tokio::time::Instant;
 
 pub struct TextClient {
-    conn: Conn<TcpStream>,
+    conn: Conn<Stream>,
     timeout: Duration,
 }
 
 impl TextClient {
     pub async fn connect(addr: &str, timeout: Duration) -> Result<TextClient, ClientError> {
-        let stream = connect_tcp(addr, timeout).await?;
+        TextClient::connect_tls(addr, None, timeout).await
+    }
+
+    /// Connects in TLS when given a client config.
+    pub async fn connect_tls(
+        addr: &str,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> Result<TextClient, ClientError> {
+        let stream = connect_stream(addr, tls, timeout).await?;
         Ok(TextClient {
             conn: Conn::new(stream),
             timeout,

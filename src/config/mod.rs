@@ -51,6 +51,31 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// The `[tls]` section (both daemons): PEM paths, and mutual TLS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub client_auth: bool,
+}
+
+impl RawTls {
+    fn files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+            client_auth: self.client_auth,
+        }
+    }
+}
+
 /// Keys both daemons take.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +96,8 @@ pub struct RawWorker {
     pub log_level: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
 }
 
 impl Default for RawWorker {
@@ -90,6 +117,7 @@ impl Default for RawWorker {
             anti_entropy_interval: "2s".into(),
             log_level: "info".into(),
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -112,6 +140,8 @@ pub struct RawOrchestrator {
     pub log_level: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
 }
 
 impl Default for RawOrchestrator {
@@ -131,6 +161,7 @@ impl Default for RawOrchestrator {
             workers: Vec::new(),
             log_level: "info".into(),
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -173,8 +204,9 @@ impl RawConfig for RawWorker {
         "anti_entropy_interval",
         "log_level",
         "auth_token",
+        "tls",
     ];
-    const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "max_memory", "log_level"];
+    const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "max_memory", "log_level", "tls"];
 }
 
 impl RawConfig for RawOrchestrator {
@@ -193,8 +225,9 @@ impl RawConfig for RawOrchestrator {
         "workers",
         "log_level",
         "auth_token",
+        "tls",
     ];
-    const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "workers", "log_level"];
+    const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "workers", "log_level", "tls"];
 }
 
 /// Merges defaults, the file, the environment and `flags` (only the flags
@@ -298,7 +331,19 @@ fn server(
     max_key_bytes: &Scalar,
     max_value_bytes: &Scalar,
     auth_token: Option<&str>,
+    tls: Option<&RawTls>,
 ) -> ServerConfig {
+    let tls = match tls.map(RawTls::files) {
+        None => crate::tls::Tls::default(),
+        Some(files) if files.is_off() => crate::tls::Tls::default(),
+        Some(files) => match files.load() {
+            Ok(tls) => tls,
+            Err(problems) => {
+                p.0.extend(problems);
+                crate::tls::Tls::default()
+            }
+        },
+    };
     if max_connections == 0 {
         p.push("max_connections", 0, "must be at least 1");
     }
@@ -326,6 +371,7 @@ fn server(
     });
     ServerConfig {
         auth,
+        tls,
         idle_timeout: p.duration("idle_timeout", idle_timeout, Duration::from_millis(10)),
         max_connections: max_connections.max(1) as usize,
         limits: Limits {
@@ -358,6 +404,7 @@ impl RawWorker {
             &self.max_key_bytes,
             &self.max_value_bytes,
             self.auth_token.as_deref(),
+            self.tls.as_ref(),
         );
         let compression = match self.compression.as_str() {
             "lz4" => true,
@@ -411,6 +458,7 @@ impl RawOrchestrator {
             &self.max_key_bytes,
             &self.max_value_bytes,
             self.auth_token.as_deref(),
+            self.tls.as_ref(),
         );
         let worker_timeout = p.duration(
             "worker_timeout",
@@ -604,6 +652,55 @@ flag_struct!(
     }
 );
 
+/// Flags of the `[tls]` keys (`--tls-cert` is `tls.cert`).
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct TlsFlags {
+    /// PEM certificate chain of the listener (with --tls-key: TLS on) [tls.cert]
+    #[arg(long)]
+    #[serde(rename = "cert", skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert [tls.key]
+    #[arg(long)]
+    #[serde(rename = "key", skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+    /// PEM CA that signs peers: links use TLS and verify them [tls.ca]
+    #[arg(long)]
+    #[serde(rename = "ca", skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    /// Require client certificates signed by --tls-ca; links present --tls-cert [tls.client_auth]
+    #[arg(long)]
+    #[serde(rename = "client_auth", skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth: Option<bool>,
+}
+
+impl TlsFlags {
+    fn given(&self) -> Option<&TlsFlags> {
+        let any = self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_ca.is_some()
+            || self.tls_client_auth.is_some();
+        any.then_some(self)
+    }
+}
+
+/// A worker's flags as figment merges them.
+#[derive(Serialize)]
+pub struct WorkerOverrides<'a> {
+    #[serde(flatten)]
+    pub flags: &'a WorkerFlags,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'a TlsFlags>,
+}
+
+impl<'a> WorkerOverrides<'a> {
+    pub fn new(flags: &'a WorkerFlags, tls: &'a TlsFlags) -> WorkerOverrides<'a> {
+        WorkerOverrides {
+            flags,
+            tls: tls.given(),
+        }
+    }
+}
+
 /// The orchestrator's flags plus the positional workers, as figment merges them.
 #[derive(Serialize)]
 pub struct OrchestratorOverrides<'a> {
@@ -611,6 +708,22 @@ pub struct OrchestratorOverrides<'a> {
     pub flags: &'a OrchestratorFlags,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<Vec<Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'a TlsFlags>,
+}
+
+impl<'a> OrchestratorOverrides<'a> {
+    pub fn new(
+        flags: &'a OrchestratorFlags,
+        workers: Option<Vec<Vec<String>>>,
+        tls: &'a TlsFlags,
+    ) -> OrchestratorOverrides<'a> {
+        OrchestratorOverrides {
+            flags,
+            workers,
+            tls: tls.given(),
+        }
+    }
 }
 
 /// Renders a raw config as TOML for `--print-config` (the token redacted).
@@ -649,10 +762,12 @@ mod tests {
         // None by default, so not serialized.
         worker.push("partner".into());
         worker.push("auth_token".into());
+        worker.push("tls".into());
         worker.sort();
         assert_eq!(worker, sorted(RawWorker::KEYS));
         let mut orchestrator = keys::<RawOrchestrator>();
         orchestrator.push("auth_token".into());
+        orchestrator.push("tls".into());
         orchestrator.sort();
         assert_eq!(orchestrator, sorted(RawOrchestrator::KEYS));
     }

@@ -1,7 +1,7 @@
 //! The daemons' command lines (parsed by the thin `bin/` mains; here so the
 //! man pages are generated from the same definitions).
 
-use crate::config::{CommonFlags, OrchestratorFlags, WorkerFlags};
+use crate::config::{CommonFlags, OrchestratorFlags, TlsFlags, WorkerFlags};
 
 #[derive(clap::Parser)]
 #[command(
@@ -17,6 +17,8 @@ pub struct WorkerArgs {
     pub common: CommonFlags,
     #[command(flatten)]
     pub flags: WorkerFlags,
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 #[derive(clap::Parser)]
@@ -34,6 +36,8 @@ pub struct OrchestratorArgs {
     pub common: CommonFlags,
     #[command(flatten)]
     pub flags: OrchestratorFlags,
+    #[command(flatten)]
+    pub tls: TlsFlags,
     /// Workers as <ip> <port> pairs, overriding the `workers` key.
     #[arg(value_name = "IP PORT")]
     pub workers: Vec<String>,

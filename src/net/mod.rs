@@ -5,6 +5,10 @@
 //! Nothing here knows what a command does: a [`Service`] executes it. The
 //! stream type is generic so TLS wraps a socket without touching the drivers.
 
+pub mod stream;
+
+pub use stream::Stream;
+
 use crate::metrics::{Op, Outcome, ServerMetrics};
 use crate::protocol::text::{encode_reply, TextDecoder};
 use crate::protocol::{Command, ErrorCode, Limits, Reply};
@@ -35,6 +39,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// When set, a connection must present this token before anything else.
     pub auth: Option<crate::auth::Secret>,
+    /// The listener's TLS and the links' (see [`crate::tls`]).
+    pub tls: crate::tls::Tls,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +50,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             limits: Limits::default(),
             auth: None,
+            tls: crate::tls::Tls::default(),
         }
     }
 }
@@ -167,6 +174,44 @@ pub async fn serve<H: Handler>(
         .is_err()
     {
         tracing::warn!("connections still open after the drain deadline; closing them");
+    }
+}
+
+/// Wraps an accepted connection in TLS when the listener has a
+/// certificate. A client that speaks plaintext to a TLS port is told so in
+/// plaintext (`1||TLS required on this port`) and hung up on; a handshake
+/// has [`crate::tls::HANDSHAKE_TIMEOUT`] to finish.
+pub async fn secure(mut stream: TcpStream, config: &ServerConfig) -> Result<Stream, Closed> {
+    /// Every TLS connection starts with a handshake record.
+    const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+    let Some(server) = &config.tls.server else {
+        return Ok(Stream::Plain(stream));
+    };
+    let deadline = Instant::now() + crate::tls::HANDSHAKE_TIMEOUT;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Err(_) => return Err(Closed::Idle),
+        Ok(Ok(0)) => return Err(Closed::Eof),
+        Ok(Err(e)) => return Err(Closed::Io(e)),
+        Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                stream.write_all(b"1||TLS required on this port\n"),
+            )
+            .await;
+            let _ = stream.shutdown().await;
+            return Err(Closed::Eof);
+        }
+        Ok(Ok(_)) => {}
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Err(_) => Err(Closed::Idle),
+        Ok(Ok(tls)) => Ok(Stream::Server(Box::new(tls))),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            Err(Closed::Io(e))
+        }
     }
 }
 

@@ -35,7 +35,7 @@ pub fn spawn_probe(
 
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
-    dial: crate::client::Dial,
+    dial: Arc<arc_swap::ArcSwap<crate::client::Dial>>,
     interval: Duration,
     timeout: Duration,
     failures_to_down: u32,
@@ -43,9 +43,12 @@ pub struct ProbeSettings {
 }
 
 impl ProbeSettings {
-    pub fn from_config(config: &OrchestratorConfig) -> ProbeSettings {
+    pub fn from_config(
+        config: &OrchestratorConfig,
+        dial: Arc<arc_swap::ArcSwap<crate::client::Dial>>,
+    ) -> ProbeSettings {
         ProbeSettings {
-            dial: crate::client::Dial::from_server(&config.server),
+            dial,
             interval: config.health_interval,
             timeout: config.health_timeout,
             failures_to_down: config.health_failures,
@@ -76,7 +79,7 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
         }
         let result = async {
             if link.is_none() {
-                link = Some(LinkConn::connect(&backend.addr, &dial, timeout).await?);
+                link = Some(LinkConn::connect(&backend.addr, &dial.load(), timeout).await?);
             }
             match link.as_mut() {
                 Some(l) => l.call(&Request::Status, timeout).await,

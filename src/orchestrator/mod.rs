@@ -83,9 +83,12 @@ enum WriteOutcome {
 
 impl Router {
     pub fn new(config: &OrchestratorConfig) -> Router {
+        let dial = Arc::new(ArcSwap::from_pointee(crate::client::Dial::from_server(
+            &config.server,
+        )));
         let settings = LinkSettings {
             limits: config.server.limits,
-            token: config.server.auth.clone(),
+            dial: dial.clone(),
             connect_timeout: config.worker_timeout,
             keepalive: (config.server.idle_timeout / 2).min(pool::KEEPALIVE_MAX),
             max_hint_bytes: config.max_hint_bytes,
@@ -104,7 +107,7 @@ impl Router {
             topology: ArcSwap::from_pointee(Topology { pairs }),
             clock: Clock::with_random_node(),
             worker_timeout: config.worker_timeout,
-            probe: health::ProbeSettings::from_config(config),
+            probe: health::ProbeSettings::from_config(config, dial),
             probing: std::sync::Mutex::new(None),
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
@@ -147,6 +150,11 @@ impl Router {
     pub fn reload(&self, new: &OrchestratorConfig) {
         let mut server = ServerConfig::clone(&self.live.load());
         server.idle_timeout = new.server.idle_timeout;
+        // Certificates read again: new connections and links use them.
+        server.tls = new.server.tls.clone();
+        self.settings
+            .dial
+            .store(Arc::new(crate::client::Dial::from_server(&server)));
         self.live.store(Arc::new(server));
         let probing = self.probing();
         let old = self.topology();
@@ -433,8 +441,12 @@ struct ClientHandler {
 
 impl Handler for ClientHandler {
     async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) -> Closed {
-        let mut conn = Conn::new(stream);
         let router = &self.router;
+        let stream = match net::secure(stream, &router.live.load()).await {
+            Ok(s) => s,
+            Err(closed) => return closed,
+        };
+        let mut conn = Conn::new(stream);
         net::serve_text(
             &mut conn,
             &**router,

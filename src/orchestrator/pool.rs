@@ -98,8 +98,8 @@ impl Health {
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
     pub limits: Limits,
-    /// The cluster's token, presented on every link.
-    pub token: Option<crate::auth::Secret>,
+    /// Token and TLS for new links (a reload swaps in new certificates).
+    pub dial: Arc<arc_swap::ArcSwap<crate::client::Dial>>,
     pub connect_timeout: Duration,
     pub keepalive: Duration,
     /// Bytes of hints kept for this worker.
@@ -499,10 +499,7 @@ async fn run_link(addr: String, settings: LinkSettings, mut rx: mpsc::Receiver<P
         // Connect on demand, with no backoff: requests to a worker believed
         // down are not waited on, and a write that finds the worker back
         // must reach it (a refilling worker needs every live write).
-        let dial = crate::client::Dial {
-            limits: settings.limits,
-            token: settings.token.clone(),
-        };
+        let dial = settings.dial.load_full();
         match LinkConn::connect(&addr, &dial, settings.connect_timeout).await {
             Ok(link) => run_connected(link, first, &mut rx, &settings).await,
             Err(e) => {
@@ -642,7 +639,7 @@ mod tests {
     fn backend_with_room(max_hint_bytes: usize) -> Arc<Backend> {
         let settings = LinkSettings {
             limits: Limits::default(),
-            token: None,
+            dial: Default::default(),
             connect_timeout: Duration::from_millis(100),
             keepalive: Duration::from_secs(10),
             max_hint_bytes,

@@ -99,6 +99,8 @@ impl Worker {
     pub fn reload(&self, new: &WorkerConfig) {
         let mut server = ServerConfig::clone(&self.live.load());
         server.idle_timeout = new.server.idle_timeout;
+        // Certificates read again: new connections use them.
+        server.tls = new.server.tls.clone();
         self.live.store(Arc::new(server));
         self.store.set_max_memory(new.store.max_memory_bytes);
     }
@@ -260,6 +262,10 @@ struct WorkerHandler {
 impl Handler for WorkerHandler {
     async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) -> Closed {
         let worker = &self.worker;
+        let stream = match net::secure(stream, &worker.live.load()).await {
+            Ok(s) => s,
+            Err(closed) => return closed,
+        };
         let mut conn = Conn::new(stream);
         // The first byte tells the protocol: a link hello, or a text request.
         let idle = worker.live.load().idle_timeout;

@@ -386,3 +386,105 @@ pub fn shipped_queries() -> Vec<String> {
     );
     queries
 }
+
+/// A test CA and one certificate it signed for 127.0.0.1 and localhost
+/// (server and client use), made with openssl(1).
+pub struct Pki {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let dir = log_dir().join(format!("pki-{name}"));
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        let p = |f: &str| dir.join(f).display().to_string();
+        std::fs::write(
+            p("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n\
+             basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n",
+        )
+        .expect("ext.cnf");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl is installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+        let (node_key, node_csr, node_pem, ext) =
+            (p("node.key"), p("node.csr"), p("node.pem"), p("ext.cnf"));
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let subject = format!("/CN=rcache test CA {name}");
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca_pem,
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&ca);
+        let mut csr = vec!["req"];
+        csr.extend(ec);
+        csr.extend([
+            "-keyout",
+            &node_key,
+            "-out",
+            &node_csr,
+            "-subj",
+            "/CN=rcache node",
+        ]);
+        run(&csr);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &node_csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &node_pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+        Pki {
+            ca: p("ca.pem"),
+            cert: p("node.pem"),
+            key: p("node.key"),
+        }
+    }
+
+    /// The `[tls]` section of a config that uses this PKI.
+    pub fn toml(&self, client_auth: bool) -> String {
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nclient_auth = {client_auth}\n",
+            self.cert, self.key, self.ca
+        )
+    }
+}
