@@ -8,6 +8,7 @@
 //! partners. Decoders are pure functions over buffers: "need more bytes" is
 //! `Ok(None)`, never an error, and no input makes them panic.
 
+pub mod fuzzing;
 pub mod link;
 pub mod text;
 

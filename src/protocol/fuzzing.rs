@@ -1,0 +1,102 @@
+//! Entry points for fuzzing the decoders with arbitrary bytes, shared by the
+//! cargo-fuzz targets (`fuzz/`) and the test that replays their corpus
+//! (`tests/fuzz_corpus.rs`). Each must return for any input, never panic,
+//! and keep its invariants (checked with asserts: a failed one is a bug the
+//! fuzzer reports).
+
+use super::link::{decode_request, decode_response, read_frame, Request, RequestKind, Response};
+use super::text::{encode_reply, TextDecoder};
+use super::{Command, Limits, Reply};
+use bytes::BytesMut;
+
+fn limits() -> Limits {
+    Limits {
+        max_key_bytes: 64,
+        max_value_bytes: 512,
+    }
+}
+
+/// The text protocol as a server reads it: `data` arrives in pieces whose
+/// sizes come from the data itself; every request either decodes or is an
+/// error, and the buffer never holds more than one maximal line.
+pub fn text_stream(data: &[u8]) {
+    let limits = limits();
+    let mut decoder = TextDecoder::new(limits);
+    let max_line = decoder.max_line();
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let take = 1 + (rest[0] as usize * 7) % 97;
+        let (piece, tail) = rest.split_at(take.min(rest.len()));
+        rest = tail;
+        buf.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(command)) => {
+                    if let Command::Set { key, value, .. } = &command {
+                        assert!(key.len() <= limits.max_key_bytes);
+                        assert!(value.len() <= limits.max_value_bytes);
+                    }
+                }
+                Err(error) => encode_reply(&Reply::Error(error), &mut out),
+            }
+        }
+        assert!(
+            buf.len() <= max_line + 1,
+            "the decoder kept {} bytes (limit {max_line})",
+            buf.len()
+        );
+    }
+}
+
+/// The link protocol as both ends read it: frames cut from `data`, each
+/// decoded as a request and as a response to every kind of request; the
+/// entries of refill chunks are applied to a small store (lz4 included),
+/// which must stay within its memory limit.
+pub fn link_stream(data: &[u8]) {
+    let limits = limits();
+    let max = super::link::max_frame_bytes(&limits);
+    let mut buf = BytesMut::from(data);
+    let store = crate::worker::store::Store::new(crate::worker::store::StoreConfig {
+        max_memory_bytes: 1 << 20,
+        ..Default::default()
+    });
+    while let Ok(Some(frame)) = read_frame(&mut buf, max) {
+        if let Ok(request) = decode_request(frame.clone(), &limits) {
+            // What decodes re-encodes to the same request.
+            let mut again = BytesMut::new();
+            super::link::encode_request(&request, &mut again);
+            let reread = read_frame(&mut again, max)
+                .ok()
+                .flatten()
+                .map(|f| decode_request(f, &limits));
+            assert_eq!(reread, Some(Ok(request.clone())), "request round trip");
+            if let Request::Apply { entries, .. } = &request {
+                for entry in entries {
+                    let _ = store.apply(entry);
+                }
+            }
+        }
+        for kind in [
+            RequestKind::Auth,
+            RequestKind::Get,
+            RequestKind::Set,
+            RequestKind::Del,
+            RequestKind::Ping,
+            RequestKind::Status,
+            RequestKind::Refill,
+            RequestKind::Digest,
+            RequestKind::Sync,
+            RequestKind::Apply,
+        ] {
+            if let Ok(Response::Chunk(entries)) = decode_response(frame.clone(), kind, &limits) {
+                for entry in &entries {
+                    let _ = store.apply(entry);
+                }
+            }
+        }
+    }
+    assert!(store.usage().charged_bytes <= 1 << 20);
+}
