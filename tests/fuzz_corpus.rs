@@ -5,14 +5,14 @@
 
 use bytes::{Bytes, BytesMut};
 use rcache::protocol::fuzzing::{link_stream, text_stream};
-use rcache::protocol::link::{
-    encode_request, encode_response, Entry, Request, Response, Summary,
-};
+use rcache::protocol::link::{encode_request, encode_response, Entry, Request, Response, Summary};
 use rcache::zipf::Rng;
 use std::path::Path;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| std::fs::read(e.expect("entry").path()).expect("read"))
@@ -85,8 +85,16 @@ fn link_sample() -> Vec<u8> {
     for r in [
         Request::Auth { token: b("t") },
         Request::Get { key: b("k") },
-        Request::Set { version: 1, ttl_ms: 0, key: b("k"), value: b("v") },
-        Request::Del { version: 2, key: b("k") },
+        Request::Set {
+            version: 1,
+            ttl_ms: 0,
+            key: b("k"),
+            value: b("v"),
+        },
+        Request::Del {
+            version: 2,
+            key: b("k"),
+        },
         Request::Ping,
         Request::Status,
         Request::Refill,
@@ -95,9 +103,16 @@ fn link_sample() -> Vec<u8> {
             buckets: vec![1, 2],
             after: Bytes::new(),
             upto: b("z"),
-            summaries: vec![Summary { key: b("k"), version: 3, tombstone: true }],
+            summaries: vec![Summary {
+                key: b("k"),
+                version: 3,
+                tombstone: true,
+            }],
         },
-        Request::Apply { last: true, entries: vec![entry.clone()] },
+        Request::Apply {
+            last: true,
+            entries: vec![entry.clone()],
+        },
     ] {
         encode_request(&r, &mut out);
     }
