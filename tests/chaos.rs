@@ -8,7 +8,7 @@
 mod common;
 
 use common::chaos::{await_convergence, check, loopback, seed, worker_status, Conn, Load, Rng};
-use common::{free_port, orchestrator, worker, worker_starting, Daemon};
+use common::{free_port, orchestrator, secure, worker, worker_starting, Daemon};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
@@ -207,17 +207,20 @@ fn two_orchestrators_writing_the_same_keys_converge() {
 
 /// Writes `n` entries straight to a worker, pipelined.
 fn fill(port: u16, n: usize, value_bytes: usize) {
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let (io, _sock) = secure::dial(&format!("127.0.0.1:{port}")).expect("connect");
+    let mut reader = BufReader::new(io);
     let value = "x".repeat(value_bytes);
-    let mut writer = stream;
     let batch = 10_000;
     for start in (0..n).step_by(batch) {
         let mut out = String::new();
         for i in start..(start + batch).min(n) {
             out.push_str(&format!("set||fill:{i:08}||{value}\n"));
         }
-        writer.write_all(out.as_bytes()).expect("write");
+        let writer = reader.get_mut();
+        writer
+            .write_all(out.as_bytes())
+            .and_then(|_| writer.flush())
+            .expect("write");
         for _ in start..(start + batch).min(n) {
             let mut line = String::new();
             reader.read_line(&mut line).expect("read");

@@ -10,7 +10,6 @@
 use rcache::orchestrator::placement;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,7 +33,7 @@ pub fn seed(test: &str) -> u64 {
 /// A text-protocol connection that reports I/O errors instead of panicking.
 pub struct Conn {
     addr: String,
-    io: Option<(TcpStream, BufReader<TcpStream>)>,
+    io: Option<BufReader<Box<dyn super::secure::ReadWrite>>>,
 }
 
 impl Conn {
@@ -45,17 +44,15 @@ impl Conn {
     /// One request, one response line (without its newline).
     pub fn req(&mut self, line: &str) -> Result<String, String> {
         if self.io.is_none() {
-            let s = TcpStream::connect(&self.addr).map_err(|e| format!("connect: {e}"))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| e.to_string())?;
-            let _ = s.set_nodelay(true);
-            let r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
-            self.io = Some((s, r));
+            let (io, _sock) = super::secure::dial(&self.addr)?;
+            self.io = Some(BufReader::new(io));
         }
         let result = match self.io.as_mut() {
-            Some((s, r)) => {
+            Some(r) => {
                 let mut out = String::new();
-                s.write_all(format!("{line}\n").as_bytes())
+                let w = r.get_mut();
+                w.write_all(format!("{line}\n").as_bytes())
+                    .and_then(|_| w.flush())
                     .and_then(|_| r.read_line(&mut out))
                     .map_err(|e| e.to_string())
                     .and_then(|n| {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod secure;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -76,6 +77,9 @@ impl Daemon {
         if is_daemon && !args.iter().any(|a| a.starts_with("--metrics-listen")) {
             args.push("--metrics-listen".into());
             args.push("127.0.0.1:0".into());
+        }
+        if is_daemon && secure::on() && !args.iter().any(|a| a == "--config") {
+            args.extend(secure::daemon_args());
         }
         let mut child = Command::new(bin)
             .args(&args)
@@ -244,29 +248,29 @@ pub fn orchestrator_on(port: u16, workers: &[u16], extra: &[&str]) -> Daemon {
 
 /// A blocking text-protocol client.
 pub struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    /// The socket underneath (for timeouts).
+    sock: TcpStream,
+    io: BufReader<Box<dyn secure::ReadWrite>>,
 }
 
 impl Client {
     pub fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
-        Client { stream, reader }
+        let (io, sock) =
+            secure::dial(&format!("127.0.0.1:{port}")).unwrap_or_else(|e| panic!("{e}"));
+        Client {
+            sock,
+            io: BufReader::new(io),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
+        let w = self.io.get_mut();
+        w.write_all(bytes).and_then(|_| w.flush()).expect("write");
     }
 
     pub fn read_line(&mut self) -> String {
         let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .expect("read a response line");
+        self.io.read_line(&mut line).expect("read a response line");
         assert!(line.ends_with('\n'), "connection closed; got {line:?}");
         line.pop();
         line
@@ -280,11 +284,22 @@ impl Client {
 
     /// True when the server closed the connection (EOF within the timeout).
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        self.stream
-            .set_read_timeout(Some(timeout))
-            .expect("timeout");
+        self.sock.set_read_timeout(Some(timeout)).expect("timeout");
         let mut buf = [0u8; 64];
-        matches!(self.reader.read(&mut buf), Ok(0))
+        match self.io.read(&mut buf) {
+            Ok(n) => n == 0,
+            // Still open: nothing came within the timeout.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                false
+            }
+            // A TLS peer may close without close_notify, a reset is a close.
+            Err(_) => true,
+        }
     }
 }
 
