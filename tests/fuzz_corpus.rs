@@ -3,7 +3,10 @@
 //! streams: the ordinary test suite catches a decoder panic even where
 //! cargo-fuzz does not run. The seed is printed; `RCACHE_SEED=N` replays.
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
+use common::chaos::seed;
 use rcache::protocol::fuzzing::{link_stream, text_stream};
 use rcache::protocol::link::{encode_request, encode_response, Entry, Request, Response, Summary};
 use rcache::zipf::Rng;
@@ -20,20 +23,6 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     assert!(!inputs.is_empty(), "no corpus in {}", dir.display());
     inputs.sort();
     inputs
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("RCACHE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("seed {seed} (replay with RCACHE_SEED={seed})");
-    seed
 }
 
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
@@ -127,7 +116,7 @@ fn the_text_corpus_and_its_mutations_decode_without_panics() {
     for input in &inputs {
         text_stream(input);
     }
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(seed("text corpus"));
     for _ in 0..20_000 {
         let base = &inputs[rng.below(inputs.len() as u64) as usize];
         text_stream(&mutate(&mut rng, base));
@@ -141,7 +130,7 @@ fn the_link_corpus_and_its_mutations_decode_without_panics() {
     for input in &inputs {
         link_stream(input);
     }
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(seed("link corpus"));
     for _ in 0..5_000 {
         let base = &inputs[rng.below(inputs.len() as u64) as usize];
         link_stream(&mutate(&mut rng, base));

@@ -172,16 +172,7 @@ fn garbage_truncated_frames_and_invalid_utf8_hurt_nothing() {
     let (a, b) = pair(&[]);
     let o = orchestrator(&[a.port, b.port], &[]);
     let intact = known_data(o.port);
-    let seed = std::env::var("RCACHE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    println!("garbage seed {seed} (replay with RCACHE_SEED={seed})");
+    let seed = common::chaos::seed("garbage");
     let mut rng = rcache::zipf::Rng::new(seed);
     for port in [o.port, a.port] {
         for _ in 0..20 {
