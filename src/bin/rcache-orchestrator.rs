@@ -33,7 +33,7 @@ fn main() {
                 }
             };
             let router = bound.router.clone();
-            let metrics = match rcache::metrics::spawn(
+            let metrics = match rcache::metrics::spawn_or_exit(
                 &config.metrics_listen,
                 router.clone(),
                 ctx.shutdown.clone(),
@@ -41,10 +41,7 @@ fn main() {
             .await
             {
                 Ok(addr) => addr,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return EXIT_RUNTIME;
-                }
+                Err(code) => return code,
             };
             let r = router.clone();
             notify::spawn_status(move || (r.status_line(), false), ctx.shutdown.clone());

@@ -27,7 +27,7 @@ fn main() {
                 }
             };
             let worker = bound.worker.clone();
-            let metrics = match rcache::metrics::spawn(
+            let metrics = match rcache::metrics::spawn_or_exit(
                 &config.metrics_listen,
                 worker.clone(),
                 ctx.shutdown.clone(),
@@ -35,10 +35,7 @@ fn main() {
             .await
             {
                 Ok(addr) => addr,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return EXIT_RUNTIME;
-                }
+                Err(code) => return code,
             };
             let w = worker.clone();
             notify::spawn_status(

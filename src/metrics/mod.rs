@@ -295,6 +295,18 @@ pub async fn spawn(
     Ok(local)
 }
 
+/// [`spawn`] for a daemon's `run`: logs a failure and gives the exit status.
+pub async fn spawn_or_exit(
+    address: &str,
+    exporter: std::sync::Arc<dyn Exporter>,
+    shutdown: crate::net::Shutdown,
+) -> Result<std::net::SocketAddr, i32> {
+    spawn(address, exporter, shutdown).await.map_err(|e| {
+        tracing::error!("{e}");
+        crate::daemon::EXIT_RUNTIME
+    })
+}
+
 /// The registry's content in the text exposition format.
 pub fn render(exporter: &dyn Exporter) -> String {
     // One scrape at a time: `refresh` reads and then adds to counters

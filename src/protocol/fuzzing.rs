@@ -79,18 +79,7 @@ pub fn link_stream(data: &[u8]) {
                 }
             }
         }
-        for kind in [
-            RequestKind::Auth,
-            RequestKind::Get,
-            RequestKind::Set,
-            RequestKind::Del,
-            RequestKind::Ping,
-            RequestKind::Status,
-            RequestKind::Refill,
-            RequestKind::Digest,
-            RequestKind::Sync,
-            RequestKind::Apply,
-        ] {
+        for kind in RequestKind::ALL {
             if let Ok(Response::Chunk(entries)) = decode_response(frame.clone(), kind, &limits) {
                 for entry in &entries {
                     let _ = store.apply(entry);

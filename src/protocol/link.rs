@@ -740,6 +740,22 @@ pub enum RequestKind {
     Apply,
 }
 
+impl RequestKind {
+    /// Every kind, for code that must try them all (decoders under test).
+    pub const ALL: [RequestKind; 10] = [
+        RequestKind::Auth,
+        RequestKind::Get,
+        RequestKind::Set,
+        RequestKind::Del,
+        RequestKind::Ping,
+        RequestKind::Status,
+        RequestKind::Refill,
+        RequestKind::Digest,
+        RequestKind::Sync,
+        RequestKind::Apply,
+    ];
+}
+
 impl Request {
     pub fn kind(&self) -> RequestKind {
         match self {
@@ -962,17 +978,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let kinds = [
-            RequestKind::Get,
-            RequestKind::Set,
-            RequestKind::Del,
-            RequestKind::Ping,
-            RequestKind::Status,
-            RequestKind::Refill,
-            RequestKind::Digest,
-            RequestKind::Sync,
-            RequestKind::Apply,
-        ];
+        let kinds = RequestKind::ALL;
         for _ in 0..50_000 {
             let len = (next() % 48) as usize;
             let mut frame: Vec<u8> = (0..len).map(|_| next() as u8).collect();
