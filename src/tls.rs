@@ -92,8 +92,9 @@ fn roots(path: &str) -> Result<Arc<RootCertStore>, String> {
 }
 
 impl TlsFiles {
+    /// Nothing set at all (`client_auth` alone is an error, not "off").
     pub fn is_off(&self) -> bool {
-        self.cert.is_none() && self.key.is_none() && self.ca.is_none()
+        self.cert.is_none() && self.key.is_none() && self.ca.is_none() && !self.client_auth
     }
 
     /// Reads the files and builds the configs; problems as `key: reason`.

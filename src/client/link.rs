@@ -171,7 +171,15 @@ impl LinkWriter {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(timeout, self.io.write_all(&self.wbuf)).await {
+        // The flush matters under TLS: the encrypting layer may hold
+        // written bytes until flushed.
+        let io = &mut self.io;
+        let wbuf = &self.wbuf;
+        let write = async move {
+            io.write_all(wbuf).await?;
+            io.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
             Err(_) => Err(ClientError::Timeout(timeout)),
             Ok(Err(e)) => Err(ClientError::Io(e)),
             Ok(Ok(())) => {

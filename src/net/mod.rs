@@ -303,7 +303,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(timeout, self.io.write_all(&self.wbuf)).await {
+        // The flush matters under TLS: the encrypting layer may hold
+        // written bytes until flushed.
+        let io = &mut self.io;
+        let wbuf = &self.wbuf;
+        let write = async move {
+            io.write_all(wbuf).await?;
+            io.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
             Err(_) => Err(Closed::Idle),
             Ok(Err(e)) => Err(Closed::Io(e)),
             Ok(Ok(())) => {
@@ -350,7 +358,10 @@ where
                     let reply = match &config.auth {
                         // A daemon without a token accepts any (SPEC).
                         None => Reply::Done,
-                        Some(secret) if secret.matches(&token) => {
+                        Some(secret)
+                            if token.len() <= crate::protocol::link::MAX_TOKEN_BYTES
+                                && secret.matches(&token) =>
+                        {
                             authenticated = true;
                             Reply::Done
                         }
