@@ -13,7 +13,7 @@ use crate::protocol::link::{
 use crate::protocol::Limits;
 use bytes::BytesMut;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 pub struct LinkConn {
@@ -171,14 +171,7 @@ impl LinkWriter {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        // The flush matters under TLS: the encrypting layer may hold
-        // written bytes until flushed.
-        let io = &mut self.io;
-        let wbuf = &self.wbuf;
-        let write = async move {
-            io.write_all(wbuf).await?;
-            io.flush().await
-        };
+        let write = crate::net::write_flushed(&mut self.io, &self.wbuf);
         match tokio::time::timeout(timeout, write).await {
             Err(_) => Err(ClientError::Timeout(timeout)),
             Ok(Err(e)) => Err(ClientError::Io(e)),

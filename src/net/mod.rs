@@ -245,6 +245,13 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
+/// Writes `buf` and flushes: under TLS the encrypting layer may hold
+/// written bytes until flushed.
+pub async fn write_flushed<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8]) -> io::Result<()> {
+    io.write_all(buf).await?;
+    io.flush().await
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 pub enum Closed {
@@ -303,15 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        // The flush matters under TLS: the encrypting layer may hold
-        // written bytes until flushed.
-        let io = &mut self.io;
-        let wbuf = &self.wbuf;
-        let write = async move {
-            io.write_all(wbuf).await?;
-            io.flush().await
-        };
-        match tokio::time::timeout(timeout, write).await {
+        match tokio::time::timeout(timeout, write_flushed(&mut self.io, &self.wbuf)).await {
             Err(_) => Err(Closed::Idle),
             Ok(Err(e)) => Err(Closed::Io(e)),
             Ok(Ok(())) => {
