@@ -79,6 +79,20 @@ fn link_sample() -> Vec<u8> {
             ttl_ms: 0,
             key: b("k"),
             value: b("v"),
+            when: rcache::protocol::SetWhen::Always,
+        },
+        Request::Set {
+            version: 3,
+            ttl_ms: 5,
+            key: b("k"),
+            value: b("w"),
+            when: rcache::protocol::SetWhen::Absent,
+        },
+        Request::Meta { key: b("k") },
+        Request::Expire {
+            version: 4,
+            ttl_ms: 9,
+            key: b("k"),
         },
         Request::Del {
             version: 2,

@@ -198,6 +198,7 @@ fn garbage_truncated_frames_and_invalid_utf8_hurt_nothing() {
                 ttl_ms: 0,
                 key: "known1".into(),
                 value: "overwritten".into(),
+                when: rcache::protocol::SetWhen::Always,
             },
             &mut frame,
         );

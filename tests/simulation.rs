@@ -200,6 +200,7 @@ async fn client(
                 key: key(k),
                 value: format!("v{op}").into(),
                 ttl: None,
+                when: rcache::protocol::SetWhen::Always,
             }
         } else if roll < 6 {
             Command::Del { key: key(k) }

@@ -5,7 +5,7 @@
 pub mod local;
 
 use crate::client::text::TextClient;
-use crate::protocol::{Command, Reply};
+use crate::protocol::{Command, Reply, SetWhen};
 use bytes::Bytes;
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -82,6 +82,7 @@ pub async fn run(mut cli: Cli) -> i32 {
             key: key.into(),
             value: value.into(),
             ttl: ttl.map(Duration::from_secs),
+            when: SetWhen::Always,
         },
         Some(CliCommand::Del { key }) => Command::Del { key: key.into() },
         Some(CliCommand::Ping) => Command::Ping,
@@ -153,6 +154,22 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
         }
         (_, Reply::Value(_) | Reply::Done) => {
             println!("OK");
+            0
+        }
+        (_, Reply::NotStored) => {
+            println!("not stored");
+            0
+        }
+        (_, Reply::Integer(n)) => {
+            println!("{n}");
+            0
+        }
+        (_, Reply::Values(values)) => {
+            let mut out = std::io::stdout().lock();
+            for v in values {
+                let _ = out.write_all(v.as_deref().unwrap_or(b"(nil)"));
+                let _ = out.write_all(b"\n");
+            }
             0
         }
         (_, Reply::Pong) => {
@@ -243,6 +260,7 @@ fn parse_shell_line(line: &str) -> Option<Result<Command, String>> {
             key,
             value: Bytes::copy_from_slice(tail.trim_start().as_bytes()),
             ttl: None,
+            when: SetWhen::Always,
         }),
         "setex" => need_key().and_then(|key| {
             let (ttl, value) = tail.trim_start().split_once(char::is_whitespace).unwrap_or((tail, ""));
@@ -251,6 +269,7 @@ fn parse_shell_line(line: &str) -> Option<Result<Command, String>> {
                 key,
                 value: Bytes::copy_from_slice(value.trim_start().as_bytes()),
                 ttl: Some(Duration::from_secs(ttl)),
+                when: SetWhen::Always,
             })
         }),
         "ping" => Ok(Command::Ping),
@@ -342,7 +361,8 @@ mod tests {
             Some(Ok(Command::Set {
                 key: "k".into(),
                 value: "hello  world".into(),
-                ttl: None
+                ttl: None,
+                when: SetWhen::Always,
             }))
         );
         assert_eq!(
@@ -350,7 +370,8 @@ mod tests {
             Some(Ok(Command::Set {
                 key: "k".into(),
                 value: "v".into(),
-                ttl: Some(Duration::from_secs(5))
+                ttl: Some(Duration::from_secs(5)),
+                when: SetWhen::Always,
             }))
         );
         assert_eq!(parse("get||k"), Some(Ok(Command::Get { key: "k".into() })));

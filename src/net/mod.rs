@@ -10,8 +10,10 @@ pub mod stream;
 pub use stream::Stream;
 
 use crate::metrics::{Op, Outcome, ServerMetrics};
+use crate::protocol::resp;
 use crate::protocol::text::{encode_reply, TextDecoder};
 use crate::protocol::{Command, ErrorCode, Limits, Reply};
+use bytes::Bytes;
 use crate::sys::{TcpListener, TcpStream};
 use bytes::BytesMut;
 use std::future::Future;
@@ -103,6 +105,12 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Executes client commands (the worker's store, the orchestrator's router).
 pub trait Service: Send + Sync + 'static {
+    /// Whether pipelined commands should run concurrently (they wait on
+    /// other hosts) rather than one after another (they finish at once).
+    const CONCURRENT: bool;
+    /// What `HELLO` reports as the server's role.
+    const ROLE: &'static str;
+
     fn call(&self, command: Command) -> impl Future<Output = Reply> + Send;
 }
 
@@ -321,13 +329,185 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Serves the text protocol on `conn` until the client leaves, idles past
-/// the timeout, or shutdown begins. `conn.rbuf` may already hold bytes
-/// read while detecting the protocol.
+/// Serves a client on `conn` in the protocol its first byte chooses: RESP2
+/// when it is `*`, the text protocol otherwise. `conn.rbuf` may already
+/// hold bytes read while detecting the protocol.
+pub async fn serve_client<S, Svc>(
+    conn: &mut Conn<S>,
+    service: &Svc,
+    live: &LiveConfig,
+    metrics: &ServerMetrics,
+    shutdown: &mut Shutdown,
+) -> Closed
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Svc: Service,
+{
+    if conn.rbuf.is_empty() {
+        let idle = live.load().idle_timeout;
+        if let Err(closed) = conn.fill(Instant::now() + idle, shutdown).await {
+            return closed;
+        }
+    }
+    if conn.rbuf.first() == Some(&resp::FIRST_BYTE) {
+        serve_resp(conn, service, live, metrics, shutdown).await
+    } else {
+        serve_text(conn, service, live, metrics, shutdown).await
+    }
+}
+
+/// Requests decoded from one read, executed together (see [`execute`]).
+const BATCH_MAX: usize = 256;
+
+/// Whether `token` opens a connection under `config` (a daemon without a
+/// token accepts any, SPEC).
+fn token_accepted(config: &ServerConfig, token: &[u8], metrics: &ServerMetrics) -> bool {
+    match &config.auth {
+        None => true,
+        Some(secret)
+            if token.len() <= crate::protocol::link::MAX_TOKEN_BYTES && secret.matches(token) =>
+        {
+            true
+        }
+        Some(_) => {
+            metrics.auth_failures.inc();
+            false
+        }
+    }
+}
+
+/// Executes `commands` and returns their replies in order.
 ///
-/// Every complete request in the buffer is executed before the replies are
-/// written with one write (pipelining). A request in progress when shutdown
-/// begins completes and is answered.
+/// A service whose commands wait on the network ([`Service::CONCURRENT`],
+/// the orchestrator) runs them concurrently, so a pipelining client keeps
+/// many requests in flight to the workers. Order is kept where it can be
+/// observed: a command that touches a key an earlier command of the batch
+/// touches, either of them writing, waits until the earlier ones are done.
+async fn execute<Svc: Service>(
+    service: &Svc,
+    commands: Vec<Command>,
+    metrics: &ServerMetrics,
+) -> Vec<Reply> {
+    let mut replies = Vec::with_capacity(commands.len());
+    if !Svc::CONCURRENT || commands.len() == 1 {
+        for command in commands {
+            let started = Instant::now();
+            let op = command_op(&command);
+            let reply = service.call(command).await;
+            metrics.observe(op, reply_outcome(&reply), started.elapsed());
+            replies.push(reply);
+        }
+        return replies;
+    }
+    let mut commands = commands.into_iter().peekable();
+    while commands.peek().is_some() {
+        // One segment: commands that do not conflict with each other.
+        let mut touched: Vec<(Bytes, bool)> = Vec::new();
+        let mut segment = Vec::new();
+        while let Some(next) = commands.peek() {
+            let (keys, writes) = command_keys(next);
+            let conflict = keys.iter().any(|k| {
+                touched
+                    .iter()
+                    .any(|(t, w)| (*w || writes) && t.as_ref() == k.as_ref())
+            });
+            if conflict && !segment.is_empty() {
+                break;
+            }
+            touched.extend(keys.into_iter().map(|k| (k, writes)));
+            if let Some(command) = commands.next() {
+                segment.push(command);
+            }
+        }
+        replies.extend(run_together(service, segment, metrics).await);
+    }
+    replies
+}
+
+/// Runs `commands` concurrently; replies in order.
+async fn run_together<Svc: Service>(
+    service: &Svc,
+    commands: Vec<Command>,
+    metrics: &ServerMetrics,
+) -> Vec<Reply> {
+    let started = Instant::now();
+    let ops: Vec<Op> = commands.iter().map(command_op).collect();
+    let calls = commands.into_iter().map(|c| service.call(c)).collect();
+    join_all_then(calls, |i, reply| {
+        metrics.observe(ops[i], reply_outcome(reply), started.elapsed());
+    })
+    .await
+}
+
+/// Runs `futures` concurrently on this task; their outputs in order.
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    join_all_then(futures, |_, _| {}).await
+}
+
+/// [`join_all`], calling `done(i, &output)` as each one finishes.
+async fn join_all_then<F: Future>(
+    futures: Vec<F>,
+    mut done: impl FnMut(usize, &F::Output),
+) -> Vec<F::Output> {
+    let mut running: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, future) in running.iter_mut().enumerate() {
+            if outputs[i].is_some() {
+                continue;
+            }
+            match future.as_mut().poll(cx) {
+                std::task::Poll::Ready(output) => {
+                    done(i, &output);
+                    outputs[i] = Some(output);
+                }
+                std::task::Poll::Pending => pending = true,
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// The keys a command touches, and whether it writes them.
+fn command_keys(command: &Command) -> (Vec<Bytes>, bool) {
+    match command {
+        Command::Get { key } | Command::Ttl { key } => (vec![key.clone()], false),
+        Command::Set { key, .. } | Command::Del { key } | Command::Expire { key, .. } => {
+            (vec![key.clone()], true)
+        }
+        Command::MGet { keys } | Command::Exists { keys } => (keys.clone(), false),
+        Command::DelMany { keys } => (keys.clone(), true),
+        Command::MSet { entries } => (entries.iter().map(|(k, _)| k.clone()).collect(), true),
+        Command::Ping
+        | Command::Auth { .. }
+        | Command::Exit
+        | Command::Cluster
+        | Command::DbSize
+        | Command::Info => (Vec::new(), false),
+    }
+}
+
+/// A reply of a batch, in the order of the requests.
+enum Slot<A> {
+    /// The reply to the batch's n-th executed command.
+    Run(usize),
+    /// Given without executing anything.
+    Ready(A),
+}
+
+/// Serves the text protocol on `conn` until the client leaves, idles past
+/// the timeout, or shutdown begins.
+///
+/// The complete requests of each read are executed as one batch (see
+/// [`execute`]) and their replies written with one write (pipelining). A
+/// request in progress when shutdown begins completes and is answered.
 pub async fn serve_text<S, Svc>(
     conn: &mut Conn<S>,
     service: &Svc,
@@ -344,50 +524,63 @@ where
     let mut last_request = Instant::now();
     let mut authenticated = false;
     loop {
+        let mut exit = false;
         loop {
-            let started = Instant::now();
-            let (op, reply) = match decoder.decode(&mut conn.rbuf) {
-                Ok(None) => break,
-                Ok(Some(Command::Exit)) => {
-                    metrics.observe(Op::Exit, Outcome::Ok, started.elapsed());
-                    let _ = conn.flush(config.idle_timeout).await;
-                    return Closed::Eof;
-                }
-                Ok(Some(Command::Auth { token })) => {
-                    let reply = match &config.auth {
-                        // A daemon without a token accepts any (SPEC).
-                        None => Reply::Done,
-                        Some(secret)
-                            if token.len() <= crate::protocol::link::MAX_TOKEN_BYTES
-                                && secret.matches(&token) =>
-                        {
-                            authenticated = true;
+            let mut slots: Vec<Slot<Reply>> = Vec::new();
+            let mut commands = Vec::new();
+            while slots.len() < BATCH_MAX {
+                let decoded = decoder.decode(&mut conn.rbuf);
+                let ready = match decoded {
+                    Ok(None) => break,
+                    Ok(Some(Command::Exit)) => {
+                        metrics.observe(Op::Exit, Outcome::Ok, Duration::ZERO);
+                        exit = true;
+                        break;
+                    }
+                    Ok(Some(Command::Auth { token })) => {
+                        authenticated = token_accepted(&config, &token, metrics);
+                        let reply = if authenticated {
                             Reply::Done
-                        }
-                        Some(_) => {
-                            authenticated = false;
-                            metrics.auth_failures.inc();
+                        } else {
                             Reply::error(ErrorCode::Auth, "invalid token")
-                        }
-                    };
-                    (Op::Auth, reply)
-                }
-                Ok(Some(command)) if config.auth.is_some() && !authenticated => (
-                    command_op(&command),
-                    Reply::error(
-                        ErrorCode::Auth,
-                        "authentication required: send auth||<token> first",
-                    ),
-                ),
-                Ok(Some(command)) => {
-                    let op = command_op(&command);
-                    (op, service.call(command).await)
-                }
-                Err(error) => (Op::Invalid, Reply::Error(error)),
-            };
+                        };
+                        metrics.observe(Op::Auth, reply_outcome(&reply), Duration::ZERO);
+                        reply
+                    }
+                    Ok(Some(command)) if config.auth.is_some() && !authenticated => {
+                        let reply = Reply::error(
+                            ErrorCode::Auth,
+                            "authentication required: send auth||<token> first",
+                        );
+                        metrics.observe(command_op(&command), Outcome::Error, Duration::ZERO);
+                        reply
+                    }
+                    Ok(Some(command)) => {
+                        slots.push(Slot::Run(commands.len()));
+                        commands.push(command);
+                        continue;
+                    }
+                    Err(error) => {
+                        metrics.observe(Op::Invalid, Outcome::Error, Duration::ZERO);
+                        Reply::Error(error)
+                    }
+                };
+                slots.push(Slot::Ready(ready));
+            }
+            if slots.is_empty() {
+                break;
+            }
+            let replies = execute(service, commands, metrics).await;
             last_request = Instant::now();
-            metrics.observe(op, reply_outcome(&reply), last_request - started);
-            encode_reply(&reply, &mut conn.wbuf);
+            for slot in &slots {
+                match slot {
+                    Slot::Run(i) => encode_reply(&replies[*i], &mut conn.wbuf),
+                    Slot::Ready(reply) => encode_reply(reply, &mut conn.wbuf),
+                }
+            }
+            if exit {
+                break;
+            }
             if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
                 if let Err(closed) = conn.flush(config.idle_timeout).await {
                     return closed;
@@ -397,6 +590,9 @@ where
         if let Err(closed) = conn.flush(config.idle_timeout).await {
             return closed;
         }
+        if exit {
+            return Closed::Eof;
+        }
         config = live.load_full();
         if let Err(closed) = conn
             .fill(last_request + config.idle_timeout, shutdown)
@@ -404,6 +600,156 @@ where
         {
             return closed;
         }
+    }
+}
+
+/// What Redis says to a command before `AUTH` on a connection that needs it.
+const NOAUTH: &str = "NOAUTH Authentication required.";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// Serves RESP2 on `conn`: the same batching as [`serve_text`], with
+/// Redis's replies. A framing error is answered and closes the connection
+/// (a RESP stream cannot be resynchronised); `QUIT` is answered `+OK`.
+pub async fn serve_resp<S, Svc>(
+    conn: &mut Conn<S>,
+    service: &Svc,
+    live: &LiveConfig,
+    metrics: &ServerMetrics,
+    shutdown: &mut Shutdown,
+) -> Closed
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Svc: Service,
+{
+    use resp::{Answer, RespRequest};
+    let mut config = live.load_full();
+    let mut decoder = resp::RespDecoder::new(config.limits);
+    let mut last_request = Instant::now();
+    let mut authenticated = false;
+    let error = |line: &'static str| Answer::Error(line.into());
+    loop {
+        let mut close = false;
+        loop {
+            let mut slots: Vec<Slot<Answer>> = Vec::new();
+            let mut commands = Vec::new();
+            let mut shapes = Vec::new();
+            while slots.len() < BATCH_MAX {
+                let open = config.auth.is_none() || authenticated;
+                let answer = match decoder.decode(&mut conn.rbuf) {
+                    Ok(None) => break,
+                    Err(e) => {
+                        metrics.observe(Op::Invalid, Outcome::Error, Duration::ZERO);
+                        close = true;
+                        Answer::Error(format!("ERR {e}").into())
+                    }
+                    Ok(Some(RespRequest::Quit)) => {
+                        metrics.observe(Op::Other, Outcome::Ok, Duration::ZERO);
+                        close = true;
+                        Answer::Ok
+                    }
+                    Ok(Some(RespRequest::Auth { token })) => {
+                        authenticated = token_accepted(&config, &token, metrics);
+                        let answer = if authenticated {
+                            Answer::Ok
+                        } else {
+                            error(WRONGPASS)
+                        };
+                        metrics.observe(Op::Auth, answer_outcome(&answer), Duration::ZERO);
+                        answer
+                    }
+                    Ok(Some(RespRequest::Hello { token })) => {
+                        let answer = match token {
+                            Some(token) => {
+                                authenticated = token_accepted(&config, &token, metrics);
+                                if authenticated {
+                                    Answer::Ok
+                                } else {
+                                    error(WRONGPASS)
+                                }
+                            }
+                            None if open => Answer::Ok,
+                            None => error(
+                                "NOAUTH HELLO must be called with the client already \
+                                 authenticated, otherwise the HELLO <proto> AUTH <user> <pass> \
+                                 option can be used to authenticate the client and select the \
+                                 RESP protocol version at the same time",
+                            ),
+                        };
+                        metrics.observe(Op::Other, answer_outcome(&answer), Duration::ZERO);
+                        if answer == Answer::Ok {
+                            let mut hello = BytesMut::new();
+                            resp::encode_hello(Svc::ROLE, &mut hello);
+                            Answer::Raw(hello.freeze())
+                        } else {
+                            answer
+                        }
+                    }
+                    Ok(Some(_)) if !open => {
+                        metrics.observe(Op::Invalid, Outcome::Error, Duration::ZERO);
+                        error(NOAUTH)
+                    }
+                    Ok(Some(RespRequest::Run(command, shape))) => {
+                        slots.push(Slot::Run(commands.len()));
+                        commands.push(command);
+                        shapes.push(shape);
+                        continue;
+                    }
+                    Ok(Some(RespRequest::Answer(answer))) => {
+                        let op = match answer {
+                            Answer::Pong => Op::Ping,
+                            Answer::Error(_) => Op::Invalid,
+                            _ => Op::Other,
+                        };
+                        metrics.observe(op, answer_outcome(&answer), Duration::ZERO);
+                        answer
+                    }
+                };
+                slots.push(Slot::Ready(answer));
+                if close {
+                    break;
+                }
+            }
+            if slots.is_empty() {
+                break;
+            }
+            let replies = execute(service, commands, metrics).await;
+            last_request = Instant::now();
+            for slot in &slots {
+                match slot {
+                    Slot::Run(i) => resp::encode_reply(&replies[*i], shapes[*i], &mut conn.wbuf),
+                    Slot::Ready(answer) => resp::encode_answer(answer, &mut conn.wbuf),
+                }
+            }
+            if close {
+                break;
+            }
+            if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
+                if let Err(closed) = conn.flush(config.idle_timeout).await {
+                    return closed;
+                }
+            }
+        }
+        if let Err(closed) = conn.flush(config.idle_timeout).await {
+            return closed;
+        }
+        if close {
+            let _ = conn.io.shutdown().await;
+            return Closed::Eof;
+        }
+        config = live.load_full();
+        if let Err(closed) = conn
+            .fill(last_request + config.idle_timeout, shutdown)
+            .await
+        {
+            return closed;
+        }
+    }
+}
+
+fn answer_outcome(answer: &resp::Answer) -> Outcome {
+    match answer {
+        resp::Answer::Error(_) => Outcome::Error,
+        _ => Outcome::Ok,
     }
 }
 
@@ -417,6 +763,14 @@ pub fn command_op(command: &Command) -> Op {
         Command::Auth { .. } => Op::Auth,
         Command::Exit => Op::Exit,
         Command::Cluster => Op::Cluster,
+        Command::MGet { .. } => Op::MGet,
+        Command::MSet { .. } => Op::MSet,
+        Command::DelMany { .. } => Op::Del,
+        Command::Exists { .. } => Op::Exists,
+        Command::Expire { .. } => Op::Expire,
+        Command::Ttl { .. } => Op::Ttl,
+        Command::DbSize => Op::DbSize,
+        Command::Info => Op::Info,
     }
 }
 

@@ -20,7 +20,7 @@ pub mod pool;
 
 use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service, Shutdown};
 use crate::protocol::link::{Request, Response};
-use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
+use crate::protocol::{Command, ErrorCode, ErrorReply, Reply, SetWhen};
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
 use arc_swap::ArcSwap;
@@ -247,6 +247,32 @@ impl Router {
     }
 
     async fn read(&self, key: Bytes) -> Reply {
+        match self.read_with(key.clone(), Request::Get { key }).await {
+            Ok(Response::Value { value, .. }) => Reply::Value(value),
+            Ok(Response::NotFound) => Reply::not_found(),
+            Ok(other) => Reply::error(
+                ErrorCode::Unavailable,
+                format!("unexpected answer {other:?}"),
+            ),
+            Err(e) => Reply::Error(e),
+        }
+    }
+
+    /// A key's version and remaining TTL, or `None` if it is missing.
+    async fn meta(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
+        match self.read_with(key.clone(), Request::Meta { key }).await? {
+            Response::Meta { ttl_ms, .. } => Ok(Some(ttl_ms)),
+            Response::NotFound => Ok(None),
+            other => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("unexpected answer {other:?}"),
+            )),
+        }
+    }
+
+    /// Sends a read (`Get`, `Meta`) for `key` to a worker of its pair,
+    /// failing over to the partner. `NotFound` is an answer, not an error.
+    async fn read_with(&self, key: Bytes, request: Request) -> Result<Response, ErrorReply> {
         let topology = self.topology();
         let slot = placement::locate(&key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
@@ -271,20 +297,13 @@ impl Router {
                     continue;
                 }
             }
-            match backend
-                .call(Request::Get { key: key.clone() }, worker_timeout)
-                .await
-            {
-                Ok(Response::Value { value, .. }) => return Reply::Value(value),
-                Ok(Response::NotFound) => return Reply::not_found(),
+            match backend.call(request.clone(), worker_timeout).await {
                 Ok(Response::Error(e)) if e.code == ErrorCode::Loading => {
                     backend.set_health(Health::Loading);
                     last_error = Some(e.message.into_owned());
                 }
-                Ok(Response::Error(e)) => return Reply::Error(e),
-                Ok(other) => {
-                    last_error = Some(format!("unexpected answer {other:?}"));
-                }
+                Ok(Response::Error(e)) => return Err(e),
+                Ok(response) => return Ok(response),
                 Err(e) => {
                     backend.report_failure(&e);
                     last_error = Some(e.to_string());
@@ -295,14 +314,14 @@ impl Router {
                 backend.metrics.failovers.inc();
             }
         }
-        Reply::error(
+        Err(ErrorReply::new(
             ErrorCode::Unavailable,
             format!(
                 "no worker of pair {} could serve the read ({})",
                 slot.pair,
                 last_error.unwrap_or_default()
             ),
-        )
+        ))
     }
 
     async fn write(&self, key: &[u8], request: Request) -> Result<Vec<Response>, ErrorReply> {
@@ -365,10 +384,30 @@ impl Router {
         if !stored.is_empty() {
             // Acknowledged: a worker that may lack it must not serve reads
             // until it has it. (A write nobody acknowledged is never
-            // hinted: the client was told it failed or is unknown.)
+            // hinted: the client was told it failed or is unknown.) A
+            // conditional set is hinted as what it did: nothing when its
+            // condition held nowhere, else an unconditional set of the
+            // same version.
+            let changed = stored.iter().any(|r| !matches!(r, Response::NotStored));
+            let hint = match request {
+                Request::Set {
+                    version,
+                    ttl_ms,
+                    key,
+                    value,
+                    ..
+                } => Request::Set {
+                    version,
+                    ttl_ms,
+                    key,
+                    value,
+                    when: SetWhen::Always,
+                },
+                other => other,
+            };
             for (missed, backend) in [(a_missed, &pair[0]), (b_missed, &pair[1])] {
-                if missed {
-                    backend.missed_write(request.clone());
+                if missed && changed {
+                    backend.missed_write(hint.clone());
                 }
             }
             return Ok(stored);
@@ -393,40 +432,182 @@ impl Router {
     }
 }
 
+impl Router {
+    async fn set(&self, key: Bytes, value: Bytes, ttl: Option<Duration>, when: SetWhen) -> Reply {
+        let request = Request::Set {
+            version: self.clock.next(),
+            ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+            key: key.clone(),
+            value,
+            when,
+        };
+        match self.write(&key, request).await {
+            Ok(responses) if responses.iter().all(|r| matches!(r, Response::NotStored)) => {
+                Reply::NotStored
+            }
+            Ok(_) => Reply::Done,
+            Err(e) => Reply::Error(e),
+        }
+    }
+
+    /// Deletes `key`: whether either worker had it.
+    async fn delete(&self, key: Bytes) -> Result<bool, ErrorReply> {
+        let request = Request::Del {
+            version: self.clock.next(),
+            key: key.clone(),
+        };
+        let responses = self.write(&key, request).await?;
+        Ok(responses
+            .iter()
+            .any(|r| matches!(r, Response::Del { existed: true })))
+    }
+
+    /// Live entries in the cluster: one worker's count per pair (an up one
+    /// when there is one), asked now.
+    async fn db_size(&self) -> Result<u64, ErrorReply> {
+        let topology = self.topology();
+        let asks = topology.pairs.iter().enumerate().map(|(i, pair)| async move {
+            let mut order = [&pair[0], &pair[1]];
+            if order[0].health() != Health::Up {
+                order.swap(0, 1);
+            }
+            let mut last = String::new();
+            for backend in order {
+                match backend.call(Request::Status, self.worker_timeout()).await {
+                    Ok(Response::Status { entries, .. }) => return Ok(entries),
+                    Ok(other) => last = format!("unexpected answer {other:?}"),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("no worker of pair {i} answered ({last})"),
+            ))
+        });
+        let counts = net::join_all(asks.collect()).await;
+        counts.into_iter().sum()
+    }
+}
+
 impl Service for Router {
+    const CONCURRENT: bool = true;
+    const ROLE: &'static str = "orchestrator";
+
     async fn call(&self, command: Command) -> Reply {
         match command {
             Command::Get { key } => self.read(key).await,
-            Command::Set { key, value, ttl } => {
-                let request = Request::Set {
+            Command::Set {
+                key,
+                value,
+                ttl,
+                when,
+            } => self.set(key, value, ttl, when).await,
+            Command::Del { key } => match self.delete(key).await {
+                Ok(true) => Reply::Done,
+                Ok(false) => Reply::not_found(),
+                Err(e) => Reply::Error(e),
+            },
+            Command::MGet { keys } => {
+                let reads = keys.into_iter().map(|key| self.read(key)).collect();
+                let mut values = Vec::new();
+                for reply in net::join_all(reads).await {
+                    match reply {
+                        Reply::Value(v) => values.push(Some(v)),
+                        Reply::Error(e) if e.code == ErrorCode::NotFound => values.push(None),
+                        Reply::Error(e) => return Reply::Error(e),
+                        other => return Reply::error(
+                            ErrorCode::Unavailable,
+                            format!("unexpected answer {other:?}"),
+                        ),
+                    }
+                }
+                Reply::Values(values)
+            }
+            Command::MSet { entries } => {
+                let writes = entries
+                    .into_iter()
+                    .map(|(key, value)| self.set(key, value, None, SetWhen::Always))
+                    .collect();
+                net::join_all(writes)
+                    .await
+                    .into_iter()
+                    .find(|r| matches!(r, Reply::Error(_)))
+                    .unwrap_or(Reply::Done)
+            }
+            Command::DelMany { keys } => {
+                let deletes = keys.into_iter().map(|key| self.delete(key)).collect();
+                let mut existed = 0;
+                for outcome in net::join_all(deletes).await {
+                    match outcome {
+                        Ok(true) => existed += 1,
+                        Ok(false) => {}
+                        Err(e) => return Reply::Error(e),
+                    }
+                }
+                Reply::Integer(existed)
+            }
+            Command::Exists { keys } => {
+                let lookups = keys.into_iter().map(|key| self.meta(key)).collect();
+                let mut present = 0;
+                for outcome in net::join_all(lookups).await {
+                    match outcome {
+                        Ok(Some(_)) => present += 1,
+                        Ok(None) => {}
+                        Err(e) => return Reply::Error(e),
+                    }
+                }
+                Reply::Integer(present)
+            }
+            Command::Expire { key, ttl } => {
+                let request = Request::Expire {
                     version: self.clock.next(),
-                    ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+                    ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
                     key: key.clone(),
-                    value,
                 };
                 match self.write(&key, request).await {
-                    Ok(_) => Reply::Done,
+                    Ok(responses) => Reply::Integer(
+                        responses
+                            .iter()
+                            .any(|r| matches!(r, Response::Del { existed: true }))
+                            as i64,
+                    ),
                     Err(e) => Reply::Error(e),
                 }
             }
-            Command::Del { key } => {
-                let request = Request::Del {
-                    version: self.clock.next(),
-                    key: key.clone(),
-                };
-                match self.write(&key, request).await {
-                    Ok(responses) => {
-                        let existed = responses
-                            .iter()
-                            .any(|r| matches!(r, Response::Del { existed: true }));
-                        if existed {
-                            Reply::Done
-                        } else {
-                            Reply::not_found()
-                        }
-                    }
-                    Err(e) => Reply::Error(e),
-                }
+            Command::Ttl { key } => match self.meta(key).await {
+                Ok(None) => Reply::Integer(-2),
+                Ok(Some(0)) => Reply::Integer(-1),
+                Ok(Some(ms)) => Reply::Integer(i64::try_from(ms).unwrap_or(i64::MAX)),
+                Err(e) => Reply::Error(e),
+            },
+            Command::DbSize => match self.db_size().await {
+                Ok(n) => Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
+                Err(e) => Reply::Error(e),
+            },
+            Command::Info => {
+                let topology = self.topology();
+                let up = topology
+                    .pairs
+                    .iter()
+                    .flatten()
+                    .filter(|b| b.health() == Health::Up)
+                    .count();
+                let keys = self.db_size().await.unwrap_or(0);
+                Reply::Value(
+                    crate::protocol::resp::info_text(
+                        Self::ROLE,
+                        &[
+                            ("rcache_pairs", topology.pairs.len().to_string()),
+                            ("rcache_workers_up", up.to_string()),
+                            (
+                                "connected_clients",
+                                self.metrics.server.connections_open.get().to_string(),
+                            ),
+                        ],
+                        keys,
+                    )
+                    .into(),
+                )
             }
             Command::Ping => Reply::Pong,
             Command::Auth { .. } | Command::Exit => Reply::Done,
@@ -447,7 +628,7 @@ impl Handler for ClientHandler {
             Err(closed) => return closed,
         };
         let mut conn = Conn::new(stream);
-        net::serve_text(
+        net::serve_client(
             &mut conn,
             &**router,
             &router.live,

@@ -654,6 +654,7 @@ mod tests {
             ttl_ms: 0,
             key: bytes::Bytes::copy_from_slice(key.as_bytes()),
             value: bytes::Bytes::from_static(b"value"),
+            when: crate::protocol::SetWhen::Always,
         }
     }
 

@@ -39,13 +39,13 @@
 //! before it allocates or slices, so a hostile or corrupt peer gets an error,
 //! never a panic or a huge allocation.
 
-use super::{ErrorCode, ErrorReply, Limits};
+use super::{ErrorCode, ErrorReply, Limits, SetWhen};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
 /// protocol name and its version.
-pub const HELLO: &[u8; 5] = b"\xF0rcl\x02";
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x03";
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;
@@ -130,9 +130,22 @@ pub enum Request {
         ttl_ms: u64,
         key: Bytes,
         value: Bytes,
+        /// A conditional set is answered `NotStored` when its condition
+        /// does not hold.
+        when: SetWhen,
     },
     Del {
         version: u64,
+        key: Bytes,
+    },
+    /// A live key's version and remaining TTL, without its value.
+    Meta {
+        key: Bytes,
+    },
+    /// Gives a live key a new TTL (and `version`); answered `Del { existed }`.
+    Expire {
+        version: u64,
+        ttl_ms: u64,
         key: Bytes,
     },
     Ping,
@@ -188,8 +201,15 @@ pub enum Response {
     Set {
         applied: bool,
     },
+    /// A conditional set's condition did not hold.
+    NotStored,
     Del {
         existed: bool,
+    },
+    /// A live key's version and remaining TTL (0 = none).
+    Meta {
+        version: u64,
+        ttl_ms: u64,
     },
     Pong,
     /// The link's token was accepted.
@@ -249,11 +269,16 @@ mod op {
     pub const SYNC: u8 = 8;
     pub const APPLY: u8 = 9;
     pub const AUTH: u8 = 10;
+    /// A set with a condition byte: 1 = only if absent, 2 = only if present.
+    pub const SET_IF: u8 = 11;
+    pub const META: u8 = 12;
+    pub const EXPIRE: u8 = 13;
 }
 
 mod status {
     pub const OK: u8 = 0;
     pub const NOT_FOUND: u8 = 2;
+    pub const NOT_STORED: u8 = 3;
     pub const ERROR: u8 = 255;
     pub const CHUNK: u8 = 10;
     pub const END: u8 = 11;
@@ -302,9 +327,20 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             ttl_ms,
             key,
             value,
+            when,
         } => {
             out.reserve(value.len() + key.len() + 32);
-            out.put_u8(op::SET);
+            match when {
+                SetWhen::Always => out.put_u8(op::SET),
+                SetWhen::Absent => {
+                    out.put_u8(op::SET_IF);
+                    out.put_u8(1);
+                }
+                SetWhen::Present => {
+                    out.put_u8(op::SET_IF);
+                    out.put_u8(2);
+                }
+            }
             out.put_u64(*version);
             out.put_u64(*ttl_ms);
             put_key(out, key);
@@ -313,6 +349,20 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
         Request::Del { version, key } => {
             out.put_u8(op::DEL);
             out.put_u64(*version);
+            put_key(out, key);
+        }
+        Request::Meta { key } => {
+            out.put_u8(op::META);
+            put_key(out, key);
+        }
+        Request::Expire {
+            version,
+            ttl_ms,
+            key,
+        } => {
+            out.put_u8(op::EXPIRE);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
             put_key(out, key);
         }
         Request::Ping => out.put_u8(op::PING),
@@ -382,6 +432,12 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
         Response::Set { applied } => {
             out.put_u8(status::OK);
             out.put_u8(*applied as u8);
+        }
+        Response::NotStored => out.put_u8(status::NOT_STORED),
+        Response::Meta { version, ttl_ms } => {
+            out.put_u8(status::OK);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
         }
         Response::Del { existed } => {
             out.put_u8(status::OK);
@@ -561,7 +617,16 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
         op::GET => Request::Get {
             key: r.key(limits)?,
         },
-        op::SET => {
+        code @ (op::SET | op::SET_IF) => {
+            let when = if code == op::SET {
+                SetWhen::Always
+            } else {
+                match r.u8()? {
+                    1 => SetWhen::Absent,
+                    2 => SetWhen::Present,
+                    _ => return Err(LinkError::Malformed("unknown set condition")),
+                }
+            };
             let version = r.u64()?;
             let ttl_ms = r.u64()?;
             let key = r.key(limits)?;
@@ -574,6 +639,19 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
                 ttl_ms,
                 key,
                 value,
+                when,
+            }
+        }
+        op::META => Request::Meta {
+            key: r.key(limits)?,
+        },
+        op::EXPIRE => {
+            let version = r.u64()?;
+            let ttl_ms = r.u64()?;
+            Request::Expire {
+                version,
+                ttl_ms,
+                key: r.key(limits)?,
             }
         }
         op::DEL => {
@@ -663,8 +741,12 @@ pub fn decode_response(
             RequestKind::Set => Response::Set {
                 applied: r.u8()? != 0,
             },
-            RequestKind::Del => Response::Del {
+            RequestKind::Del | RequestKind::Expire => Response::Del {
                 existed: r.u8()? != 0,
+            },
+            RequestKind::Meta => Response::Meta {
+                version: r.u64()?,
+                ttl_ms: r.u64()?,
             },
             RequestKind::Ping => Response::Pong,
             RequestKind::Auth => Response::Authenticated,
@@ -711,6 +793,7 @@ pub fn decode_response(
             RequestKind::Apply => Response::Applied { count: r.u32()? },
         },
         status::NOT_FOUND => Response::NotFound,
+        status::NOT_STORED if request == RequestKind::Set => Response::NotStored,
         status::ERROR => {
             let code =
                 ErrorCode::from_u8(r.u8()?).ok_or(LinkError::Malformed("unknown error code"))?;
@@ -732,6 +815,8 @@ pub enum RequestKind {
     Get,
     Set,
     Del,
+    Meta,
+    Expire,
     Ping,
     Status,
     Refill,
@@ -742,11 +827,13 @@ pub enum RequestKind {
 
 impl RequestKind {
     /// Every kind, for code that must try them all (decoders under test).
-    pub const ALL: [RequestKind; 10] = [
+    pub const ALL: [RequestKind; 12] = [
         RequestKind::Auth,
         RequestKind::Get,
         RequestKind::Set,
         RequestKind::Del,
+        RequestKind::Meta,
+        RequestKind::Expire,
         RequestKind::Ping,
         RequestKind::Status,
         RequestKind::Refill,
@@ -762,6 +849,8 @@ impl Request {
             Request::Get { .. } => RequestKind::Get,
             Request::Set { .. } => RequestKind::Set,
             Request::Del { .. } => RequestKind::Del,
+            Request::Meta { .. } => RequestKind::Meta,
+            Request::Expire { .. } => RequestKind::Expire,
             Request::Ping => RequestKind::Ping,
             Request::Auth { .. } => RequestKind::Auth,
             Request::Status => RequestKind::Status,
@@ -797,12 +886,27 @@ mod tests {
                 ttl_ms: 1500,
                 key: b("k"),
                 value: b("v\r\n\0"),
+                when: SetWhen::Always,
             },
             Request::Set {
                 version: 8,
                 ttl_ms: 0,
                 key: b("k"),
                 value: Bytes::new(),
+                when: SetWhen::Absent,
+            },
+            Request::Set {
+                version: 9,
+                ttl_ms: 5,
+                key: b("k"),
+                value: b("x"),
+                when: SetWhen::Present,
+            },
+            Request::Meta { key: b("m") },
+            Request::Expire {
+                version: 10,
+                ttl_ms: 2500,
+                key: b("e"),
             },
             Request::Del {
                 version: u64::MAX,
@@ -877,6 +981,15 @@ mod tests {
                 RequestKind::Get,
             ),
             (Response::Set { applied: true }, RequestKind::Set),
+            (Response::NotStored, RequestKind::Set),
+            (
+                Response::Meta {
+                    version: 3,
+                    ttl_ms: 0,
+                },
+                RequestKind::Meta,
+            ),
+            (Response::Del { existed: true }, RequestKind::Expire),
             (Response::Del { existed: false }, RequestKind::Del),
             (Response::Pong, RequestKind::Ping),
             (Response::Authenticated, RequestKind::Auth),

@@ -3,13 +3,15 @@
 //! Every client-facing protocol decodes into the same [`Command`] and encodes
 //! the same [`Reply`], so the code that executes commands (the worker's store,
 //! the orchestrator's router) never knows which protocol a client spoke.
-//! `text` is the line protocol of the SPEC; `link` is the binary, versioned,
+//! `text` is the line protocol of the SPEC; `resp` is RESP2, the protocol of
+//! Redis clients, on the same port; `link` is the binary, versioned,
 //! pipelined framing between the orchestrator and the workers and between
 //! partners. Decoders are pure functions over buffers: "need more bytes" is
 //! `Ok(None)`, never an error, and no input makes them panic.
 
 pub mod fuzzing;
 pub mod link;
+pub mod resp;
 pub mod text;
 
 use bytes::Bytes;
@@ -26,10 +28,44 @@ pub enum Command {
         key: Bytes,
         value: Bytes,
         ttl: Option<Duration>,
+        /// Store only if the key is absent (`NX`) or present (`XX`).
+        when: SetWhen,
     },
     Del {
         key: Bytes,
     },
+    /// Values of several keys, in order; a missing key is `None`
+    /// ([`Reply::Values`]).
+    MGet {
+        keys: Vec<Bytes>,
+    },
+    /// Several unconditional sets (not atomic across keys).
+    MSet {
+        entries: Vec<(Bytes, Bytes)>,
+    },
+    /// Deletes several keys; replies with how many existed
+    /// ([`Reply::Integer`]).
+    DelMany {
+        keys: Vec<Bytes>,
+    },
+    /// How many of the keys exist (a key named twice counts twice).
+    Exists {
+        keys: Vec<Bytes>,
+    },
+    /// Sets a present key's time to live; replies 1 if it was there, else 0.
+    Expire {
+        key: Bytes,
+        ttl: Duration,
+    },
+    /// The remaining time to live in milliseconds, `-1` without one, `-2`
+    /// for a missing key ([`Reply::Integer`]).
+    Ttl {
+        key: Bytes,
+    },
+    /// Live entries held ([`Reply::Integer`]).
+    DbSize,
+    /// `INFO`: `name:value` lines about the server ([`Reply::Value`]).
+    Info,
     Ping,
     Auth {
         token: Bytes,
@@ -49,7 +85,23 @@ pub enum Reply {
     /// `set`, `setex`, `del` of a present key, `auth`: success without a result.
     Done,
     Pong,
+    /// A conditional set whose condition did not hold: nothing changed.
+    NotStored,
+    Integer(i64),
+    /// One value per key of an `MGET`; `None` for a missing key.
+    Values(Vec<Option<Bytes>>),
     Error(ErrorReply),
+}
+
+/// When a [`Command::Set`] stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetWhen {
+    #[default]
+    Always,
+    /// Only if no live entry holds the key (`NX`).
+    Absent,
+    /// Only if a live entry holds the key (`XX`).
+    Present,
 }
 
 /// Stable error codes of the text protocol (SPEC: 1–3 fixed, the rest ours).

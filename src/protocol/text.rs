@@ -5,7 +5,7 @@
 //! soon as it crosses the limit, and its remaining bytes are discarded up to
 //! the next `\n` without being kept. [`encode_reply`] writes one response line.
 
-use super::{Command, ErrorCode, ErrorReply, Limits, Reply};
+use super::{Command, ErrorCode, ErrorReply, Limits, Reply, SetWhen};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::time::Duration;
 
@@ -116,6 +116,7 @@ pub fn parse_line(line: Bytes, limits: &Limits) -> Result<Command, ErrorReply> {
                 key,
                 value,
                 ttl: None,
+                when: SetWhen::Always,
             })
         }
         b"setex" => {
@@ -129,6 +130,7 @@ pub fn parse_line(line: Bytes, limits: &Limits) -> Result<Command, ErrorReply> {
                 key,
                 value,
                 ttl: Some(ttl),
+                when: SetWhen::Always,
             })
         }
         b"ping" => no_fields(rest, Command::Ping),
@@ -241,6 +243,17 @@ pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
         }
         Reply::Done => out.put_slice(b"0||\n"),
         Reply::Pong => out.put_slice(b"0||pong\n"),
+        // Replies to commands only RESP has; written as faithfully as a
+        // line allows.
+        Reply::NotStored => out.put_slice(b"2||not stored: the condition did not hold\n"),
+        Reply::Integer(n) => {
+            use std::fmt::Write;
+            let _ = writeln!(out, "0||{n}");
+        }
+        Reply::Values(_) => encode_error(
+            &ErrorReply::new(ErrorCode::NotText, "several values: read them over RESP"),
+            out,
+        ),
         Reply::Error(error) => encode_error(error, out),
     }
 }
@@ -280,7 +293,12 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
             check(key, "key", false)?;
             put_fields(out, &[b"del", key]);
         }
-        Command::Set { key, value, ttl } => {
+        Command::Set {
+            key,
+            value,
+            ttl,
+            when: SetWhen::Always,
+        } => {
             check(key, "key", false)?;
             check(value, "value", true)?;
             match ttl {
@@ -297,6 +315,20 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         Command::Auth { token } => {
             check(token, "token", true)?;
             put_fields(out, &[b"auth", token]);
+        }
+        Command::Set { .. }
+        | Command::MGet { .. }
+        | Command::MSet { .. }
+        | Command::DelMany { .. }
+        | Command::Exists { .. }
+        | Command::Expire { .. }
+        | Command::Ttl { .. }
+        | Command::DbSize
+        | Command::Info => {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidCommand,
+                "the text protocol has no such command: use RESP",
+            ))
         }
     }
     Ok(())
@@ -382,18 +414,21 @@ mod tests {
                 Ok(Command::Set {
                     key: b("k"),
                     value: b("v"),
-                    ttl: None
+                    ttl: None,
+                    when: SetWhen::Always,
                 }),
                 Ok(Command::Set {
                     key: b("k"),
                     value: b("a||b"),
-                    ttl: None
+                    ttl: None,
+                    when: SetWhen::Always,
                 }),
                 Ok(Command::Del { key: b("k") }),
                 Ok(Command::Set {
                     key: b("k"),
                     value: b("v"),
-                    ttl: Some(Duration::from_secs(10))
+                    ttl: Some(Duration::from_secs(10)),
+                    when: SetWhen::Always,
                 }),
                 Ok(Command::Ping),
                 Ok(Command::Exit),
@@ -401,7 +436,8 @@ mod tests {
                 Ok(Command::Set {
                     key: b("k"),
                     value: b(""),
-                    ttl: None
+                    ttl: None,
+                    when: SetWhen::Always,
                 }),
             ]
         );
@@ -464,7 +500,8 @@ mod tests {
             Ok(Some(Command::Set {
                 key: b("k"),
                 value: b("value"),
-                ttl: None
+                ttl: None,
+                when: SetWhen::Always,
             }))
         );
         assert_eq!(decoder.decode(&mut buf), Ok(Some(Command::Ping)));
@@ -519,11 +556,13 @@ mod tests {
                 key: b("k"),
                 value: b("v||w"),
                 ttl: None,
+                when: SetWhen::Always,
             },
             Command::Set {
                 key: b("k"),
                 value: b("v"),
                 ttl: Some(Duration::from_secs(7)),
+                when: SetWhen::Always,
             },
             Command::Del { key: b("k") },
             Command::Ping,

@@ -163,14 +163,35 @@ impl Worker {
                 ttl_ms,
                 key,
                 value,
+                when,
             } => {
                 self.clock.observe(version);
                 let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
-                match self.store.set(&key, &value, ttl, version) {
+                match self.store.set_when(&key, &value, ttl, version, when) {
+                    Ok(Applied::Unmet) => Response::NotStored,
                     Ok(applied) => Response::Set {
                         applied: applied == Applied::Yes,
                     },
                     Err(e) => Response::Error(Worker::store_error(e)),
+                }
+            }
+            Request::Meta { key } => {
+                if self.state() != WorkerState::Ready {
+                    return Response::Error(Worker::loading());
+                }
+                match self.store.meta(&key) {
+                    Some((version, ttl_ms)) => Response::Meta { version, ttl_ms },
+                    None => Response::NotFound,
+                }
+            }
+            Request::Expire {
+                version,
+                ttl_ms,
+                key,
+            } => {
+                self.clock.observe(version);
+                Response::Del {
+                    existed: self.store.expire(&key, ttl_ms, version),
                 }
             }
             Request::Del { version, key } => {
@@ -202,6 +223,9 @@ impl Worker {
 /// Direct clients: the text protocol against the store, stamped with the
 /// worker's own clock.
 impl Service for Worker {
+    const CONCURRENT: bool = false;
+    const ROLE: &'static str = "worker";
+
     async fn call(&self, command: Command) -> Reply {
         match command {
             Command::Get { key } => {
@@ -213,17 +237,95 @@ impl Service for Worker {
                     None => Reply::not_found(),
                 }
             }
-            Command::Set { key, value, ttl } => {
-                match self.store.set(&key, &value, ttl, self.clock.next()) {
-                    Ok(_) => Reply::Done,
-                    Err(e) => Reply::Error(Worker::store_error(e)),
-                }
-            }
+            Command::Set {
+                key,
+                value,
+                ttl,
+                when,
+            } => match self
+                .store
+                .set_when(&key, &value, ttl, self.clock.next(), when)
+            {
+                Ok(Applied::Unmet) => Reply::NotStored,
+                Ok(_) => Reply::Done,
+                Err(e) => Reply::Error(Worker::store_error(e)),
+            },
             Command::Del { key } => match self.store.delete(&key, self.clock.next()) {
                 Ok(true) => Reply::Done,
                 Ok(false) => Reply::not_found(),
                 Err(e) => Reply::Error(Worker::store_error(e)),
             },
+            Command::MGet { keys } => {
+                if self.state() != WorkerState::Ready {
+                    return Reply::Error(Worker::loading());
+                }
+                Reply::Values(
+                    keys.iter()
+                        .map(|key| self.store.get(key).map(|found| found.value))
+                        .collect(),
+                )
+            }
+            Command::MSet { entries } => {
+                for (key, value) in entries {
+                    if let Err(e) = self.store.set(&key, &value, None, self.clock.next()) {
+                        return Reply::Error(Worker::store_error(e));
+                    }
+                }
+                Reply::Done
+            }
+            Command::DelMany { keys } => {
+                let mut existed = 0;
+                for key in keys {
+                    match self.store.delete(&key, self.clock.next()) {
+                        Ok(true) => existed += 1,
+                        Ok(false) => {}
+                        Err(e) => return Reply::Error(Worker::store_error(e)),
+                    }
+                }
+                Reply::Integer(existed)
+            }
+            Command::Exists { keys } => {
+                if self.state() != WorkerState::Ready {
+                    return Reply::Error(Worker::loading());
+                }
+                let n = keys.iter().filter(|k| self.store.meta(k).is_some()).count();
+                Reply::Integer(n as i64)
+            }
+            Command::Expire { key, ttl } => {
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                Reply::Integer(self.store.expire(&key, ttl_ms, self.clock.next()) as i64)
+            }
+            Command::Ttl { key } => {
+                if self.state() != WorkerState::Ready {
+                    return Reply::Error(Worker::loading());
+                }
+                Reply::Integer(match self.store.meta(&key) {
+                    None => -2,
+                    Some((_, 0)) => -1,
+                    Some((_, ttl_ms)) => i64::try_from(ttl_ms).unwrap_or(i64::MAX),
+                })
+            }
+            Command::DbSize => Reply::Integer(i64::try_from(self.store.len()).unwrap_or(i64::MAX)),
+            Command::Info => {
+                let usage = self.store.usage();
+                Reply::Value(
+                    crate::protocol::resp::info_text(
+                        "worker",
+                        &[
+                            ("rcache_state", self.state().name().to_string()),
+                            (
+                                "connected_clients",
+                                self.metrics.server.connections_open.get().to_string(),
+                            ),
+                            ("used_memory", usage.charged_bytes.to_string()),
+                            ("maxmemory", self.store.max_memory().to_string()),
+                            ("maxmemory_policy", "sieve".to_string()),
+                        ],
+                        usage.entries,
+                    )
+                    .into(),
+                )
+            }
             Command::Ping => Reply::Pong,
             Command::Auth { .. } => Reply::Done,
             Command::Exit => Reply::Done,
@@ -275,7 +377,7 @@ impl Handler for WorkerHandler {
         let closed = if conn.rbuf.first() == Some(&HELLO_FIRST_BYTE) {
             serve_link(&mut conn, worker, &mut shutdown).await
         } else {
-            net::serve_text(
+            net::serve_client(
                 &mut conn,
                 &**worker,
                 &worker.live,
@@ -402,6 +504,8 @@ fn link_op(request: &Request) -> Op {
         Request::Get { .. } => Op::Get,
         Request::Set { .. } => Op::Set,
         Request::Del { .. } => Op::Del,
+        Request::Meta { .. } => Op::Meta,
+        Request::Expire { .. } => Op::Expire,
         Request::Ping => Op::Ping,
         Request::Auth { .. } => Op::Auth,
         Request::Status => Op::Status,

@@ -42,6 +42,7 @@
 use crate::protocol::link::{
     bucket_of_hash, digest_bucket, BucketDigest, Entry, Summary, DIGEST_BUCKETS,
 };
+use crate::protocol::SetWhen;
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
@@ -109,6 +110,8 @@ pub enum Applied {
     /// A repair brought a key the store lacks while it is near its memory
     /// limit: not stored (see [`Store::apply_repair`]).
     NoRoom,
+    /// A conditional set found the key present (`NX`) or absent (`XX`).
+    Unmet,
 }
 
 /// The share of `max_memory` beyond which anti-entropy stops adding keys a
@@ -252,6 +255,8 @@ struct NewSlot {
     flags: u8,
     /// Store only over an existing entry (a repair under memory pressure).
     replace_only: bool,
+    /// Store only if a live entry is there (`Some(true)`) or is not.
+    require_live: Option<bool>,
 }
 
 #[derive(Default)]
@@ -405,6 +410,20 @@ impl Store {
         })
     }
 
+    /// A live entry's version and remaining TTL in ms (0 = none), without
+    /// copying its value.
+    pub fn meta(&self, key: &[u8]) -> Option<(u64, u64)> {
+        let (hash, index) = self.locate(key);
+        let now = self.now();
+        let shard = self.shard(index);
+        let idx = shard.find(hash, key)?;
+        let slot = &shard.slots[idx as usize];
+        if slot.is(FLAG_TOMBSTONE) || slot.expired(now) {
+            return None;
+        }
+        Some((slot.version, slot.ttl_ms(now)))
+    }
+
     /// Stores `value` under `key` unless a newer version is already there.
     pub fn set(
         &self,
@@ -412,6 +431,19 @@ impl Store {
         value: &[u8],
         ttl: Option<Duration>,
         version: u64,
+    ) -> Result<Applied, StoreError> {
+        self.set_when(key, value, ttl, version, SetWhen::Always)
+    }
+
+    /// [`Store::set`] under a condition on the key's presence, checked
+    /// under the shard's lock ([`Applied::Unmet`] when it does not hold).
+    pub fn set_when(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        version: u64,
+        when: SetWhen,
     ) -> Result<Applied, StoreError> {
         let (stored, compressed) = self.maybe_compress(value);
         let mut data = Vec::with_capacity(key.len() + stored.len());
@@ -426,8 +458,34 @@ impl Store {
             expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis() as u64)),
             flags: if compressed { FLAG_COMPRESSED } else { 0 },
             replace_only: false,
+            require_live: match when {
+                SetWhen::Always => None,
+                SetWhen::Absent => Some(false),
+                SetWhen::Present => Some(true),
+            },
         };
         self.put(key, new, now).map(|p| p.applied)
+    }
+
+    /// Gives a live entry a new time to live (`ttl_ms` from now) and
+    /// `version`, unless it holds a newer version. Returns whether a live
+    /// entry was there.
+    pub fn expire(&self, key: &[u8], ttl_ms: u64, version: u64) -> bool {
+        let (hash, index) = self.locate(key);
+        let now = self.now();
+        let mut shard = self.shard(index);
+        let Some(idx) = shard.find(hash, key) else {
+            return false;
+        };
+        let slot = &mut shard.slots[idx as usize];
+        if slot.is(FLAG_TOMBSTONE) || slot.expired(now) {
+            return false;
+        }
+        if version > slot.version {
+            slot.version = version;
+            slot.expires_at = now.saturating_add(ttl_ms.max(1));
+        }
+        true
     }
 
     /// Deletes `key` at `version`: leaves a tombstone for `tombstone_ttl`.
@@ -442,6 +500,7 @@ impl Store {
             expires_at: now.saturating_add(self.config.tombstone_ttl.as_millis() as u64),
             flags: FLAG_TOMBSTONE,
             replace_only: false,
+            require_live: None,
         };
         let put = self.put(key, new, now)?;
         Ok(put.applied == Applied::Yes && put.was_live)
@@ -500,6 +559,7 @@ impl Store {
             },
             flags,
             replace_only,
+            require_live: None,
         };
         self.put(&entry.key, new, now).map(|p| p.applied)
     }
@@ -711,6 +771,14 @@ impl Shard {
         if let Some(idx) = self.find(hash, key) {
             let slot = &self.slots[idx as usize];
             let was_live = !slot.is(FLAG_TOMBSTONE) && !slot.expired(now);
+            if new.require_live.is_some_and(|live| live != was_live) {
+                return Put {
+                    applied: Applied::Unmet,
+                    added: 0,
+                    freed: 0,
+                    was_live,
+                };
+            }
             let newer = new.version > slot.version
                 || (new.version == slot.version && new.data[..] > slot.data[..]);
             if !newer {
@@ -738,6 +806,14 @@ impl Shard {
                 added,
                 freed,
                 was_live,
+            };
+        }
+        if new.require_live == Some(true) {
+            return Put {
+                applied: Applied::Unmet,
+                added: 0,
+                freed: 0,
+                was_live: false,
             };
         }
         if new.replace_only {
