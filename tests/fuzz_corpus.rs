@@ -7,7 +7,7 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::chaos::seed;
-use rcache::protocol::fuzzing::{link_stream, text_stream};
+use rcache::protocol::fuzzing::{link_stream, resp_stream, text_stream};
 use rcache::protocol::link::{encode_request, encode_response, Entry, Request, Response, Summary};
 use rcache::zipf::Rng;
 use std::path::Path;
@@ -148,5 +148,18 @@ fn the_link_corpus_and_its_mutations_decode_without_panics() {
     for _ in 0..5_000 {
         let base = &inputs[rng.below(inputs.len() as u64) as usize];
         link_stream(&mutate(&mut rng, base));
+    }
+}
+
+#[test]
+fn the_resp_corpus_and_its_mutations_decode_without_panics() {
+    let inputs = corpus("resp_stream");
+    for input in &inputs {
+        resp_stream(input);
+    }
+    let mut rng = Rng::new(seed("resp corpus"));
+    for _ in 0..20_000 {
+        let base = &inputs[rng.below(inputs.len() as u64) as usize];
+        resp_stream(&mutate(&mut rng, base));
     }
 }

@@ -13,8 +13,8 @@ use crate::metrics::{Op, Outcome, ServerMetrics};
 use crate::protocol::resp;
 use crate::protocol::text::{encode_reply, TextDecoder};
 use crate::protocol::{Command, ErrorCode, Limits, Reply};
-use bytes::Bytes;
 use crate::sys::{TcpListener, TcpStream};
+use bytes::Bytes;
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
@@ -626,11 +626,14 @@ where
     let mut decoder = resp::RespDecoder::new(config.limits);
     let mut last_request = Instant::now();
     let mut authenticated = false;
+    let mut version = resp::Version::Resp2;
     let error = |line: &'static str| Answer::Error(line.into());
     loop {
         let mut close = false;
         loop {
-            let mut slots: Vec<Slot<Answer>> = Vec::new();
+            // Each reply is encoded in the version in force when its
+            // request arrived (a `HELLO 3` may come mid-batch).
+            let mut slots: Vec<Slot<(Answer, resp::Version)>> = Vec::new();
             let mut commands = Vec::new();
             let mut shapes = Vec::new();
             while slots.len() < BATCH_MAX {
@@ -657,7 +660,10 @@ where
                         metrics.observe(Op::Auth, answer_outcome(&answer), Duration::ZERO);
                         answer
                     }
-                    Ok(Some(RespRequest::Hello { token })) => {
+                    Ok(Some(RespRequest::Hello {
+                        version: asked,
+                        token,
+                    })) => {
                         let answer = match token {
                             Some(token) => {
                                 authenticated = token_accepted(&config, &token, metrics);
@@ -677,8 +683,13 @@ where
                         };
                         metrics.observe(Op::Other, answer_outcome(&answer), Duration::ZERO);
                         if answer == Answer::Ok {
+                            version = match asked {
+                                Some(3) => resp::Version::Resp3,
+                                Some(_) => resp::Version::Resp2,
+                                None => version,
+                            };
                             let mut hello = BytesMut::new();
-                            resp::encode_hello(Svc::ROLE, &mut hello);
+                            resp::encode_hello(Svc::ROLE, version, &mut hello);
                             Answer::Raw(hello.freeze())
                         } else {
                             answer
@@ -691,7 +702,7 @@ where
                     Ok(Some(RespRequest::Run(command, shape))) => {
                         slots.push(Slot::Run(commands.len()));
                         commands.push(command);
-                        shapes.push(shape);
+                        shapes.push((shape, version));
                         continue;
                     }
                     Ok(Some(RespRequest::Answer(answer))) => {
@@ -704,7 +715,7 @@ where
                         answer
                     }
                 };
-                slots.push(Slot::Ready(answer));
+                slots.push(Slot::Ready((answer, version)));
                 if close {
                     break;
                 }
@@ -716,8 +727,13 @@ where
             last_request = Instant::now();
             for slot in &slots {
                 match slot {
-                    Slot::Run(i) => resp::encode_reply(&replies[*i], shapes[*i], &mut conn.wbuf),
-                    Slot::Ready(answer) => resp::encode_answer(answer, &mut conn.wbuf),
+                    Slot::Run(i) => {
+                        let (shape, version) = shapes[*i];
+                        resp::encode_reply(&replies[*i], shape, version, &mut conn.wbuf)
+                    }
+                    Slot::Ready((answer, version)) => {
+                        resp::encode_answer(answer, *version, &mut conn.wbuf)
+                    }
                 }
             }
             if close {

@@ -466,24 +466,28 @@ impl Router {
     /// when there is one), asked now.
     async fn db_size(&self) -> Result<u64, ErrorReply> {
         let topology = self.topology();
-        let asks = topology.pairs.iter().enumerate().map(|(i, pair)| async move {
-            let mut order = [&pair[0], &pair[1]];
-            if order[0].health() != Health::Up {
-                order.swap(0, 1);
-            }
-            let mut last = String::new();
-            for backend in order {
-                match backend.call(Request::Status, self.worker_timeout()).await {
-                    Ok(Response::Status { entries, .. }) => return Ok(entries),
-                    Ok(other) => last = format!("unexpected answer {other:?}"),
-                    Err(e) => last = e.to_string(),
+        let asks = topology
+            .pairs
+            .iter()
+            .enumerate()
+            .map(|(i, pair)| async move {
+                let mut order = [&pair[0], &pair[1]];
+                if order[0].health() != Health::Up {
+                    order.swap(0, 1);
                 }
-            }
-            Err(ErrorReply::new(
-                ErrorCode::Unavailable,
-                format!("no worker of pair {i} answered ({last})"),
-            ))
-        });
+                let mut last = String::new();
+                for backend in order {
+                    match backend.call(Request::Status, self.worker_timeout()).await {
+                        Ok(Response::Status { entries, .. }) => return Ok(entries),
+                        Ok(other) => last = format!("unexpected answer {other:?}"),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!("no worker of pair {i} answered ({last})"),
+                ))
+            });
         let counts = net::join_all(asks.collect()).await;
         counts.into_iter().sum()
     }
@@ -515,10 +519,12 @@ impl Service for Router {
                         Reply::Value(v) => values.push(Some(v)),
                         Reply::Error(e) if e.code == ErrorCode::NotFound => values.push(None),
                         Reply::Error(e) => return Reply::Error(e),
-                        other => return Reply::error(
-                            ErrorCode::Unavailable,
-                            format!("unexpected answer {other:?}"),
-                        ),
+                        other => {
+                            return Reply::error(
+                                ErrorCode::Unavailable,
+                                format!("unexpected answer {other:?}"),
+                            )
+                        }
                     }
                 }
                 Reply::Values(values)

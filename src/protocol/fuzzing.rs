@@ -89,3 +89,80 @@ pub fn link_stream(data: &[u8]) {
     }
     assert!(store.usage().charged_bytes <= 1 << 20);
 }
+
+/// RESP as a server reads it: `data` arrives in pieces whose sizes come
+/// from the data itself; the buffer never holds more than one maximal
+/// request; every command stays within the limits; every reply the decoder
+/// gives reads back whole with the client's decoder, in RESP2 and RESP3. A
+/// framing error ends the connection, so the rest starts a new one. The
+/// client's reply decoder is fed the raw bytes too.
+pub fn resp_stream(data: &[u8]) {
+    use super::resp::{self, Answer, RespDecoder, RespRequest, Version};
+    let limits = limits();
+    let mut decoder = RespDecoder::new(limits);
+    let max = decoder.max_request();
+    let mut buf = BytesMut::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let take = 1 + (rest[0] as usize * 13) % 89;
+        let (piece, tail) = rest.split_at(take.min(rest.len()));
+        rest = tail;
+        buf.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(request)) => {
+                    let answer = match request {
+                        RespRequest::Run(command, _) => {
+                            check_command(&command, &limits);
+                            continue;
+                        }
+                        RespRequest::Answer(answer) => answer,
+                        RespRequest::Quit => Answer::Ok,
+                        RespRequest::Auth { .. } | RespRequest::Hello { .. } => continue,
+                    };
+                    for version in [Version::Resp2, Version::Resp3] {
+                        let mut out = BytesMut::new();
+                        resp::encode_answer(&answer, version, &mut out);
+                        let read = resp::decode_value(&mut out, usize::MAX);
+                        assert!(
+                            matches!(read, Ok(Some(_))) && out.is_empty(),
+                            "reply {answer:?} does not read back: {read:?}"
+                        );
+                    }
+                }
+                Err(_) => {
+                    decoder = RespDecoder::new(limits);
+                    buf.clear();
+                    break;
+                }
+            }
+        }
+        assert!(
+            buf.len() <= max,
+            "the decoder kept {} bytes (limit {max})",
+            buf.len()
+        );
+    }
+    let mut replies = BytesMut::from(data);
+    while let Ok(Some(_)) = resp::decode_value(&mut replies, limits.max_value_bytes) {}
+}
+
+fn check_command(command: &Command, limits: &Limits) {
+    let key_ok = |k: &bytes::Bytes| !k.is_empty() && k.len() <= limits.max_key_bytes;
+    let value_ok = |v: &bytes::Bytes| v.len() <= limits.max_value_bytes;
+    match command {
+        Command::Get { key } | Command::Del { key } | Command::Ttl { key } => {
+            assert!(key_ok(key))
+        }
+        Command::Expire { key, ttl } => assert!(key_ok(key) && !ttl.is_zero()),
+        Command::Set { key, value, .. } => assert!(key_ok(key) && value_ok(value)),
+        Command::MGet { keys } | Command::DelMany { keys } | Command::Exists { keys } => {
+            assert!(!keys.is_empty() && keys.iter().all(key_ok))
+        }
+        Command::MSet { entries } => {
+            assert!(!entries.is_empty() && entries.iter().all(|(k, v)| key_ok(k) && value_ok(v)))
+        }
+        _ => {}
+    }
+}

@@ -14,7 +14,9 @@
 //! connection stays usable.
 //!
 //! Commands become the protocol-neutral [`Command`]; [`encode_reply`] gives
-//! each reply the shape Redis gives it ([`Shape`]). Commands that need no
+//! each reply the shape Redis gives it ([`Shape`]). `HELLO 3` switches a
+//! connection to RESP3 replies (nil as `_`, maps as `%`), which the newest
+//! clients ask for by default; the requests are the same. Commands that need no
 //! data (`ECHO`, `SELECT 0`, `CLIENT SETNAME`, `CONFIG GET`, `COMMAND`) are
 //! answered by the decoder itself; `AUTH`, `HELLO` and `QUIT` are left to
 //! the connection, which owns the authentication state.
@@ -61,9 +63,13 @@ pub enum RespRequest {
     Run(Command, Shape),
     /// `AUTH [default] <token>`.
     Auth { token: Bytes },
-    /// `HELLO [2] [AUTH <user> <token>] [SETNAME <name>]`: answered with the
-    /// server's description once any token checks out.
-    Hello { token: Option<Bytes> },
+    /// `HELLO [2|3] [AUTH <user> <token>] [SETNAME <name>]`: answered with
+    /// the server's description once any token checks out; `version`
+    /// switches the connection's replies to RESP2 or RESP3.
+    Hello {
+        version: Option<u8>,
+        token: Option<Bytes>,
+    },
     /// `QUIT`: answered `+OK`, then the connection is closed.
     Quit,
     /// Answered at once with this reply.
@@ -80,6 +86,8 @@ pub enum Answer {
     Integer(i64),
     /// An array of bulk strings.
     Array(Vec<Bytes>),
+    /// Names and values: a map in RESP3, a flat array in RESP2.
+    Map(Vec<(Bytes, Bytes)>),
     /// A whole error line without the `-` and `\r\n` (`ERR syntax error`).
     Error(Cow<'static, str>),
     /// Bytes already encoded.
@@ -141,6 +149,16 @@ impl RespDecoder {
                     let Some(first) = buf.first() else {
                         return Ok(None);
                     };
+                    // Empty lines between requests are skipped, as Redis
+                    // does (`redis-cli --pipe` sends one before its last).
+                    if *first == b'\r' || *first == b'\n' {
+                        let blank = buf
+                            .iter()
+                            .take_while(|&&b| b == b'\r' || b == b'\n')
+                            .count();
+                        buf.advance(blank);
+                        continue;
+                    }
                     if *first != FIRST_BYTE {
                         return Err(ProtocolError(
                             format!("expected '*', got '{}'", printable(*first)).into(),
@@ -541,13 +559,16 @@ fn parse_known(name: &str, args: Vec<Bytes>, limits: &Limits) -> Option<RespRequ
             None => RespRequest::Answer(Answer::Array(Vec::new())),
             Some(sub) => match sub.as_slice() {
                 b"count" => RespRequest::Answer(Answer::Integer(COMMANDS.len() as i64)),
-                b"docs" | b"info" | b"list" => RespRequest::Answer(Answer::Array(
-                    if sub.as_slice() == b"list" {
-                        COMMANDS.iter().map(|c| Bytes::from_static(c.as_bytes())).collect()
+                b"docs" | b"info" | b"list" => {
+                    RespRequest::Answer(Answer::Array(if sub.as_slice() == b"list" {
+                        COMMANDS
+                            .iter()
+                            .map(|c| Bytes::from_static(c.as_bytes()))
+                            .collect()
                     } else {
                         Vec::new()
-                    },
-                )),
+                    }))
+                }
                 _ => error(format!(
                     "ERR unknown subcommand '{}'. Try COMMAND HELP.",
                     shown(&args[0])
@@ -638,9 +659,10 @@ fn unix_ms() -> i64 {
 fn parse_hello(args: &[Bytes]) -> RespRequest {
     let mut token = None;
     let mut rest = args;
-    if let Some(version) = args.first() {
-        match parse_i64(version) {
-            Some(2) => {}
+    let mut version = None;
+    if let Some(asked) = args.first() {
+        match parse_i64(asked) {
+            Some(v @ (2 | 3)) => version = Some(v as u8),
             Some(_) => return error("NOPROTO unsupported protocol version"),
             None => {
                 return error("ERR Protocol version is not an integer or out of range");
@@ -671,7 +693,7 @@ fn parse_hello(args: &[Bytes]) -> RespRequest {
             }
         }
     }
-    RespRequest::Hello { token }
+    RespRequest::Hello { version, token }
 }
 
 fn parse_client(args: &[Bytes]) -> RespRequest {
@@ -707,12 +729,14 @@ fn parse_config(args: &[Bytes]) -> RespRequest {
             for pattern in &args[1..] {
                 for (name, value) in [("save", ""), ("appendonly", "no")] {
                     if pattern.eq_ignore_ascii_case(name.as_bytes()) || pattern.as_ref() == b"*" {
-                        out.push(Bytes::from_static(name.as_bytes()));
-                        out.push(Bytes::from_static(value.as_bytes()));
+                        out.push((
+                            Bytes::from_static(name.as_bytes()),
+                            Bytes::from_static(value.as_bytes()),
+                        ));
                     }
                 }
             }
-            RespRequest::Answer(Answer::Array(out))
+            RespRequest::Answer(Answer::Map(out))
         }
         b"set" | b"resetstat" | b"rewrite" => {
             error("ERR rcache is configured by its TOML file, not CONFIG SET")
@@ -761,18 +785,47 @@ fn put_error(out: &mut BytesMut, line: &str) {
     out.put_slice(b"\r\n");
 }
 
+/// The reply encoding of a connection: RESP2 unless `HELLO 3` asked for RESP3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Version {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+fn put_nil(out: &mut BytesMut, version: Version) {
+    out.put_slice(match version {
+        Version::Resp2 => b"$-1\r\n",
+        Version::Resp3 => b"_\r\n",
+    });
+}
+
+fn put_map_header(out: &mut BytesMut, pairs: usize, version: Version) {
+    match version {
+        Version::Resp2 => put_header(out, b'*', 2 * pairs as i64),
+        Version::Resp3 => put_header(out, b'%', pairs as i64),
+    }
+}
+
 /// Appends a reply the decoder gave.
-pub fn encode_answer(answer: &Answer, out: &mut BytesMut) {
+pub fn encode_answer(answer: &Answer, version: Version, out: &mut BytesMut) {
     match answer {
         Answer::Ok => out.put_slice(b"+OK\r\n"),
         Answer::Pong => out.put_slice(b"+PONG\r\n"),
         Answer::Bulk(b) => put_bulk(out, b),
-        Answer::Nil => out.put_slice(b"$-1\r\n"),
+        Answer::Nil => put_nil(out, version),
         Answer::Integer(n) => put_header(out, b':', *n),
         Answer::Array(items) => {
             put_header(out, b'*', items.len() as i64);
             for item in items {
                 put_bulk(out, item);
+            }
+        }
+        Answer::Map(pairs) => {
+            put_map_header(out, pairs.len(), version);
+            for (name, value) in pairs {
+                put_bulk(out, name);
+                put_bulk(out, value);
             }
         }
         Answer::Error(line) => put_error(out, line),
@@ -781,7 +834,7 @@ pub fn encode_answer(answer: &Answer, out: &mut BytesMut) {
 }
 
 /// Appends the reply to a [`RespRequest::Run`] in the shape Redis gives it.
-pub fn encode_reply(reply: &Reply, shape: Shape, out: &mut BytesMut) {
+pub fn encode_reply(reply: &Reply, shape: Shape, version: Version, out: &mut BytesMut) {
     match (reply, shape) {
         (Reply::Done, Shape::Stored) => out.put_slice(b":1\r\n"),
         (Reply::NotStored, Shape::Stored) => out.put_slice(b":0\r\n"),
@@ -791,18 +844,18 @@ pub fn encode_reply(reply: &Reply, shape: Shape, out: &mut BytesMut) {
         (Reply::Value(v), _) => put_bulk(out, v),
         (Reply::Done, _) => out.put_slice(b"+OK\r\n"),
         (Reply::Pong, _) => out.put_slice(b"+PONG\r\n"),
-        (Reply::NotStored, _) => out.put_slice(b"$-1\r\n"),
+        (Reply::NotStored, _) => put_nil(out, version),
         (Reply::Integer(n), _) => put_header(out, b':', *n),
         (Reply::Values(values), _) => {
             put_header(out, b'*', values.len() as i64);
             for value in values {
                 match value {
                     Some(v) => put_bulk(out, v),
-                    None => out.put_slice(b"$-1\r\n"),
+                    None => put_nil(out, version),
                 }
             }
         }
-        (Reply::Error(e), _) if e.code == ErrorCode::NotFound => out.put_slice(b"$-1\r\n"),
+        (Reply::Error(e), _) if e.code == ErrorCode::NotFound => put_nil(out, version),
         (Reply::Error(e), _) => put_error(out, &error_line(e)),
     }
 }
@@ -818,19 +871,19 @@ fn error_line(e: &ErrorReply) -> String {
     format!("{prefix} {}", e.message)
 }
 
-/// The answer to `HELLO` in RESP2: the server's description as a flat
-/// array of names and values.
-pub fn encode_hello(role: &str, out: &mut BytesMut) {
-    put_header(out, b'*', 14);
-    for (name, value) in [
-        ("server", "redis"),
-        ("version", REDIS_VERSION),
-    ] {
+/// The answer to `HELLO`: the server's description, a map (a flat array
+/// of names and values in RESP2).
+pub fn encode_hello(role: &str, version: Version, out: &mut BytesMut) {
+    put_map_header(out, 7, version);
+    for (name, value) in [("server", "redis"), ("version", REDIS_VERSION)] {
         put_bulk(out, name.as_bytes());
         put_bulk(out, value.as_bytes());
     }
     put_bulk(out, b"proto");
-    out.put_slice(b":2\r\n");
+    out.put_slice(match version {
+        Version::Resp2 => b":2\r\n",
+        Version::Resp3 => b":3\r\n",
+    });
     put_bulk(out, b"id");
     out.put_slice(b":0\r\n");
     put_bulk(out, b"mode");
@@ -913,6 +966,9 @@ fn parse_value(
     let Some(cr) = buf[pos..].iter().position(|&b| b == b'\r') else {
         return Ok(None);
     };
+    if cr == 0 {
+        return Err("a reply with no type".into());
+    }
     if buf.len() < pos + cr + 2 {
         return Ok(None);
     }
@@ -940,11 +996,14 @@ fn parse_value(
                 after + len + 2,
             ))
         }
-        b'*' => {
+        b'_' => Some((Value::Bulk(None), after)),
+        b'*' | b'%' => {
             let n = number()?;
             if n < 0 {
                 return Ok(Some((Value::Array(None), after)));
             }
+            // A map's entries are read as a flat array of names and values.
+            let n = if marker == b'%' { 2 * n } else { n };
             let mut items = Vec::with_capacity((n as usize).min(1024));
             let mut at = after;
             for _ in 0..n {
@@ -1035,14 +1094,26 @@ mod tests {
     fn argument_errors_keep_the_connection() {
         let cases: &[(&[&str], &str)] = &[
             (&["GET"], "ERR wrong number of arguments for 'get' command"),
-            (&["SET", "k", "v", "EX", "x"], "ERR value is not an integer or out of range"),
-            (&["SET", "k", "v", "EX", "0"], "ERR invalid expire time in 'set' command"),
+            (
+                &["SET", "k", "v", "EX", "x"],
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                &["SET", "k", "v", "EX", "0"],
+                "ERR invalid expire time in 'set' command",
+            ),
             (&["SET", "k", "v", "NX", "XX"], "ERR syntax error"),
             (&["SET", "k", "v", "EX"], "ERR syntax error"),
-            (&["MSET", "a"], "ERR wrong number of arguments for 'mset' command"),
+            (
+                &["MSET", "a"],
+                "ERR wrong number of arguments for 'mset' command",
+            ),
             (&["SELECT", "1"], "ERR DB index is out of range"),
-            (&["HELLO", "3"], "NOPROTO unsupported protocol version"),
-            (&["GET", "a-key-longer-than-16"], "ERR key longer than 16 bytes"),
+            (&["HELLO", "4"], "NOPROTO unsupported protocol version"),
+            (
+                &["GET", "a-key-longer-than-16"],
+                "ERR key longer than 16 bytes",
+            ),
             (
                 &["FLUSHALL", "x"],
                 "ERR unknown command 'FLUSHALL', with args beginning with: ",
@@ -1055,7 +1126,9 @@ mod tests {
             assert_eq!(
                 got,
                 vec![
-                    Ok(RespRequest::Answer(Answer::Error(Cow::Owned(line.to_string())))),
+                    Ok(RespRequest::Answer(Answer::Error(Cow::Owned(
+                        line.to_string()
+                    )))),
                     Ok(RespRequest::Answer(Answer::Pong)),
                 ],
                 "{args:?}"
@@ -1100,9 +1173,12 @@ mod tests {
 
     #[test]
     fn empty_requests_are_skipped() {
-        let mut wire = BytesMut::from(&b"*0\r\n*-1\r\n"[..]);
+        let mut wire = BytesMut::from(&b"*0\r\n*-1\r\n\r\n\n"[..]);
         wire.extend_from_slice(&request(&["PING"]));
-        assert_eq!(decode_all(&wire), vec![Ok(RespRequest::Answer(Answer::Pong))]);
+        assert_eq!(
+            decode_all(&wire),
+            vec![Ok(RespRequest::Answer(Answer::Pong))]
+        );
     }
 
     #[test]
@@ -1135,14 +1211,32 @@ mod tests {
         ];
         for (reply, shape, wire) in cases {
             let mut out = BytesMut::new();
-            encode_reply(&reply, shape, &mut out);
+            encode_reply(&reply, shape, Version::Resp2, &mut out);
             assert_eq!(&out[..], wire, "{reply:?}");
         }
+        let mut out = BytesMut::new();
+        encode_reply(
+            &Reply::Values(vec![None, Some(b("v"))]),
+            Shape::Plain,
+            Version::Resp3,
+            &mut out,
+        );
+        encode_reply(&Reply::NotStored, Shape::Plain, Version::Resp3, &mut out);
+        encode_answer(
+            &Answer::Map(vec![(b("save"), b(""))]),
+            Version::Resp3,
+            &mut out,
+        );
+        assert_eq!(
+            &out[..],
+            b"*2\r\n_\r\n$1\r\nv\r\n_\r\n%1\r\n$4\r\nsave\r\n$0\r\n\r\n"
+        );
     }
 
     #[test]
     fn client_decoder_reads_every_reply_type() {
-        let mut buf = BytesMut::from(&b"+OK\r\n-ERR x\r\n:-3\r\n$-1\r\n*2\r\n$1\r\na\r\n*0\r\n"[..]);
+        let mut buf =
+            BytesMut::from(&b"+OK\r\n-ERR x\r\n:-3\r\n$-1\r\n*2\r\n$1\r\na\r\n*0\r\n"[..]);
         let mut got = Vec::new();
         while let Some(v) = decode_value(&mut buf, 1024).expect("valid") {
             got.push(v);

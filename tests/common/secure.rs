@@ -73,6 +73,24 @@ impl<T: Read + Write + Send> ReadWrite for T {}
 /// TLS with a client certificate and already authenticated. `tcp` is the
 /// socket underneath (for timeouts).
 pub fn dial(addr: &str) -> Result<(Box<dyn ReadWrite>, TcpStream), String> {
+    let (mut io, sock) = dial_unauthenticated(addr)?;
+    if on() {
+        io.write_all(format!("auth||{TOKEN}\n").as_bytes())
+            .and_then(|_| io.flush())
+            .map_err(|e| format!("TLS to {addr}: {e}"))?;
+        let mut reply = [0u8; 4];
+        io.read_exact(&mut reply)
+            .map_err(|e| format!("TLS to {addr}: {e}"))?;
+        if &reply != b"0||\n" {
+            return Err(format!("auth refused by {addr}: {reply:?}"));
+        }
+    }
+    Ok((io, sock))
+}
+
+/// [`dial`] without authenticating: the first bytes sent choose the
+/// protocol (RESP clients send `AUTH` themselves).
+pub fn dial_unauthenticated(addr: &str) -> Result<(Box<dyn ReadWrite>, TcpStream), String> {
     let tcp = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
@@ -88,15 +106,6 @@ pub fn dial(addr: &str) -> Result<(Box<dyn ReadWrite>, TcpStream), String> {
     });
     let name = rcache::tls::server_name(addr)?;
     let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(format!("auth||{TOKEN}\n").as_bytes())
-        .and_then(|_| tls.flush())
-        .map_err(|e| format!("TLS to {addr}: {e}"))?;
-    let mut reply = [0u8; 4];
-    tls.read_exact(&mut reply)
-        .map_err(|e| format!("TLS to {addr}: {e}"))?;
-    if &reply != b"0||\n" {
-        return Err(format!("auth refused by {addr}: {reply:?}"));
-    }
+    let tls = rustls::StreamOwned::new(conn, tcp);
     Ok((Box::new(tls), sock))
 }

@@ -1,0 +1,266 @@
+//! RESP2/RESP3 over raw sockets against real daemons: the worker answers
+//! it directly, the orchestrator routes it; pipelines keep their order;
+//! AUTH and HELLO; framing errors close only the offending connection;
+//! oversized and slow requests are bounded.
+
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use rcache::protocol::resp::{decode_value, encode_request, Value};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// A blocking RESP client over the harness's connection (TLS and auth in
+/// secure mode are handled by `Client`'s dialer).
+struct Resp {
+    io: Box<dyn secure::ReadWrite>,
+    buf: BytesMut,
+}
+
+impl Resp {
+    fn connect(port: u16) -> Resp {
+        let (io, _) = secure::dial_unauthenticated(&format!("127.0.0.1:{port}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut r = Resp {
+            io,
+            buf: BytesMut::new(),
+        };
+        if secure::on() {
+            assert_eq!(r.call(&["AUTH", secure::TOKEN]), Value::Status("OK".into()));
+        }
+        r
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        let mut out = BytesMut::new();
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        encode_request(&args, &mut out);
+        self.io.write_all(&out).expect("write");
+        self.io.flush().expect("flush");
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).expect("write");
+        self.io.flush().expect("flush");
+    }
+
+    fn read(&mut self) -> Value {
+        loop {
+            if let Some(v) = decode_value(&mut self.buf, 64 << 20).expect("a valid reply") {
+                return v;
+            }
+            let mut chunk = [0u8; 16384];
+            let n = self.io.read(&mut chunk).expect("read");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads until EOF; true if the server closed within `timeout`.
+    fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.io.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    fn call(&mut self, args: &[&str]) -> Value {
+        self.send(args);
+        self.read()
+    }
+}
+
+fn bulk(s: &str) -> Value {
+    Value::Bulk(Some(s.as_bytes().to_vec().into()))
+}
+
+fn ok() -> Value {
+    Value::Status("OK".into())
+}
+
+fn err(line: &str) -> Value {
+    Value::Error(line.as_bytes().to_vec().into())
+}
+
+#[test]
+fn a_worker_answers_resp_directly() {
+    let w = worker(free_port(), None, &[]);
+    let mut r = Resp::connect(w.port);
+    assert_eq!(r.call(&["PING"]), Value::Status("PONG".into()));
+    assert_eq!(r.call(&["SET", "k", "v\r\n\0"]), ok());
+    assert_eq!(r.call(&["GET", "k"]), bulk("v\r\n\0"));
+    assert_eq!(r.call(&["SET", "k", "w", "NX"]), Value::Bulk(None));
+    assert_eq!(r.call(&["SETNX", "k2", "w"]), Value::Integer(1));
+    assert_eq!(r.call(&["EXPIRE", "k", "100"]), Value::Integer(1));
+    assert_eq!(r.call(&["TTL", "k"]), Value::Integer(100));
+    assert_eq!(r.call(&["DBSIZE"]), Value::Integer(2));
+    assert_eq!(
+        r.call(&["MGET", "k", "nope", "k2"]),
+        Value::Array(Some(vec![bulk("v\r\n\0"), Value::Bulk(None), bulk("w")]))
+    );
+    assert_eq!(r.call(&["DEL", "k", "k2", "nope"]), Value::Integer(2));
+    // The text protocol still works on the same port.
+    let mut t = Client::connect(w.port);
+    if secure::on() {
+        assert_eq!(t.req(&format!("auth||{}", secure::TOKEN)), "0||");
+    }
+    assert_eq!(t.req("ping"), "0||pong");
+}
+
+#[test]
+fn hello_3_switches_to_resp3_replies() {
+    let w = worker(free_port(), None, &[]);
+    let mut r = Resp::connect(w.port);
+    r.send(&["HELLO", "3"]);
+    match r.read() {
+        Value::Array(Some(items)) => {
+            assert_eq!(items.len(), 14, "a map of 7 entries");
+            assert_eq!(items[4], bulk("proto"));
+            assert_eq!(items[5], Value::Integer(3));
+        }
+        other => panic!("HELLO 3 answered {other:?}"),
+    }
+    // Nil is `_` now: read the raw bytes.
+    r.send(&["GET", "missing"]);
+    let mut raw = [0u8; 3];
+    r.io.read_exact(&mut raw).expect("read");
+    assert_eq!(&raw, b"_\r\n");
+    assert_eq!(
+        r.call(&["HELLO", "4"]),
+        err("NOPROTO unsupported protocol version")
+    );
+}
+
+#[test]
+fn pipelines_through_the_orchestrator_keep_their_order() {
+    let (a, b) = pair(&[]);
+    let (c, d) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port, c.port, d.port], &[]);
+    let mut r = Resp::connect(o.port);
+    // 1,000 commands in one write: sets and reads of 10 keys interleaved.
+    let mut wire = BytesMut::new();
+    for i in 0..500 {
+        let key = format!("order:{}", i % 10);
+        let value = i.to_string();
+        encode_request(&[b"SET", key.as_bytes(), value.as_bytes()], &mut wire);
+        encode_request(&[b"GET", key.as_bytes()], &mut wire);
+    }
+    r.send_raw(&wire);
+    for i in 0..500 {
+        assert_eq!(r.read(), ok(), "reply to SET {i}");
+        assert_eq!(r.read(), bulk(&i.to_string()), "GET after SET {i}");
+    }
+    // Multi-key commands across both pairs, in order.
+    let keys: Vec<String> = (0..50).map(|i| format!("spread:{i}")).collect();
+    let mut mset = vec!["MSET"];
+    let values: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
+    for (k, v) in keys.iter().zip(&values) {
+        mset.push(k);
+        mset.push(v);
+    }
+    assert_eq!(r.call(&mset), ok());
+    let mut mget = vec!["MGET"];
+    mget.extend(keys.iter().map(String::as_str));
+    assert_eq!(
+        r.call(&mget),
+        Value::Array(Some(values.iter().map(|v| bulk(v)).collect()))
+    );
+    for w in [&a, &c] {
+        let mut direct = Resp::connect(w.port);
+        match direct.call(&["DBSIZE"]) {
+            Value::Integer(n) => assert!(n > 5, "worker {} holds {n}", w.port),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut exists = vec!["EXISTS"];
+    exists.extend(keys.iter().map(String::as_str));
+    assert_eq!(r.call(&exists), Value::Integer(50));
+}
+
+#[test]
+fn auth_over_resp() {
+    if secure::skip("this test sets its own token") {
+        return;
+    }
+    let w = worker(free_port(), None, &["--auth-token", "sesame"]);
+    let mut r = Resp::connect(w.port);
+    assert_eq!(
+        r.call(&["GET", "k"]),
+        err("NOAUTH Authentication required.")
+    );
+    assert_eq!(
+        r.call(&["AUTH", "wrong"]),
+        err("WRONGPASS invalid username-password pair or user is disabled.")
+    );
+    assert_eq!(
+        r.call(&["SET", "k", "v"]),
+        err("NOAUTH Authentication required.")
+    );
+    assert_eq!(r.call(&["AUTH", "default", "sesame"]), ok());
+    assert_eq!(r.call(&["SET", "k", "v"]), ok());
+    assert_eq!(r.call(&["GET", "k"]), bulk("v"));
+    // HELLO with AUTH opens a new connection in one step.
+    let mut h = Resp::connect(w.port);
+    match h.call(&["HELLO", "2", "AUTH", "default", "sesame"]) {
+        Value::Array(Some(items)) => assert_eq!(items.len(), 14),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.call(&["GET", "k"]), bulk("v"));
+}
+
+#[test]
+fn framing_errors_close_only_the_offender() {
+    let w = worker(free_port(), None, &["--idle-timeout", "2s"]);
+    let mut good = Resp::connect(w.port);
+    assert_eq!(good.call(&["SET", "kept", "yes"]), ok());
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"*1\r\n+PING\r\n",
+            "ERR Protocol error: expected '$', got '+'",
+        ),
+        (
+            b"*1\r\n$99999999999\r\n",
+            "ERR Protocol error: invalid bulk length",
+        ),
+        (
+            b"*2\r\n$3\r\nGET\r\n$1\r\nkXX",
+            "ERR Protocol error: bulk string not followed by CRLF",
+        ),
+        (b"*abc\r\n", "ERR Protocol error: invalid multibulk length"),
+    ];
+    for (wire, line) in cases {
+        let mut bad = Resp::connect(w.port);
+        bad.send_raw(wire);
+        assert_eq!(bad.read(), err(line), "{wire:?}");
+        assert!(bad.closed(), "closed after {wire:?}");
+    }
+    // A value one byte over max_value_bytes (8 MiB by default) is refused
+    // as soon as its header arrives: the bytes are never buffered.
+    let mut big = Resp::connect(w.port);
+    big.send_raw(format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", (8 << 20) + 1).as_bytes());
+    assert_eq!(big.read(), err("ERR Protocol error: invalid bulk length"));
+    // A request that announces a large value and stalls is reaped by the
+    // idle timeout.
+    let mut slow = Resp::connect(w.port);
+    slow.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000000\r\nonly a few bytes");
+    let started = Instant::now();
+    assert!(slow.closed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a stalled request was kept {:?}",
+        started.elapsed()
+    );
+    // The earlier client idled past the timeout meanwhile: a new one.
+    let mut after = Resp::connect(w.port);
+    assert_eq!(after.call(&["GET", "kept"]), bulk("yes"));
+    assert_eq!(
+        after.call(&["GET", "k"]),
+        Value::Bulk(None),
+        "nothing half-written"
+    );
+}
