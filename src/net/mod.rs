@@ -356,8 +356,43 @@ where
     }
 }
 
-/// Requests decoded from one read, executed together (see [`execute`]).
-const BATCH_MAX: usize = 256;
+/// How many requests of a pipeline are executed together (see
+/// [`execute`]): replies are held until their batch is done, so the batch
+/// follows the size of the replies, keeping about [`WRITE_HIGH_WATER_BYTES`]
+/// of them in memory per connection. A connection starts with
+/// [`Window::FIRST`] and moves between 1 and [`Window::MAX`].
+struct Window(usize);
+
+impl Window {
+    const FIRST: usize = 16;
+    const MAX: usize = 256;
+
+    fn new() -> Window {
+        Window(Window::FIRST)
+    }
+
+    /// Sizes the next batch after one whose replies took `bytes`.
+    fn observe(&mut self, replies: &[Reply]) {
+        if replies.is_empty() {
+            return;
+        }
+        let bytes: usize = replies.iter().map(reply_bytes).sum();
+        let average = (bytes / replies.len()).max(1);
+        let fits = (WRITE_HIGH_WATER_BYTES / average).clamp(1, Window::MAX);
+        // Grow gradually, shrink at once.
+        self.0 = fits.min(self.0.saturating_mul(2));
+    }
+}
+
+/// About what a reply takes in memory and on the wire.
+fn reply_bytes(reply: &Reply) -> usize {
+    16 + match reply {
+        Reply::Value(v) => v.len(),
+        Reply::Values(values) => values.iter().flatten().map(|v| v.len() + 16).sum(),
+        Reply::Error(e) => e.message.len(),
+        _ => 0,
+    }
+}
 
 /// Whether `token` opens a connection under `config` (a daemon without a
 /// token accepts any, SPEC).
@@ -523,12 +558,13 @@ where
     let mut decoder = TextDecoder::new(config.limits);
     let mut last_request = Instant::now();
     let mut authenticated = false;
+    let mut window = Window::new();
     loop {
         let mut exit = false;
         loop {
             let mut slots: Vec<Slot<Reply>> = Vec::new();
             let mut commands = Vec::new();
-            while slots.len() < BATCH_MAX {
+            while slots.len() < window.0 {
                 let decoded = decoder.decode(&mut conn.rbuf);
                 let ready = match decoded {
                     Ok(None) => break,
@@ -571,6 +607,7 @@ where
                 break;
             }
             let replies = execute(service, commands, metrics).await;
+            window.observe(&replies);
             last_request = Instant::now();
             for slot in &slots {
                 match slot {
@@ -627,6 +664,7 @@ where
     let mut last_request = Instant::now();
     let mut authenticated = false;
     let mut version = resp::Version::Resp2;
+    let mut window = Window::new();
     let error = |line: &'static str| Answer::Error(line.into());
     loop {
         let mut close = false;
@@ -636,7 +674,7 @@ where
             let mut slots: Vec<Slot<(Answer, resp::Version)>> = Vec::new();
             let mut commands = Vec::new();
             let mut shapes = Vec::new();
-            while slots.len() < BATCH_MAX {
+            while slots.len() < window.0 {
                 let open = config.auth.is_none() || authenticated;
                 let answer = match decoder.decode(&mut conn.rbuf) {
                     Ok(None) => break,
@@ -724,6 +762,7 @@ where
                 break;
             }
             let replies = execute(service, commands, metrics).await;
+            window.observe(&replies);
             last_request = Instant::now();
             for slot in &slots {
                 match slot {
