@@ -93,6 +93,7 @@ pub struct RawWorker {
     pub compression: String,
     pub compress_min_bytes: Scalar,
     pub anti_entropy_interval: Scalar,
+    pub threads: u64,
     pub log_level: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
@@ -115,6 +116,7 @@ impl Default for RawWorker {
             compression: "lz4".into(),
             compress_min_bytes: Scalar::Int(128),
             anti_entropy_interval: "2s".into(),
+            threads: 0,
             log_level: "info".into(),
             auth_token: None,
             tls: None,
@@ -137,6 +139,7 @@ pub struct RawOrchestrator {
     pub health_failures: u64,
     pub max_hint_bytes: Scalar,
     pub workers: Vec<Vec<String>>,
+    pub threads: u64,
     pub log_level: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
@@ -159,6 +162,7 @@ impl Default for RawOrchestrator {
             health_failures: 2,
             max_hint_bytes: "64MiB".into(),
             workers: Vec::new(),
+            threads: 1,
             log_level: "info".into(),
             auth_token: None,
             tls: None,
@@ -172,6 +176,10 @@ pub trait RawConfig: Default + Clone + Serialize + DeserializeOwned {
     /// Keys a reload (SIGHUP) applies while serving; a change to any other
     /// key is logged as needing a restart.
     const LIVE_KEYS: &'static [&'static str];
+
+    /// Threads serving requests: 1 is a single-threaded runtime (no
+    /// cross-thread wake-ups), 0 one thread per CPU core.
+    fn threads(&self) -> usize;
 }
 
 /// The keys whose values differ between two configs, in `R::KEYS` order.
@@ -202,11 +210,16 @@ impl RawConfig for RawWorker {
         "compression",
         "compress_min_bytes",
         "anti_entropy_interval",
+        "threads",
         "log_level",
         "auth_token",
         "tls",
     ];
     const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "max_memory", "log_level", "tls"];
+
+    fn threads(&self) -> usize {
+        usize::try_from(self.threads).unwrap_or(usize::MAX)
+    }
 }
 
 impl RawConfig for RawOrchestrator {
@@ -223,11 +236,16 @@ impl RawConfig for RawOrchestrator {
         "health_failures",
         "max_hint_bytes",
         "workers",
+        "threads",
         "log_level",
         "auth_token",
         "tls",
     ];
     const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "workers", "log_level", "tls"];
+
+    fn threads(&self) -> usize {
+        usize::try_from(self.threads).unwrap_or(usize::MAX)
+    }
 }
 
 /// Merges defaults, the file, the environment and `flags` (only the flags
@@ -298,6 +316,12 @@ impl Problems {
     fn address(&mut self, key: &str, value: &str) {
         if let Err(e) = check_address(value) {
             self.push(key, format!("{value:?}"), e);
+        }
+    }
+
+    fn threads(&mut self, threads: u64) {
+        if threads > 1024 {
+            self.push("threads", threads, "at most 1024 (0 = one per CPU core)");
         }
     }
 
@@ -431,6 +455,7 @@ impl RawWorker {
             &self.anti_entropy_interval,
             Duration::from_millis(50),
         );
+        p.threads(self.threads);
         let level = p.log_level(&self.log_level);
         p.finish((
             WorkerConfig {
@@ -478,6 +503,7 @@ impl RawOrchestrator {
         if self.health_failures == 0 {
             p.push("health_failures", 0, "must be at least 1");
         }
+        p.threads(self.threads);
         let max_hint_bytes = p.size("max_hint_bytes", &self.max_hint_bytes, 0, u64::MAX);
         let mut pairs = Vec::new();
         if self.workers.is_empty() {
@@ -613,6 +639,8 @@ flag_struct!(
         compress_min_bytes: String,
         /// How often partners compare their stores and repair differences [default: 2s]
         anti_entropy_interval: String,
+        /// Threads serving requests; 0 = one per CPU core, 1 = single-threaded [default: 0]
+        threads: u64,
         /// error, warn, info, debug or trace [default: info]
         log_level: String,
         /// Clients must `auth||<token>` first; links present it too (prefer RCACHE_AUTH_TOKEN: flags show in ps)
@@ -645,6 +673,8 @@ flag_struct!(
         health_failures: u64,
         /// Writes queued per unreachable worker for hinted handoff, in bytes [default: 64MiB]
         max_hint_bytes: String,
+        /// Threads serving requests; 1 = single-threaded, 0 = one per CPU core [default: 1]
+        threads: u64,
         /// error, warn, info, debug or trace [default: info]
         log_level: String,
         /// Clients must `auth||<token>` first; links present it too (prefer RCACHE_AUTH_TOKEN: flags show in ps)

@@ -117,10 +117,22 @@ where
         std::process::exit(EXIT_OK);
     }
     let log_level = init_logging(level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread: a single-threaded runtime, where a task waking another
+    // costs no cross-thread wake-up (the orchestrator's default; a proxy
+    // spends most of its time handing requests between tasks).
+    let built = match raw.threads() {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start the runtime: {e}");
