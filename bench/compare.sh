@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of rcache and its peers, in one run, on loopback:
+#
+#   redis        one redis-server
+#   twemproxy    nutcracker in front of two redis-servers (each key stored once)
+#   rcache-worker        one rcache worker
+#   rcache-orchestrator  an orchestrator in front of two worker pairs (each
+#                        write stored twice)
+#
+# Every target gets the same redis-benchmark load: SET and GET, 100-byte
+# values, 50 clients, 100,000 keys, pipeline 1 and 16; each run is repeated
+# (3 times by default, the targets interleaved) and the table shows the
+# median requests/s and p99 with the ratios rcache/peer. Then memory per
+# entry: 1,000,000 entries (16-byte keys, 100-byte incompressible values)
+# loaded into one rcache worker and one redis-server, compared as RSS.
+#
+# Results: bench/results/<time>/{results.csv,memory.csv,table.md,chart.svg}.
+# Usage: bench/compare.sh [--repeats N] [--requests N] [--out DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+repeats=3
+requests_p1=200000     # requests per test at pipeline 1
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --repeats) repeats=$2; shift 2 ;;
+    --requests) requests_p1=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "usage: $0 [--repeats N] [--requests N] [--out DIR]" >&2; exit 2 ;;
+  esac
+done
+requests_p16=$((requests_p1 * 8))
+out=${out:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out"
+
+need() { # need <command> <debian package>
+  if ! command -v "$1" >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      echo "==> installing $2"
+      apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+    fi
+    command -v "$1" >/dev/null || { echo "error: $1 is missing (apt install $2)" >&2; exit 1; }
+  fi
+}
+need redis-server redis-server
+need redis-benchmark redis-tools
+need redis-cli redis-tools
+need nutcracker nutcracker
+need python3 python3
+
+echo "==> cargo build --release"
+cargo build --release --quiet
+bin=target/release
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { # free_port [count]: distinct ports nobody listens on now
+  python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "${1:-1}"
+}
+
+wait_port() { # wait_port <port>
+  for _ in $(seq 100); do
+    if redis-cli -p "$1" ping >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "error: nothing answers on port $1 (logs in $out)" >&2
+  exit 1
+}
+
+start_redis() { # start_redis <port>
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize no --logfile "$out/redis-$1.log" &
+  pids+=($!)
+  wait_port "$1"
+}
+
+start_worker() { # start_worker <port> [<partner port>]
+  local args=(--listen "127.0.0.1:$1" --metrics-listen 127.0.0.1:0 --log-level warn)
+  [ $# -gt 1 ] && args+=(--partner "127.0.0.1:$2")
+  "$bin/rcache-worker" "${args[@]}" >"$out/worker-$1.log" 2>&1 &
+  pids+=($!)
+  wait_port "$1"
+}
+
+# --- start every target --------------------------------------------------
+read -r redis_port tw_a tw_b tw_port tw_stats worker_port w1 w2 w3 w4 orch_port mem_redis mem_worker \
+  <<<"$(free_port 13)"
+start_redis "$redis_port"
+start_redis "$tw_a"
+start_redis "$tw_b"
+cat >"$out/nutcracker.yml" <<EOF
+pool:
+  listen: 127.0.0.1:$tw_port
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  timeout: 1000
+  servers:
+   - 127.0.0.1:$tw_a:1
+   - 127.0.0.1:$tw_b:1
+EOF
+nutcracker -c "$out/nutcracker.yml" -s "$tw_stats" -o "$out/nutcracker.log" &
+pids+=($!)
+wait_port "$tw_port"
+
+start_worker "$worker_port"
+start_worker "$w1" "$w2"; start_worker "$w2" "$w1"
+start_worker "$w3" "$w4"; start_worker "$w4" "$w3"
+"$bin/rcache-orchestrator" --listen "127.0.0.1:$orch_port" --metrics-listen 127.0.0.1:0 \
+  --log-level warn 127.0.0.1 "$w1" 127.0.0.1 "$w2" 127.0.0.1 "$w3" 127.0.0.1 "$w4" \
+  >"$out/orchestrator.log" 2>&1 &
+pids+=($!)
+wait_port "$orch_port"
+
+targets=("redis:$redis_port" "rcache-worker:$worker_port" "twemproxy:$tw_port" "rcache-orchestrator:$orch_port")
+
+# --- throughput and latency ---------------------------------------------
+csv="$out/results.csv"
+echo "repeat,target,test,pipeline,rps,p50_ms,p99_ms" >"$csv"
+for repeat in $(seq "$repeats"); do
+  for pipeline in 1 16; do
+    n=$requests_p1
+    [ "$pipeline" = 16 ] && n=$requests_p16
+    for target in "${targets[@]}"; do
+      name=${target%%:*}; port=${target##*:}
+      printf '==> repeat %s/%s  %-20s pipeline %-2s ' "$repeat" "$repeats" "$name" "$pipeline"
+      redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -d 100 -c 50 -r 100000 \
+        -n "$n" -P "$pipeline" --csv 2>/dev/null |
+        python3 -c '
+import csv, sys
+rows = list(csv.reader(sys.stdin))
+header = rows[0]
+for row in rows[1:]:
+    r = dict(zip(header, row))
+    print(",".join([sys.argv[1], sys.argv[2], r["test"], sys.argv[3], r["rps"],
+                    r["p50_latency_ms"], r["p99_latency_ms"]]))
+' "$repeat" "$name" "$pipeline" | tee -a "$csv" | awk -F, '{printf "%s %.0f/s p99 %sms  ", $3, $5, $7} END {print ""}'
+    done
+  done
+done
+
+# --- memory per entry -----------------------------------------------------
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+echo "==> memory: 1,000,000 entries, 16-byte keys, 100-byte incompressible values"
+python3 - "$out/load.resp" <<'EOF'
+import random, sys
+rng = random.Random(7)
+alphabet = bytes(range(33, 127))
+with open(sys.argv[1], "wb") as f:
+    for i in range(1_000_000):
+        key = b"key:%012d" % i
+        value = bytes(rng.choices(alphabet, k=100))
+        f.write(b"*3\r\n$3\r\nSET\r\n$16\r\n%s\r\n$100\r\n%s\r\n" % (key, value))
+EOF
+mem_csv="$out/memory.csv"
+echo "target,entries,rss_before_kb,rss_after_kb,bytes_per_entry" >"$mem_csv"
+# A fresh redis-server for this (the throughput runs left keys in the first).
+start_redis "$mem_redis"; mem_redis_pid=${pids[-1]}
+start_worker "$mem_worker"; mem_worker_pid=${pids[-1]}
+for target in "redis:$mem_redis:$mem_redis_pid" "rcache-worker:$mem_worker:$mem_worker_pid"; do
+  IFS=: read -r name port pid <<<"$target"
+  before=$(rss_kb "$pid")
+  redis-cli -p "$port" --pipe <"$out/load.resp" >"$out/load-$name.log"
+  entries=$(redis-cli -p "$port" dbsize)
+  sleep 1
+  after=$(rss_kb "$pid")
+  per=$(( (after - before) * 1024 / entries ))
+  echo "$name,$entries,$before,$after,$per" | tee -a "$mem_csv"
+done
+rm -f "$out/load.resp"
+
+# --- table and chart -------------------------------------------------------
+python3 bench/report.py "$out" | tee "$out/table.md"
+echo "==> results in $out (results.csv, memory.csv, table.md, chart.svg)"
