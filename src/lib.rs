@@ -44,3 +44,5 @@ pub mod tls;
 pub mod version;
 pub mod worker;
 pub mod zipf;
+
+pub use client::Client;

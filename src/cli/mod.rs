@@ -4,7 +4,7 @@
 
 pub mod local;
 
-use crate::client::text::TextClient;
+use crate::client::{Client, Error};
 use crate::protocol::{Command, Reply, SetWhen};
 use bytes::Bytes;
 use std::io::{BufRead, Write};
@@ -18,7 +18,8 @@ use std::time::Duration;
     after_help = "With no command, starts an interactive shell."
 )]
 pub struct Cli {
-    /// Server to talk to (an orchestrator, or a worker directly).
+    /// Server to talk to (an orchestrator, or a worker directly); several,
+    /// comma-separated, are tried in turn.
     #[arg(
         long,
         global = true,
@@ -88,7 +89,7 @@ pub async fn run(mut cli: Cli) -> i32 {
         Some(CliCommand::Ping) => Command::Ping,
         Some(CliCommand::Cluster) => Command::Cluster,
     };
-    let mut client = match connect(&cli).await {
+    let client = match connect(&cli).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rcache: {e}");
@@ -97,6 +98,7 @@ pub async fn run(mut cli: Cli) -> i32 {
     };
     match client.request(&command).await {
         Ok(reply) => print_reply(&command, &reply),
+        Err(Error::Server(e)) => print_reply(&command, &Reply::Error(e)),
         Err(e) => {
             eprintln!("rcache: {}: {e}", cli.addr);
             1
@@ -104,9 +106,8 @@ pub async fn run(mut cli: Cli) -> i32 {
     }
 }
 
-/// Connects, and authenticates when given a token.
-async fn connect(cli: &Cli) -> Result<TextClient, String> {
-    let addr = cli.addr.as_str();
+/// The client the flags describe (nothing is dialed yet).
+async fn connect(cli: &Cli) -> Result<Client, String> {
     let pair = match (cli.tls_cert.as_deref(), cli.tls_key.as_deref()) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
@@ -117,22 +118,23 @@ async fn connect(cli: &Cli) -> Result<TextClient, String> {
         (None, None) => None,
         (None, Some(_)) => return Err("--tls-cert needs --tls-ca".into()),
     };
-    let mut client = TextClient::connect_tls(addr, tls.as_ref(), cli.timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let addrs: Vec<String> = cli
+        .addr
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let mut builder = Client::builder(addrs)
+        .timeout(cli.timeout)
+        .connect_timeout(cli.timeout)
+        .pool_size(1);
     if let Some(token) = &cli.auth_token {
-        let auth = Command::Auth {
-            token: Bytes::copy_from_slice(token.as_bytes()),
-        };
-        match client.request(&auth).await {
-            Ok(Reply::Done) => {}
-            Ok(Reply::Value(v)) if v.is_empty() => {}
-            Ok(Reply::Error(e)) => return Err(format!("{addr}: auth refused: {}", e.message)),
-            Ok(other) => return Err(format!("{addr}: unexpected answer to auth: {other:?}")),
-            Err(e) => return Err(format!("{addr}: {e}")),
-        }
+        builder = builder.auth_token(token);
     }
-    Ok(client)
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    Ok(builder.build())
 }
 
 /// Prints a reply as a person reads it; returns the exit status.
@@ -283,14 +285,14 @@ fn parse_shell_line(line: &str) -> Option<Result<Command, String>> {
 
 async fn shell(cli: &Cli) -> i32 {
     let addr = cli.addr.as_str();
-    let mut client = match connect(cli).await {
+    let client = match connect(cli).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rcache: {e}");
             return 1;
         }
     };
-    eprintln!("connected to {addr}; commands: get, set, setex, del, ping, quit");
+    eprintln!("talking to {addr}; commands: get, set, setex, del, ping, quit");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1);
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
@@ -316,20 +318,15 @@ async fn shell(cli: &Cli) -> i32 {
             Some(Ok(Command::Exit)) => return 0,
             Some(Ok(c)) => c,
         };
+        // The client reconnects (and fails over) by itself.
         match client.request(&command).await {
             Ok(reply) => {
                 print_reply(&command, &reply);
             }
-            Err(e) => {
-                eprintln!("rcache: {e}; reconnecting");
-                match connect(cli).await {
-                    Ok(c) => client = c,
-                    Err(e) => {
-                        eprintln!("rcache: {e}");
-                        return 1;
-                    }
-                }
+            Err(Error::Server(e)) => {
+                print_reply(&command, &Reply::Error(e));
             }
+            Err(e) => eprintln!("rcache: {e}"),
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Clients of rcache's protocols: [`text::TextClient`] (the CLI, tests) and
+//! Clients of rcache's protocols: [`Client`] (the library for
+//! applications: pooled, failing over between orchestrators; the `rcache`
+//! command uses it), [`text::TextClient`] (one connection) and
 //! [`link::LinkConn`] (the orchestrator's pooled links to workers and a
 //! worker's refill from its partner).
 //!
@@ -7,7 +9,10 @@
 //! outcome.
 
 pub mod link;
+pub mod pool;
 pub mod text;
+
+pub use pool::{Builder, Client, Error};
 
 use crate::protocol::link::LinkError;
 use std::io;

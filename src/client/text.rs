@@ -31,6 +31,12 @@ impl TextClient {
         })
     }
 
+    /// Waits up to `timeout` for each answer from now on.
+    pub fn with_timeout(mut self, timeout: Duration) -> TextClient {
+        self.timeout = timeout;
+        self
+    }
+
     /// Sends one command and reads its reply.
     pub async fn request(&mut self, command: &Command) -> Result<Reply, ClientError> {
         encode_command(command, &mut self.conn.wbuf)

@@ -109,3 +109,21 @@ pub fn dial_unauthenticated(addr: &str) -> Result<(Box<dyn ReadWrite>, TcpStream
     let tls = rustls::StreamOwned::new(conn, tcp);
     Ok((Box::new(tls), sock))
 }
+
+/// The TLS configuration of a client with the secure-mode certificate.
+pub fn client_tls() -> Arc<rustls::ClientConfig> {
+    let p = pki();
+    rcache::tls::client_config(&p.ca, Some((&p.cert, &p.key))).expect("client TLS config")
+}
+
+/// A library client of `addrs`: in secure mode with TLS and the token.
+pub fn library_client<S: Into<String>>(
+    addrs: impl IntoIterator<Item = S>,
+) -> rcache::client::Builder {
+    let builder = rcache::Client::builder(addrs);
+    if on() {
+        builder.tls(client_tls()).auth_token(TOKEN)
+    } else {
+        builder
+    }
+}
