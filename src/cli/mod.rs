@@ -2,6 +2,7 @@
 //! worker, an interactive shell, and `rcache local` (a whole cluster on
 //! loopback in one process).
 
+pub mod bench;
 pub mod local;
 
 use crate::client::{Client, Error};
@@ -67,6 +68,9 @@ pub enum CliCommand {
     Cluster,
     /// Run an orchestrator and two worker pairs on loopback until Ctrl-C.
     Local(local::LocalArgs),
+    /// Load a server with gets and sets (text or RESP) and report
+    /// requests/s and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -78,6 +82,7 @@ pub async fn run(mut cli: Cli) -> i32 {
     let command = match cli.command.take() {
         None => return shell(&cli).await,
         Some(CliCommand::Local(args)) => return local::run(args).await,
+        Some(CliCommand::Bench(args)) => return bench::run(&cli, args).await,
         Some(CliCommand::Get { key }) => Command::Get { key: key.into() },
         Some(CliCommand::Set { key, value, ttl }) => Command::Set {
             key: key.into(),
@@ -106,18 +111,23 @@ pub async fn run(mut cli: Cli) -> i32 {
     }
 }
 
-/// The client the flags describe (nothing is dialed yet).
-async fn connect(cli: &Cli) -> Result<Client, String> {
+/// The TLS configuration the flags describe, if any.
+fn tls_config(cli: &Cli) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
     let pair = match (cli.tls_cert.as_deref(), cli.tls_key.as_deref()) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
-    let tls = match (&cli.tls_ca, pair) {
-        (Some(ca), pair) => Some(crate::tls::client_config(ca, pair)?),
-        (None, None) => None,
-        (None, Some(_)) => return Err("--tls-cert needs --tls-ca".into()),
-    };
+    match (&cli.tls_ca, pair) {
+        (Some(ca), pair) => Ok(Some(crate::tls::client_config(ca, pair)?)),
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err("--tls-cert needs --tls-ca".into()),
+    }
+}
+
+/// The client the flags describe (nothing is dialed yet).
+async fn connect(cli: &Cli) -> Result<Client, String> {
+    let tls = tls_config(cli)?;
     let addrs: Vec<String> = cli
         .addr
         .split(',')
