@@ -66,7 +66,7 @@ fn bench_reports_what_the_server_served() {
                 .find(word)
                 .unwrap_or_else(|| panic!("{word} in {stdout}"));
             stdout[..i]
-                .rsplit(|c: char| c == '(' || c == ' ')
+                .rsplit(['(', ' '])
                 .find(|s| !s.is_empty())
                 .expect("a number")
                 .replace(',', "")
