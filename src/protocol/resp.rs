@@ -363,8 +363,17 @@ pub fn parse_command(mut args: Vec<Bytes>, limits: &Limits) -> RespRequest {
         return error("ERR empty command");
     }
     let name_arg = args.remove(0);
-    let name = String::from_utf8_lossy(&name_arg).to_ascii_lowercase();
-    match parse_known(&name, args, limits) {
+    // Lowercased on the stack: every command rcache knows is short ASCII.
+    let mut lower = [0u8; 16];
+    let name = match lower.get_mut(..name_arg.len()) {
+        Some(buf) => {
+            buf.copy_from_slice(&name_arg);
+            buf.make_ascii_lowercase();
+            std::str::from_utf8(buf).unwrap_or("")
+        }
+        None => "",
+    };
+    match parse_known(name, args, limits) {
         Some(request) => request,
         None => error(format!(
             "ERR unknown command '{}', with args beginning with: ",
