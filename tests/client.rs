@@ -100,6 +100,32 @@ fn sequential_requests_share_one_pooled_connection() {
 }
 
 #[test]
+fn a_connection_the_server_closed_while_idle_is_replaced_silently() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &["--idle-timeout", "1s"]);
+    let client = secure::library_client([o.addr()]).build();
+    let rt = runtime();
+    rt.block_on(async {
+        client.set("k", "v1").await.expect("set");
+        // The orchestrator reaps the pooled connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        client
+            .set("k", "v2")
+            .await
+            .expect("a write after the idle close");
+        assert_eq!(
+            client.get("k").await.expect("get").as_deref(),
+            Some(&b"v2"[..])
+        );
+    });
+    let reaped = metric(
+        &http_get(&o.metrics_addr(), "/metrics").1,
+        "rcache_connections_reaped_total",
+    );
+    assert_eq!(reaped, Some(1.0), "the first connection was reaped");
+}
+
+#[test]
 fn requests_fail_over_between_orchestrators() {
     let (a, b) = pair(&[]);
     let mut o1 = orchestrator(&[a.port, b.port], &[]);

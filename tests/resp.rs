@@ -15,15 +15,18 @@ use std::time::{Duration, Instant};
 /// secure mode are handled by `Client`'s dialer).
 struct Resp {
     io: Box<dyn secure::ReadWrite>,
+    /// The socket underneath, for read timeouts.
+    sock: std::net::TcpStream,
     buf: BytesMut,
 }
 
 impl Resp {
     fn connect(port: u16) -> Resp {
-        let (io, _) = secure::dial_unauthenticated(&format!("127.0.0.1:{port}"))
+        let (io, sock) = secure::dial_unauthenticated(&format!("127.0.0.1:{port}"))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut r = Resp {
             io,
+            sock,
             buf: BytesMut::new(),
         };
         if secure::on() {
@@ -57,13 +60,24 @@ impl Resp {
         }
     }
 
-    /// Reads until EOF; true if the server closed within `timeout`.
-    fn closed(&mut self) -> bool {
+    /// Reads until EOF: true if the server closed the connection within
+    /// `timeout`, false if it was still open then.
+    fn closed_within(&mut self, timeout: Duration) -> bool {
+        self.sock.set_read_timeout(Some(timeout)).expect("timeout");
         let mut chunk = [0u8; 1024];
         loop {
             match self.io.read(&mut chunk) {
                 Ok(0) => return true,
                 Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
+                // A reset, or a TLS peer gone without close_notify.
                 Err(_) => return true,
             }
         }
@@ -180,6 +194,73 @@ fn pipelines_through_the_orchestrator_keep_their_order() {
     let mut exists = vec!["EXISTS"];
     exists.extend(keys.iter().map(String::as_str));
     assert_eq!(r.call(&exists), Value::Integer(50));
+
+    // DBSIZE in a pipeline counts the writes before it.
+    let before = match r.call(&["DBSIZE"]) {
+        Value::Integer(n) => n,
+        other => panic!("{other:?}"),
+    };
+    let mut wire = BytesMut::new();
+    for k in ["fresh:1", "fresh:2", "fresh:3"] {
+        encode_request(&[b"SET", k.as_bytes(), b"v"], &mut wire);
+    }
+    encode_request(&[b"DBSIZE"], &mut wire);
+    r.send_raw(&wire);
+    for _ in 0..3 {
+        assert_eq!(r.read(), ok());
+    }
+    assert_eq!(r.read(), Value::Integer(before + 3));
+
+    // Multi-key commands of the largest size, far more keys than one
+    // worker link queues: split, bounded, answered whole.
+    let many: Vec<String> = (0..10_000).map(|i| format!("many:{i}")).collect();
+    let mut mset = vec!["MSET"];
+    for k in &many {
+        mset.push(k);
+        mset.push("x");
+    }
+    assert_eq!(r.call(&mset), ok());
+    let mut mget = vec!["MGET"];
+    mget.extend(many.iter().map(String::as_str));
+    match r.call(&mget) {
+        Value::Array(Some(values)) => {
+            assert_eq!(values.len(), 10_000);
+            assert!(values.iter().all(|v| *v == bulk("x")));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut del = vec!["DEL"];
+    del.extend(many.iter().map(String::as_str));
+    assert_eq!(r.call(&del), Value::Integer(10_000));
+    del.push("one-too-many");
+    assert_eq!(
+        r.call(&del),
+        err("ERR too many keys: at most 10000 per command")
+    );
+    // Both workers of every pair are still up: nothing was marked down.
+    let cluster = Client::connect(o.port).req("cluster");
+    assert_eq!(cluster.matches("health=up").count(), 4, "{cluster}");
+}
+
+#[test]
+fn a_conditional_set_that_changed_one_worker_reaches_the_other() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &[]);
+    // Worker a holds the key, b does not (written to a directly).
+    let mut direct = Resp::connect(a.port);
+    assert_eq!(direct.call(&["SET", "cond", "old"]), ok());
+    let mut r = Resp::connect(o.port);
+    // NX holds on b only: acknowledged, so every read must see it.
+    assert_eq!(r.call(&["SET", "cond", "new", "NX"]), ok());
+    assert_eq!(r.call(&["GET", "cond"]), bulk("new"));
+    // And worker a gets it too (as a hint).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            Resp::connect(a.port).call(&["GET", "cond"]) == bulk("new")
+        }),
+        "worker a kept the value the acknowledged write replaced"
+    );
+    assert_eq!(Resp::connect(b.port).call(&["GET", "cond"]), bulk("new"));
 }
 
 #[test]
@@ -203,6 +284,12 @@ fn auth_over_resp() {
     );
     assert_eq!(r.call(&["AUTH", "default", "sesame"]), ok());
     assert_eq!(r.call(&["SET", "k", "v"]), ok());
+    assert_eq!(r.call(&["GET", "k"]), bulk("v"));
+    // As in Redis, a failed AUTH leaves the earlier login in force.
+    assert_eq!(
+        r.call(&["AUTH", "wrong"]),
+        err("WRONGPASS invalid username-password pair or user is disabled.")
+    );
     assert_eq!(r.call(&["GET", "k"]), bulk("v"));
     // HELLO with AUTH opens a new connection in one step.
     let mut h = Resp::connect(w.port);
@@ -237,7 +324,11 @@ fn framing_errors_close_only_the_offender() {
         let mut bad = Resp::connect(w.port);
         bad.send_raw(wire);
         assert_eq!(bad.read(), err(line), "{wire:?}");
-        assert!(bad.closed(), "closed after {wire:?}");
+        // Well before the 2 s idle timeout could close it.
+        assert!(
+            bad.closed_within(Duration::from_millis(1500)),
+            "still open after {wire:?}"
+        );
     }
     // A value one byte over max_value_bytes (8 MiB by default) is refused
     // as soon as its header arrives: the bytes are never buffered.
@@ -249,10 +340,13 @@ fn framing_errors_close_only_the_offender() {
     let mut slow = Resp::connect(w.port);
     slow.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000000\r\nonly a few bytes");
     let started = Instant::now();
-    assert!(slow.closed());
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "a stalled request was kept {:?}",
+        slow.closed_within(Duration::from_secs(10)),
+        "a stalled request was kept open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle timeout: {:?}",
         started.elapsed()
     );
     // The earlier client idled past the timeout meanwhile: a new one.

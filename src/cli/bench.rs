@@ -123,6 +123,8 @@ impl Tally {
 
 struct Plan {
     args: BenchArgs,
+    /// Longest wait for a reply (`--timeout`).
+    timeout: Duration,
     token: Option<String>,
     zipf: Option<Zipf>,
     value: Vec<u8>,
@@ -157,6 +159,7 @@ pub async fn run(cli: &Cli, args: BenchArgs) -> i32 {
         .collect();
     let plan = Arc::new(Plan {
         args: args.clone(),
+        timeout: cli.timeout,
         token: cli.auth_token.clone(),
         zipf,
         value,
@@ -270,7 +273,7 @@ async fn prefill(
             .map_err(|e| e.to_string())?;
         conn.wbuf.clear();
         for _ in 0..batch {
-            if let Reply::Error(e) = read_reply(&mut conn, plan.args.protocol).await? {
+            if let Reply::Error(e) = read_reply(&mut conn, plan).await? {
                 return Err(e);
             }
         }
@@ -298,7 +301,7 @@ async fn authenticate(conn: &mut Conn<Stream>, plan: &Plan) -> Result<(), String
         .await
         .map_err(|e| e.to_string())?;
     conn.wbuf.clear();
-    match read_reply(conn, plan.args.protocol).await? {
+    match read_reply(conn, plan).await? {
         Reply::Error(e) => Err(format!("auth refused: {e}")),
         _ => Ok(()),
     }
@@ -340,7 +343,8 @@ enum Reply {
     Error(String),
 }
 
-async fn read_reply(conn: &mut Conn<Stream>, protocol: Protocol) -> Result<Reply, String> {
+async fn read_reply(conn: &mut Conn<Stream>, plan: &Plan) -> Result<Reply, String> {
+    let protocol = plan.args.protocol;
     loop {
         match protocol {
             Protocol::Text => {
@@ -355,7 +359,7 @@ async fn read_reply(conn: &mut Conn<Stream>, protocol: Protocol) -> Result<Reply
                     });
                 }
             }
-            Protocol::Resp => match decode_value(&mut conn.rbuf, usize::MAX) {
+            Protocol::Resp => match decode_value(&mut conn.rbuf, 1 << 30) {
                 Ok(Some(Value::Error(e))) => {
                     return Ok(Reply::Error(String::from_utf8_lossy(&e).into_owned()))
                 }
@@ -366,10 +370,11 @@ async fn read_reply(conn: &mut Conn<Stream>, protocol: Protocol) -> Result<Reply
             },
         }
         conn.rbuf.reserve(16 * 1024);
-        match conn.io.read_buf(&mut conn.rbuf).await {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+        match tokio::time::timeout(plan.timeout, conn.io.read_buf(&mut conn.rbuf)).await {
+            Err(_) => return Err(format!("no reply within {:?}", plan.timeout)),
+            Ok(Ok(0)) => return Err("the server closed the connection".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
         }
     }
 }
@@ -412,7 +417,7 @@ async fn drive(
         let _ = conn.io.flush().await;
         conn.wbuf.clear();
         for &get in &kinds {
-            match read_reply(&mut conn, plan.args.protocol).await {
+            match read_reply(&mut conn, &plan).await {
                 Ok(reply) => {
                     let nanos = sent.elapsed().as_nanos().clamp(1, 60_000_000_000) as u64;
                     let _ = tally.latency.record(nanos);

@@ -24,9 +24,10 @@
 //!
 //! Retries: a read is retried on the next address after any transport
 //! failure. A write is retried only when it certainly never left (the
-//! connection could not be opened, or a pooled connection was found
-//! closed before the request was answered); otherwise its outcome is
-//! unknown and the error says so ([`Error::is_outcome_unknown`]). Errors the
+//! connection could not be opened or authenticated); once it was written,
+//! a failure means its outcome is unknown and the error says so
+//! ([`Error::is_outcome_unknown`]). A pooled connection is checked before
+//! reuse, so one the server closed while idle costs nothing. Errors the
 //! server answered with ([`Error::Server`]) are not retried: another
 //! orchestrator reaches the same workers.
 //!
@@ -285,28 +286,28 @@ impl Client {
         Err(Error::Unreachable(failures.join("; ")))
     }
 
-    /// One request on a connection to address `i`: a pooled one if there
-    /// is one (retried once on a fresh connection if it turns out closed),
-    /// else a new one.
+    /// One request on a connection to address `i`: a pooled one if one is
+    /// still open (checked without waiting before it is used), else a new
+    /// one. Once the request was written, a failure is returned as it is:
+    /// the caller decides whether it may be sent again.
     async fn send_to(&self, i: usize, line: &[u8]) -> Result<Reply, ClientError> {
         let inner = &*self.inner;
-        let pooled = inner.pools[i]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
-        if let Some(mut conn) = pooled {
-            match conn.request_line(line).await {
-                Ok(reply) => {
-                    self.give_back(i, conn);
-                    return Ok(reply);
+        let mut conn = loop {
+            let pooled = inner.pools[i]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            match pooled {
+                Some(mut conn) => {
+                    if !conn.is_closed().await {
+                        break conn;
+                    }
+                    // Closed while it sat idle (the server's idle_timeout):
+                    // dropped, and the next one is tried.
                 }
-                // The server closed it while it sat idle: it never took
-                // the request.
-                Err(ClientError::Closed) => {}
-                Err(e) => return Err(e),
+                None => break self.dial(i).await?,
             }
-        }
-        let mut conn = self.dial(i).await?;
+        };
         let reply = conn.request_line(line).await?;
         self.give_back(i, conn);
         Ok(reply)

@@ -37,6 +37,25 @@ impl TextClient {
         self
     }
 
+    /// Whether the server has closed this connection (or it broke), found
+    /// without waiting: a pooled connection is checked before reuse, so a
+    /// request is never sent on one the server already let go.
+    pub async fn is_closed(&mut self) -> bool {
+        // One read attempt: EOF or an error shows at once, an open idle
+        // connection has nothing to read and the zero timeout ends the wait.
+        match tokio::time::timeout(
+            Duration::ZERO,
+            self.conn.fill_until(Instant::now() + self.timeout),
+        )
+        .await
+        {
+            Err(_) => false,
+            // Bytes nobody asked for: the stream is out of step.
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => true,
+        }
+    }
+
     /// Sends one command and reads its reply.
     pub async fn request(&mut self, command: &Command) -> Result<Reply, ClientError> {
         encode_command(command, &mut self.conn.wbuf)

@@ -323,6 +323,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Ok(Err(e)) => Err(Closed::Io(e)),
             Ok(Ok(())) => {
                 self.wbuf.clear();
+                // A large reply's buffer is not kept for the connection's life.
+                if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER_BYTES {
+                    self.wbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+                }
                 Ok(())
             }
         }
@@ -364,7 +368,7 @@ where
 struct Window(usize);
 
 impl Window {
-    const FIRST: usize = 16;
+    const FIRST: usize = 1;
     const MAX: usize = 256;
 
     fn new() -> Window {
@@ -440,19 +444,32 @@ async fn execute<Svc: Service>(
     let mut commands = commands.into_iter().peekable();
     while commands.peek().is_some() {
         // One segment: commands that do not conflict with each other.
-        let mut touched: Vec<(Bytes, bool)> = Vec::new();
+        // Keys touched so far, and whether one of the commands writes it.
+        let mut touched: std::collections::HashMap<Bytes, bool> = Default::default();
+        let mut segment_writes = false;
         let mut segment = Vec::new();
         while let Some(next) = commands.peek() {
             let (keys, writes) = command_keys(next);
-            let conflict = keys.iter().any(|k| {
-                touched
+            // A command about the whole store (DBSIZE, INFO) sees every
+            // write before it, and a write after it waits for it.
+            let whole = matches!(next, Command::DbSize | Command::Info);
+            let conflict = (whole && segment_writes)
+                || keys
                     .iter()
-                    .any(|(t, w)| (*w || writes) && t.as_ref() == k.as_ref())
-            });
+                    .any(|k| touched.get(k).is_some_and(|&w| w || writes))
+                || (writes && touched.contains_key(&Bytes::new()));
             if conflict && !segment.is_empty() {
                 break;
             }
-            touched.extend(keys.into_iter().map(|k| (k, writes)));
+            segment_writes |= writes;
+            if whole {
+                // Stands for every key (keys are never empty).
+                touched.insert(Bytes::new(), false);
+            }
+            for k in keys {
+                let w = touched.entry(k).or_insert(false);
+                *w |= writes;
+            }
             if let Some(command) = commands.next() {
                 segment.push(command);
             }
@@ -617,6 +634,11 @@ where
                     Slot::Run(i) => encode_reply(&replies[*i], &mut conn.wbuf),
                     Slot::Ready(reply) => encode_reply(reply, &mut conn.wbuf),
                 }
+                if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
+                    if let Err(closed) = conn.flush(config.idle_timeout).await {
+                        return closed;
+                    }
+                }
             }
             if exit {
                 break;
@@ -692,8 +714,11 @@ where
                         Answer::Ok
                     }
                     Ok(Some(RespRequest::Auth { token })) => {
-                        authenticated = token_accepted(&config, &token, metrics);
-                        let answer = if authenticated {
+                        // As in Redis, a failed AUTH leaves an earlier
+                        // successful one in force.
+                        let accepted = token_accepted(&config, &token, metrics);
+                        authenticated |= accepted;
+                        let answer = if accepted {
                             Answer::Ok
                         } else {
                             error(WRONGPASS)
@@ -707,8 +732,9 @@ where
                     })) => {
                         let answer = match token {
                             Some(token) => {
-                                authenticated = token_accepted(&config, &token, metrics);
-                                if authenticated {
+                                let accepted = token_accepted(&config, &token, metrics);
+                                authenticated |= accepted;
+                                if accepted {
                                     Answer::Ok
                                 } else {
                                     error(WRONGPASS)
@@ -775,6 +801,11 @@ where
                     }
                     Slot::Ready((answer, version)) => {
                         resp::encode_answer(answer, *version, &mut conn.wbuf)
+                    }
+                }
+                if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
+                    if let Err(closed) = conn.flush(config.idle_timeout).await {
+                        return closed;
                     }
                 }
             }

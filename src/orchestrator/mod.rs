@@ -31,6 +31,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Keys of one multi-key command in flight at once: bounded so one command
+/// cannot fill the links' queues (each key is its own request).
+const FAN_OUT: usize = 256;
+
 /// The orchestrator's own section of the configuration.
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -365,8 +369,24 @@ impl Router {
         } else if failed(&b) && matches!(a, WriteOutcome::NotAsked) {
             a = ask(&pair[0], true).await;
         }
-        let a_missed = matches!(a, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked);
-        let b_missed = matches!(b, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked);
+        // A conditional set that changed one worker and not the other (a
+        // TTL ran out on one clock and not yet on the other; one worker is
+        // refilling or behind) leaves the other without the acknowledged
+        // value: it is treated like a worker that missed the write.
+        let changed_somewhere = [&a, &b]
+            .iter()
+            .any(|o| matches!(o, WriteOutcome::Stored(r) if !matches!(r, Response::NotStored)));
+        let unchanged = |o: &WriteOutcome| {
+            changed_somewhere
+                && matches!(
+                    o,
+                    WriteOutcome::Stored(Response::NotStored) | WriteOutcome::Refused(_)
+                )
+        };
+        let a_missed =
+            matches!(a, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked) || unchanged(&a);
+        let b_missed =
+            matches!(b, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked) || unchanged(&b);
         let mut stored = Vec::with_capacity(2);
         let mut refused = None;
         let mut unknown = false;
@@ -471,8 +491,14 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(i, pair)| async move {
+                // An up worker first, then one not known to be down.
+                let rank = |b: &Arc<Backend>| match b.health() {
+                    Health::Up => 0,
+                    Health::Behind | Health::Loading => 1,
+                    Health::Down => 2,
+                };
                 let mut order = [&pair[0], &pair[1]];
-                if order[0].health() != Health::Up {
+                if rank(order[1]) < rank(order[0]) {
                     order.swap(0, 1);
                 }
                 let mut last = String::new();
@@ -512,54 +538,75 @@ impl Service for Router {
                 Err(e) => Reply::Error(e),
             },
             Command::MGet { keys } => {
-                let reads = keys.into_iter().map(|key| self.read(key)).collect();
-                let mut values = Vec::new();
-                for reply in net::join_all(reads).await {
-                    match reply {
-                        Reply::Value(v) => values.push(Some(v)),
-                        Reply::Error(e) if e.code == ErrorCode::NotFound => values.push(None),
-                        Reply::Error(e) => return Reply::Error(e),
-                        other => {
-                            return Reply::error(
-                                ErrorCode::Unavailable,
-                                format!("unexpected answer {other:?}"),
-                            )
+                let budget = crate::protocol::max_reply_bytes(&self.live.load().limits);
+                let mut bytes = 0;
+                let mut values = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(FAN_OUT) {
+                    let reads = chunk.iter().map(|key| self.read(key.clone())).collect();
+                    for reply in net::join_all(reads).await {
+                        match reply {
+                            Reply::Value(v) => {
+                                bytes += v.len();
+                                values.push(Some(v));
+                            }
+                            Reply::Error(e) if e.code == ErrorCode::NotFound => values.push(None),
+                            Reply::Error(e) => return Reply::Error(e),
+                            other => {
+                                return Reply::error(
+                                    ErrorCode::Unavailable,
+                                    format!("unexpected answer {other:?}"),
+                                )
+                            }
                         }
+                    }
+                    if bytes > budget {
+                        return Reply::Error(crate::worker::reply_too_large(budget));
                     }
                 }
                 Reply::Values(values)
             }
             Command::MSet { entries } => {
-                let writes = entries
-                    .into_iter()
-                    .map(|(key, value)| self.set(key, value, None, SetWhen::Always))
-                    .collect();
-                net::join_all(writes)
-                    .await
-                    .into_iter()
-                    .find(|r| matches!(r, Reply::Error(_)))
-                    .unwrap_or(Reply::Done)
+                for chunk in entries.chunks(FAN_OUT) {
+                    let writes = chunk
+                        .iter()
+                        .map(|(key, value)| {
+                            self.set(key.clone(), value.clone(), None, SetWhen::Always)
+                        })
+                        .collect();
+                    if let Some(e) = net::join_all(writes)
+                        .await
+                        .into_iter()
+                        .find(|r| matches!(r, Reply::Error(_)))
+                    {
+                        return e;
+                    }
+                }
+                Reply::Done
             }
             Command::DelMany { keys } => {
-                let deletes = keys.into_iter().map(|key| self.delete(key)).collect();
                 let mut existed = 0;
-                for outcome in net::join_all(deletes).await {
-                    match outcome {
-                        Ok(true) => existed += 1,
-                        Ok(false) => {}
-                        Err(e) => return Reply::Error(e),
+                for chunk in keys.chunks(FAN_OUT) {
+                    let deletes = chunk.iter().map(|key| self.delete(key.clone())).collect();
+                    for outcome in net::join_all(deletes).await {
+                        match outcome {
+                            Ok(true) => existed += 1,
+                            Ok(false) => {}
+                            Err(e) => return Reply::Error(e),
+                        }
                     }
                 }
                 Reply::Integer(existed)
             }
             Command::Exists { keys } => {
-                let lookups = keys.into_iter().map(|key| self.meta(key)).collect();
                 let mut present = 0;
-                for outcome in net::join_all(lookups).await {
-                    match outcome {
-                        Ok(Some(_)) => present += 1,
-                        Ok(None) => {}
-                        Err(e) => return Reply::Error(e),
+                for chunk in keys.chunks(FAN_OUT) {
+                    let lookups = chunk.iter().map(|key| self.meta(key.clone())).collect();
+                    for outcome in net::join_all(lookups).await {
+                        match outcome {
+                            Ok(Some(_)) => present += 1,
+                            Ok(None) => {}
+                            Err(e) => return Reply::Error(e),
+                        }
                     }
                 }
                 Reply::Integer(present)

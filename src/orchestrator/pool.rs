@@ -291,6 +291,11 @@ impl Backend {
     /// Marks the worker down after a request failed on it.
     pub fn report_failure(&self, error: &ClientError) {
         self.metrics.errors.inc();
+        // A full queue is this orchestrator's own backlog, not a sign that
+        // the worker is gone.
+        if matches!(error, ClientError::Overloaded(_)) {
+            return;
+        }
         if self.health() != Health::Down {
             tracing::debug!(worker = %self.addr, %error, "request failed");
             self.set_health(Health::Down);
@@ -372,11 +377,15 @@ impl Backend {
     /// Delivers every hint before returning (or fails): a read that must
     /// go to this worker because its partner cannot serve calls this first,
     /// so it sees every write acknowledged while this worker was away.
+    ///
+    /// A delivery under way (a probe's) holds hints it took off the queue
+    /// until the worker answers them, so an empty queue alone does not mean
+    /// they arrived: the read waits for that delivery first.
     pub async fn flush_hints(&self, timeout: Duration) -> Result<(), ClientError> {
+        let _delivery = self.delivery.lock().await;
         if self.catchup().hints.is_empty() {
             return Ok(());
         }
-        let _delivery = self.delivery.lock().await;
         self.send_hints(timeout).await
     }
 
@@ -656,6 +665,26 @@ mod tests {
             value: bytes::Bytes::from_static(b"value"),
             when: crate::protocol::SetWhen::Always,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_waits_for_a_delivery_under_way() {
+        let b = backend();
+        // A probe's delivery is under way: it took the hints off the queue
+        // and waits for the worker's answers, holding the delivery lock.
+        let delivery = b.delivery.lock().await;
+        let flush = tokio::spawn({
+            let b = b.clone();
+            async move { b.flush_hints(Duration::from_secs(1)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !flush.is_finished(),
+            "a read went ahead while hints were still in flight"
+        );
+        drop(delivery);
+        let flushed = flush.await.expect("task");
+        assert!(flushed.is_ok(), "nothing left to send: {flushed:?}");
     }
 
     #[tokio::test]

@@ -185,6 +185,15 @@ impl Reply {
     }
 }
 
+/// Keys one multi-key command (`MGET`, `MSET`, `DEL`, `EXISTS`) may name.
+pub const MAX_KEYS_PER_COMMAND: usize = 10_000;
+
+/// The largest reply a multi-key read (`MGET`) builds: beyond it the
+/// command fails instead of holding more values in memory.
+pub fn max_reply_bytes(limits: &Limits) -> usize {
+    (64 << 20usize).max(2 * limits.max_value_bytes)
+}
+
 /// Size limits every decoder enforces while reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

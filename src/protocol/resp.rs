@@ -303,6 +303,13 @@ fn wrong_args(name: &str) -> RespRequest {
     ))
 }
 
+fn too_many_keys() -> RespRequest {
+    error(format!(
+        "ERR too many keys: at most {} per command",
+        super::MAX_KEYS_PER_COMMAND
+    ))
+}
+
 fn syntax_error() -> RespRequest {
     error("ERR syntax error")
 }
@@ -373,23 +380,32 @@ pub fn parse_command(mut args: Vec<Bytes>, limits: &Limits) -> RespRequest {
         }
         None => "",
     };
-    match parse_known(name, args, limits) {
+    match parse_known(name, &args, limits) {
         Some(request) => request,
-        None => error(format!(
-            "ERR unknown command '{}', with args beginning with: ",
-            shown(&name_arg)
-        )),
+        None => {
+            let mut line = format!(
+                "ERR unknown command '{}', with args beginning with: ",
+                shown(&name_arg)
+            );
+            for arg in args.iter().take(8) {
+                line.push_str(&format!("'{}' ", shown(arg)));
+            }
+            error(line)
+        }
     }
 }
 
-fn parse_known(name: &str, args: Vec<Bytes>, limits: &Limits) -> Option<RespRequest> {
+fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespRequest> {
     let n = args.len();
     let run = |command| RespRequest::Run(command, Shape::Plain);
-    let keys = |args: Vec<Bytes>| -> Result<Vec<Bytes>, RespRequest> {
-        for key in &args {
+    let keys = |args: &[Bytes]| -> Result<Vec<Bytes>, RespRequest> {
+        if args.len() > super::MAX_KEYS_PER_COMMAND {
+            return Err(too_many_keys());
+        }
+        for key in args {
             check_key(key, limits)?;
         }
-        Ok(args)
+        Ok(args.to_vec())
     };
     Some(match name {
         "ping" => match n {
@@ -488,13 +504,16 @@ fn parse_known(name: &str, args: Vec<Bytes>, limits: &Limits) -> Option<RespRequ
             if n == 0 || n % 2 != 0 {
                 return Some(wrong_args(name));
             }
+            if n / 2 > super::MAX_KEYS_PER_COMMAND {
+                return Some(too_many_keys());
+            }
             let mut entries = Vec::with_capacity(n / 2);
-            let mut it = args.into_iter();
-            while let (Some(key), Some(value)) = (it.next(), it.next()) {
-                if let Err(e) = check_key(&key, limits).and(check_value(&value, limits)) {
+            for pair in args.chunks_exact(2) {
+                let (key, value) = (&pair[0], &pair[1]);
+                if let Err(e) = check_key(key, limits).and(check_value(value, limits)) {
                     return Some(e);
                 }
-                entries.push((key, value));
+                entries.push((key.clone(), value.clone()));
             }
             run(Command::MSet { entries })
         }
@@ -552,7 +571,7 @@ fn parse_known(name: &str, args: Vec<Bytes>, limits: &Limits) -> Option<RespRequ
             2 => error("WRONGPASS invalid username-password pair or user is disabled."),
             _ => wrong_args(name),
         },
-        "hello" => parse_hello(&args),
+        "hello" => parse_hello(args),
         "quit" => RespRequest::Quit,
         "select" => match n {
             1 => match parse_i64(&args[0]) {
@@ -562,8 +581,8 @@ fn parse_known(name: &str, args: Vec<Bytes>, limits: &Limits) -> Option<RespRequ
             },
             _ => wrong_args(name),
         },
-        "client" => parse_client(&args),
-        "config" => parse_config(&args),
+        "client" => parse_client(args),
+        "config" => parse_config(args),
         "command" => match args.first().map(|a| a.to_ascii_lowercase()) {
             None => RespRequest::Answer(Answer::Array(Vec::new())),
             Some(sub) => match sub.as_slice() {
@@ -595,16 +614,15 @@ pub const COMMANDS: &[&str] = &[
     "setex", "setnx", "ttl", "unlink",
 ];
 
-fn parse_set(args: Vec<Bytes>, limits: &Limits) -> Result<RespRequest, RespRequest> {
-    let mut it = args.into_iter();
-    let (Some(key), Some(value)) = (it.next(), it.next()) else {
+fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
+    let [key, value, options @ ..] = args else {
         return Err(wrong_args("set"));
     };
+    let (key, value) = (key.clone(), value.clone());
     check_key(&key, limits)?;
     check_value(&value, limits)?;
     let mut ttl_ms: Option<i64> = None;
     let mut when = SetWhen::Always;
-    let options: Vec<Bytes> = it.collect();
     let mut i = 0;
     while i < options.len() {
         let option = options[i].to_ascii_lowercase();
@@ -1012,7 +1030,12 @@ fn parse_value(
                 return Ok(Some((Value::Array(None), after)));
             }
             // A map's entries are read as a flat array of names and values.
-            let n = if marker == b'%' { 2 * n } else { n };
+            let n = if marker == b'%' {
+                n.checked_mul(2)
+                    .ok_or_else(|| "map length out of range".to_string())?
+            } else {
+                n
+            };
             let mut items = Vec::with_capacity((n as usize).min(1024));
             let mut at = after;
             for _ in 0..n {
@@ -1125,7 +1148,7 @@ mod tests {
             ),
             (
                 &["FLUSHALL", "x"],
-                "ERR unknown command 'FLUSHALL', with args beginning with: ",
+                "ERR unknown command 'FLUSHALL', with args beginning with: 'x' ",
             ),
         ];
         for (args, line) in cases {

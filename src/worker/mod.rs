@@ -19,7 +19,7 @@ use crate::protocol::link::{
     decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, WorkerState,
     HELLO, HELLO_FIRST_BYTE, REFILL_CHUNK_BYTES,
 };
-use crate::protocol::{Command, ErrorCode, ErrorReply, Reply};
+use crate::protocol::{Command, ErrorCode, ErrorReply, Reply, SetWhen};
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
 use std::net::SocketAddr;
@@ -166,6 +166,11 @@ impl Worker {
                 when,
             } => {
                 self.clock.observe(version);
+                // A condition on presence needs the whole store: not while
+                // refilling (the orchestrator then hints the outcome).
+                if when != SetWhen::Always && self.state() != WorkerState::Ready {
+                    return Response::Error(Worker::loading());
+                }
                 let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
                 match self.store.set_when(&key, &value, ttl, version, when) {
                     Ok(Applied::Unmet) => Response::NotStored,
@@ -191,7 +196,7 @@ impl Worker {
             } => {
                 self.clock.observe(version);
                 Response::Del {
-                    existed: self.store.expire(&key, ttl_ms, version),
+                    existed: self.store.expire(&key, ttl_ms),
                 }
             }
             Request::Del { version, key } => {
@@ -237,6 +242,11 @@ impl Service for Worker {
                     None => Reply::not_found(),
                 }
             }
+            Command::Set { when, .. }
+                if when != SetWhen::Always && self.state() != WorkerState::Ready =>
+            {
+                Reply::Error(Worker::loading())
+            }
             Command::Set {
                 key,
                 value,
@@ -259,11 +269,18 @@ impl Service for Worker {
                 if self.state() != WorkerState::Ready {
                     return Reply::Error(Worker::loading());
                 }
-                Reply::Values(
-                    keys.iter()
-                        .map(|key| self.store.get(key).map(|found| found.value))
-                        .collect(),
-                )
+                let budget = crate::protocol::max_reply_bytes(&self.live.load().limits);
+                let mut bytes = 0;
+                let mut values = Vec::with_capacity(keys.len());
+                for key in &keys {
+                    let value = self.store.get(key).map(|found| found.value);
+                    bytes += value.as_ref().map_or(0, |v| v.len());
+                    if bytes > budget {
+                        return Reply::Error(reply_too_large(budget));
+                    }
+                    values.push(value);
+                }
+                Reply::Values(values)
             }
             Command::MSet { entries } => {
                 for (key, value) in entries {
@@ -293,7 +310,7 @@ impl Service for Worker {
             }
             Command::Expire { key, ttl } => {
                 let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                Reply::Integer(self.store.expire(&key, ttl_ms, self.clock.next()) as i64)
+                Reply::Integer(self.store.expire(&key, ttl_ms) as i64)
             }
             Command::Ttl { key } => {
                 if self.state() != WorkerState::Ready {
@@ -355,6 +372,14 @@ impl Service for Worker {
             }
         }
     }
+}
+
+/// An `MGET` whose values would exceed `budget` bytes.
+pub fn reply_too_large(budget: usize) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Parse,
+        format!("reply larger than {budget} bytes: ask for fewer keys"),
+    )
 }
 
 struct WorkerHandler {

@@ -467,10 +467,15 @@ impl Store {
         self.put(key, new, now).map(|p| p.applied)
     }
 
-    /// Gives a live entry a new time to live (`ttl_ms` from now) and
-    /// `version`, unless it holds a newer version. Returns whether a live
-    /// entry was there.
-    pub fn expire(&self, key: &[u8], ttl_ms: u64, version: u64) -> bool {
+    /// Gives a live entry a new time to live (`ttl_ms` from now). Returns
+    /// whether a live entry was there.
+    ///
+    /// The entry keeps its version: a TTL change is not a new value, so a
+    /// concurrent `set` of a newer version is never refused because of it
+    /// (which could leave partners with different values under one
+    /// version). A partner that misses an `expire` gets it as a hint; the
+    /// anti-entropy repairs values, not TTL changes (docs/protocol.md).
+    pub fn expire(&self, key: &[u8], ttl_ms: u64) -> bool {
         let (hash, index) = self.locate(key);
         let now = self.now();
         let mut shard = self.shard(index);
@@ -481,10 +486,7 @@ impl Store {
         if slot.is(FLAG_TOMBSTONE) || slot.expired(now) {
             return false;
         }
-        if version > slot.version {
-            slot.version = version;
-            slot.expires_at = now.saturating_add(ttl_ms.max(1));
-        }
+        slot.expires_at = now.saturating_add(ttl_ms.max(1));
         true
     }
 
@@ -986,6 +988,35 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_expire_never_refuses_a_newer_set() {
+        // The same writes in both orders (partners may see them so): the
+        // value ends the same, whatever the order of SET and EXPIRE.
+        let orders: [&[&str]; 2] = [&["set", "expire", "set2"], &["set", "set2", "expire"]];
+        let mut finals = Vec::new();
+        for order in orders {
+            let store = Store::new(StoreConfig::default());
+            for op in order {
+                match *op {
+                    "set" => {
+                        store.set(b"k", b"old", None, 5).expect("set");
+                    }
+                    "set2" => {
+                        store.set(b"k", b"new", None, 6).expect("set");
+                    }
+                    _ => {
+                        store.expire(b"k", 60_000);
+                    }
+                }
+            }
+            let found = store.get(b"k").expect("present");
+            finals.push((found.value, found.version));
+        }
+        assert_eq!(finals[0], finals[1]);
+        assert_eq!(&finals[0].0[..], b"new");
+    }
+
     use super::*;
     use crate::zipf::{Rng, Zipf};
 
