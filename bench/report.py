@@ -56,7 +56,8 @@ for test, pipeline in TESTS:
             verdicts.append((met, what))
     print("| " + " | ".join(cells) + " |")
 
-print("\nMemory: RSS growth for 1,000,000 entries (16-byte keys, 100-byte values).\n")
+entries = int(next(iter(memory.values()))["entries"]) if memory else 0
+print(f"\nMemory: RSS growth for {entries:,} entries (16-byte keys, 100-byte values).\n")
 print("| target | entries | bytes per entry |")
 print("|---|---|---|")
 for target in ["redis", "rcache-worker"]:
