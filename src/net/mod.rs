@@ -445,7 +445,8 @@ async fn execute<Svc: Service>(
     while commands.peek().is_some() {
         // One segment: commands that do not conflict with each other.
         // Keys touched so far, and whether one of the commands writes it.
-        let mut touched: std::collections::HashMap<Bytes, bool> = Default::default();
+        let mut touched: hashbrown::HashMap<Bytes, bool, foldhash::fast::RandomState> =
+            Default::default();
         let mut segment_writes = false;
         let mut segment = Vec::new();
         while let Some(next) = commands.peek() {

@@ -104,9 +104,10 @@ pub struct LinkSettings {
     pub keepalive: Duration,
     /// Bytes of hints kept for this worker.
     pub max_hint_bytes: usize,
-    /// A link whose oldest request has waited this long for its answer is
-    /// closed and reconnected: a worker behind a dead network path (no
-    /// FIN, no RST) must not wedge it until TCP gives up, minutes later.
+    /// A link that got no answer for this long (up to twice this long)
+    /// while one was awaited is closed and reconnected: a worker behind a
+    /// dead network path (no FIN, no RST) must not wedge it until TCP gives
+    /// up, minutes later.
     pub response_timeout: Duration,
 }
 
@@ -472,11 +473,11 @@ impl Backend {
     /// Sends a request and waits up to `timeout` for its response. A link
     /// that turns out closed before answering is retried once.
     pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, ClientError> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         // Each link found closed reconnects on its next request, so a retry
         // per link is enough when the worker closed them all (idle timeout).
         let mut retries = LINKS_PER_WORKER;
-        let started = Instant::now();
         loop {
             let rx = self.enqueue(request.clone())?;
             let result = match tokio::time::timeout_at(deadline, rx).await {
@@ -542,28 +543,46 @@ async fn run_connected(
     settings: &LinkSettings,
 ) {
     let (reader, mut writer) = link.split();
-    let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(LINK_QUEUE_DEPTH);
+    // Unbounded: what is in flight was taken from the bounded link queue,
+    // and a link whose answers stop coming is closed after
+    // `response_timeout`.
+    let (inflight_tx, inflight_rx) = mpsc::unbounded_channel::<InFlight>();
     let mut reader_task = tokio::spawn(read_responses(
         reader,
         inflight_rx,
         settings.response_timeout,
     ));
     let mut next = Some(first);
+    // One timer for the keepalive, moved only when it fires: re-arming it
+    // for every batch would cost a timer update per batch.
+    let mut last_write = Instant::now();
+    let keepalive = tokio::time::sleep(settings.keepalive);
+    tokio::pin!(keepalive);
     loop {
         let batch_start = next.take();
         let pending = match batch_start {
             Some(p) => p,
-            None => {
+            None => loop {
                 tokio::select! {
-                biased;
-                                   p = rx.recv() => match p {
-                                       Some(p) => p,
-                                       None => break,
-                                   },
-                                   _ = tokio::time::sleep(settings.keepalive) => Pending { request: Request::Ping, reply: None },
-                                   _ = &mut reader_task => return,
-                               }
-            }
+                    biased;
+                    p = rx.recv() => match p {
+                        Some(p) => break p,
+                        None => {
+                            reader_task.abort();
+                            return;
+                        }
+                    },
+                    _ = &mut keepalive => {
+                        let due = last_write + settings.keepalive;
+                        if Instant::now() >= due {
+                            keepalive.as_mut().reset(Instant::now() + settings.keepalive);
+                            break Pending { request: Request::Ping, reply: None };
+                        }
+                        keepalive.as_mut().reset(due);
+                    }
+                    _ = &mut reader_task => return,
+                }
+            },
         };
         // Take everything queued so far into one batch, one write.
         let mut batch = vec![pending];
@@ -576,7 +595,7 @@ async fn run_connected(
         for p in batch {
             writer.queue(&p.request);
             // The reader must learn of a request before its answer can arrive.
-            if inflight_tx.send((p.request.kind(), p.reply)).await.is_err() {
+            if inflight_tx.send((p.request.kind(), p.reply)).is_err() {
                 return;
             }
         }
@@ -584,6 +603,7 @@ async fn run_connected(
             tracing::debug!(error = %e, "link write failed");
             break;
         }
+        last_write = Instant::now();
     }
     reader_task.abort();
 }
@@ -599,17 +619,45 @@ async fn flush(writer: &mut LinkWriter, settings: &LinkSettings) -> Result<(), C
 /// everything still in flight.
 async fn read_responses(
     mut reader: LinkReader,
-    mut inflight: mpsc::Receiver<InFlight>,
+    mut inflight: mpsc::UnboundedReceiver<InFlight>,
     response_timeout: Duration,
 ) {
+    // The link is broken when answers stop coming while one is awaited:
+    // no answer between two firings of one timer (so after one to two
+    // `response_timeout`s). The timer is moved only when it fires, and
+    // answers are counted, not timed: a timer update or a clock reading
+    // per answer would cost more than the answer.
+    let mut answered: u64 = 0;
+    let mut answered_at_arming: u64 = 0;
+    let deadline = tokio::time::sleep(response_timeout);
+    tokio::pin!(deadline);
     loop {
-        let Some((kind, reply)) = inflight.recv().await else {
-            return;
+        let (kind, reply) = match inflight.try_recv() {
+            Ok(next) => next,
+            Err(_) => {
+                let Some(next) = inflight.recv().await else {
+                    return;
+                };
+                // Busy again after being idle: the wait starts now.
+                deadline.as_mut().reset(Instant::now() + response_timeout);
+                answered_at_arming = answered;
+                next
+            }
         };
-        let response = match tokio::time::timeout(response_timeout, reader.recv(kind)).await {
-            Ok(response) => response,
-            Err(_) => Err(ClientError::Timeout(response_timeout)),
+        let response = loop {
+            tokio::select! {
+                biased;
+                response = reader.recv(kind) => break response,
+                _ = &mut deadline => {
+                    if answered == answered_at_arming {
+                        break Err(ClientError::Timeout(response_timeout));
+                    }
+                    answered_at_arming = answered;
+                    deadline.as_mut().reset(Instant::now() + response_timeout);
+                }
+            }
         };
+        answered += 1;
         match response {
             Ok(response) => {
                 if let Some(reply) = reply {
