@@ -43,13 +43,13 @@ need() { # need <command> <debian package>
       echo "==> installing $2"
       # Without starting the package's own service (this script starts
       # its own instances on free ports).
-      local guard=""
-      if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-        guard=1
-      fi
-      apt-get update -qq && apt-get install -y -qq "$2" >/dev/null || true
-      [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+      (
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+          printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+          trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        fi
+        apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+      ) || true
     fi
     command -v "$1" >/dev/null || { echo "error: $1 is missing (apt install $2)" >&2; exit 1; }
   fi

@@ -243,12 +243,41 @@ fn pipelines_through_the_orchestrator_keep_their_order() {
 }
 
 #[test]
+fn a_worker_behind_does_not_decide_a_conditional_set() {
+    // Anti-entropy slow and no hints kept: a worker that missed a write
+    // stays behind for the whole test.
+    let (a, b) = pair(&["--anti-entropy-interval", "60s"]);
+    let o = orchestrator(
+        &[a.port, b.port],
+        &["--max-hint-bytes", "0", "--worker-timeout", "200ms"],
+    );
+    let mut r = Resp::connect(o.port);
+    // b misses the first holder's lock: frozen while it is taken.
+    b.signal(libc::SIGSTOP);
+    assert_eq!(r.call(&["SET", "lock", "first", "NX"]), ok());
+    b.signal(libc::SIGCONT);
+    // b is reachable again but lacks the lock: only a may decide.
+    for _ in 0..20 {
+        assert_eq!(
+            r.call(&["SET", "lock", "second", "NX"]),
+            Value::Bulk(None),
+            "a second holder got the lock"
+        );
+    }
+    assert_eq!(r.call(&["GET", "lock"]), bulk("first"));
+}
+
+#[test]
 fn a_conditional_set_that_changed_one_worker_reaches_the_other() {
     let (a, b) = pair(&[]);
     let o = orchestrator(&[a.port, b.port], &[]);
     // Worker a holds the key, b does not (written to a directly).
     let mut direct = Resp::connect(a.port);
     assert_eq!(direct.call(&["SET", "cond", "old"]), ok());
+    // Versions are hybrid logical clocks in milliseconds: the worker's own
+    // write and the orchestrator's are causally unrelated, so only a later
+    // millisecond (same host, same clock) makes the orchestrator's newer.
+    std::thread::sleep(Duration::from_millis(5));
     let mut r = Resp::connect(o.port);
     // NX holds on b only: acknowledged, so every read must see it.
     assert_eq!(r.call(&["SET", "cond", "new", "NX"]), ok());

@@ -357,7 +357,21 @@ impl Router {
                 }
             }
         };
-        let wait = |b: &Arc<Backend>| all_down || b.health() != Health::Down;
+        // A conditional set is decided only by workers that are up when one
+        // is: a worker that is behind (or refilling) may lack the value the
+        // condition is about. It gets the outcome as a hint instead.
+        let conditional = matches!(
+            request,
+            Request::Set { when, .. } if when != SetWhen::Always
+        );
+        let any_up = pair.iter().any(|b| b.health() == Health::Up);
+        let wait = |b: &Arc<Backend>| {
+            if conditional && any_up {
+                b.health() == Health::Up
+            } else {
+                all_down || b.health() != Health::Down
+            }
+        };
         let (mut a, mut b) =
             tokio::join!(ask(&pair[0], wait(&pair[0])), ask(&pair[1], wait(&pair[1])));
         // The worker waited on failed and its partner was believed down:

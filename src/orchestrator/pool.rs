@@ -13,8 +13,9 @@
 //! timed out) while its partner stored it is a *miss*. The worker is then
 //! `Behind` (no reads from it while its partner can serve) and the write is
 //! queued as a *hint*, up to `max_hint_bytes`. When a probe finds the worker
-//! reachable, the hints are delivered (versions make replay idempotent and
-//! order-free). `Behind` ends when
+//! reachable, the hints are delivered (versions make the replay of sets and
+//! deletes idempotent and order-free; an `expire` is applied unless the
+//! worker holds a newer value). `Behind` ends when
 //! - every hint was delivered and none was dropped for lack of room, or
 //! - the worker completed two anti-entropy rounds after the first probe
 //!   that followed the miss (a round then began after the miss, and it
@@ -141,7 +142,7 @@ fn hint_bytes(request: &Request) -> usize {
     HINT_OVERHEAD_BYTES
         + match request {
             Request::Set { key, value, .. } => key.len() + value.len(),
-            Request::Del { key, .. } => key.len(),
+            Request::Del { key, .. } | Request::Expire { key, .. } => key.len(),
             _ => 0,
         }
 }
@@ -383,7 +384,11 @@ impl Backend {
     /// until the worker answers them, so an empty queue alone does not mean
     /// they arrived: the read waits for that delivery first.
     pub async fn flush_hints(&self, timeout: Duration) -> Result<(), ClientError> {
-        let _delivery = self.delivery.lock().await;
+        // A long delivery (many hints to a slow worker) is not waited on
+        // past `timeout`: the read fails over instead.
+        let Ok(_delivery) = tokio::time::timeout(timeout, self.delivery.lock()).await else {
+            return Err(ClientError::Timeout(timeout));
+        };
         if self.catchup().hints.is_empty() {
             return Ok(());
         }
@@ -543,9 +548,9 @@ async fn run_connected(
     settings: &LinkSettings,
 ) {
     let (reader, mut writer) = link.split();
-    // Unbounded: what is in flight was taken from the bounded link queue,
-    // and a link whose answers stop coming is closed after
-    // `response_timeout`.
+    // Unbounded: what is in flight was written to the worker, so it is
+    // bounded by what the socket buffers hold, and a link whose answers
+    // stop coming is closed after `response_timeout`.
     let (inflight_tx, inflight_rx) = mpsc::unbounded_channel::<InFlight>();
     let mut reader_task = tokio::spawn(read_responses(
         reader,
@@ -723,7 +728,7 @@ mod tests {
         let delivery = b.delivery.lock().await;
         let flush = tokio::spawn({
             let b = b.clone();
-            async move { b.flush_hints(Duration::from_secs(1)).await }
+            async move { b.flush_hints(Duration::from_secs(10)).await }
         });
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(
@@ -733,6 +738,15 @@ mod tests {
         drop(delivery);
         let flushed = flush.await.expect("task");
         assert!(flushed.is_ok(), "nothing left to send: {flushed:?}");
+        // A delivery that outlasts the read's timeout fails the read (it
+        // goes to the partner) instead of holding it.
+        let delivery = b.delivery.lock().await;
+        let flushed = b.flush_hints(Duration::from_secs(1)).await;
+        assert!(
+            matches!(flushed, Err(ClientError::Timeout(_))),
+            "{flushed:?}"
+        );
+        drop(delivery);
     }
 
     #[tokio::test]

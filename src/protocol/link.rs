@@ -142,7 +142,8 @@ pub enum Request {
     Meta {
         key: Bytes,
     },
-    /// Gives a live key a new TTL (and `version`); answered `Del { existed }`.
+    /// Gives a live key a new TTL unless it holds a value newer than
+    /// `version` (the entry keeps its version); answered `Del { existed }`.
     Expire {
         version: u64,
         ttl_ms: u64,

@@ -195,8 +195,12 @@ impl Worker {
                 key,
             } => {
                 self.clock.observe(version);
+                // Whether the key is there needs the whole store.
+                if self.state() != WorkerState::Ready {
+                    return Response::Error(Worker::loading());
+                }
                 Response::Del {
-                    existed: self.store.expire(&key, ttl_ms),
+                    existed: self.store.expire(&key, ttl_ms, version),
                 }
             }
             Request::Del { version, key } => {
@@ -310,7 +314,10 @@ impl Service for Worker {
             }
             Command::Expire { key, ttl } => {
                 let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                Reply::Integer(self.store.expire(&key, ttl_ms) as i64)
+                if self.state() != WorkerState::Ready {
+                    return Reply::Error(Worker::loading());
+                }
+                Reply::Integer(self.store.expire(&key, ttl_ms, self.clock.next()) as i64)
             }
             Command::Ttl { key } => {
                 if self.state() != WorkerState::Ready {

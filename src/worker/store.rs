@@ -467,15 +467,17 @@ impl Store {
         self.put(key, new, now).map(|p| p.applied)
     }
 
-    /// Gives a live entry a new time to live (`ttl_ms` from now). Returns
-    /// whether a live entry was there.
+    /// Gives a live entry a new time to live (`ttl_ms` from now), unless
+    /// it holds a value newer than the `expire` (`version`): a late or
+    /// replayed expire never puts a TTL on a later value. Returns whether a
+    /// live entry was there.
     ///
     /// The entry keeps its version: a TTL change is not a new value, so a
     /// concurrent `set` of a newer version is never refused because of it
     /// (which could leave partners with different values under one
-    /// version). A partner that misses an `expire` gets it as a hint; the
-    /// anti-entropy repairs values, not TTL changes (docs/protocol.md).
-    pub fn expire(&self, key: &[u8], ttl_ms: u64) -> bool {
+    /// version). The cost: anti-entropy compares versions, so it repairs
+    /// values, not TTLs set by `expire` (docs/protocol.md).
+    pub fn expire(&self, key: &[u8], ttl_ms: u64, version: u64) -> bool {
         let (hash, index) = self.locate(key);
         let now = self.now();
         let mut shard = self.shard(index);
@@ -485,6 +487,9 @@ impl Store {
         let slot = &mut shard.slots[idx as usize];
         if slot.is(FLAG_TOMBSTONE) || slot.expired(now) {
             return false;
+        }
+        if slot.version > version {
+            return true;
         }
         slot.expires_at = now.saturating_add(ttl_ms.max(1));
         true
@@ -773,6 +778,16 @@ impl Shard {
         if let Some(idx) = self.find(hash, key) {
             let slot = &self.slots[idx as usize];
             let was_live = !slot.is(FLAG_TOMBSTONE) && !slot.expired(now);
+            // The same write again (a retry after a link broke): already
+            // applied, whatever its condition says now.
+            if new.version == slot.version && new.data[..] == slot.data[..] {
+                return Put {
+                    applied: Applied::Stale,
+                    added: 0,
+                    freed: 0,
+                    was_live,
+                };
+            }
             if new.require_live.is_some_and(|live| live != was_live) {
                 return Put {
                     applied: Applied::Unmet,
@@ -1006,7 +1021,7 @@ mod tests {
                         store.set(b"k", b"new", None, 6).expect("set");
                     }
                     _ => {
-                        store.expire(b"k", 60_000);
+                        store.expire(b"k", 60_000, 7);
                     }
                 }
             }

@@ -1,0 +1,18 @@
+"""Checks a small bench/compare.sh run (CI): every target answered every
+test at both pipeline depths, both memory loads completed, the chart exists.
+
+Usage: check_smoke.py <results dir>
+"""
+
+import csv
+import sys
+
+out = sys.argv[1]
+rows = list(csv.DictReader(open(f"{out}/results.csv")))
+answered = {(r["target"], r["test"], r["pipeline"]) for r in rows if float(r["rps"]) > 0}
+assert len(answered) == 16, f"not every target, test and depth answered: {sorted(answered)}"
+memory = list(csv.DictReader(open(f"{out}/memory.csv")))
+assert [m["target"] for m in memory] == ["redis", "rcache-worker"], memory
+assert len({m["entries"] for m in memory}) == 1 and int(memory[0]["entries"]) > 0, memory
+assert open(f"{out}/chart.svg").read().startswith("<svg"), "no chart"
+print(f"bench smoke run: 16 of 16 runs answered, {memory[0]['entries']} entries loaded in each")
