@@ -51,11 +51,8 @@ impl TextClient {
             std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))
         })
         .await;
-        match once {
-            std::task::Poll::Pending => false,
-            // EOF, an error, or bytes nobody asked for (out of step).
-            std::task::Poll::Ready(_) => true,
-        }
+        // Ready: EOF, an error, or bytes nobody asked for (out of step).
+        once.is_ready()
     }
 
     /// Sends one command and reads its reply.
