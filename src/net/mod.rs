@@ -312,6 +312,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Writes out the buffered replies once they pass the high-water mark
+    /// (mid-batch, so large replies never pile up).
+    pub async fn flush_if_full(&mut self, timeout: Duration) -> Result<(), Closed> {
+        if self.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
+            self.flush(timeout).await
+        } else {
+            Ok(())
+        }
+    }
+
     /// Writes out everything buffered; a peer that does not read for
     /// `timeout` is given up on, so it cannot pin the buffer.
     pub async fn flush(&mut self, timeout: Duration) -> Result<(), Closed> {
@@ -635,19 +645,12 @@ where
                     Slot::Run(i) => encode_reply(&replies[*i], &mut conn.wbuf),
                     Slot::Ready(reply) => encode_reply(reply, &mut conn.wbuf),
                 }
-                if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
-                    if let Err(closed) = conn.flush(config.idle_timeout).await {
-                        return closed;
-                    }
+                if let Err(closed) = conn.flush_if_full(config.idle_timeout).await {
+                    return closed;
                 }
             }
             if exit {
                 break;
-            }
-            if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
-                if let Err(closed) = conn.flush(config.idle_timeout).await {
-                    return closed;
-                }
             }
         }
         if let Err(closed) = conn.flush(config.idle_timeout).await {
@@ -804,19 +807,12 @@ where
                         resp::encode_answer(answer, *version, &mut conn.wbuf)
                     }
                 }
-                if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
-                    if let Err(closed) = conn.flush(config.idle_timeout).await {
-                        return closed;
-                    }
+                if let Err(closed) = conn.flush_if_full(config.idle_timeout).await {
+                    return closed;
                 }
             }
             if close {
                 break;
-            }
-            if conn.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
-                if let Err(closed) = conn.flush(config.idle_timeout).await {
-                    return closed;
-                }
             }
         }
         if let Err(closed) = conn.flush(config.idle_timeout).await {
