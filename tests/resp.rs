@@ -242,6 +242,54 @@ fn pipelines_through_the_orchestrator_keep_their_order() {
     assert_eq!(cluster.matches("health=up").count(), 4, "{cluster}");
 }
 
+/// The remaining TTL a worker reports directly, in seconds.
+fn ttl_on(port: u16, key: &str) -> Value {
+    Resp::connect(port).call(&["TTL", key])
+}
+
+#[test]
+fn an_expire_reaches_both_workers_and_one_that_missed_it() {
+    // No hints kept, anti-entropy often: a worker that misses an EXPIRE
+    // gets it from its partner with the entry.
+    let (a, b) = pair(&["--anti-entropy-interval", "200ms"]);
+    let o = orchestrator(
+        &[a.port, b.port],
+        &["--max-hint-bytes", "0", "--worker-timeout", "200ms"],
+    );
+    let mut r = Resp::connect(o.port);
+    assert_eq!(r.call(&["SET", "both", "v"]), ok());
+    assert_eq!(r.call(&["SET", "missed", "v"]), ok());
+    assert_eq!(r.call(&["EXPIRE", "both", "100"]), Value::Integer(1));
+    for w in [&a, &b] {
+        assert_eq!(
+            ttl_on(w.port, "both"),
+            Value::Integer(100),
+            "worker {}",
+            w.port
+        );
+    }
+    b.signal(libc::SIGSTOP);
+    assert_eq!(r.call(&["EXPIRE", "missed", "100"]), Value::Integer(1));
+    b.signal(libc::SIGCONT);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            matches!(ttl_on(b.port, "missed"), Value::Integer(t) if (95..=100).contains(&t))
+        }),
+        "the worker that missed the EXPIRE never got the TTL: {:?}",
+        ttl_on(b.port, "missed")
+    );
+    // A SET after the EXPIRE clears the TTL on both, as in Redis (b may
+    // still be behind from the freeze: anti-entropy brings it the SET).
+    assert_eq!(r.call(&["SET", "both", "w"]), ok());
+    assert_eq!(ttl_on(a.port, "both"), Value::Integer(-1));
+    assert!(
+        eventually(Duration::from_secs(10), || ttl_on(b.port, "both")
+            == Value::Integer(-1)),
+        "the later SET did not clear the TTL on b: {:?}",
+        ttl_on(b.port, "both")
+    );
+}
+
 #[test]
 fn a_worker_behind_does_not_decide_a_conditional_set() {
     // Anti-entropy slow and no hints kept: a worker that missed a write

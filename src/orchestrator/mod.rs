@@ -263,9 +263,9 @@ impl Router {
     }
 
     /// A key's version and remaining TTL, or `None` if it is missing.
-    async fn meta(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
+    async fn meta(&self, key: Bytes) -> Result<Option<(u64, u64)>, ErrorReply> {
         match self.read_with(key.clone(), Request::Meta { key }).await? {
-            Response::Meta { ttl_ms, .. } => Ok(Some(ttl_ms)),
+            Response::Meta { version, ttl_ms } => Ok(Some((version, ttl_ms))),
             Response::NotFound => Ok(None),
             other => Err(ErrorReply::new(
                 ErrorCode::Unavailable,
@@ -626,8 +626,16 @@ impl Service for Router {
                 Reply::Integer(present)
             }
             Command::Expire { key, ttl } => {
+                // The TTL goes to the value read now (see `Store::expire`):
+                // a write stamped meanwhile stays newer than the change.
+                let version = match self.meta(key.clone()).await {
+                    Ok(Some((version, _))) => version,
+                    Ok(None) => return Reply::Integer(0),
+                    Err(e) => return Reply::Error(e),
+                };
+                self.clock.observe(version.saturating_add(1));
                 let request = Request::Expire {
-                    version: self.clock.next(),
+                    version,
                     ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
                     key: key.clone(),
                 };
@@ -643,8 +651,8 @@ impl Service for Router {
             }
             Command::Ttl { key } => match self.meta(key).await {
                 Ok(None) => Reply::Integer(-2),
-                Ok(Some(0)) => Reply::Integer(-1),
-                Ok(Some(ms)) => Reply::Integer(i64::try_from(ms).unwrap_or(i64::MAX)),
+                Ok(Some((_, 0))) => Reply::Integer(-1),
+                Ok(Some((_, ms))) => Reply::Integer(i64::try_from(ms).unwrap_or(i64::MAX)),
                 Err(e) => Reply::Error(e),
             },
             Command::DbSize => match self.db_size().await {

@@ -13,9 +13,8 @@
 //! timed out) while its partner stored it is a *miss*. The worker is then
 //! `Behind` (no reads from it while its partner can serve) and the write is
 //! queued as a *hint*, up to `max_hint_bytes`. When a probe finds the worker
-//! reachable, the hints are delivered (versions make the replay of sets and
-//! deletes idempotent and order-free; an `expire` is applied unless the
-//! worker holds a newer value). `Behind` ends when
+//! reachable, the hints are delivered (versions make replay idempotent and
+//! order-free: an `expire` applies only to the version it was read at). `Behind` ends when
 //! - every hint was delivered and none was dropped for lack of room, or
 //! - the worker completed two anti-entropy rounds after the first probe
 //!   that followed the miss (a round then began after the miss, and it

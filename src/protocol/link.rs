@@ -142,8 +142,9 @@ pub enum Request {
     Meta {
         key: Bytes,
     },
-    /// Gives a live key a new TTL unless it holds a value newer than
-    /// `version` (the entry keeps its version); answered `Del { existed }`.
+    /// Gives the entry a new TTL and the version `version + 1` if it holds
+    /// exactly `version` (the value the client's EXPIRE found); answered
+    /// `Del { existed }` (a live entry was there, changed or not).
     Expire {
         version: u64,
         ttl_ms: u64,

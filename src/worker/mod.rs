@@ -200,7 +200,7 @@ impl Worker {
                     return Response::Error(Worker::loading());
                 }
                 Response::Del {
-                    existed: self.store.expire(&key, ttl_ms, version),
+                    existed: self.store.expire(&key, ttl_ms, Some(version)),
                 }
             }
             Request::Del { version, key } => {
@@ -317,7 +317,7 @@ impl Service for Worker {
                 if self.state() != WorkerState::Ready {
                     return Reply::Error(Worker::loading());
                 }
-                Reply::Integer(self.store.expire(&key, ttl_ms, self.clock.next()) as i64)
+                Reply::Integer(self.store.expire(&key, ttl_ms, None) as i64)
             }
             Command::Ttl { key } => {
                 if self.state() != WorkerState::Ready {

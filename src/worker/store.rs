@@ -467,17 +467,17 @@ impl Store {
         self.put(key, new, now).map(|p| p.applied)
     }
 
-    /// Gives a live entry a new time to live (`ttl_ms` from now), unless
-    /// it holds a value newer than the `expire` (`version`): a late or
-    /// replayed expire never puts a TTL on a later value. Returns whether a
-    /// live entry was there.
+    /// Gives a live entry a new time to live (`ttl_ms` from now) and the
+    /// version right after its own, if it holds version `at` (whatever
+    /// version it holds when `None`). Returns whether a live entry was there.
     ///
-    /// The entry keeps its version: a TTL change is not a new value, so a
-    /// concurrent `set` of a newer version is never refused because of it
-    /// (which could leave partners with different values under one
-    /// version). The cost: anti-entropy compares versions, so it repairs
-    /// values, not TTLs set by `expire` (docs/protocol.md).
-    pub fn expire(&self, key: &[u8], ttl_ms: u64, version: u64) -> bool {
+    /// A TTL change is a change of the entry, so it takes a version (anti-
+    /// entropy and refill carry it to a partner that missed it), but only
+    /// the version right after the value it was asked for: any write
+    /// stamped later is still newer, so an `expire` never turns one away,
+    /// and an entry holding another version than `at` (a newer write got
+    /// there first, or this worker lacks the value) is left as it is.
+    pub fn expire(&self, key: &[u8], ttl_ms: u64, at: Option<u64>) -> bool {
         let (hash, index) = self.locate(key);
         let now = self.now();
         let mut shard = self.shard(index);
@@ -488,9 +488,10 @@ impl Store {
         if slot.is(FLAG_TOMBSTONE) || slot.expired(now) {
             return false;
         }
-        if slot.version > version {
+        if at.is_some_and(|at| at != slot.version) {
             return true;
         }
+        slot.version = slot.version.saturating_add(1);
         slot.expires_at = now.saturating_add(ttl_ms.max(1));
         true
     }
@@ -1005,31 +1006,49 @@ impl Shard {
 mod tests {
 
     #[test]
-    fn an_expire_never_refuses_a_newer_set() {
-        // The same writes in both orders (partners may see them so): the
-        // value ends the same, whatever the order of SET and EXPIRE.
-        let orders: [&[&str]; 2] = [&["set", "expire", "set2"], &["set", "set2", "expire"]];
+    fn an_expire_never_refuses_a_newer_set_and_travels_with_the_entry() {
+        // A SET stamped after the value an EXPIRE was asked for, in both
+        // orders (partners may see them so): the same value, version and
+        // TTL either way.
         let mut finals = Vec::new();
-        for order in orders {
+        for expire_first in [true, false] {
             let store = Store::new(StoreConfig::default());
-            for op in order {
-                match *op {
-                    "set" => {
-                        store.set(b"k", b"old", None, 5).expect("set");
-                    }
-                    "set2" => {
-                        store.set(b"k", b"new", None, 6).expect("set");
-                    }
-                    _ => {
-                        store.expire(b"k", 60_000, 7);
-                    }
-                }
+            store.set(b"k", b"old", None, 5).expect("set");
+            if expire_first {
+                assert!(store.expire(b"k", 60_000, Some(5)));
+                assert_eq!(store.meta(b"k").map(|(v, _)| v), Some(6));
+            }
+            store.set(b"k", b"new", None, 100).expect("set");
+            if !expire_first {
+                assert!(store.expire(b"k", 60_000, Some(5)), "the key is there");
             }
             let found = store.get(b"k").expect("present");
-            finals.push((found.value, found.version));
+            finals.push((found.value, found.version, found.ttl_ms));
         }
         assert_eq!(finals[0], finals[1]);
-        assert_eq!(&finals[0].0[..], b"new");
+        assert_eq!(
+            (&finals[0].0[..], finals[0].1, finals[0].2),
+            (&b"new"[..], 100, 0)
+        );
+
+        // Without a concurrent write the TTL takes the next version, so a
+        // partner that missed it takes the entry (and its TTL) from this one.
+        let a = Store::new(StoreConfig::default());
+        let b = Store::new(StoreConfig::default());
+        for s in [&a, &b] {
+            s.set(b"k", b"v", None, 5).expect("set");
+        }
+        assert!(a.expire(b"k", 60_000, Some(5)));
+        let mut entries = Vec::new();
+        for shard in 0..a.shard_count() {
+            let _ = a.scan(shard, 0, usize::MAX, &mut entries);
+        }
+        for entry in &entries {
+            b.apply(entry).expect("apply");
+        }
+        let (version, ttl) = b.meta(b"k").expect("present");
+        assert_eq!(version, 6);
+        assert!(ttl > 59_000 && ttl <= 60_000, "{ttl}");
     }
 
     use super::*;
