@@ -8,7 +8,7 @@
 mod common;
 
 use common::chaos::{await_convergence, check, loopback, seed, worker_status, Conn, Load, Rng};
-use common::{free_port, orchestrator, secure, worker, worker_starting, Daemon};
+use common::{free_ports, orchestrator, secure, worker, worker_starting, Daemon};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Two pairs on fresh ports: workers (0,1) and (2,3).
 fn two_pairs(extra: &[&str]) -> (Vec<Daemon>, Vec<(u16, u16)>) {
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let ports: Vec<u16> = free_ports::<4>().to_vec();
     let workers = (0..4)
         .map(|i| worker(ports[i], Some(ports[i ^ 1]), extra))
         .collect();
@@ -231,7 +231,7 @@ fn fill(port: u16, n: usize, value_bytes: usize) {
 
 #[test]
 fn the_partner_dying_mid_refill_is_reported_and_refilled_back() {
-    let (a_port, b_port) = (free_port(), free_port());
+    let [a_port, b_port] = free_ports();
     let mut a = worker(a_port, Some(b_port), &[]);
     let mut b = worker(b_port, Some(a_port), &[]);
     const N: usize = 400_000;

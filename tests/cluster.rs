@@ -321,7 +321,7 @@ fn connections_beyond_the_limit_get_an_error() {
 
 #[test]
 fn partners_starting_together_start_empty_and_a_later_one_refills() {
-    let (p1, p2) = (free_port(), free_port());
+    let [p1, p2] = free_ports();
     let a = worker(p1, Some(p2), &[]);
     assert!(a.log_text().contains("not refilling"), "{}", a.log_text());
     let mut c = Client::connect(a.port);

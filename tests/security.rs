@@ -86,7 +86,7 @@ fn a_token_guards_clients_workers_and_links() {
 #[test]
 fn partners_with_a_token_refill_each_other() {
     let t = with_token(TOKEN);
-    let (pa, pb) = (free_port(), free_port());
+    let [pa, pb] = free_ports();
     let a = worker(pa, Some(pb), &args(&t));
     let mut c = Client::connect(a.port);
     assert_eq!(c.req(&format!("auth||{TOKEN}")), "0||");

@@ -77,7 +77,7 @@ const ORCHESTRATOR: &str = env!("CARGO_BIN_EXE_rcache-orchestrator");
 #[test]
 fn a_tls_only_cluster_with_auth_runs_from_config_files() {
     let pki = Pki::new("cluster");
-    let (pa, pb, po) = (free_port(), free_port(), free_port());
+    let [pa, pb, po] = free_ports();
     let common = format!("auth_token = \"{TOKEN}\"\n{}", pki.toml(true));
     let worker_conf = |me: u16, partner: u16| {
         config_file(

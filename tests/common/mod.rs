@@ -24,6 +24,15 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// `N` distinct ports nobody listens on right now (held open together
+/// while they are picked, so two calls cannot return the same one).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("bound").port())
+}
+
 pub fn log_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rcache-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("log dir");
@@ -221,7 +230,7 @@ pub fn worker_starting(port: u16, partner: Option<u16>, extra: &[&str]) -> Daemo
 
 /// A pair of partner workers on fresh ports.
 pub fn pair(extra: &[&str]) -> (Daemon, Daemon) {
-    let (a, b) = (free_port(), free_port());
+    let [a, b] = free_ports();
     let wa = worker(a, Some(b), extra);
     let wb = worker(b, Some(a), extra);
     (wa, wb)
