@@ -9,6 +9,19 @@ use super::text::{encode_reply, TextDecoder};
 use super::{Command, Limits, Reply};
 use bytes::BytesMut;
 
+/// Cuts `data` the way a socket might deliver it: each piece's length
+/// comes from its first byte (`1 + byte * mul % modulo`).
+fn pieces(data: &[u8], mul: usize, modulo: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        let first = *rest.first()?;
+        let take = 1 + (first as usize * mul) % modulo;
+        let (piece, tail) = rest.split_at(take.min(rest.len()));
+        rest = tail;
+        Some(piece)
+    })
+}
+
 fn limits() -> Limits {
     Limits {
         max_key_bytes: 64,
@@ -25,11 +38,7 @@ pub fn text_stream(data: &[u8]) {
     let max_line = decoder.max_line();
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        let take = 1 + (rest[0] as usize * 7) % 97;
-        let (piece, tail) = rest.split_at(take.min(rest.len()));
-        rest = tail;
+    for piece in pieces(data, 7, 97) {
         buf.extend_from_slice(piece);
         loop {
             match decoder.decode(&mut buf) {
@@ -102,11 +111,7 @@ pub fn resp_stream(data: &[u8]) {
     let mut decoder = RespDecoder::new(limits);
     let max = decoder.max_request();
     let mut buf = BytesMut::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        let take = 1 + (rest[0] as usize * 13) % 89;
-        let (piece, tail) = rest.split_at(take.min(rest.len()));
-        rest = tail;
+    for piece in pieces(data, 13, 89) {
         buf.extend_from_slice(piece);
         loop {
             match decoder.decode(&mut buf) {
