@@ -120,6 +120,7 @@ impl LinkConn {
                 io: r,
                 rbuf: self.conn.rbuf,
                 limits: self.limits,
+                read_at: Instant::now(),
             },
             LinkWriter {
                 io: w,
@@ -133,6 +134,7 @@ pub struct LinkReader {
     io: ReadHalf<Stream>,
     rbuf: BytesMut,
     limits: Limits,
+    read_at: Instant,
 }
 
 impl LinkReader {
@@ -148,7 +150,14 @@ impl LinkReader {
             if self.io.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(ClientError::Closed);
             }
+            self.read_at = Instant::now();
         }
+    }
+
+    /// When the last read from the socket returned: every response read
+    /// since arrived by then.
+    pub fn read_at(&self) -> Instant {
+        self.read_at
     }
 }
 

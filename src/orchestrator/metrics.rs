@@ -69,7 +69,7 @@ impl OrchestratorMetrics {
             ),
             latency: b.histogram_vec(
                 "rcache_worker_request_duration_seconds",
-                "Time from sending a request to a worker to its answer",
+                "Time from writing a request to a worker to reading its answer",
                 &["worker"],
             ),
             errors: b.counter_vec(

@@ -97,6 +97,7 @@ impl Router {
             keepalive: (config.server.idle_timeout / 2).min(pool::KEEPALIVE_MAX),
             max_hint_bytes: config.max_hint_bytes,
             response_timeout: (2 * config.worker_timeout).max(pool::MIN_RESPONSE_TIMEOUT),
+            request_timeout: config.worker_timeout,
         };
         let metrics = metrics::OrchestratorMetrics::new();
         let start = |addr: &String| {
@@ -301,7 +302,7 @@ impl Router {
                     continue;
                 }
             }
-            match backend.call(request.clone(), worker_timeout).await {
+            match backend.call(request.clone()).await {
                 Ok(Response::Error(e)) if e.code == ErrorCode::Loading => {
                     backend.set_health(Health::Loading);
                     last_error = Some(e.message.into_owned());
@@ -338,14 +339,13 @@ impl Router {
         let ask = |backend: &Arc<Backend>, wait: bool| {
             let request = request.clone();
             let backend = backend.clone();
-            let timeout = self.worker_timeout();
             async move {
                 if !wait {
                     // Not even sent: the probes say when it is back, and
                     // then it gets this write as a hint if it was acknowledged.
                     return WriteOutcome::NotAsked;
                 }
-                match backend.call(request, timeout).await {
+                match backend.call(request).await {
                     Ok(Response::Error(e)) => WriteOutcome::Refused(e),
                     Ok(response) => WriteOutcome::Stored(response),
                     Err(e) => {
@@ -517,7 +517,7 @@ impl Router {
                 }
                 let mut last = String::new();
                 for backend in order {
-                    match backend.call(Request::Status, self.worker_timeout()).await {
+                    match backend.call(Request::Status).await {
                         Ok(Response::Status { entries, .. }) => return Ok(entries),
                         Ok(other) => last = format!("unexpected answer {other:?}"),
                         Err(e) => last = e.to_string(),

@@ -3,7 +3,8 @@
 //! A [`Backend`] owns [`LINKS_PER_WORKER`] links. Each link is a task that
 //! connects on first use, then writes every request queued to it in one
 //! batch per wake-up (one write syscall for many client requests), while a
-//! reader task answers the callers in order. A link that breaks fails its
+//! reader task answers the callers in order and times them out (one timer
+//! per link, see [`read_responses`]). A link that breaks fails its
 //! in-flight requests and reconnects on the next request. Idle links send a ping now and then so the
 //! worker's idle timeout never closes them under a request; if it closes
 //! one anyway, the request is retried once on a fresh connection (versioned
@@ -23,7 +24,7 @@
 //! - a new process of it appeared after that probe (it refilled from its
 //!   partner).
 
-use crate::client::link::{LinkConn, LinkReader, LinkWriter};
+use crate::client::link::{LinkConn, LinkReader};
 use crate::client::ClientError;
 use crate::protocol::link::{Request, RequestKind, Response};
 use crate::protocol::Limits;
@@ -36,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// Links per worker; each is one TCP connection carrying pipelined requests.
-pub const LINKS_PER_WORKER: usize = 2;
+pub const LINKS_PER_WORKER: usize = 1;
 
 /// Requests that may wait for one link before callers are refused.
 pub const LINK_QUEUE_DEPTH: usize = 4096;
@@ -109,6 +110,8 @@ pub struct LinkSettings {
     /// dead network path (no FIN, no RST) must not wedge it until TCP gives
     /// up, minutes later.
     pub response_timeout: Duration,
+    /// How long a request may wait for its answer (`worker_timeout`).
+    pub request_timeout: Duration,
 }
 
 /// How a worker catches up on writes it missed (see the module doc).
@@ -161,7 +164,7 @@ pub struct BackendView {
 /// orchestrator's registry; detached ones count without being exported).
 #[derive(Clone)]
 pub struct BackendMetrics {
-    /// Time from sending a request to this worker to its answer.
+    /// Time from writing a request to this worker to reading its answer.
     pub latency: Histogram,
     /// Requests that failed on this worker (transport errors, timeouts).
     pub errors: IntCounter,
@@ -226,7 +229,8 @@ impl Backend {
         let links = (0..LINKS_PER_WORKER)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(LINK_QUEUE_DEPTH);
-                tokio::spawn(run_link(addr.clone(), settings.clone(), rx));
+                let latency = metrics.latency.clone();
+                tokio::spawn(run_link(addr.clone(), settings.clone(), rx, latency));
                 tx
             })
             .collect();
@@ -474,51 +478,66 @@ impl Backend {
         Ok(rx)
     }
 
-    /// Sends a request and waits up to `timeout` for its response. A link
-    /// that turns out closed before answering is retried once.
-    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, ClientError> {
-        let started = Instant::now();
-        let deadline = started + timeout;
+    /// Sends a request and waits for its response, at most the link's
+    /// `request_timeout` from the moment it is written (the link keeps the
+    /// time: one timer per link, not one per request). A link that turns
+    /// out closed before answering is retried once.
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
         // Each link found closed reconnects on its next request, so a retry
         // per link is enough when the worker closed them all (idle timeout).
         let mut retries = LINKS_PER_WORKER;
         loop {
             let rx = self.enqueue(request.clone())?;
-            let result = match tokio::time::timeout_at(deadline, rx).await {
-                Err(_) => Err(ClientError::Timeout(timeout)),
-                // The link dropped the request with its connection.
-                Ok(Err(_)) => Err(ClientError::Closed),
-                Ok(Ok(result)) => result,
-            };
-            match result {
+            // A dropped sender: the link dropped the request with its
+            // connection.
+            match rx.await.unwrap_or(Err(ClientError::Closed)) {
                 Err(ClientError::Closed) if retries > 0 => retries -= 1,
-                result => {
-                    if result.is_ok() {
-                        self.metrics
-                            .latency
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    return result;
-                }
+                result => return result,
             }
         }
     }
 }
 
-async fn run_link(addr: String, settings: LinkSettings, mut rx: mpsc::Receiver<Pending>) {
+async fn run_link(
+    addr: String,
+    settings: LinkSettings,
+    mut rx: mpsc::Receiver<Pending>,
+    latency: Histogram,
+) {
+    // Requests taken off the queue but not written: a connection that
+    // turned out closed before they were written hands them to the next.
+    let mut carried: Vec<Pending> = Vec::new();
     loop {
-        let Some(first) = rx.recv().await else {
-            return;
-        };
+        if carried.is_empty() {
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            carried.push(first);
+        }
         // Connect on demand, with no backoff: requests to a worker believed
         // down are not waited on, and a write that finds the worker back
         // must reach it (a refilling worker needs every live write).
         let dial = settings.dial.load_full();
         match LinkConn::connect(&addr, &dial, settings.connect_timeout).await {
-            Ok(link) => run_connected(link, first, &mut rx, &settings).await,
+            Ok(link) => {
+                carried = run_connected(
+                    link,
+                    std::mem::take(&mut carried),
+                    &mut rx,
+                    &settings,
+                    &latency,
+                )
+                .await;
+            }
             Err(e) => {
                 tracing::debug!(worker = %addr, error = %e, "cannot connect");
-                fail(first, e);
+                let mut error = Some(e);
+                for p in carried.drain(..) {
+                    let e = error
+                        .take()
+                        .unwrap_or_else(|| ClientError::NotConnected(addr.clone()));
+                    fail(p, e);
+                }
                 // Requests that queued during this attempt fail with it.
                 while let Ok(p) = rx.try_recv() {
                     fail(p, ClientError::NotConnected(addr.clone()));
@@ -534,18 +553,27 @@ fn fail(pending: Pending, error: ClientError) {
     }
 }
 
-type InFlight = (
-    RequestKind,
-    Option<oneshot::Sender<Result<Response, ClientError>>>,
-);
+/// A request written to a link and not answered yet.
+struct InFlight {
+    kind: RequestKind,
+    /// `None` once answered with a timeout (its response is still read,
+    /// and dropped), or for a keepalive ping.
+    reply: Option<oneshot::Sender<Result<Response, ClientError>>>,
+    /// When its batch was written.
+    sent_at: Instant,
+}
 
-/// Runs one connection until it breaks or the backend is dropped.
+/// Runs one connection until it breaks or the backend is dropped, writing
+/// `first` before anything queued. Returns the requests taken off the
+/// queue that this connection never wrote (its reader had found it
+/// closed): the next connection writes them.
 async fn run_connected(
     link: LinkConn,
-    first: Pending,
+    first: Vec<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
     settings: &LinkSettings,
-) {
+    latency: &Histogram,
+) -> Vec<Pending> {
     let (reader, mut writer) = link.split();
     // Unbounded: what is in flight was written to the worker, so it is
     // bounded by what the socket buffers hold, and a link whose answers
@@ -555,25 +583,29 @@ async fn run_connected(
         reader,
         inflight_rx,
         settings.response_timeout,
+        settings.request_timeout,
+        latency.clone(),
     ));
-    let mut next = Some(first);
+    let mut next = first;
     // One timer for the keepalive, moved only when it fires: re-arming it
     // for every batch would cost a timer update per batch.
     let mut last_write = Instant::now();
     let keepalive = tokio::time::sleep(settings.keepalive);
     tokio::pin!(keepalive);
     loop {
-        let batch_start = next.take();
-        let pending = match batch_start {
-            Some(p) => p,
-            None => loop {
+        let mut batch = std::mem::take(&mut next);
+        if batch.is_empty() {
+            let pending = loop {
                 tokio::select! {
                     biased;
+                    // A closed connection is noticed before a request is
+                    // taken for it.
+                    _ = &mut reader_task => return Vec::new(),
                     p = rx.recv() => match p {
                         Some(p) => break p,
                         None => {
                             reader_task.abort();
-                            return;
+                            return Vec::new();
                         }
                     },
                     _ = &mut keepalive => {
@@ -584,87 +616,141 @@ async fn run_connected(
                         }
                         keepalive.as_mut().reset(due);
                     }
-                    _ = &mut reader_task => return,
                 }
-            },
-        };
+            };
+            batch.push(pending);
+        }
         // Take everything queued so far into one batch, one write.
-        let mut batch = vec![pending];
         while batch.len() < LINK_BATCH_MAX {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
         }
-        for p in batch {
+        if reader_task.is_finished() {
+            // Closed under us (the worker's idle timeout): nothing of the
+            // batch was written, the next connection writes it.
+            return batch;
+        }
+        // One clock reading per batch: its requests' timeouts and
+        // latencies count from here.
+        let sent_at = Instant::now();
+        let mut batch = batch.into_iter();
+        while let Some(p) = batch.next() {
             writer.queue(&p.request);
             // The reader must learn of a request before its answer can arrive.
-            if inflight_tx.send((p.request.kind(), p.reply)).is_err() {
-                return;
+            let sent = InFlight {
+                kind: p.request.kind(),
+                reply: p.reply,
+                sent_at,
+            };
+            if let Err(unsent) = inflight_tx.send(sent) {
+                // The reader ended: nothing of this batch gets written.
+                let mut carried = vec![Pending {
+                    request: p.request,
+                    reply: unsent.0.reply,
+                }];
+                carried.extend(batch);
+                return carried;
             }
         }
-        if let Err(e) = flush(&mut writer, settings).await {
+        // A worker that stops reading for as long as a request may wait is
+        // treated as gone.
+        if let Err(e) = writer.flush(settings.request_timeout).await {
             tracing::debug!(error = %e, "link write failed");
             break;
         }
-        last_write = Instant::now();
+        last_write = sent_at;
     }
     reader_task.abort();
+    Vec::new()
 }
 
-async fn flush(writer: &mut LinkWriter, settings: &LinkSettings) -> Result<(), ClientError> {
-    // A worker that stops reading for this long is treated as gone.
-    writer
-        .flush(settings.connect_timeout.max(Duration::from_secs(5)))
-        .await
-}
-
-/// Matches responses to requests in order; on a broken connection fails
-/// everything still in flight.
+/// Matches responses to requests in order; answers a request that waited
+/// `request_timeout` with a timeout (its response, if it ever comes, is
+/// dropped); on a broken connection fails everything still in flight.
 async fn read_responses(
     mut reader: LinkReader,
     mut inflight: mpsc::UnboundedReceiver<InFlight>,
     response_timeout: Duration,
+    request_timeout: Duration,
+    latency: Histogram,
 ) {
+    // Requests written and not answered, oldest first. They were written
+    // in this order, so their deadlines (`sent_at + request_timeout`)
+    // are in this order too, and the expired ones are always a prefix.
+    let mut waiting: VecDeque<InFlight> = VecDeque::new();
+    // Fires no later than the earliest deadline of a waiting request: it
+    // is armed at most `request_timeout` from the moment it is armed, and
+    // any request written later has a later deadline. So it is moved only
+    // when it fires, never per request.
+    let expiry = tokio::time::sleep(request_timeout);
+    tokio::pin!(expiry);
     // The link is broken when answers stop coming while one is awaited:
     // no answer between two firings of one timer (so after one to two
     // `response_timeout`s). The timer is moved only when it fires, and
-    // answers are counted, not timed: a timer update or a clock reading
-    // per answer would cost more than the answer.
+    // answers are counted, not timed.
     let mut answered: u64 = 0;
     let mut answered_at_arming: u64 = 0;
-    let deadline = tokio::time::sleep(response_timeout);
-    tokio::pin!(deadline);
+    let stall = tokio::time::sleep(response_timeout);
+    tokio::pin!(stall);
     loop {
-        let (kind, reply) = match inflight.try_recv() {
-            Ok(next) => next,
-            Err(_) => {
-                let Some(next) = inflight.recv().await else {
-                    return;
-                };
-                // Busy again after being idle: the wait starts now.
-                deadline.as_mut().reset(Instant::now() + response_timeout);
-                answered_at_arming = answered;
-                next
-            }
+        while let Ok(next) = inflight.try_recv() {
+            waiting.push_back(next);
+        }
+        let Some(front) = waiting.front() else {
+            let Some(next) = inflight.recv().await else {
+                return;
+            };
+            waiting.push_back(next);
+            // Busy again after being idle: the wait starts now.
+            stall.as_mut().reset(Instant::now() + response_timeout);
+            answered_at_arming = answered;
+            continue;
         };
+        let kind = front.kind;
         let response = loop {
             tokio::select! {
                 biased;
                 response = reader.recv(kind) => break response,
-                _ = &mut deadline => {
+                _ = &mut expiry => {
+                    while let Ok(next) = inflight.try_recv() {
+                        waiting.push_back(next);
+                    }
+                    let now = Instant::now();
+                    let mut next_deadline = now + request_timeout;
+                    for w in waiting.iter_mut() {
+                        let deadline = w.sent_at + request_timeout;
+                        if deadline > now {
+                            next_deadline = deadline;
+                            break;
+                        }
+                        if let Some(reply) = w.reply.take() {
+                            let _ = reply.send(Err(ClientError::Timeout(request_timeout)));
+                        }
+                    }
+                    expiry.as_mut().reset(next_deadline);
+                }
+                _ = &mut stall => {
                     if answered == answered_at_arming {
                         break Err(ClientError::Timeout(response_timeout));
                     }
                     answered_at_arming = answered;
-                    deadline.as_mut().reset(Instant::now() + response_timeout);
+                    stall.as_mut().reset(Instant::now() + response_timeout);
                 }
             }
         };
         answered += 1;
+        let Some(InFlight { reply, sent_at, .. }) = waiting.pop_front() else {
+            return;
+        };
         match response {
             Ok(response) => {
                 if let Some(reply) = reply {
+                    // The time the answer was read, without a clock
+                    // reading per answer.
+                    let took = reader.read_at().saturating_duration_since(sent_at);
+                    latency.observe(took.as_secs_f64());
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -678,8 +764,11 @@ async fn read_responses(
                     let _ = reply.send(Err(error));
                 }
                 inflight.close();
-                while let Some((_, reply)) = inflight.recv().await {
-                    if let Some(reply) = reply {
+                while let Ok(next) = inflight.try_recv() {
+                    waiting.push_back(next);
+                }
+                for w in waiting {
+                    if let Some(reply) = w.reply {
                         let _ = reply.send(Err(ClientError::Closed));
                     }
                 }
@@ -705,6 +794,7 @@ mod tests {
             keepalive: Duration::from_secs(10),
             max_hint_bytes,
             response_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(1),
         };
         Backend::start("127.0.0.1:9".into(), settings)
     }
@@ -717,6 +807,109 @@ mod tests {
             value: bytes::Bytes::from_static(b"value"),
             when: crate::protocol::SetWhen::Always,
         }
+    }
+
+    /// A worker that answers the hello, then answers requests only when
+    /// told: each `()` sent on the returned channel answers the oldest
+    /// request with a pong.
+    async fn worker_answering_on_demand() -> (String, mpsc::UnboundedSender<()>) {
+        use crate::protocol::link::{decode_request, encode_response, read_frame, HELLO};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (go_tx, mut go_rx) = mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut hello = [0u8; 5];
+            socket.read_exact(&mut hello).await.expect("hello");
+            socket.write_all(HELLO).await.expect("hello");
+            let mut buf = bytes::BytesMut::new();
+            let mut requests = 0usize;
+            loop {
+                tokio::select! {
+                    read = socket.read_buf(&mut buf) => {
+                        if read.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        while let Ok(Some(frame)) = read_frame(&mut buf, 1 << 20) {
+                            decode_request(frame, &Limits::default()).expect("request");
+                            requests += 1;
+                        }
+                    }
+                    Some(()) = go_rx.recv(), if requests > 0 => {
+                        requests -= 1;
+                        let mut out = bytes::BytesMut::new();
+                        encode_response(&Response::Pong, &mut out);
+                        socket.write_all(&out).await.expect("answer");
+                    }
+                }
+            }
+        });
+        (addr, go_tx)
+    }
+
+    #[tokio::test]
+    async fn a_request_times_out_from_its_own_write_and_a_late_answer_is_dropped() {
+        let (addr, answer) = worker_answering_on_demand().await;
+        let timeout = Duration::from_millis(300);
+        let settings = LinkSettings {
+            limits: Limits::default(),
+            dial: Default::default(),
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(60),
+            max_hint_bytes: 0,
+            response_timeout: Duration::from_secs(60),
+            request_timeout: timeout,
+        };
+        let b = Backend::start(addr, settings);
+        let started = std::time::Instant::now();
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { (b.call(Request::Ping).await, started.elapsed()) }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move { (b.call(Request::Ping).await, started.elapsed()) }
+        });
+        let (result, took) = first.await.expect("task");
+        assert!(
+            matches!(result, Err(ClientError::Timeout(t)) if t == timeout),
+            "{result:?}"
+        );
+        assert!(
+            took >= timeout && took < Duration::from_secs(5),
+            "first took {took:?}"
+        );
+        let (result, took) = second.await.expect("task");
+        assert!(matches!(result, Err(ClientError::Timeout(_))), "{result:?}");
+        assert!(
+            took >= timeout + Duration::from_millis(150),
+            "the second request timed out before its own deadline: {took:?}"
+        );
+        // The two late answers arrive now; they belong to the requests that
+        // timed out, and the next request gets its own.
+        answer.send(()).expect("worker");
+        answer.send(()).expect("worker");
+        let third = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(Request::Ping).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !third.is_finished(),
+            "a late answer was taken for a later request"
+        );
+        answer.send(()).expect("worker");
+        let result = third.await.expect("task");
+        assert!(matches!(result, Ok(Response::Pong)), "{result:?}");
+        assert_eq!(
+            b.metrics.latency.get_sample_count(),
+            1,
+            "only the answer in time is measured"
+        );
     }
 
     #[tokio::test(start_paused = true)]
