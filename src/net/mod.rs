@@ -14,7 +14,6 @@ use crate::protocol::resp;
 use crate::protocol::text::{encode_reply, TextDecoder};
 use crate::protocol::{Command, ErrorCode, Limits, Reply};
 use crate::sys::{TcpListener, TcpStream};
-use bytes::Bytes;
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
@@ -451,35 +450,41 @@ async fn execute<Svc: Service>(
         }
         return replies;
     }
+    // Keys are told apart by a 64-bit hash of their bytes: two keys with
+    // the same hash only keep an order they did not need, never lose one.
+    let hasher = foldhash::fast::FixedState::default();
+    let mut hashes: Vec<u64> = Vec::new();
     let mut commands = commands.into_iter().peekable();
     while commands.peek().is_some() {
         // One segment: commands that do not conflict with each other.
-        // Keys touched so far, and whether one of the commands writes it.
-        let mut touched: hashbrown::HashMap<Bytes, bool, foldhash::fast::RandomState> =
-            Default::default();
+        // Keys touched so far (by hash), and whether one of the commands
+        // writes it.
+        let mut touched: hashbrown::HashMap<u64, bool, PassThrough> = Default::default();
         let mut segment_writes = false;
+        // A command about the whole store (DBSIZE, INFO) is in the segment.
+        let mut segment_whole = false;
         let mut segment = Vec::new();
         while let Some(next) = commands.peek() {
-            let (keys, writes) = command_keys(next);
-            // A command about the whole store (DBSIZE, INFO) sees every
-            // write before it, and a write after it waits for it.
+            let writes = command_writes(next);
+            hashes.clear();
+            for_each_key(next, |k| {
+                hashes.push(std::hash::BuildHasher::hash_one(&hasher, k))
+            });
+            // A command about the whole store sees every write before it,
+            // and a write after it waits for it.
             let whole = matches!(next, Command::DbSize | Command::Info);
             let conflict = (whole && segment_writes)
-                || keys
+                || (writes && segment_whole)
+                || hashes
                     .iter()
-                    .any(|k| touched.get(k).is_some_and(|&w| w || writes))
-                || (writes && touched.contains_key(&Bytes::new()));
+                    .any(|h| touched.get(h).is_some_and(|&w| w || writes));
             if conflict && !segment.is_empty() {
                 break;
             }
             segment_writes |= writes;
-            if whole {
-                // Stands for every key (keys are never empty).
-                touched.insert(Bytes::new(), false);
-            }
-            for k in keys {
-                let w = touched.entry(k).or_insert(false);
-                *w |= writes;
+            segment_whole |= whole;
+            for &h in &hashes {
+                *touched.entry(h).or_insert(false) |= writes;
             }
             if let Some(command) = commands.next() {
                 segment.push(command);
@@ -488,6 +493,34 @@ async fn execute<Svc: Service>(
         replies.extend(run_together(service, segment, metrics).await);
     }
     replies
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl std::hash::BuildHasher for PassThrough {
+    type Hasher = PassThrough;
+
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
 }
 
 /// Runs `commands` concurrently; replies in order.
@@ -499,33 +532,35 @@ async fn run_together<Svc: Service>(
     let started = Instant::now();
     let ops: Vec<Op> = commands.iter().map(command_op).collect();
     let calls = commands.into_iter().map(|c| service.call(c)).collect();
-    join_all_then(calls, |i, reply| {
-        metrics.observe(ops[i], reply_outcome(reply), started.elapsed());
+    join_all_then(calls, |i, reply, now| {
+        metrics.observe(ops[i], reply_outcome(reply), now - started);
     })
     .await
 }
 
 /// Runs `futures` concurrently on this task; their outputs in order.
 pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    join_all_then(futures, |_, _| {}).await
+    join_all_then(futures, |_, _, _| {}).await
 }
 
-/// [`join_all`], calling `done(i, &output)` as each one finishes.
+/// [`join_all`], calling `done(i, &output, now)` as each one finishes
+/// (`now`: one clock reading for all that finish in the same wake-up).
 async fn join_all_then<F: Future>(
     futures: Vec<F>,
-    mut done: impl FnMut(usize, &F::Output),
+    mut done: impl FnMut(usize, &F::Output, Instant),
 ) -> Vec<F::Output> {
     let mut running: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;
+        let mut now = None;
         for (i, future) in running.iter_mut().enumerate() {
             if outputs[i].is_some() {
                 continue;
             }
             match future.as_mut().poll(cx) {
                 std::task::Poll::Ready(output) => {
-                    done(i, &output);
+                    done(i, &output, *now.get_or_insert_with(Instant::now));
                     outputs[i] = Some(output);
                 }
                 std::task::Poll::Pending => pending = true,
@@ -541,23 +576,37 @@ async fn join_all_then<F: Future>(
     outputs.into_iter().flatten().collect()
 }
 
-/// The keys a command touches, and whether it writes them.
-fn command_keys(command: &Command) -> (Vec<Bytes>, bool) {
+/// Calls `f` with every key `command` touches.
+fn for_each_key(command: &Command, mut f: impl FnMut(&[u8])) {
     match command {
-        Command::Get { key } | Command::Ttl { key } => (vec![key.clone()], false),
-        Command::Set { key, .. } | Command::Del { key } | Command::Expire { key, .. } => {
-            (vec![key.clone()], true)
+        Command::Get { key }
+        | Command::Ttl { key }
+        | Command::Set { key, .. }
+        | Command::Del { key }
+        | Command::Expire { key, .. } => f(key),
+        Command::MGet { keys } | Command::Exists { keys } | Command::DelMany { keys } => {
+            keys.iter().for_each(|k| f(k))
         }
-        Command::MGet { keys } | Command::Exists { keys } => (keys.clone(), false),
-        Command::DelMany { keys } => (keys.clone(), true),
-        Command::MSet { entries } => (entries.iter().map(|(k, _)| k.clone()).collect(), true),
+        Command::MSet { entries } => entries.iter().for_each(|(k, _)| f(k)),
         Command::Ping
         | Command::Auth { .. }
         | Command::Exit
         | Command::Cluster
         | Command::DbSize
-        | Command::Info => (Vec::new(), false),
+        | Command::Info => {}
     }
+}
+
+/// Whether `command` writes the keys it touches.
+fn command_writes(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Set { .. }
+            | Command::Del { .. }
+            | Command::Expire { .. }
+            | Command::DelMany { .. }
+            | Command::MSet { .. }
+    )
 }
 
 /// A reply of a batch, in the order of the requests.

@@ -85,6 +85,26 @@ enum WriteOutcome {
     NotAsked,
 }
 
+/// Sends a write to one worker of its pair (`wait`: unless it is known to
+/// be down) and says what came of it.
+async fn ask(backend: &Backend, request: &Arc<Request>, wait: bool) -> WriteOutcome {
+    if !wait {
+        // Not even sent: the probes say when it is back, and then it gets
+        // this write as a hint if it was acknowledged.
+        return WriteOutcome::NotAsked;
+    }
+    match backend.call(request.clone()).await {
+        Ok(Response::Error(e)) => WriteOutcome::Refused(e),
+        Ok(response) => WriteOutcome::Stored(response),
+        Err(e) => {
+            backend.report_failure(&e);
+            WriteOutcome::Failed {
+                maybe_applied: !e.never_sent(),
+            }
+        }
+    }
+}
+
 impl Router {
     pub fn new(config: &OrchestratorConfig) -> Router {
         let dial = Arc::new(ArcSwap::from_pointee(crate::client::Dial::from_server(
@@ -278,6 +298,9 @@ impl Router {
     /// Sends a read (`Get`, `Meta`) for `key` to a worker of its pair,
     /// failing over to the partner. `NotFound` is an answer, not an error.
     async fn read_with(&self, key: Bytes, request: Request) -> Result<Response, ErrorReply> {
+        // Shared by the tries: one reference count, not one per key byte
+        // buffer.
+        let request = Arc::new(request);
         let topology = self.topology();
         let slot = placement::locate(&key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
@@ -330,38 +353,19 @@ impl Router {
     }
 
     async fn write(&self, key: &[u8], request: Request) -> Result<Vec<Response>, ErrorReply> {
+        // Shared by both workers (and a retry): one reference count.
+        let request = Arc::new(request);
         let topology = self.topology();
         let slot = placement::locate(key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
         // Wait on every worker not known to be down; if both are, wait on
         // both anyway (one may be back).
         let all_down = pair.iter().all(|b| b.health() == Health::Down);
-        let ask = |backend: &Arc<Backend>, wait: bool| {
-            let request = request.clone();
-            let backend = backend.clone();
-            async move {
-                if !wait {
-                    // Not even sent: the probes say when it is back, and
-                    // then it gets this write as a hint if it was acknowledged.
-                    return WriteOutcome::NotAsked;
-                }
-                match backend.call(request).await {
-                    Ok(Response::Error(e)) => WriteOutcome::Refused(e),
-                    Ok(response) => WriteOutcome::Stored(response),
-                    Err(e) => {
-                        backend.report_failure(&e);
-                        WriteOutcome::Failed {
-                            maybe_applied: !e.never_sent(),
-                        }
-                    }
-                }
-            }
-        };
         // A conditional set is decided only by workers that are up when one
         // is: a worker that is behind (or refilling) may lack the value the
         // condition is about. It gets the outcome as a hint instead.
         let conditional = matches!(
-            request,
+            *request,
             Request::Set { when, .. } if when != SetWhen::Always
         );
         let any_up = pair.iter().any(|b| b.health() == Health::Up);
@@ -372,16 +376,18 @@ impl Router {
                 all_down || b.health() != Health::Down
             }
         };
-        let (mut a, mut b) =
-            tokio::join!(ask(&pair[0], wait(&pair[0])), ask(&pair[1], wait(&pair[1])));
+        let (mut a, mut b) = tokio::join!(
+            ask(&pair[0], &request, wait(&pair[0])),
+            ask(&pair[1], &request, wait(&pair[1]))
+        );
         // The worker waited on failed and its partner was believed down:
         // the partner may be back before a probe noticed (a rolling
         // restart), so it is asked after all.
         let failed = |o: &WriteOutcome| matches!(o, WriteOutcome::Failed { .. });
         if failed(&a) && matches!(b, WriteOutcome::NotAsked) {
-            b = ask(&pair[1], true).await;
+            b = ask(&pair[1], &request, true).await;
         } else if failed(&b) && matches!(a, WriteOutcome::NotAsked) {
-            a = ask(&pair[0], true).await;
+            a = ask(&pair[0], &request, true).await;
         }
         // A conditional set that changed one worker and not the other (a
         // TTL ran out on one clock and not yet on the other; one worker is
@@ -423,7 +429,7 @@ impl Router {
             // condition held nowhere, else an unconditional set of the
             // same version.
             let changed = stored.iter().any(|r| !matches!(r, Response::NotStored));
-            let hint = match request {
+            let hint = match &*request {
                 Request::Set {
                     version,
                     ttl_ms,
@@ -431,13 +437,13 @@ impl Router {
                     value,
                     ..
                 } => Request::Set {
-                    version,
-                    ttl_ms,
-                    key,
-                    value,
+                    version: *version,
+                    ttl_ms: *ttl_ms,
+                    key: key.clone(),
+                    value: value.clone(),
                     when: SetWhen::Always,
                 },
-                other => other,
+                other => other.clone(),
             };
             for (missed, backend) in [(a_missed, &pair[0]), (b_missed, &pair[1])] {
                 if missed && changed {
@@ -517,7 +523,7 @@ impl Router {
                 }
                 let mut last = String::new();
                 for backend in order {
-                    match backend.call(Request::Status).await {
+                    match backend.call(Arc::new(Request::Status)).await {
                         Ok(Response::Status { entries, .. }) => return Ok(entries),
                         Ok(other) => last = format!("unexpected answer {other:?}"),
                         Err(e) => last = e.to_string(),

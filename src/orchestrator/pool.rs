@@ -188,7 +188,7 @@ impl BackendMetrics {
 }
 
 struct Pending {
-    request: Request,
+    request: Arc<Request>,
     reply: Option<oneshot::Sender<Result<Response, ClientError>>>,
 }
 
@@ -424,7 +424,7 @@ impl Backend {
             };
             let mut receivers = Vec::with_capacity(batch.len());
             for request in &batch {
-                receivers.push(self.enqueue(request.clone()));
+                receivers.push(self.enqueue(Arc::new(request.clone())));
             }
             let mut failed = None;
             for (i, rx) in receivers.into_iter().enumerate() {
@@ -466,7 +466,7 @@ impl Backend {
 
     fn enqueue(
         &self,
-        request: Request,
+        request: Arc<Request>,
     ) -> Result<oneshot::Receiver<Result<Response, ClientError>>, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.pick_link()
@@ -482,7 +482,7 @@ impl Backend {
     /// `request_timeout` from the moment it is written (the link keeps the
     /// time: one timer per link, not one per request). A link that turns
     /// out closed before answering is retried once.
-    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+    pub async fn call(&self, request: Arc<Request>) -> Result<Response, ClientError> {
         // Each link found closed reconnects on its next request, so a retry
         // per link is enough when the worker closed them all (idle timeout).
         let mut retries = LINKS_PER_WORKER;
@@ -612,7 +612,7 @@ async fn run_connected(
                         let due = last_write + settings.keepalive;
                         if Instant::now() >= due {
                             keepalive.as_mut().reset(Instant::now() + settings.keepalive);
-                            break Pending { request: Request::Ping, reply: None };
+                            break Pending { request: Arc::new(Request::Ping), reply: None };
                         }
                         keepalive.as_mut().reset(due);
                     }
@@ -867,12 +867,12 @@ mod tests {
         let started = std::time::Instant::now();
         let first = tokio::spawn({
             let b = b.clone();
-            async move { (b.call(Request::Ping).await, started.elapsed()) }
+            async move { (b.call(Arc::new(Request::Ping)).await, started.elapsed()) }
         });
         tokio::time::sleep(Duration::from_millis(150)).await;
         let second = tokio::spawn({
             let b = b.clone();
-            async move { (b.call(Request::Ping).await, started.elapsed()) }
+            async move { (b.call(Arc::new(Request::Ping)).await, started.elapsed()) }
         });
         let (result, took) = first.await.expect("task");
         assert!(
@@ -895,7 +895,7 @@ mod tests {
         answer.send(()).expect("worker");
         let third = tokio::spawn({
             let b = b.clone();
-            async move { b.call(Request::Ping).await }
+            async move { b.call(Arc::new(Request::Ping)).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
