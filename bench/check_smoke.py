@@ -11,6 +11,10 @@ out = sys.argv[1]
 rows = list(csv.DictReader(open(f"{out}/results.csv")))
 answered = {(r["target"], r["test"], r["pipeline"]) for r in rows if float(r["rps"]) > 0}
 assert len(answered) == 16, f"not every target, test and depth answered: {sorted(answered)}"
+# CPU per request: the load generator always spends some; the targets'
+# clock ticks (10 ms) may round a short run to 0, but not every run.
+assert all(float(r["client_us"]) > 0 for r in rows), "load generator CPU not measured"
+assert any(float(r["server_us"]) > 0 for r in rows), "target CPU never measured"
 memory = list(csv.DictReader(open(f"{out}/memory.csv")))
 assert [m["target"] for m in memory] == ["redis", "rcache-worker"], memory
 assert len({m["entries"] for m in memory}) == 1 and int(memory[0]["entries"]) > 0, memory

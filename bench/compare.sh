@@ -14,6 +14,9 @@
 # entry: 1,000,000 entries (16-byte keys, 100-byte incompressible values)
 # loaded into one rcache worker and one redis-server, compared as RSS.
 #
+# Every run also records the CPU time per request of the load generator and
+# of the target's processes (/proc), so the table shows where the cycles go.
+#
 # Results: bench/results/<time>/{results.csv,memory.csv,table.md,chart.svg}.
 # Usage: bench/compare.sh [--repeats N] [--requests N] [--entries N] [--out DIR]
 # (CI runs it small, as a smoke test: --repeats 1 --requests 5000 --entries 20000.)
@@ -107,9 +110,9 @@ start_worker() { # start_worker <port> [<partner port>]
 # --- start every target --------------------------------------------------
 read -r redis_port tw_a tw_b tw_port tw_stats worker_port w1 w2 w3 w4 orch_port mem_redis mem_worker \
   <<<"$(free_port 13)"
-start_redis "$redis_port"
-start_redis "$tw_a"
-start_redis "$tw_b"
+start_redis "$redis_port"; redis_pids=${pids[-1]}
+start_redis "$tw_a"; tw_pids=${pids[-1]}
+start_redis "$tw_b"; tw_pids="$tw_pids ${pids[-1]}"
 cat >"$out/nutcracker.yml" <<EOF
 pool:
   listen: 127.0.0.1:$tw_port
@@ -122,44 +125,64 @@ pool:
    - 127.0.0.1:$tw_b:1
 EOF
 nutcracker -c "$out/nutcracker.yml" -s "$tw_stats" -o "$out/nutcracker.log" &
-pids+=($!)
+pids+=($!); tw_pids="$tw_pids $!"
 wait_port "$tw_port"
 
-start_worker "$worker_port"
-start_worker "$w1" "$w2"; start_worker "$w2" "$w1"
-start_worker "$w3" "$w4"; start_worker "$w4" "$w3"
+start_worker "$worker_port"; worker_pids=${pids[-1]}
+orch_pids=""
+start_worker "$w1" "$w2"; orch_pids="$orch_pids ${pids[-1]}"
+start_worker "$w2" "$w1"; orch_pids="$orch_pids ${pids[-1]}"
+start_worker "$w3" "$w4"; orch_pids="$orch_pids ${pids[-1]}"
+start_worker "$w4" "$w3"; orch_pids="$orch_pids ${pids[-1]}"
 "$bin/rcache-orchestrator" --listen "127.0.0.1:$orch_port" --metrics-listen 127.0.0.1:0 \
   --log-level warn 127.0.0.1 "$w1" 127.0.0.1 "$w2" 127.0.0.1 "$w3" 127.0.0.1 "$w4" \
   >"$out/orchestrator.log" 2>&1 &
-pids+=($!)
+pids+=($!); orch_pids="$orch_pids $!"
 wait_port "$orch_port"
 
-targets=("redis:$redis_port" "rcache-worker:$worker_port" "twemproxy:$tw_port" "rcache-orchestrator:$orch_port")
+# name:port:the processes serving it (their CPU time is measured)
+targets=("redis:$redis_port:$redis_pids" "rcache-worker:$worker_port:$worker_pids"
+  "twemproxy:$tw_port:$tw_pids" "rcache-orchestrator:$orch_port:$orch_pids")
+
+# CPU time (user + system) of processes, in clock ticks.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
 
 # --- throughput and latency ---------------------------------------------
 csv="$out/results.csv"
-echo "repeat,target,test,pipeline,rps,p50_ms,p99_ms" >"$csv"
+# client_us, server_us: CPU time per request of redis-benchmark and of the
+# target's processes (for twemproxy and the orchestrator, with their
+# redis-servers or workers).
+echo "repeat,target,test,pipeline,rps,p50_ms,p99_ms,client_us,server_us" >"$csv"
+TIMEFORMAT='%U %S'
 for repeat in $(seq "$repeats"); do
   for pipeline in 1 16; do
     n=$requests_p1
     [ "$pipeline" = 16 ] && n=$requests_p16
     for target in "${targets[@]}"; do
-      name=${target%%:*}; port=${target##*:}
+      IFS=: read -r name port serving <<<"$target"
       printf '==> repeat %s/%s  %-20s pipeline %-2s ' "$repeat" "$repeats" "$name" "$pipeline"
-      redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -d 100 -c 50 -r 100000 \
-        -n "$n" -P "$pipeline" --csv 2>/dev/null |
-        python3 -c '
-import csv, sys
-rows = list(csv.reader(sys.stdin))
-header = rows[0]
-for row in rows[1:]:
-    r = dict(zip(header, row))
-    print(",".join([sys.argv[1], sys.argv[2], r["test"], sys.argv[3], r["rps"],
-                    r["p50_latency_ms"], r["p99_latency_ms"]]))
-' "$repeat" "$name" "$pipeline" | tee -a "$csv" | awk -F, '{printf "%s %.0f/s p99 %sms  ", $3, $5, $7} END {print ""}'
+      for test in set get; do
+        # shellcheck disable=SC2086
+        before=$(cpu_ticks $serving)
+        { time redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -d 100 -c 50 -r 100000 \
+            -n "$n" -P "$pipeline" --csv >"$out/run.csv" 2>/dev/null; } 2>"$out/run.time"
+        # shellcheck disable=SC2086
+        after=$(cpu_ticks $serving)
+        python3 bench/row.py "$out/run.csv" "$out/run.time" "$repeat" "$name" "$pipeline" \
+          "$n" "$((after - before))" "$hz"
+      done | tee -a "$csv" |
+        awk -F, '{printf "%s %.0f/s p99 %sms cpu %s+%sus  ", $3, $5, $7, $8, $9} END {print ""}'
     done
   done
 done
+rm -f "$out/run.csv" "$out/run.time"
 
 # --- memory per entry -----------------------------------------------------
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }

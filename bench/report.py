@@ -22,6 +22,7 @@ TESTS = [("SET", "1"), ("GET", "1"), ("SET", "16"), ("GET", "16")]
 REPEATS = len({r["repeat"] for r in rows})
 
 median = {}
+cpu = {}
 for target in TARGETS:
     for test, pipeline in TESTS:
         picked = [
@@ -33,6 +34,10 @@ for target in TARGETS:
             median[target, test, pipeline] = (
                 statistics.median(float(r["rps"]) for r in picked),
                 statistics.median(float(r["p99_ms"]) for r in picked),
+            )
+            cpu[target, test, pipeline] = (
+                statistics.median(float(r["server_us"]) for r in picked),
+                statistics.median(float(r["client_us"]) for r in picked),
             )
 
 print(f"Median of {REPEATS} runs; requests/s (p99 ms).\n")
@@ -54,6 +59,21 @@ for test, pipeline in TESTS:
                 met = met and p99 <= peer_p99
                 what += f", p99 {p99:.3f} vs {peer_p99:.3f} ms (target: not higher)"
             verdicts.append((met, what))
+    print("| " + " | ".join(cells) + " |")
+
+print(
+    "\nCPU time per request, µs (median): the target's processes (redis-servers or "
+    "workers included) + the load generator (redis-benchmark). On two cores, "
+    "requests/s can be at most 2 s / (target + load generator) per second, and "
+    "at most 1 s / load generator while it is one thread.\n"
+)
+print("| test | redis | rcache worker | twemproxy | rcache orchestrator |")
+print("|---|---|---|---|---|")
+for test, pipeline in TESTS:
+    cells = [f"{test} P{pipeline}"]
+    for target in TARGETS:
+        server, client = cpu.get((target, test, pipeline), (0.0, 0.0))
+        cells.append(f"{server:.2f} + {client:.2f}")
     print("| " + " | ".join(cells) + " |")
 
 entries = int(next(iter(memory.values()))["entries"]) if memory else 0
