@@ -14,6 +14,7 @@ pub mod http;
 
 pub use http::serve_http;
 
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -146,6 +147,66 @@ impl ServerMetrics {
     /// Requests of `op` that ended in `outcome` so far.
     pub fn requests(&self, op: Op, outcome: Outcome) -> u64 {
         self.requests[op as usize][outcome as usize].get()
+    }
+}
+
+/// The request metrics of one connection, counted locally and added to the
+/// shared ones by [`Tally::flush`], once per batch of pipelined requests:
+/// a batch costs one update of each metric it touched instead of one per
+/// request (the shared ones are atomics every connection writes to).
+/// A connection flushes before it writes the batch's replies, so a client
+/// that got its reply sees the request counted; dropping flushes too.
+#[derive(Default)]
+pub struct Tally {
+    ops: Vec<Option<OpTally>>,
+    /// Indices of `ops` observed since the last flush.
+    touched: Vec<usize>,
+}
+
+struct OpTally {
+    requests: [LocalIntCounter; 3],
+    duration: LocalHistogram,
+}
+
+impl Tally {
+    pub fn observe(
+        &mut self,
+        metrics: &ServerMetrics,
+        op: Op,
+        outcome: Outcome,
+        elapsed: Duration,
+    ) {
+        let i = op as usize;
+        if self.ops.len() <= i {
+            self.ops.resize_with(i + 1, || None);
+        }
+        let tally = self.ops[i].get_or_insert_with(|| OpTally {
+            requests: [0, 1, 2].map(|o| metrics.requests[i][o].local()),
+            duration: metrics.durations[i].local(),
+        });
+        tally.requests[outcome as usize].inc();
+        tally.duration.observe(elapsed.as_secs_f64());
+        if !self.touched.contains(&i) {
+            self.touched.push(i);
+        }
+    }
+
+    /// Adds what was counted since the last flush to the shared metrics.
+    pub fn flush(&mut self) {
+        for i in self.touched.drain(..) {
+            if let Some(Some(tally)) = self.ops.get_mut(i) {
+                for counter in &mut tally.requests {
+                    counter.flush();
+                }
+                tally.duration.flush();
+            }
+        }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -355,6 +416,37 @@ pub fn render(exporter: &dyn Exporter) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tally_adds_up_when_flushed_and_when_dropped() {
+        let registry = Registry::new();
+        let m = Builder::new(&registry).server("worker");
+        let mut tally = Tally::default();
+        tally.observe(&m, Op::Get, Outcome::Ok, Duration::from_micros(30));
+        tally.observe(&m, Op::Get, Outcome::NotFound, Duration::from_micros(30));
+        tally.observe(&m, Op::Set, Outcome::Ok, Duration::from_millis(2));
+        assert_eq!(
+            m.requests(Op::Get, Outcome::Ok),
+            0,
+            "counted before the flush"
+        );
+        tally.flush();
+        assert_eq!(m.requests(Op::Get, Outcome::Ok), 1);
+        assert_eq!(m.requests(Op::Get, Outcome::NotFound), 1);
+        assert_eq!(m.requests(Op::Set, Outcome::Ok), 1);
+        assert_eq!(m.durations[Op::Get as usize].get_sample_count(), 2);
+        assert_eq!(m.durations[Op::Set as usize].get_sample_count(), 1);
+        tally.flush();
+        assert_eq!(
+            m.requests(Op::Get, Outcome::Ok),
+            1,
+            "a second flush adds nothing"
+        );
+        tally.observe(&m, Op::Set, Outcome::Error, Duration::ZERO);
+        drop(tally);
+        assert_eq!(m.requests(Op::Set, Outcome::Error), 1, "dropping flushes");
+        assert_eq!(m.durations[Op::Set as usize].get_sample_count(), 2);
+    }
 
     #[test]
     fn server_metrics_count_by_command_and_result() {

@@ -9,7 +9,7 @@ pub mod stream;
 
 pub use stream::Stream;
 
-use crate::metrics::{Op, Outcome, ServerMetrics};
+use crate::metrics::{Op, Outcome, ServerMetrics, Tally};
 use crate::protocol::resp;
 use crate::protocol::text::{encode_reply, TextDecoder};
 use crate::protocol::{Command, ErrorCode, Limits, Reply};
@@ -435,6 +435,7 @@ async fn execute<Svc: Service>(
     service: &Svc,
     commands: Vec<Command>,
     metrics: &ServerMetrics,
+    tally: &mut Tally,
 ) -> Vec<Reply> {
     let mut replies = Vec::with_capacity(commands.len());
     if !Svc::CONCURRENT || commands.len() == 1 {
@@ -444,7 +445,7 @@ async fn execute<Svc: Service>(
             let op = command_op(&command);
             let reply = service.call(command).await;
             let ended = Instant::now();
-            metrics.observe(op, reply_outcome(&reply), ended - started);
+            tally.observe(metrics, op, reply_outcome(&reply), ended - started);
             started = ended;
             replies.push(reply);
         }
@@ -490,7 +491,7 @@ async fn execute<Svc: Service>(
                 segment.push(command);
             }
         }
-        replies.extend(run_together(service, segment, metrics).await);
+        replies.extend(run_together(service, segment, metrics, tally).await);
     }
     replies
 }
@@ -528,12 +529,13 @@ async fn run_together<Svc: Service>(
     service: &Svc,
     commands: Vec<Command>,
     metrics: &ServerMetrics,
+    tally: &mut Tally,
 ) -> Vec<Reply> {
     let started = Instant::now();
     let ops: Vec<Op> = commands.iter().map(command_op).collect();
     let calls = commands.into_iter().map(|c| service.call(c)).collect();
     join_all_then(calls, |i, reply, now| {
-        metrics.observe(ops[i], reply_outcome(reply), now - started);
+        tally.observe(metrics, ops[i], reply_outcome(reply), now - started);
     })
     .await
 }
@@ -639,6 +641,7 @@ where
     let mut last_request = Instant::now();
     let mut authenticated = false;
     let mut window = Window::new();
+    let mut tally = Tally::default();
     loop {
         let mut exit = false;
         loop {
@@ -649,7 +652,7 @@ where
                 let ready = match decoded {
                     Ok(None) => break,
                     Ok(Some(Command::Exit)) => {
-                        metrics.observe(Op::Exit, Outcome::Ok, Duration::ZERO);
+                        tally.observe(metrics, Op::Exit, Outcome::Ok, Duration::ZERO);
                         exit = true;
                         break;
                     }
@@ -660,7 +663,7 @@ where
                         } else {
                             Reply::error(ErrorCode::Auth, "invalid token")
                         };
-                        metrics.observe(Op::Auth, reply_outcome(&reply), Duration::ZERO);
+                        tally.observe(metrics, Op::Auth, reply_outcome(&reply), Duration::ZERO);
                         reply
                     }
                     Ok(Some(command)) if config.auth.is_some() && !authenticated => {
@@ -668,7 +671,12 @@ where
                             ErrorCode::Auth,
                             "authentication required: send auth||<token> first",
                         );
-                        metrics.observe(command_op(&command), Outcome::Error, Duration::ZERO);
+                        tally.observe(
+                            metrics,
+                            command_op(&command),
+                            Outcome::Error,
+                            Duration::ZERO,
+                        );
                         reply
                     }
                     Ok(Some(command)) => {
@@ -677,7 +685,7 @@ where
                         continue;
                     }
                     Err(error) => {
-                        metrics.observe(Op::Invalid, Outcome::Error, Duration::ZERO);
+                        tally.observe(metrics, Op::Invalid, Outcome::Error, Duration::ZERO);
                         Reply::Error(error)
                     }
                 };
@@ -686,7 +694,10 @@ where
             if slots.is_empty() {
                 break;
             }
-            let replies = execute(service, commands, metrics).await;
+            let replies = execute(service, commands, metrics, &mut tally).await;
+            // Counted before the replies go out: a client that has its
+            // reply sees its request in the metrics.
+            tally.flush();
             window.observe(&replies);
             last_request = Instant::now();
             for slot in &slots {
@@ -743,6 +754,7 @@ where
     let mut authenticated = false;
     let mut version = resp::Version::Resp2;
     let mut window = Window::new();
+    let mut tally = Tally::default();
     let error = |line: &'static str| Answer::Error(line.into());
     loop {
         let mut close = false;
@@ -757,12 +769,12 @@ where
                 let answer = match decoder.decode(&mut conn.rbuf) {
                     Ok(None) => break,
                     Err(e) => {
-                        metrics.observe(Op::Invalid, Outcome::Error, Duration::ZERO);
+                        tally.observe(metrics, Op::Invalid, Outcome::Error, Duration::ZERO);
                         close = true;
                         Answer::Error(format!("ERR {e}").into())
                     }
                     Ok(Some(RespRequest::Quit)) => {
-                        metrics.observe(Op::Other, Outcome::Ok, Duration::ZERO);
+                        tally.observe(metrics, Op::Other, Outcome::Ok, Duration::ZERO);
                         close = true;
                         Answer::Ok
                     }
@@ -776,7 +788,7 @@ where
                         } else {
                             error(WRONGPASS)
                         };
-                        metrics.observe(Op::Auth, answer_outcome(&answer), Duration::ZERO);
+                        tally.observe(metrics, Op::Auth, answer_outcome(&answer), Duration::ZERO);
                         answer
                     }
                     Ok(Some(RespRequest::Hello {
@@ -801,7 +813,7 @@ where
                                  RESP protocol version at the same time",
                             ),
                         };
-                        metrics.observe(Op::Other, answer_outcome(&answer), Duration::ZERO);
+                        tally.observe(metrics, Op::Other, answer_outcome(&answer), Duration::ZERO);
                         if answer == Answer::Ok {
                             version = match asked {
                                 Some(3) => resp::Version::Resp3,
@@ -816,7 +828,7 @@ where
                         }
                     }
                     Ok(Some(_)) if !open => {
-                        metrics.observe(Op::Invalid, Outcome::Error, Duration::ZERO);
+                        tally.observe(metrics, Op::Invalid, Outcome::Error, Duration::ZERO);
                         error(NOAUTH)
                     }
                     Ok(Some(RespRequest::Run(command, shape))) => {
@@ -831,7 +843,7 @@ where
                             Answer::Error(_) => Op::Invalid,
                             _ => Op::Other,
                         };
-                        metrics.observe(op, answer_outcome(&answer), Duration::ZERO);
+                        tally.observe(metrics, op, answer_outcome(&answer), Duration::ZERO);
                         answer
                     }
                 };
@@ -843,7 +855,10 @@ where
             if slots.is_empty() {
                 break;
             }
-            let replies = execute(service, commands, metrics).await;
+            let replies = execute(service, commands, metrics, &mut tally).await;
+            // Counted before the replies go out: a client that has its
+            // reply sees its request in the metrics.
+            tally.flush();
             window.observe(&replies);
             last_request = Instant::now();
             for slot in &slots {

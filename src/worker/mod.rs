@@ -13,7 +13,7 @@ pub mod metrics;
 pub mod refill;
 pub mod store;
 
-use crate::metrics::{Op, Outcome};
+use crate::metrics::{Op, Outcome, Tally};
 use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service, Shutdown};
 use crate::protocol::link::{
     decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, WorkerState,
@@ -449,7 +449,11 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
     let max = max_frame_bytes(&config.limits);
     let mut responder = antientropy::Responder::default();
     let mut authenticated = config.auth.is_none();
+    let metrics = &worker.metrics.server;
+    let mut tally = Tally::default();
     loop {
+        // One clock reading per request: each ends where the next starts.
+        let mut started = Instant::now();
         loop {
             let frame = match read_frame(&mut conn.rbuf, max) {
                 Ok(Some(frame)) => frame,
@@ -459,8 +463,6 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                     return Closed::Eof;
                 }
             };
-            let started = Instant::now();
-            deadline = started + config.idle_timeout;
             let request = decode_request(frame, &config.limits);
             if !authenticated {
                 // A link must present the cluster's token first; a peer
@@ -470,11 +472,9 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                     (Ok(Request::Auth { token }), Some(secret)) if secret.matches(token)
                 );
                 if !ok {
-                    worker.metrics.server.auth_failures.inc();
-                    worker
-                        .metrics
-                        .server
-                        .observe(Op::Auth, Outcome::Error, started.elapsed());
+                    metrics.auth_failures.inc();
+                    tally.observe(metrics, Op::Auth, Outcome::Error, started.elapsed());
+                    tally.flush();
                     tracing::warn!("closing a link that did not present the cluster's token");
                     let error = ErrorReply::new(ErrorCode::Auth, "authentication required");
                     encode_response(&Response::Error(error), &mut conn.wbuf);
@@ -488,10 +488,10 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Err(c) = stream_refill(conn, worker, &config).await {
                         return c;
                     }
-                    worker
-                        .metrics
-                        .server
-                        .observe(Op::Refill, Outcome::Ok, started.elapsed());
+                    let ended = Instant::now();
+                    tally.observe(metrics, Op::Refill, Outcome::Ok, ended - started);
+                    started = ended;
+                    deadline = ended + config.idle_timeout;
                     continue;
                 }
                 Ok(request @ (Request::Digest | Request::Sync { .. } | Request::Apply { .. })) => {
@@ -508,12 +508,14 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
                 Response::Error(_) => Outcome::Error,
                 _ => Outcome::Ok,
             };
-            worker
-                .metrics
-                .server
-                .observe(op, outcome, started.elapsed());
+            let ended = Instant::now();
+            tally.observe(metrics, op, outcome, ended - started);
+            started = ended;
+            deadline = ended + config.idle_timeout;
             encode_response(&response, &mut conn.wbuf);
         }
+        // Counted before the answers go out.
+        tally.flush();
         if let Err(c) = conn.flush(config.idle_timeout).await {
             return c;
         }
