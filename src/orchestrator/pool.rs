@@ -694,11 +694,15 @@ async fn read_responses(
     let mut answered_at_arming: u64 = 0;
     let stall = tokio::time::sleep(response_timeout);
     tokio::pin!(stall);
+    // Latencies are added to the shared histogram a few at a time (each
+    // update of it is several atomic operations).
+    let latency = latency.local();
     loop {
         while let Ok(next) = inflight.try_recv() {
             waiting.push_back(next);
         }
         let Some(front) = waiting.front() else {
+            latency.flush();
             let Some(next) = inflight.recv().await else {
                 return;
             };
@@ -751,6 +755,9 @@ async fn read_responses(
                     // reading per answer.
                     let took = reader.read_at().saturating_duration_since(sent_at);
                     latency.observe(took.as_secs_f64());
+                    if answered % 64 == 0 {
+                        latency.flush();
+                    }
                     let _ = reply.send(Ok(response));
                 }
             }
