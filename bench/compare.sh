@@ -178,7 +178,7 @@ for repeat in $(seq "$repeats"); do
         python3 bench/row.py "$out/run.csv" "$out/run.time" "$repeat" "$name" "$pipeline" \
           "$n" "$((after - before))" "$hz"
       done | tee -a "$csv" |
-        awk -F, '{printf "%s %.0f/s p99 %sms cpu %s+%sus  ", $3, $5, $7, $8, $9} END {print ""}'
+        awk -F, '{printf "%s %.0f/s p99 %sms cpu/req %sus (+%sus client)  ", $3, $5, $7, $9, $8} END {print ""}'
     done
   done
 done

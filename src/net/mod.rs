@@ -455,16 +455,19 @@ async fn execute<Svc: Service>(
     // the same hash only keep an order they did not need, never lose one.
     let hasher = foldhash::fast::FixedState::default();
     let mut hashes: Vec<u64> = Vec::new();
+    // Sized once for the batch and reused by every segment.
+    let mut touched: hashbrown::HashMap<u64, bool, PassThrough> =
+        hashbrown::HashMap::with_capacity_and_hasher(commands.len(), PassThrough(0));
     let mut commands = commands.into_iter().peekable();
     while commands.peek().is_some() {
         // One segment: commands that do not conflict with each other.
         // Keys touched so far (by hash), and whether one of the commands
         // writes it.
-        let mut touched: hashbrown::HashMap<u64, bool, PassThrough> = Default::default();
+        touched.clear();
         let mut segment_writes = false;
         // A command about the whole store (DBSIZE, INFO) is in the segment.
         let mut segment_whole = false;
-        let mut segment = Vec::new();
+        let mut segment = Vec::with_capacity(commands.len());
         while let Some(next) = commands.peek() {
             let writes = command_writes(next);
             hashes.clear();
