@@ -111,8 +111,8 @@ start_worker() { # start_worker <port> [<partner port>]
 read -r redis_port tw_a tw_b tw_port tw_stats worker_port w1 w2 w3 w4 orch_port mem_redis mem_worker \
   <<<"$(free_port 13)"
 start_redis "$redis_port"; redis_pids=${pids[-1]}
-start_redis "$tw_a"; tw_pids=${pids[-1]}
-start_redis "$tw_b"; tw_pids="$tw_pids ${pids[-1]}"
+start_redis "$tw_a"; tw_backends=${pids[-1]}
+start_redis "$tw_b"; tw_backends="$tw_backends ${pids[-1]}"
 cat >"$out/nutcracker.yml" <<EOF
 pool:
   listen: 127.0.0.1:$tw_port
@@ -125,24 +125,26 @@ pool:
    - 127.0.0.1:$tw_b:1
 EOF
 nutcracker -c "$out/nutcracker.yml" -s "$tw_stats" -o "$out/nutcracker.log" &
-pids+=($!); tw_pids="$tw_pids $!"
+pids+=($!); tw_pids=$!
 wait_port "$tw_port"
 
 start_worker "$worker_port"; worker_pids=${pids[-1]}
-orch_pids=""
-start_worker "$w1" "$w2"; orch_pids="$orch_pids ${pids[-1]}"
-start_worker "$w2" "$w1"; orch_pids="$orch_pids ${pids[-1]}"
-start_worker "$w3" "$w4"; orch_pids="$orch_pids ${pids[-1]}"
-start_worker "$w4" "$w3"; orch_pids="$orch_pids ${pids[-1]}"
+orch_backends=""
+start_worker "$w1" "$w2"; orch_backends="$orch_backends ${pids[-1]}"
+start_worker "$w2" "$w1"; orch_backends="$orch_backends ${pids[-1]}"
+start_worker "$w3" "$w4"; orch_backends="$orch_backends ${pids[-1]}"
+start_worker "$w4" "$w3"; orch_backends="$orch_backends ${pids[-1]}"
 "$bin/rcache-orchestrator" --listen "127.0.0.1:$orch_port" --metrics-listen 127.0.0.1:0 \
   --log-level warn 127.0.0.1 "$w1" 127.0.0.1 "$w2" 127.0.0.1 "$w3" 127.0.0.1 "$w4" \
   >"$out/orchestrator.log" 2>&1 &
-pids+=($!); orch_pids="$orch_pids $!"
+pids+=($!); orch_pids=$!
 wait_port "$orch_port"
 
-# name:port:the processes serving it (their CPU time is measured)
-targets=("redis:$redis_port:$redis_pids" "rcache-worker:$worker_port:$worker_pids"
-  "twemproxy:$tw_port:$tw_pids" "rcache-orchestrator:$orch_port:$orch_pids")
+# name:port:the process clients talk to:the processes behind it (the CPU
+# time of both is measured)
+targets=("redis:$redis_port:$redis_pids:" "rcache-worker:$worker_port:$worker_pids:"
+  "twemproxy:$tw_port:$tw_pids:$tw_backends"
+  "rcache-orchestrator:$orch_port:$orch_pids:$orch_backends")
 
 # CPU time (user + system) of processes, in clock ticks.
 cpu_ticks() {
@@ -156,29 +158,29 @@ hz=$(getconf CLK_TCK)
 
 # --- throughput and latency ---------------------------------------------
 csv="$out/results.csv"
-# client_us, server_us: CPU time per request of redis-benchmark and of the
-# target's processes (for twemproxy and the orchestrator, with their
-# redis-servers or workers).
-echo "repeat,target,test,pipeline,rps,p50_ms,p99_ms,client_us,server_us" >"$csv"
+# client_us, server_us, backend_us: CPU time per request of redis-benchmark,
+# of the process it talks to, and of the redis-servers or workers behind
+# twemproxy and the orchestrator.
+echo "repeat,target,test,pipeline,rps,p50_ms,p99_ms,client_us,server_us,backend_us" >"$csv"
 TIMEFORMAT='%U %S'
 for repeat in $(seq "$repeats"); do
   for pipeline in 1 16; do
     n=$requests_p1
     [ "$pipeline" = 16 ] && n=$requests_p16
     for target in "${targets[@]}"; do
-      IFS=: read -r name port serving <<<"$target"
+      IFS=: read -r name port front backends <<<"$target"
       printf '==> repeat %s/%s  %-20s pipeline %-2s ' "$repeat" "$repeats" "$name" "$pipeline"
       for test in set get; do
         # shellcheck disable=SC2086
-        before=$(cpu_ticks $serving)
+        front_before=$(cpu_ticks $front); back_before=$(cpu_ticks $backends)
         { time redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -d 100 -c 50 -r 100000 \
             -n "$n" -P "$pipeline" --csv >"$out/run.csv" 2>/dev/null; } 2>"$out/run.time"
         # shellcheck disable=SC2086
-        after=$(cpu_ticks $serving)
+        front_after=$(cpu_ticks $front); back_after=$(cpu_ticks $backends)
         python3 bench/row.py "$out/run.csv" "$out/run.time" "$repeat" "$name" "$pipeline" \
-          "$n" "$((after - before))" "$hz"
+          "$n" "$((front_after - front_before))" "$((back_after - back_before))" "$hz"
       done | tee -a "$csv" |
-        awk -F, '{printf "%s %.0f/s p99 %sms cpu/req %sus (+%sus client)  ", $3, $5, $7, $9, $8} END {print ""}'
+        awk -F, '{printf "%s %.0f/s p99 %sms cpu/req %s+%sus (client %sus)  ", $3, $5, $7, $9, $10, $8} END {print ""}'
     done
   done
 done

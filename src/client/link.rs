@@ -34,7 +34,9 @@ impl LinkConn {
         let stream = connect_stream(addr, dial.tls.as_ref(), timeout).await?;
         let mut conn = Conn::new(stream);
         conn.wbuf.extend_from_slice(HELLO);
-        conn.flush(timeout).await.map_err(|c| closed(c, timeout))?;
+        // Every step within the one `timeout`.
+        let left = deadline.saturating_duration_since(Instant::now());
+        conn.flush(left).await.map_err(|c| closed(c, timeout))?;
         while conn.rbuf.len() < HELLO.len() {
             conn.fill_until(deadline)
                 .await
@@ -151,6 +153,26 @@ impl LinkReader {
                 return Err(ClientError::Closed);
             }
             self.read_at = Instant::now();
+        }
+    }
+
+    /// Bytes read and not yet taken as responses.
+    pub fn buffered(&self) -> usize {
+        self.rbuf.len()
+    }
+
+    /// Waits until the peer closes the connection or it fails (`true`), or
+    /// some bytes arrive (`false`: they stay buffered for
+    /// [`LinkReader::recv`]). Cancel safe: a read either happened or did
+    /// not.
+    pub async fn closed(&mut self) -> bool {
+        self.rbuf.reserve(1024);
+        match self.io.read_buf(&mut self.rbuf).await {
+            Ok(0) | Err(_) => true,
+            Ok(_) => {
+                self.read_at = Instant::now();
+                false
+            }
         }
     }
 

@@ -39,6 +39,8 @@ pub enum ClientError {
     Overloaded(String),
     #[error("the link to {0} could not connect")]
     NotConnected(String),
+    #[error("not sent within {0:?}: the link was busy or reconnecting")]
+    Unsent(Duration),
     #[error("{addr} refused the link: {reason}")]
     Refused { addr: String, reason: String },
 }
@@ -52,6 +54,7 @@ impl ClientError {
                 | ClientError::ConnectTimeout { .. }
                 | ClientError::Overloaded(_)
                 | ClientError::NotConnected(_)
+                | ClientError::Unsent(_)
                 | ClientError::Refused { .. }
         )
     }

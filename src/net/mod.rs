@@ -451,9 +451,10 @@ async fn execute<Svc: Service>(
         }
         return replies;
     }
-    // Keys are told apart by a 64-bit hash of their bytes: two keys with
-    // the same hash only keep an order they did not need, never lose one.
-    let hasher = foldhash::fast::FixedState::default();
+    // Keys are told apart by a 64-bit hash of their bytes (seeded per
+    // batch, so clients cannot aim collisions): two keys with the same hash
+    // only keep an order they did not need, never lose one.
+    let hasher = foldhash::fast::RandomState::default();
     let mut hashes: Vec<u64> = Vec::new();
     // Sized once for the batch and reused by every segment.
     let mut touched: hashbrown::HashMap<u64, bool, PassThrough> =
@@ -467,7 +468,7 @@ async fn execute<Svc: Service>(
         let mut segment_writes = false;
         // A command about the whole store (DBSIZE, INFO) is in the segment.
         let mut segment_whole = false;
-        let mut segment = Vec::with_capacity(commands.len());
+        let mut segment = Vec::new();
         while let Some(next) = commands.peek() {
             let writes = command_writes(next);
             hashes.clear();

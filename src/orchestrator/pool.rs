@@ -190,6 +190,9 @@ impl BackendMetrics {
 struct Pending {
     request: Arc<Request>,
     reply: Option<oneshot::Sender<Result<Response, ClientError>>>,
+    /// When the caller stops waiting: `request_timeout` after the call
+    /// began (a retry keeps it).
+    deadline: Instant,
 }
 
 /// One worker and the links to it.
@@ -207,6 +210,7 @@ pub struct Backend {
     /// read that must go to a behind worker waits for it.
     delivery: tokio::sync::Mutex<()>,
     max_hint_bytes: usize,
+    request_timeout: Duration,
     pub metrics: BackendMetrics,
     /// No longer in the orchestrator's pair list (a reload removed it): its
     /// probe stops, and its links close once the last request is done.
@@ -244,6 +248,7 @@ impl Backend {
             catchup: Mutex::new(Catchup::default()),
             delivery: tokio::sync::Mutex::new(()),
             max_hint_bytes: settings.max_hint_bytes,
+            request_timeout: settings.request_timeout,
             metrics,
             retired: AtomicBool::new(false),
         })
@@ -424,7 +429,8 @@ impl Backend {
             };
             let mut receivers = Vec::with_capacity(batch.len());
             for request in &batch {
-                receivers.push(self.enqueue(Arc::new(request.clone())));
+                let deadline = Instant::now() + timeout;
+                receivers.push(self.enqueue(Arc::new(request.clone()), deadline));
             }
             let mut failed = None;
             for (i, rx) in receivers.into_iter().enumerate() {
@@ -467,27 +473,30 @@ impl Backend {
     fn enqueue(
         &self,
         request: Arc<Request>,
+        deadline: Instant,
     ) -> Result<oneshot::Receiver<Result<Response, ClientError>>, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.pick_link()
             .try_send(Pending {
                 request,
                 reply: Some(tx),
+                deadline,
             })
             .map_err(|_| ClientError::Overloaded(self.addr.clone()))?;
         Ok(rx)
     }
 
     /// Sends a request and waits for its response, at most the link's
-    /// `request_timeout` from the moment it is written (the link keeps the
-    /// time: one timer per link, not one per request). A link that turns
-    /// out closed before answering is retried once.
+    /// `request_timeout` from now (the link keeps the time: one timer per
+    /// link, not one per request). A link that turns out closed before
+    /// answering is retried once, within the same time.
     pub async fn call(&self, request: Arc<Request>) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + self.request_timeout;
         // Each link found closed reconnects on its next request, so a retry
         // per link is enough when the worker closed them all (idle timeout).
         let mut retries = LINKS_PER_WORKER;
         loop {
-            let rx = self.enqueue(request.clone())?;
+            let rx = self.enqueue(request.clone(), deadline)?;
             // A dropped sender: the link dropped the request with its
             // connection.
             match rx.await.unwrap_or(Err(ClientError::Closed)) {
@@ -561,6 +570,7 @@ struct InFlight {
     reply: Option<oneshot::Sender<Result<Response, ClientError>>>,
     /// When its batch was written.
     sent_at: Instant,
+    deadline: Instant,
 }
 
 /// Runs one connection until it breaks or the backend is dropped, writing
@@ -598,8 +608,9 @@ async fn run_connected(
             let pending = loop {
                 tokio::select! {
                     biased;
-                    // A closed connection is noticed before a request is
-                    // taken for it.
+                    // A connection the worker closed (its idle timeout) is
+                    // noticed by the reader, which watches an idle link
+                    // too, before a request is taken for it.
                     _ = &mut reader_task => return Vec::new(),
                     p = rx.recv() => match p {
                         Some(p) => break p,
@@ -612,7 +623,11 @@ async fn run_connected(
                         let due = last_write + settings.keepalive;
                         if Instant::now() >= due {
                             keepalive.as_mut().reset(Instant::now() + settings.keepalive);
-                            break Pending { request: Arc::new(Request::Ping), reply: None };
+                            break Pending {
+                                request: Arc::new(Request::Ping),
+                                reply: None,
+                                deadline: Instant::now() + settings.request_timeout,
+                            };
                         }
                         keepalive.as_mut().reset(due);
                     }
@@ -632,23 +647,31 @@ async fn run_connected(
             // batch was written, the next connection writes it.
             return batch;
         }
-        // One clock reading per batch: its requests' timeouts and
-        // latencies count from here.
+        // One clock reading per batch: its requests' latencies count from
+        // here.
         let sent_at = Instant::now();
         let mut batch = batch.into_iter();
         while let Some(p) = batch.next() {
+            if p.deadline <= sent_at {
+                // Its caller stopped waiting while the link was busy
+                // writing or connecting: it is not sent now.
+                fail(p, ClientError::Unsent(settings.request_timeout));
+                continue;
+            }
             writer.queue(&p.request);
             // The reader must learn of a request before its answer can arrive.
             let sent = InFlight {
                 kind: p.request.kind(),
                 reply: p.reply,
                 sent_at,
+                deadline: p.deadline,
             };
             if let Err(unsent) = inflight_tx.send(sent) {
                 // The reader ended: nothing of this batch gets written.
                 let mut carried = vec![Pending {
                     request: p.request,
                     reply: unsent.0.reply,
+                    deadline: p.deadline,
                 }];
                 carried.extend(batch);
                 return carried;
@@ -666,9 +689,11 @@ async fn run_connected(
     Vec::new()
 }
 
-/// Matches responses to requests in order; answers a request that waited
-/// `request_timeout` with a timeout (its response, if it ever comes, is
-/// dropped); on a broken connection fails everything still in flight.
+/// Matches responses to requests in order; answers a request whose caller's
+/// deadline passed with a timeout (its response, if it ever comes, is read
+/// and dropped); on a broken connection fails everything still in flight.
+/// While nothing is in flight it watches the connection, so one the worker
+/// closed is replaced before the next request is written to it.
 async fn read_responses(
     mut reader: LinkReader,
     mut inflight: mpsc::UnboundedReceiver<InFlight>,
@@ -676,14 +701,11 @@ async fn read_responses(
     request_timeout: Duration,
     latency: Histogram,
 ) {
-    // Requests written and not answered, oldest first. They were written
-    // in this order, so their deadlines (`sent_at + request_timeout`)
-    // are in this order too, and the expired ones are always a prefix.
+    // Requests written and not answered, in the order they were written.
     let mut waiting: VecDeque<InFlight> = VecDeque::new();
-    // Fires no later than the earliest deadline of a waiting request: it
-    // is armed at most `request_timeout` from the moment it is armed, and
-    // any request written later has a later deadline. So it is moved only
-    // when it fires, never per request.
+    // Never later than the earliest deadline of a waiting request: moved
+    // earlier when one with an earlier deadline arrives (a rare retry), and
+    // otherwise only when it fires, never per request.
     let expiry = tokio::time::sleep(request_timeout);
     tokio::pin!(expiry);
     // The link is broken when answers stop coming while one is awaited:
@@ -699,14 +721,27 @@ async fn read_responses(
     let latency = latency.local();
     loop {
         while let Ok(next) = inflight.try_recv() {
-            waiting.push_back(next);
+            learn(next, &mut waiting, &mut expiry);
         }
         let Some(front) = waiting.front() else {
+            if reader.buffered() > 0 {
+                // Bytes nobody asked for: the framing cannot be trusted.
+                tracing::debug!("link sent data while no answer was awaited");
+                return;
+            }
             latency.flush();
-            let Some(next) = inflight.recv().await else {
+            let next = tokio::select! {
+                biased;
+                next = inflight.recv() => next,
+                // Nothing is awaited: the end of the connection is noticed
+                // now. (An answer read here belongs to a request whose
+                // entry is on its way: it stays buffered for it.)
+                ended = reader.closed() => if ended { None } else { continue },
+            };
+            let Some(next) = next else {
                 return;
             };
-            waiting.push_back(next);
+            learn(next, &mut waiting, &mut expiry);
             // Busy again after being idle: the wait starts now.
             stall.as_mut().reset(Instant::now() + response_timeout);
             answered_at_arming = answered;
@@ -719,17 +754,14 @@ async fn read_responses(
                 response = reader.recv(kind) => break response,
                 _ = &mut expiry => {
                     while let Ok(next) = inflight.try_recv() {
-                        waiting.push_back(next);
+                        learn(next, &mut waiting, &mut expiry);
                     }
                     let now = Instant::now();
                     let mut next_deadline = now + request_timeout;
                     for w in waiting.iter_mut() {
-                        let deadline = w.sent_at + request_timeout;
-                        if deadline > now {
-                            next_deadline = deadline;
-                            break;
-                        }
-                        if let Some(reply) = w.reply.take() {
+                        if w.deadline > now {
+                            next_deadline = next_deadline.min(w.deadline);
+                        } else if let Some(reply) = w.reply.take() {
                             let _ = reply.send(Err(ClientError::Timeout(request_timeout)));
                         }
                     }
@@ -755,7 +787,9 @@ async fn read_responses(
                     // reading per answer.
                     let took = reader.read_at().saturating_duration_since(sent_at);
                     latency.observe(took.as_secs_f64());
-                    if answered % 64 == 0 {
+                    // Counted before the caller has its answer when nothing
+                    // else is in flight.
+                    if waiting.is_empty() || answered % 64 == 0 {
                         latency.flush();
                     }
                     let _ = reply.send(Ok(response));
@@ -783,6 +817,19 @@ async fn read_responses(
             }
         }
     }
+}
+
+/// Adds a written request to the reader's queue, moving the expiry timer
+/// earlier if its deadline is the earliest.
+fn learn(
+    next: InFlight,
+    waiting: &mut VecDeque<InFlight>,
+    expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+) {
+    if next.deadline < expiry.deadline() {
+        expiry.as_mut().reset(next.deadline);
+    }
+    waiting.push_back(next);
 }
 
 #[cfg(test)]
@@ -917,6 +964,107 @@ mod tests {
             1,
             "only the answer in time is measured"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_caller_gave_up_is_not_sent() {
+        let (addr, answer) = worker_answering_on_demand().await;
+        let settings = LinkSettings {
+            limits: Limits::default(),
+            dial: Default::default(),
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(60),
+            max_hint_bytes: 0,
+            response_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
+        };
+        let b = Backend::start(addr, settings);
+        // Its deadline passed while it waited for the link (here: before
+        // it was even queued).
+        let past = Instant::now() - Duration::from_millis(1);
+        let gave_up = b.enqueue(Arc::new(Request::Ping), past).expect("queued");
+        let live = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(Arc::new(Request::Ping)).await }
+        });
+        let result = gave_up.await.expect("answered");
+        assert!(matches!(result, Err(ClientError::Unsent(_))), "{result:?}");
+        assert!(result.is_err_and(|e| e.never_sent()));
+        // One answer from the worker: it is the live request's, so the
+        // other was never written.
+        answer.send(()).expect("worker");
+        let result = live.await.expect("task");
+        assert!(matches!(result, Ok(Response::Pong)), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn callers_of_a_worker_that_stops_reading_are_answered_in_time() {
+        use crate::protocol::link::HELLO;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers the hello, then never reads again: once the socket
+        // buffers are full, the link's writes block.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut hello = [0u8; 5];
+                if socket.read_exact(&mut hello).await.is_ok() {
+                    let _ = socket.write_all(HELLO).await;
+                }
+                held.push(socket);
+            }
+        });
+        let timeout = Duration::from_millis(300);
+        let settings = LinkSettings {
+            limits: Limits::default(),
+            dial: Default::default(),
+            connect_timeout: timeout,
+            keepalive: Duration::from_secs(60),
+            max_hint_bytes: 0,
+            response_timeout: Duration::from_secs(60),
+            request_timeout: timeout,
+        };
+        let b = Backend::start(addr, settings);
+        let big = Arc::new(Request::Set {
+            version: 1,
+            ttl_ms: 0,
+            key: bytes::Bytes::from_static(b"k"),
+            value: bytes::Bytes::from(vec![b'x'; 4 << 20]),
+            when: crate::protocol::SetWhen::Always,
+        });
+        let mut calls = Vec::new();
+        for i in 0..12 {
+            let b = b.clone();
+            let request = if i % 3 == 2 {
+                Arc::new(Request::Ping)
+            } else {
+                big.clone()
+            };
+            calls.push(tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                (b.call(request).await, started.elapsed())
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for call in calls {
+            let (result, took) = call.await.expect("task");
+            assert!(
+                matches!(
+                    result,
+                    Err(ClientError::Timeout(_) | ClientError::Unsent(_) | ClientError::Closed)
+                ),
+                "{result:?}"
+            );
+            // Written or not, each caller hears within its own timeout
+            // (plus the link's reconnect when it gave up on a blocked write).
+            assert!(took < 3 * timeout, "a caller waited {took:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

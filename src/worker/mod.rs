@@ -485,6 +485,8 @@ async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let (op, response) = match request {
                 Ok(Request::Refill) => {
+                    // The stream flushes what was answered before it.
+                    tally.flush();
                     if let Err(c) = stream_refill(conn, worker, &config).await {
                         return c;
                     }
