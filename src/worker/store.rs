@@ -9,8 +9,9 @@
 //! decompression. A shard keeps its entries in a slab (`Vec<Slot>`) and maps
 //! keys to slab indices with a `hashbrown::HashTable<u32>`, so the table
 //! itself costs 5 bytes per bucket. A slot holds one allocation with the key
-//! followed by the stored value, plus the version, the expiry, and the SIEVE
-//! queue links: 48 bytes.
+//! followed by the stored value (a compressed value's raw length first),
+//! plus the version, the expiry, key length and flags packed in one word,
+//! and the SIEVE queue links: 40 bytes.
 //!
 //! # Eviction: SIEVE
 //! Each shard keeps its entries in insertion order with a "visited" bit that a
@@ -177,33 +178,95 @@ pub struct Store {
     pub stats: StoreStats,
 }
 
-/// One entry of a shard's slab.
+/// One entry of a shard's slab: 40 bytes.
 struct Slot {
-    /// The key followed by the stored value.
+    /// The key followed by the stored value; a compressed value's length
+    /// once decompressed (u32, little endian) comes first.
     data: Box<[u8]>,
     version: u64,
-    /// Milliseconds since the store's epoch; `NEVER` for none.
-    expires_at: u64,
-    /// Length of the value once decompressed.
-    raw_len: u32,
+    /// The expiry (bits 0..40: milliseconds since the store's epoch, all
+    /// ones for none), the key's length (bits 40..56) and the flags (bits
+    /// 56..64), packed so the slot is 40 bytes instead of 48.
+    meta: u64,
     /// SIEVE queue links (slab indices), towards the newest and oldest entry.
     newer: u32,
     older: u32,
-    key_len: u16,
-    flags: u8,
+}
+
+/// Expiries are kept in 40 bits of milliseconds: about 34 years after the
+/// store started. A later one is kept as that far (the entry outlives the
+/// process anyway); all ones means none.
+const EXPIRY_MASK: u64 = (1 << 40) - 1;
+
+/// Bytes before the key in a compressed entry's data: the value's length
+/// once decompressed.
+const RAW_LEN_BYTES: usize = 4;
+
+fn pack_meta(expires_at: u64, key_len: u16, flags: u8) -> u64 {
+    let expiry = if expires_at == NEVER {
+        EXPIRY_MASK
+    } else {
+        expires_at.min(EXPIRY_MASK - 1)
+    };
+    expiry | u64::from(key_len) << 40 | u64::from(flags) << 56
 }
 
 impl Slot {
+    fn expires_at(&self) -> u64 {
+        match self.meta & EXPIRY_MASK {
+            EXPIRY_MASK => NEVER,
+            at => at,
+        }
+    }
+
+    fn set_expires_at(&mut self, expires_at: u64) {
+        self.meta = pack_meta(expires_at, self.key_len(), self.flags());
+    }
+
+    fn key_len(&self) -> u16 {
+        (self.meta >> 40) as u16
+    }
+
+    fn flags(&self) -> u8 {
+        (self.meta >> 56) as u8
+    }
+
+    fn set_flags(&mut self, flags: u8) {
+        self.meta = self.meta & !(0xff << 56) | u64::from(flags) << 56;
+    }
+
+    /// Where the key starts in `data`.
+    fn key_at(&self) -> usize {
+        if self.is(FLAG_COMPRESSED) {
+            RAW_LEN_BYTES
+        } else {
+            0
+        }
+    }
+
     fn key(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
+        let at = self.key_at();
+        self.data
+            .get(at..at + self.key_len() as usize)
+            .unwrap_or_default()
     }
 
     fn value(&self) -> &[u8] {
-        &self.data[self.key_len as usize..]
+        self.data
+            .get(self.key_at() + self.key_len() as usize..)
+            .unwrap_or_default()
+    }
+
+    /// Length of the value once decompressed.
+    fn raw_len(&self) -> u32 {
+        match self.data.get(..RAW_LEN_BYTES) {
+            Some(&[a, b, c, d]) if self.is(FLAG_COMPRESSED) => u32::from_le_bytes([a, b, c, d]),
+            _ => self.value().len() as u32,
+        }
     }
 
     fn is(&self, flag: u8) -> bool {
-        self.flags & flag != 0
+        self.flags() & flag != 0
     }
 
     fn charge(&self) -> usize {
@@ -211,14 +274,13 @@ impl Slot {
     }
 
     fn expired(&self, now: u64) -> bool {
-        self.expires_at <= now
+        self.expires_at() <= now
     }
 
     fn ttl_ms(&self, now: u64) -> u64 {
-        if self.expires_at == NEVER {
-            0
-        } else {
-            self.expires_at.saturating_sub(now).max(1)
+        match self.expires_at() {
+            NEVER => 0,
+            at => at.saturating_sub(now).max(1),
         }
     }
 
@@ -230,7 +292,7 @@ impl Slot {
             ttl_ms: self.ttl_ms(now),
             tombstone: self.is(FLAG_TOMBSTONE),
             compressed: self.is(FLAG_COMPRESSED),
-            raw_len: self.raw_len,
+            raw_len: self.raw_len(),
             data: Bytes::copy_from_slice(self.value()),
         }
     }
@@ -247,9 +309,9 @@ struct Put {
 
 /// A write prepared outside the lock.
 struct NewSlot {
+    /// As in [`Slot::data`].
     data: Box<[u8]>,
     key_len: u16,
-    raw_len: u32,
     version: u64,
     expires_at: u64,
     flags: u8,
@@ -381,11 +443,11 @@ impl Store {
             if slot.is(FLAG_TOMBSTONE) {
                 return None;
             }
-            slot.flags |= FLAG_VISITED;
+            slot.set_flags(slot.flags() | FLAG_VISITED);
             (
                 Bytes::copy_from_slice(slot.value()),
                 slot.is(FLAG_COMPRESSED),
-                slot.raw_len,
+                slot.raw_len(),
                 slot.version,
                 slot.ttl_ms(now),
             )
@@ -446,14 +508,11 @@ impl Store {
         when: SetWhen,
     ) -> Result<Applied, StoreError> {
         let (stored, compressed) = self.maybe_compress(value);
-        let mut data = Vec::with_capacity(key.len() + stored.len());
-        data.extend_from_slice(key);
-        data.extend_from_slice(&stored);
+        let raw_len = compressed.then_some(value.len() as u32);
         let now = self.now();
         let new = NewSlot {
-            data: data.into_boxed_slice(),
+            data: entry_data(raw_len, key, &stored),
             key_len: key_len(key),
-            raw_len: value.len() as u32,
             version,
             expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis() as u64)),
             flags: if compressed { FLAG_COMPRESSED } else { 0 },
@@ -492,7 +551,7 @@ impl Store {
             return true;
         }
         slot.version = slot.version.saturating_add(1);
-        slot.expires_at = now.saturating_add(ttl_ms.max(1));
+        slot.set_expires_at(now.saturating_add(ttl_ms.max(1)));
         true
     }
 
@@ -503,7 +562,6 @@ impl Store {
         let new = NewSlot {
             data: key.into(),
             key_len: key_len(key),
-            raw_len: 0,
             version,
             expires_at: now.saturating_add(self.config.tombstone_ttl.as_millis() as u64),
             flags: FLAG_TOMBSTONE,
@@ -541,9 +599,8 @@ impl Store {
             }
         }
         let now = self.now();
-        let mut data = Vec::with_capacity(entry.key.len() + entry.data.len());
-        data.extend_from_slice(&entry.key);
-        data.extend_from_slice(&entry.data);
+        let compressed = entry.compressed && !entry.tombstone;
+        let data = entry_data(compressed.then_some(entry.raw_len), &entry.key, &entry.data);
         let flags = if entry.tombstone {
             FLAG_TOMBSTONE
         } else if entry.compressed {
@@ -552,13 +609,8 @@ impl Store {
             0
         };
         let new = NewSlot {
-            data: data.into_boxed_slice(),
+            data,
             key_len: key_len(&entry.key),
-            raw_len: if entry.compressed {
-                entry.raw_len
-            } else {
-                entry.data.len() as u32
-            },
             version: entry.version,
             expires_at: if entry.ttl_ms == 0 {
                 NEVER
@@ -754,6 +806,19 @@ impl Store {
     }
 }
 
+/// A slot's data: a compressed value's raw length (`Some`) first, then the
+/// key, then the stored value.
+fn entry_data(raw_len: Option<u32>, key: &[u8], stored: &[u8]) -> Box<[u8]> {
+    let prefix = if raw_len.is_some() { RAW_LEN_BYTES } else { 0 };
+    let mut data = Vec::with_capacity(prefix + key.len() + stored.len());
+    if let Some(raw_len) = raw_len {
+        data.extend_from_slice(&raw_len.to_le_bytes());
+    }
+    data.extend_from_slice(key);
+    data.extend_from_slice(stored);
+    data.into_boxed_slice()
+}
+
 fn key_len(key: &[u8]) -> u16 {
     // Config caps max_key_bytes below u16::MAX and every decoder enforces it.
     u16::try_from(key.len()).unwrap_or(u16::MAX)
@@ -812,11 +877,8 @@ impl Shard {
             let slot = &mut self.slots[idx as usize];
             slot.data = new.data;
             slot.version = new.version;
-            slot.expires_at = new.expires_at;
-            slot.raw_len = new.raw_len;
-            slot.key_len = new.key_len;
             // An overwrite counts as a hit: the key is in use.
-            slot.flags = new.flags | FLAG_VISITED;
+            slot.meta = pack_meta(new.expires_at, new.key_len, new.flags | FLAG_VISITED);
             let added = slot.charge();
             self.account(idx, 1);
             return Put {
@@ -845,12 +907,9 @@ impl Shard {
         let slot = Slot {
             data: new.data,
             version: new.version,
-            expires_at: new.expires_at,
-            raw_len: new.raw_len,
+            meta: pack_meta(new.expires_at, new.key_len, new.flags),
             newer: NIL,
             older: self.newest,
-            key_len: new.key_len,
-            flags: new.flags,
         };
         let added = slot.charge();
         let idx = match self.free.pop() {
@@ -888,7 +947,7 @@ impl Shard {
         let (entries, tombstones, raw, stored) = if slot.is(FLAG_TOMBSTONE) {
             (0, 1, 0, 0)
         } else {
-            (1, 0, u64::from(slot.raw_len), slot.value().len() as u64)
+            (1, 0, u64::from(slot.raw_len()), slot.value().len() as u64)
         };
         let apply = |total: &mut u64, n: u64| {
             *total = if sign > 0 {
@@ -933,10 +992,9 @@ impl Shard {
         }
         let slot = &mut self.slots[idx as usize];
         slot.data = Box::default();
-        slot.flags = FLAG_FREE;
+        slot.meta = pack_meta(NEVER, 0, FLAG_FREE);
         slot.newer = NIL;
         slot.older = NIL;
-        slot.expires_at = NEVER;
         self.free.push(idx);
         charge
     }
@@ -954,10 +1012,10 @@ impl Shard {
         };
         loop {
             let slot = &mut self.slots[idx as usize];
-            if slot.flags & FLAG_VISITED == 0 {
+            if !slot.is(FLAG_VISITED) {
                 break;
             }
-            slot.flags &= !FLAG_VISITED;
+            slot.set_flags(slot.flags() & !FLAG_VISITED);
             idx = if slot.newer == NIL {
                 self.oldest
             } else {
@@ -1215,6 +1273,47 @@ mod tests {
         s.expire_step(1024);
         assert_eq!(s.usage().tombstones, 0);
         assert_eq!(s.usage().charged_bytes, 0);
+    }
+
+    #[test]
+    fn a_slot_is_40_bytes_and_keeps_what_it_packs() {
+        assert_eq!(std::mem::size_of::<Slot>(), 40);
+        let s = store(1 << 20);
+        // A compressed value travels with its raw length ahead of the key.
+        let text = b"abcdefgh".repeat(100);
+        s.set(b"text", &text, Some(Duration::from_secs(60)), 7)
+            .expect("fits");
+        let mut out = Vec::new();
+        for shard in 0..SHARD_COUNT {
+            let mut cursor = Some(0);
+            while let Some(c) = cursor {
+                cursor = s.scan(shard, c, 1 << 20, &mut out);
+            }
+        }
+        let entry = out.iter().find(|e| &e.key[..] == b"text").expect("scanned");
+        assert!(entry.compressed);
+        assert_eq!(entry.raw_len, 800);
+        assert!(
+            entry.ttl_ms > 59_000 && entry.ttl_ms <= 60_000,
+            "{}",
+            entry.ttl_ms
+        );
+        // Flags change without touching the expiry or the key.
+        let found = s.get(b"text").expect("live");
+        assert_eq!(found.value.to_vec(), text);
+        assert!(s.expire(b"text", 5_000, Some(7)));
+        assert_eq!(s.meta(b"text").map(|(v, _)| v), Some(8));
+        let ttl = s.meta(b"text").map(|(_, t)| t).unwrap_or_default();
+        assert!(ttl > 4_000 && ttl <= 5_000, "{ttl}");
+        assert_eq!(s.get(b"text").map(|f| f.value.to_vec()), Some(text));
+        // An expiry beyond what 40 bits of milliseconds hold is kept as the
+        // farthest they do: decades, not "never" and not a wrap-around.
+        let far = Duration::from_millis(u64::MAX / 2);
+        s.set(b"far", b"v", Some(far), 1).expect("fits");
+        let ttl = s.get(b"far").expect("live").ttl_ms;
+        assert!(ttl > 30 * 365 * 24 * 3_600_000, "{ttl}");
+        s.set(b"never", b"v", None, 1).expect("fits");
+        assert_eq!(s.get(b"never").expect("live").ttl_ms, 0);
     }
 
     #[test]
