@@ -25,7 +25,8 @@
 //! `sieve_beats_lru_on_a_zipf_trace` measures that on a Zipf trace.
 //!
 //! # Memory accounting
-//! Every entry is charged its key and stored value bytes plus
+//! Every entry is charged its key and stored value bytes (and a compressed
+//! value's 4-byte raw length) plus
 //! [`ENTRY_OVERHEAD_BYTES`] (slot, table bucket, allocator header). The
 //! store-wide charge is kept below `max_memory`: a write that takes it over
 //! evicts, in the writer's shard first, until it is back under. The charge may
@@ -269,6 +270,14 @@ impl Slot {
         self.flags() & flag != 0
     }
 
+    /// What two writes of one version are compared by: the stored value
+    /// (the same order as comparing key and value, the key being equal),
+    /// then its kind and raw length, so no two different entries compare
+    /// equal whatever their layout.
+    fn content(&self) -> (&[u8], u8, u32) {
+        (self.value(), self.flags() & KIND_FLAGS, self.raw_len())
+    }
+
     fn charge(&self) -> usize {
         self.data.len() + ENTRY_OVERHEAD_BYTES
     }
@@ -295,6 +304,23 @@ impl Slot {
             raw_len: self.raw_len(),
             data: Bytes::copy_from_slice(self.value()),
         }
+    }
+}
+
+/// The flags that say what an entry holds (not how it is used).
+const KIND_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_COMPRESSED;
+
+impl NewSlot {
+    /// As [`Slot::content`].
+    fn content(&self) -> (&[u8], u8, u32) {
+        let compressed = self.flags & FLAG_COMPRESSED != 0;
+        let at = if compressed { RAW_LEN_BYTES } else { 0 } + self.key_len as usize;
+        let value = self.data.get(at..).unwrap_or_default();
+        let raw_len = match self.data.get(..RAW_LEN_BYTES) {
+            Some(&[a, b, c, d]) if compressed => u32::from_le_bytes([a, b, c, d]),
+            _ => value.len() as u32,
+        };
+        (value, self.flags & KIND_FLAGS, raw_len)
     }
 }
 
@@ -590,7 +616,9 @@ impl Store {
     }
 
     fn apply_entry(&self, entry: &Entry, replace_only: bool) -> Result<Applied, StoreError> {
-        if entry.compressed {
+        // A tombstone has no value, whatever its flags say.
+        let compressed = entry.compressed && !entry.tombstone;
+        if compressed {
             let ok = lz4_flex::block::decompress(&entry.data, entry.raw_len as usize)
                 .is_ok_and(|v| v.len() == entry.raw_len as usize);
             if !ok {
@@ -599,11 +627,10 @@ impl Store {
             }
         }
         let now = self.now();
-        let compressed = entry.compressed && !entry.tombstone;
         let data = entry_data(compressed.then_some(entry.raw_len), &entry.key, &entry.data);
         let flags = if entry.tombstone {
             FLAG_TOMBSTONE
-        } else if entry.compressed {
+        } else if compressed {
             FLAG_COMPRESSED
         } else {
             0
@@ -846,7 +873,7 @@ impl Shard {
             let was_live = !slot.is(FLAG_TOMBSTONE) && !slot.expired(now);
             // The same write again (a retry after a link broke): already
             // applied, whatever its condition says now.
-            if new.version == slot.version && new.data[..] == slot.data[..] {
+            if new.version == slot.version && new.content() == slot.content() {
                 return Put {
                     applied: Applied::Stale,
                     added: 0,
@@ -863,7 +890,7 @@ impl Shard {
                 };
             }
             let newer = new.version > slot.version
-                || (new.version == slot.version && new.data[..] > slot.data[..]);
+                || (new.version == slot.version && new.content() > slot.content());
             if !newer {
                 return Put {
                     applied: Applied::Stale,
@@ -1273,6 +1300,35 @@ mod tests {
         s.expire_step(1024);
         assert_eq!(s.usage().tombstones, 0);
         assert_eq!(s.usage().charged_bytes, 0);
+    }
+
+    #[test]
+    fn writes_of_one_version_converge_in_any_order() {
+        // A delete and an empty value stamped with the same version hold
+        // the same bytes (just the key): partners that got them in either
+        // order still agree on one of them.
+        let a = store(1 << 20);
+        let b = store(1 << 20);
+        a.set(b"k", b"", None, 5).expect("fits");
+        a.delete(b"k", 5).expect("fits");
+        b.delete(b"k", 5).expect("fits");
+        b.set(b"k", b"", None, 5).expect("fits");
+        assert_eq!(a.get(b"k"), b.get(b"k"));
+        assert_eq!(digest(&a), digest(&b));
+        // A compressed and a plain value of one version.
+        let text = b"abcdefgh".repeat(100);
+        let expected: &[u8] = if lz4_flex::block::compress(&text)[..] > b"plain"[..] {
+            &text
+        } else {
+            b"plain"
+        };
+        for (first, second) in [(&text[..], &b"plain"[..]), (&b"plain"[..], &text[..])] {
+            let s = store(1 << 20);
+            s.set(b"x", first, None, 9).expect("fits");
+            s.set(b"x", second, None, 9).expect("fits");
+            let kept = s.get(b"x").expect("live").value;
+            assert_eq!(&kept[..], expected, "the larger stored bytes win");
+        }
     }
 
     #[test]
