@@ -15,7 +15,9 @@ assert len(answered) == 16, f"not every target, test and depth answered: {sorted
 # clock ticks (10 ms) may round a short run to 0, but not every run.
 assert all(float(r["client_us"]) > 0 for r in rows), "load generator CPU not measured"
 assert any(float(r["server_us"]) > 0 for r in rows), "target CPU never measured"
-assert all(float(r["backend_us"]) >= 0 for r in rows), "backend CPU not recorded"
+assert any(
+    float(r["backend_us"]) > 0 for r in rows if r["target"] in ("twemproxy", "rcache-orchestrator")
+), "the CPU of the processes behind a proxy never measured"
 memory = list(csv.DictReader(open(f"{out}/memory.csv")))
 assert [m["target"] for m in memory] == ["redis", "rcache-worker"], memory
 assert len({m["entries"] for m in memory}) == 1 and int(memory[0]["entries"]) > 0, memory

@@ -21,6 +21,8 @@
 # Usage: bench/compare.sh [--repeats N] [--requests N] [--entries N] [--out DIR]
 # (CI runs it small, as a smoke test: --repeats 1 --requests 5000 --entries 20000.)
 set -euo pipefail
+# Decimal points in every tool's output (bash's `time` follows the locale).
+export LC_ALL=C
 cd "$(dirname "$0")/.."
 
 repeats=3
