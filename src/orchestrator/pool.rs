@@ -873,6 +873,20 @@ mod tests {
         }
     }
 
+    /// Links with these timeouts that never ping, keep no hints, and are
+    /// not closed for want of answers during a test.
+    fn settings(request_timeout: Duration, connect_timeout: Duration) -> LinkSettings {
+        LinkSettings {
+            limits: Limits::default(),
+            dial: Default::default(),
+            connect_timeout,
+            keepalive: Duration::from_secs(60),
+            max_hint_bytes: 0,
+            response_timeout: Duration::from_secs(60),
+            request_timeout,
+        }
+    }
+
     /// A worker that answers the hello, then answers requests only when
     /// told: each `()` sent on the returned channel answers the oldest
     /// request with a pong.
@@ -915,19 +929,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_times_out_from_its_own_write_and_a_late_answer_is_dropped() {
+    async fn a_request_times_out_on_its_own_deadline_and_a_late_answer_is_dropped() {
         let (addr, answer) = worker_answering_on_demand().await;
         let timeout = Duration::from_millis(300);
-        let settings = LinkSettings {
-            limits: Limits::default(),
-            dial: Default::default(),
-            connect_timeout: Duration::from_secs(5),
-            keepalive: Duration::from_secs(60),
-            max_hint_bytes: 0,
-            response_timeout: Duration::from_secs(60),
-            request_timeout: timeout,
-        };
-        let b = Backend::start(addr, settings);
+        let b = Backend::start(addr, settings(timeout, Duration::from_secs(5)));
         let started = std::time::Instant::now();
         let first = tokio::spawn({
             let b = b.clone();
@@ -979,16 +984,10 @@ mod tests {
     #[tokio::test]
     async fn a_request_whose_caller_gave_up_is_not_sent() {
         let (addr, answer) = worker_answering_on_demand().await;
-        let settings = LinkSettings {
-            limits: Limits::default(),
-            dial: Default::default(),
-            connect_timeout: Duration::from_secs(5),
-            keepalive: Duration::from_secs(60),
-            max_hint_bytes: 0,
-            response_timeout: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(5),
-        };
-        let b = Backend::start(addr, settings);
+        let b = Backend::start(
+            addr,
+            settings(Duration::from_secs(5), Duration::from_secs(5)),
+        );
         // Its deadline passed while it waited for the link (here: before
         // it was even queued).
         let past = Instant::now() - Duration::from_millis(1);
@@ -1031,16 +1030,7 @@ mod tests {
             }
         });
         let timeout = Duration::from_millis(300);
-        let settings = LinkSettings {
-            limits: Limits::default(),
-            dial: Default::default(),
-            connect_timeout: timeout,
-            keepalive: Duration::from_secs(60),
-            max_hint_bytes: 0,
-            response_timeout: Duration::from_secs(60),
-            request_timeout: timeout,
-        };
-        let b = Backend::start(addr, settings);
+        let b = Backend::start(addr, settings(timeout, timeout));
         let big = Arc::new(Request::Set {
             version: 1,
             ttl_ms: 0,
