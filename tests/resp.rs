@@ -247,15 +247,23 @@ fn ttl_on(port: u16, key: &str) -> Value {
     Resp::connect(port).call(&["TTL", key])
 }
 
-#[test]
-fn an_expire_reaches_both_workers_and_one_that_missed_it() {
-    // No hints kept, anti-entropy often: a worker that misses an EXPIRE
-    // gets it from its partner with the entry.
-    let (a, b) = pair(&["--anti-entropy-interval", "200ms"]);
+/// A pair whose partners compare stores every `anti_entropy`, behind an
+/// orchestrator that keeps no hints and gives up on a worker after 200ms:
+/// a worker that misses a write catches up only by anti-entropy.
+fn pair_without_hints(anti_entropy: &str) -> (Daemon, Daemon, Daemon) {
+    let (a, b) = pair(&["--anti-entropy-interval", anti_entropy]);
     let o = orchestrator(
         &[a.port, b.port],
         &["--max-hint-bytes", "0", "--worker-timeout", "200ms"],
     );
+    (a, b, o)
+}
+
+#[test]
+fn an_expire_reaches_both_workers_and_one_that_missed_it() {
+    // Anti-entropy often: a worker that misses an EXPIRE gets it from its
+    // partner with the entry.
+    let (a, b, o) = pair_without_hints("200ms");
     let mut r = Resp::connect(o.port);
     assert_eq!(r.call(&["SET", "both", "v"]), ok());
     assert_eq!(r.call(&["SET", "missed", "v"]), ok());
@@ -292,13 +300,9 @@ fn an_expire_reaches_both_workers_and_one_that_missed_it() {
 
 #[test]
 fn a_worker_behind_does_not_decide_a_conditional_set() {
-    // Anti-entropy slow and no hints kept: a worker that missed a write
-    // stays behind for the whole test.
-    let (a, b) = pair(&["--anti-entropy-interval", "60s"]);
-    let o = orchestrator(
-        &[a.port, b.port],
-        &["--max-hint-bytes", "0", "--worker-timeout", "200ms"],
-    );
+    // Anti-entropy slow: a worker that missed a write stays behind for the
+    // whole test.
+    let (_a, b, o) = pair_without_hints("60s");
     let mut r = Resp::connect(o.port);
     // b misses the first holder's lock: frozen while it is taken.
     b.signal(libc::SIGSTOP);

@@ -1,14 +1,16 @@
 //! Persistent, pipelined links from the orchestrator to one worker.
 //!
-//! A [`Backend`] owns [`LINKS_PER_WORKER`] links. Each link is a task that
-//! connects on first use, then writes every request queued to it in one
-//! batch per wake-up (one write syscall for many client requests), while a
+//! A [`Backend`] owns one link: a task that connects on first use, then
+//! writes every request queued to it in one batch per wake-up (one write
+//! syscall for many client requests; a second link per worker would halve
+//! the requests per write and double the wake-ups on both sides), while a
 //! reader task answers the callers in order and times them out (one timer
 //! per link, see [`read_responses`]). A link that breaks fails its
-//! in-flight requests and reconnects on the next request. Idle links send a ping now and then so the
-//! worker's idle timeout never closes them under a request; if it closes
-//! one anyway, the request is retried once on a fresh connection (versioned
-//! writes are idempotent, so a retry cannot apply anything twice).
+//! in-flight requests and reconnects on the next request. An idle link sends
+//! a ping now and then so the worker's idle timeout never closes it under a
+//! request; if it closes it anyway, the request is retried once on a fresh
+//! connection (versioned writes are idempotent, so a retry cannot apply
+//! anything twice).
 //!
 //! Catch-up: a write the worker did not confirm (it was down, failed or
 //! timed out) while its partner stored it is a *miss*. The worker is then
@@ -30,14 +32,11 @@ use crate::protocol::link::{Request, RequestKind, Response};
 use crate::protocol::Limits;
 use prometheus::{Histogram, HistogramOpts, IntCounter};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-
-/// Links per worker; each is one TCP connection carrying pipelined requests.
-pub const LINKS_PER_WORKER: usize = 1;
 
 /// Requests that may wait for one link before callers are refused.
 pub const LINK_QUEUE_DEPTH: usize = 4096;
@@ -146,7 +145,9 @@ impl Catchup {
     }
 }
 
-fn hint_bytes(request: &Request) -> usize {
+/// A request's keys and values plus a fixed overhead: what a hint is
+/// charged, and what a link batch counts towards [`LINK_BATCH_BYTES`].
+fn request_bytes(request: &Request) -> usize {
     HINT_OVERHEAD_BYTES
         + match request {
             Request::Set { key, value, .. } => key.len() + value.len(),
@@ -201,11 +202,10 @@ struct Pending {
     deadline: Instant,
 }
 
-/// One worker and the links to it.
+/// One worker and the link to it.
 pub struct Backend {
     pub addr: String,
-    links: Vec<mpsc::Sender<Pending>>,
-    next_link: AtomicUsize,
+    link: mpsc::Sender<Pending>,
     health: AtomicU8,
     /// Entries the worker reported in its last health probe.
     pub entries: AtomicU64,
@@ -236,18 +236,12 @@ impl Backend {
         settings: LinkSettings,
         metrics: BackendMetrics,
     ) -> Arc<Backend> {
-        let links = (0..LINKS_PER_WORKER)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(LINK_QUEUE_DEPTH);
-                let latency = metrics.latency.clone();
-                tokio::spawn(run_link(addr.clone(), settings.clone(), rx, latency));
-                tx
-            })
-            .collect();
+        let (link, rx) = mpsc::channel(LINK_QUEUE_DEPTH);
+        let latency = metrics.latency.clone();
+        tokio::spawn(run_link(addr.clone(), settings.clone(), rx, latency));
         Arc::new(Backend {
             addr,
-            links,
-            next_link: AtomicUsize::new(0),
+            link,
             health: AtomicU8::new(Health::Up as u8),
             entries: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -329,7 +323,7 @@ impl Backend {
         c.behind = true;
         c.awaiting_probe = true;
         c.target = None;
-        let size = hint_bytes(&request);
+        let size = request_bytes(&request);
         if c.hint_bytes + size <= self.max_hint_bytes {
             c.hint_bytes += size;
             c.hints.push_back(request);
@@ -430,7 +424,7 @@ impl Backend {
                 }
                 let n = c.hints.len().min(HINT_BATCH);
                 let batch: Vec<Request> = c.hints.drain(..n).collect();
-                c.hint_bytes -= batch.iter().map(hint_bytes).sum::<usize>();
+                c.hint_bytes -= batch.iter().map(request_bytes).sum::<usize>();
                 batch
             };
             let mut receivers = Vec::with_capacity(batch.len());
@@ -460,7 +454,7 @@ impl Backend {
             if let Some((i, error)) = failed {
                 let mut c = self.catchup();
                 for request in batch.into_iter().skip(i).rev() {
-                    c.hint_bytes += hint_bytes(&request);
+                    c.hint_bytes += request_bytes(&request);
                     c.hints.push_front(request);
                 }
                 drop(c);
@@ -471,18 +465,13 @@ impl Backend {
         }
     }
 
-    fn pick_link(&self) -> &mpsc::Sender<Pending> {
-        let i = self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len();
-        &self.links[i]
-    }
-
     fn enqueue(
         &self,
         request: Arc<Request>,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Result<Response, ClientError>>, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.pick_link()
+        self.link
             .try_send(Pending {
                 request,
                 reply: Some(tx),
@@ -495,12 +484,11 @@ impl Backend {
     /// Sends a request and waits for its response, at most the link's
     /// `request_timeout` from now (the link keeps the time: one timer per
     /// link, not one per request). A link that turns out closed before
-    /// answering is retried once, within the same time.
+    /// answering is retried once, within the same time: a link found
+    /// closed reconnects for its next request.
     pub async fn call(&self, request: Arc<Request>) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.request_timeout;
-        // Each link found closed reconnects on its next request, so a retry
-        // per link is enough when the worker closed them all (idle timeout).
-        let mut retries = LINKS_PER_WORKER;
+        let mut retries = 1;
         loop {
             let rx = self.enqueue(request.clone(), deadline)?;
             // A dropped sender: the link dropped the request with its
@@ -642,11 +630,11 @@ async fn run_connected(
             batch.push(pending);
         }
         // Take everything queued so far into one batch, one write.
-        let mut bytes: usize = batch.iter().map(|p| hint_bytes(&p.request)).sum();
+        let mut bytes: usize = batch.iter().map(|p| request_bytes(&p.request)).sum();
         while batch.len() < LINK_BATCH_MAX && bytes < LINK_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
-                    bytes += hint_bytes(&p.request);
+                    bytes += request_bytes(&p.request);
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -739,6 +727,8 @@ async fn read_responses(
                 tracing::debug!("link sent data while no answer was awaited");
                 return;
             }
+            // Whatever is still counted locally (the last answers may have
+            // been followed by timeouts) is published while idle.
             latency.flush();
             let next = tokio::select! {
                 biased;
@@ -1145,13 +1135,13 @@ mod tests {
 
     #[tokio::test]
     async fn hints_are_bounded_and_an_overflow_is_remembered() {
-        let b = backend_with_room(3 * hint_bytes(&set("k0")));
+        let b = backend_with_room(3 * request_bytes(&set("k0")));
         for i in 0..5 {
             b.missed_write(set(&format!("k{i}")));
         }
         let c = b.catchup();
         assert_eq!(c.hints.len(), 3);
         assert!(c.overflowed);
-        assert_eq!(c.hint_bytes, 3 * hint_bytes(&set("k0")));
+        assert_eq!(c.hint_bytes, 3 * request_bytes(&set("k0")));
     }
 }

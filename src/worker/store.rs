@@ -236,34 +236,17 @@ impl Slot {
         self.meta = self.meta & !(0xff << 56) | u64::from(flags) << 56;
     }
 
-    /// Where the key starts in `data`.
-    fn key_at(&self) -> usize {
-        if self.is(FLAG_COMPRESSED) {
-            RAW_LEN_BYTES
-        } else {
-            0
-        }
-    }
-
     fn key(&self) -> &[u8] {
-        let at = self.key_at();
-        self.data
-            .get(at..at + self.key_len() as usize)
-            .unwrap_or_default()
+        split_data(&self.data, self.key_len(), self.flags()).0
     }
 
     fn value(&self) -> &[u8] {
-        self.data
-            .get(self.key_at() + self.key_len() as usize..)
-            .unwrap_or_default()
+        split_data(&self.data, self.key_len(), self.flags()).1
     }
 
     /// Length of the value once decompressed.
     fn raw_len(&self) -> u32 {
-        match self.data.get(..RAW_LEN_BYTES) {
-            Some(&[a, b, c, d]) if self.is(FLAG_COMPRESSED) => u32::from_le_bytes([a, b, c, d]),
-            _ => self.value().len() as u32,
-        }
+        split_data(&self.data, self.key_len(), self.flags()).2
     }
 
     fn is(&self, flag: u8) -> bool {
@@ -313,15 +296,24 @@ const KIND_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_COMPRESSED;
 impl NewSlot {
     /// As [`Slot::content`].
     fn content(&self) -> (&[u8], u8, u32) {
-        let compressed = self.flags & FLAG_COMPRESSED != 0;
-        let at = if compressed { RAW_LEN_BYTES } else { 0 } + self.key_len as usize;
-        let value = self.data.get(at..).unwrap_or_default();
-        let raw_len = match self.data.get(..RAW_LEN_BYTES) {
-            Some(&[a, b, c, d]) if compressed => u32::from_le_bytes([a, b, c, d]),
-            _ => value.len() as u32,
-        };
+        let (_, value, raw_len) = split_data(&self.data, self.key_len, self.flags);
         (value, self.flags & KIND_FLAGS, raw_len)
     }
+}
+
+/// A slot's data taken apart (see [`Slot::data`]): the key, the stored
+/// value, and the value's length once decompressed.
+fn split_data(data: &[u8], key_len: u16, flags: u8) -> (&[u8], &[u8], u32) {
+    let compressed = flags & FLAG_COMPRESSED != 0;
+    let key_at = if compressed { RAW_LEN_BYTES } else { 0 };
+    let value_at = key_at + key_len as usize;
+    let key = data.get(key_at..value_at).unwrap_or_default();
+    let value = data.get(value_at..).unwrap_or_default();
+    let raw_len = match data.get(..RAW_LEN_BYTES) {
+        Some(&[a, b, c, d]) if compressed => u32::from_le_bytes([a, b, c, d]),
+        _ => value.len() as u32,
+    };
+    (key, value, raw_len)
 }
 
 /// What a shard's `put` did.
