@@ -19,6 +19,8 @@ pub struct WorkerMetrics {
     stored_bytes: IntGauge,
     memory_used: IntGauge,
     memory_max: IntGauge,
+    arena: IntGauge,
+    arena_free: IntGauge,
     evictions: IntCounter,
     expirations: IntCounter,
     state: IntGaugeVec,
@@ -60,6 +62,14 @@ impl WorkerMetrics {
                 "Bytes counted against max_memory (keys, stored values, per-entry overhead)",
             ),
             memory_max: b.gauge("rcache_memory_max_bytes", "The max_memory setting in bytes"),
+            arena: b.gauge(
+                "rcache_memory_arena_bytes",
+                "Bytes of the segments entries are packed in",
+            ),
+            arena_free: b.gauge(
+                "rcache_memory_arena_free_bytes",
+                "Bytes of those segments no entry uses yet (holes, tails), reclaimed by compaction",
+            ),
             evictions: b.counter(
                 "rcache_evictions_total",
                 "Entries evicted to stay under max_memory",
@@ -113,6 +123,8 @@ impl Exporter for Worker {
         m.stored_bytes.set(usage.stored_value_bytes as i64);
         m.memory_used.set(usage.charged_bytes as i64);
         m.memory_max.set(self.store.max_memory() as i64);
+        m.arena.set(usage.arena_bytes as i64);
+        m.arena_free.set(usage.arena_free_bytes as i64);
         mirror(
             &m.evictions,
             self.store.stats.evictions.load(Ordering::Relaxed),

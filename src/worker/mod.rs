@@ -9,6 +9,7 @@
 //! write and a refilled entry wins.
 
 pub mod antientropy;
+mod arena;
 pub mod metrics;
 pub mod refill;
 pub mod store;
