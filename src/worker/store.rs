@@ -13,7 +13,8 @@
 //! [`Arena`], the version, the expiry, key length and flags packed in one
 //! word, and the SIEVE queue links: 32 bytes. The arena packs entries back to
 //! back in segments (no allocator header or rounding per entry) and
-//! compacts a segment when holes pass an eighth of its bytes.
+//! compacts a segment when holes pass an eighth of the shard's segment
+//! bytes.
 //!
 //! # Eviction: SIEVE
 //! Each shard keeps its entries in insertion order with a "visited" bit that a
@@ -920,7 +921,20 @@ impl Shard {
                 };
             }
             let freed = slot.charge(&self.arena);
+            let old = slot.loc;
             self.account(idx, -1);
+            if self.arena.rewrite(old, &new.body()) {
+                let slot = &mut self.slots[idx as usize];
+                slot.version = new.version;
+                slot.meta = pack_meta(new.expires_at, new.key_len, new.flags | FLAG_VISITED);
+                self.account(idx, 1);
+                return Put {
+                    applied: Applied::Yes,
+                    added: freed,
+                    freed,
+                    was_live,
+                };
+            }
             let Some(loc) = self.arena.alloc(key, &new.body()) else {
                 // Refused by Store::put before it got here.
                 self.account(idx, 1);
@@ -932,7 +946,7 @@ impl Shard {
                 };
             };
             let slot = &mut self.slots[idx as usize];
-            let old = std::mem::replace(&mut slot.loc, loc);
+            slot.loc = loc;
             slot.version = new.version;
             // An overwrite counts as a hit: the key is in use.
             slot.meta = pack_meta(new.expires_at, new.key_len, new.flags | FLAG_VISITED);
@@ -1520,6 +1534,29 @@ mod tests {
             }
         }
         assert_eq!(digest(&s), digest(&copy));
+    }
+
+    #[test]
+    fn an_overwrite_of_the_same_size_is_done_in_place() {
+        let s = Store::new(StoreConfig {
+            compression: false,
+            ..StoreConfig::default()
+        });
+        for i in 0..1_000u64 {
+            s.set(b"k", format!("value {i:04}").as_bytes(), None, i + 1)
+                .expect("fits");
+        }
+        let usage = s.usage();
+        assert_eq!(usage.arena_free_bytes, 0, "{usage:?}");
+        let found = s.get(b"k").expect("live");
+        assert_eq!(
+            (&found.value[..], found.version),
+            (&b"value 0999"[..], 1_000)
+        );
+        // Another size takes a new place and leaves a hole.
+        s.set(b"k", b"longer value", None, 1_001).expect("fits");
+        assert!(s.usage().arena_free_bytes > 0);
+        assert_eq!(s.get(b"k").expect("live").value, &b"longer value"[..]);
     }
 
     #[test]
