@@ -9,7 +9,7 @@
 //! decompression. A shard keeps its entries in a slab (`Vec<Slot>`) and maps
 //! keys to slab indices with a `hashbrown::HashTable<u32>`, so the table
 //! itself costs 5 bytes per bucket. A slot holds where its key and stored
-//! value (a compressed value's raw length first) are packed in the shard's
+//! value (after a compressed value's raw length) are packed in the shard's
 //! [`Arena`], the version, the expiry, key length and flags packed in one
 //! word, and the SIEVE queue links: 32 bytes. The arena packs entries back to
 //! back in segments (no allocator header or rounding per entry) and
@@ -32,7 +32,8 @@
 //! short keys and values, the key, a compressed value's 4-byte raw length,
 //! the stored value) plus [`ENTRY_OVERHEAD_BYTES`] (slot, table bucket).
 //! Holes the arena has not compacted yet are not charged: they are at most
-//! an eighth of a shard's segments plus one segment. The
+//! about an eighth of a shard's segments, beside the sealed segments'
+//! tails (each under 4 KiB) and the active segment. The
 //! store-wide charge is kept below `max_memory`: a write that takes it over
 //! evicts, in the writer's shard first, until it is back under. The charge may
 //! exceed the limit only by the writes in flight on other threads, at most one
