@@ -59,6 +59,18 @@ impl Zipf {
     }
 }
 
+/// A seed for a randomised unit test: `RCACHE_SEED` when set, else
+/// `default`; printed so a failure can be replayed.
+#[cfg(test)]
+pub(crate) fn test_seed(what: &str, default: u64) -> u64 {
+    let seed = std::env::var("RCACHE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    println!("{what} seed {seed} (RCACHE_SEED={seed} replays it)");
+    seed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -451,11 +451,7 @@ mod tests {
     /// bytes plus the active segment.
     #[test]
     fn random_churn_keeps_entries_and_bounds_holes() {
-        let seed = std::env::var("RCACHE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0x5eed_a7e4u64);
-        println!("arena churn seed {seed} (RCACHE_SEED={seed} replays it)");
+        let seed = crate::zipf::test_seed("arena churn", 0x5eed_a7e4u64);
         let mut rng = Rng::new(seed);
         let mut arena = Arena::default();
         // id -> (loc, key, body)

@@ -1463,11 +1463,7 @@ mod tests {
     /// bytes, and a refill of the result rebuilds the same store.
     #[test]
     fn churn_compacts_the_arena_and_keeps_every_entry() {
-        let seed = std::env::var("RCACHE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0xc0ffee_u64);
-        println!("store churn seed {seed} (RCACHE_SEED={seed} replays it)");
+        let seed = crate::zipf::test_seed("store churn", 0xc0ffee_u64);
         let mut rng = Rng::new(seed);
         let s = Store::new(StoreConfig {
             max_memory_bytes: 4 << 20,
