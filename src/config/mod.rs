@@ -177,9 +177,9 @@ pub trait RawConfig: Default + Clone + Serialize + DeserializeOwned {
     /// key is logged as needing a restart.
     const LIVE_KEYS: &'static [&'static str];
 
-    /// Threads serving requests: 1 is a single-threaded runtime (no
+    /// Threads of the daemon's runtime: 1 is a single-threaded runtime (no
     /// cross-thread wake-ups), 0 one thread per CPU core.
-    fn threads(&self) -> usize;
+    fn runtime_threads(&self) -> usize;
 }
 
 /// The keys whose values differ between two configs, in `R::KEYS` order.
@@ -217,8 +217,11 @@ impl RawConfig for RawWorker {
     ];
     const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "max_memory", "log_level", "tls"];
 
-    fn threads(&self) -> usize {
-        usize::try_from(self.threads).unwrap_or(usize::MAX)
+    /// One: the worker's runtime accepts connections and runs its
+    /// background tasks; `threads` connection loops of their own serve the
+    /// connections (see [`crate::net::Loops`]).
+    fn runtime_threads(&self) -> usize {
+        1
     }
 }
 
@@ -243,7 +246,7 @@ impl RawConfig for RawOrchestrator {
     ];
     const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "workers", "log_level", "tls"];
 
-    fn threads(&self) -> usize {
+    fn runtime_threads(&self) -> usize {
         usize::try_from(self.threads).unwrap_or(usize::MAX)
     }
 }
@@ -465,6 +468,7 @@ impl RawWorker {
                 server,
                 store,
                 anti_entropy_interval,
+                threads: usize::try_from(self.threads).unwrap_or(usize::MAX),
             },
             level,
         ))

@@ -120,7 +120,7 @@ where
     // One thread: a single-threaded runtime, where a task waking another
     // costs no cross-thread wake-up (the orchestrator's default; a proxy
     // spends most of its time handing requests between tasks).
-    let built = match raw.threads() {
+    let built = match raw.runtime_threads() {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),

@@ -5,8 +5,10 @@
 //! Nothing here knows what a command does: a [`Service`] executes it. The
 //! stream type is generic so TLS wraps a socket without touching the drivers.
 
+pub mod loops;
 pub mod stream;
 
+pub use loops::Loops;
 pub use stream::Stream;
 
 use crate::metrics::{Op, Outcome, ServerMetrics, Tally};
@@ -130,10 +132,12 @@ pub fn bind_error(address: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{hint}"))
 }
 
-/// Accepts connections until shutdown, then waits up to [`DRAIN_TIMEOUT`]
-/// for the open ones to finish what they are doing.
+/// Accepts connections until shutdown, serving each on one of `loops`,
+/// then waits up to [`DRAIN_TIMEOUT`] for the open ones to finish what they
+/// are doing.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
+    loops: Loops,
     handler: Arc<H>,
     max_connections: usize,
     metrics: Arc<ServerMetrics>,
@@ -165,7 +169,7 @@ pub async fn serve<H: Handler>(
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let open = OpenConnection::new(metrics.clone());
-        tokio::spawn(async move {
+        loops.spawn(stream, move |stream| async move {
             let closed = handler.handle(stream, shutdown).await;
             if matches!(closed, Closed::Idle) {
                 open.metrics.connections_reaped.inc();

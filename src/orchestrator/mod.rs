@@ -746,6 +746,7 @@ impl Bound {
         let probes = health::start(&self.router, shutdown.clone());
         net::serve(
             self.listener,
+            net::Loops::current(),
             Arc::new(ClientHandler {
                 router: self.router.clone(),
             }),

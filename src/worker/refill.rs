@@ -103,6 +103,10 @@ async fn refill(worker: &Worker, partner: &str) -> RefillOutcome {
                     worker
                         .refilled
                         .store(entries, std::sync::atomic::Ordering::Relaxed);
+                    // The stream is always ready while it runs: give the
+                    // runtime's other tasks (accepting connections, and
+                    // serving them with `threads = 1`) a turn per chunk.
+                    tokio::task::yield_now().await;
                 }
                 Response::End { .. } => return Ok(()),
                 Response::Error(e) => return Err(ClientError::Protocol(e.to_string())),
