@@ -41,6 +41,9 @@ pub async fn run(args: LocalArgs) -> i32 {
             partner: Some(addr(partner)),
             metrics_listen: addr(100 + i),
             max_memory: Scalar::Str(args.max_memory.clone()),
+            // Served on this process's runtime, which every worker and the
+            // orchestrator share: no connection loops of their own.
+            threads: 1,
             ..RawWorker::default()
         };
         let config = match raw.validate() {

@@ -643,7 +643,7 @@ flag_struct!(
         compress_min_bytes: String,
         /// How often partners compare their stores and repair differences [default: 2s]
         anti_entropy_interval: String,
-        /// Threads serving requests; 0 = one per CPU core, 1 = single-threaded [default: 0]
+        /// Connection loops (threads) serving clients and links; 0 = one per CPU core, 1 = one thread for everything [default: 0]
         threads: u64,
         /// error, warn, info, debug or trace [default: info]
         log_level: String,

@@ -1,16 +1,19 @@
 //! Connection loops: single-threaded runtimes, one per thread, that the
 //! accept loop hands connections to. A connection stays on the loop it was
 //! given, so its reads, its requests and its writes never wake another
-//! thread; the loops share only the store (sharded locks). This is how
+//! thread; the loops share the store (its shards' locks are held for one
+//! operation), the version clock and the metrics (atomics). This is how
 //! memcached spreads connections over its threads, and it spends fewer
 //! cycles per request than a work-stealing runtime, whose threads wake each
 //! other whenever a task becomes ready on one and runs on another.
 //!
 //! With one loop, connections are served on the runtime the accept loop
 //! runs on. With more, each is a thread of its own, which ends when the
-//! [`Loops`] are dropped, and the accept loop's runtime keeps only the
-//! background work (accepting, refill, anti-entropy, expiry, metrics): a
-//! refill streaming in never holds up a connection.
+//! [`Loops`] are dropped, and the accept loop's runtime keeps what the
+//! worker starts itself (accepting, its refill from the partner, the
+//! anti-entropy rounds it begins, expiry, metrics): a refill streaming in
+//! never holds up a connection. A partner's refill or anti-entropy round
+//! arrives as a connection and is served on a loop like any other.
 
 use crate::sys::TcpStream;
 use std::future::Future;
@@ -59,19 +62,33 @@ impl Loops {
             _stops: Vec::with_capacity(count),
         };
         for n in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| io::Error::new(e.kind(), format!("connection loop {n}: {e}")))?;
-            let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
+            let (ready, handle) = std::sync::mpsc::sync_channel(1);
+            // The runtime is built and dropped on its own thread: a runtime
+            // dropped within another (had the thread failed to start) panics.
             std::thread::Builder::new()
                 .name(format!("rcache-loop-{n}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(runtime.handle().clone()));
                     // Returns when the sender is dropped; dropping the
                     // runtime then ends what is left on it.
                     let _ = runtime.block_on(stopped);
                 })
+                .map_err(|e| io::Error::new(e.kind(), format!("connection loop {n}: {e}")))?;
+            // Waits only for the runtime to be built, once, at start.
+            let handle = handle
+                .recv()
+                .map_err(|_| io::Error::other(format!("connection loop {n} did not start")))?
                 .map_err(|e| io::Error::new(e.kind(), format!("connection loop {n}: {e}")))?;
             loops.loops.push(Loop {
                 handle: Some(handle),
