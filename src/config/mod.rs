@@ -468,7 +468,10 @@ impl RawWorker {
                 server,
                 store,
                 anti_entropy_interval,
-                threads: usize::try_from(self.threads).unwrap_or(usize::MAX),
+                connection_loops: match self.threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => usize::try_from(n).unwrap_or(usize::MAX),
+                },
             },
             level,
         ))

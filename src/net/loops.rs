@@ -62,6 +62,8 @@ impl Loops {
             _stops: Vec::with_capacity(count),
         };
         for n in 0..count {
+            let named =
+                |e: io::Error| io::Error::new(e.kind(), format!("connection loop {n}: {e}"));
             let (stop, stopped) = oneshot::channel::<()>();
             let (ready, handle) = std::sync::mpsc::sync_channel(1);
             // The runtime is built and dropped on its own thread: a runtime
@@ -84,12 +86,12 @@ impl Loops {
                     // runtime then ends what is left on it.
                     let _ = runtime.block_on(stopped);
                 })
-                .map_err(|e| io::Error::new(e.kind(), format!("connection loop {n}: {e}")))?;
+                .map_err(named)?;
             // Waits only for the runtime to be built, once, at start.
             let handle = handle
                 .recv()
                 .map_err(|_| io::Error::other(format!("connection loop {n} did not start")))?
-                .map_err(|e| io::Error::new(e.kind(), format!("connection loop {n}: {e}")))?;
+                .map_err(named)?;
             loops.loops.push(Loop {
                 handle: Some(handle),
                 open: Arc::default(),
@@ -97,14 +99,6 @@ impl Loops {
             loops._stops.push(stop);
         }
         Ok(loops)
-    }
-
-    pub fn len(&self) -> usize {
-        self.loops.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.loops.is_empty()
     }
 
     /// Serves `stream` with `serve` on the loop with the fewest open
@@ -185,7 +179,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn connections_spread_over_the_loops_and_are_served_there() {
         let loops = Loops::start(3).expect("loops");
-        assert_eq!(loops.len(), 3);
+        assert_eq!(loops.loops.len(), 3);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

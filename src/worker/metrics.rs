@@ -176,7 +176,7 @@ mod tests {
             server: Default::default(),
             store: Default::default(),
             anti_entropy_interval: std::time::Duration::from_secs(2),
-            threads: 1,
+            connection_loops: 1,
         });
         let why = worker.health().unwrap_err();
         assert!(why.starts_with("starting"), "{why}");

@@ -46,19 +46,9 @@ pub struct WorkerConfig {
     pub store: StoreConfig,
     /// How often partners compare their stores (anti-entropy).
     pub anti_entropy_interval: Duration,
-    /// Threads serving connections (`threads`; 0: one per CPU core).
-    pub threads: usize,
-}
-
-impl WorkerConfig {
-    /// How many connection loops serve clients and links: `threads`, or one
-    /// per CPU core.
-    pub fn connection_loops(&self) -> usize {
-        match self.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
-    }
+    /// How many connection loops serve clients and links (`threads`, with 0
+    /// resolved to one per CPU core).
+    pub connection_loops: usize,
 }
 
 /// The state shared by every connection of a worker.
@@ -620,7 +610,7 @@ impl Bound {
     /// reads are served.
     pub async fn run(self, shutdown: Shutdown, on_ready: impl FnOnce(&Worker)) {
         let worker = self.worker;
-        let loops = match net::Loops::start(worker.config.connection_loops()) {
+        let loops = match net::Loops::start(worker.config.connection_loops) {
             Ok(loops) => loops,
             Err(e) => {
                 tracing::warn!(error = %e, "serving every connection from one thread");
