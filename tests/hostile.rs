@@ -275,3 +275,73 @@ fn a_write_flood_keeps_the_worker_within_max_memory() {
         "RSS {resident} after a 64 MiB flood into 8 MiB"
     );
 }
+
+/// Hints for a frozen worker cost what `max_hint_bytes` says: 200,000
+/// 10-byte SETs, each sent alone and each a hint for the frozen worker,
+/// grow the orchestrator's RSS (measured, not the gauge) by at most the
+/// limit plus a fixed margin, once the queue is full and writes go on
+/// being dropped as hints.
+#[test]
+fn hints_for_a_frozen_worker_stay_within_max_hint_bytes() {
+    const LIMIT: f64 = 8.0 * 1024.0 * 1024.0;
+    const MARGIN: f64 = 24e6;
+    let (a, b) = pair(&[]);
+    let o = orchestrator(
+        &[a.port, b.port],
+        &["--worker-timeout", "200ms", "--max-hint-bytes", "8MiB"],
+    );
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req("set||warm||up"), "0||");
+    b.signal(libc::SIGSTOP);
+    // The first write waits out worker_timeout and marks the worker down;
+    // later ones are acknowledged by its partner alone and hinted.
+    assert_eq!(c.req("set||first||miss"), "0||");
+    let before = rss(&o.metrics_addr());
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let port = o.port;
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                for i in 0..25_000 {
+                    assert_eq!(c.req(&format!("set||t{t}k{i}||0123456789")), "0||");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let exposition = http_get(&o.metrics_addr(), "/metrics").1;
+    let largest = |name: &str| {
+        exposition
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max)
+    };
+    let (queued, hints) = (
+        largest("rcache_hints_queued_bytes"),
+        largest("rcache_hints_queued"),
+    );
+    let after = rss(&o.metrics_addr());
+    println!(
+        "orchestrator RSS {:.1} MB before, {:.1} MB after 200k hinted writes; \
+         {hints} hints charged {:.1} MB of {:.1} MB; {:.0} B of RSS per hint",
+        before / 1e6,
+        after / 1e6,
+        queued / 1e6,
+        LIMIT / 1e6,
+        (after - before) / hints.max(1.0)
+    );
+    assert!(
+        queued > LIMIT * 0.9,
+        "the hint queue did not fill: {queued}"
+    );
+    assert!(
+        after < before + LIMIT + MARGIN,
+        "RSS grew by {:.1} MB for hints limited to {:.1} MB",
+        (after - before) / 1e6,
+        LIMIT / 1e6
+    );
+    b.signal(libc::SIGCONT);
+}

@@ -429,25 +429,9 @@ impl Router {
             // condition held nowhere, else an unconditional set of the
             // same version.
             let changed = stored.iter().any(|r| !matches!(r, Response::NotStored));
-            let hint = match &*request {
-                Request::Set {
-                    version,
-                    ttl_ms,
-                    key,
-                    value,
-                    ..
-                } => Request::Set {
-                    version: *version,
-                    ttl_ms: *ttl_ms,
-                    key: key.clone(),
-                    value: value.clone(),
-                    when: SetWhen::Always,
-                },
-                other => other.clone(),
-            };
             for (missed, backend) in [(a_missed, &pair[0]), (b_missed, &pair[1])] {
                 if missed && changed {
-                    backend.missed_write(hint.clone());
+                    backend.missed_write(&request);
                 }
             }
             return Ok(stored);

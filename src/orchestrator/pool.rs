@@ -29,7 +29,8 @@
 use crate::client::link::{LinkConn, LinkReader};
 use crate::client::ClientError;
 use crate::protocol::link::{Request, RequestKind, Response};
-use crate::protocol::Limits;
+use crate::protocol::{Limits, SetWhen};
+use bytes::Bytes;
 use prometheus::{Histogram, HistogramOpts, IntCounter};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -40,6 +41,11 @@ use tokio::time::Instant;
 
 /// Requests that may wait for one link before callers are refused.
 pub const LINK_QUEUE_DEPTH: usize = 4096;
+
+/// Bytes of keys and values (by [`request_bytes`]) that may wait for one
+/// link before callers are refused: with 8 MiB values, a count alone would
+/// let a slow worker's queue hold 32 GiB.
+pub const LINK_QUEUE_BYTES: usize = 64 << 20;
 
 /// Requests written to a link in one batch at most.
 const LINK_BATCH_MAX: usize = 256;
@@ -59,8 +65,12 @@ pub const MIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Hints sent to a returning worker in one pipelined batch.
 const HINT_BATCH: usize = 256;
 
-/// What a hint is charged against `max_hint_bytes` beyond its key and value.
-const HINT_OVERHEAD_BYTES: usize = 64;
+/// What a hint costs in memory beyond its key and value: the [`Hint`] in
+/// the queue (whose capacity may be twice its length) and the allocator's
+/// header and rounding of its buffer. Charged against `max_hint_bytes`, so
+/// the limit holds for the process's memory, not only for a gauge
+/// (`tests/hostile.rs` measures the RSS).
+const HINT_OVERHEAD_BYTES: usize = 2 * std::mem::size_of::<Hint>() + 32;
 
 /// Anti-entropy rounds a behind worker must complete after the first probe
 /// that followed its miss: the first may have begun before the miss.
@@ -124,7 +134,7 @@ pub struct LinkSettings {
 struct Catchup {
     /// The worker may lack an acknowledged write.
     behind: bool,
-    hints: VecDeque<Request>,
+    hints: VecDeque<Hint>,
     hint_bytes: usize,
     /// A hint was dropped for lack of room since the worker fell behind.
     overflowed: bool,
@@ -145,15 +155,139 @@ impl Catchup {
     }
 }
 
-/// A request's keys and values plus a fixed overhead: what a hint is
-/// charged, and what a link batch counts towards [`LINK_BATCH_BYTES`].
+/// A request's keys and values plus a fixed overhead: what a link batch
+/// counts towards [`LINK_BATCH_BYTES`] and a link queue towards
+/// [`LINK_QUEUE_BYTES`].
 fn request_bytes(request: &Request) -> usize {
-    HINT_OVERHEAD_BYTES
-        + match request {
-            Request::Set { key, value, .. } => key.len() + value.len(),
-            Request::Del { key, .. } | Request::Expire { key, .. } => key.len(),
-            _ => 0,
+    64 + match request {
+        Request::Set { key, value, .. } => key.len() + value.len(),
+        Request::Del { key, .. } | Request::Expire { key, .. } => key.len(),
+        _ => 0,
+    }
+}
+
+/// A write kept for a worker that missed it. Its key and value are copied
+/// into one buffer of its own: a request's bytes are slices of the client's
+/// read buffer, and a kept slice would keep that whole buffer (16 KiB or
+/// more per small write) for as long as the hint waits. Its TTL is kept as
+/// a deadline on this process's monotonic clock, so a hint delivered after
+/// a long outage does not live longer than the write it stands for, and
+/// one whose deadline passed is delivered as a delete of its version
+/// (an expiry is as final as a delete).
+#[derive(Debug)]
+struct Hint {
+    version: u64,
+    kind: HintKind,
+    key_len: u32,
+    /// The key, then the value (a set's).
+    data: Box<[u8]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum HintKind {
+    Set {
+        expires_at: Option<Instant>,
+    },
+    Del,
+    /// The TTL an `expire` gave the entry at `version`.
+    Expire {
+        expires_at: Instant,
+    },
+}
+
+impl Hint {
+    /// The hint for a missed write (`None` for requests that write
+    /// nothing). A conditional set is hinted as the unconditional set it
+    /// became where it applied.
+    fn new(request: &Request, now: Instant) -> Option<Hint> {
+        let deadline = |ttl_ms: u64| now + Duration::from_millis(ttl_ms);
+        let (version, kind, key, value): (u64, HintKind, &[u8], &[u8]) = match request {
+            Request::Set {
+                version,
+                ttl_ms,
+                key,
+                value,
+                ..
+            } => (
+                *version,
+                HintKind::Set {
+                    expires_at: (*ttl_ms > 0).then(|| deadline(*ttl_ms)),
+                },
+                key,
+                value,
+            ),
+            Request::Del { version, key } => (*version, HintKind::Del, key, &[]),
+            Request::Expire {
+                version,
+                ttl_ms,
+                key,
+            } => (
+                *version,
+                HintKind::Expire {
+                    expires_at: deadline(*ttl_ms),
+                },
+                key,
+                &[],
+            ),
+            _ => return None,
+        };
+        let mut data = Vec::with_capacity(key.len() + value.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        Some(Hint {
+            version,
+            kind,
+            key_len: key.len() as u32,
+            data: data.into_boxed_slice(),
+        })
+    }
+
+    /// What this hint costs against `max_hint_bytes`.
+    fn charge(&self) -> usize {
+        HINT_OVERHEAD_BYTES + self.data.len()
+    }
+
+    /// The request that delivers this hint at `now`.
+    fn request(&self, now: Instant) -> Request {
+        let data = Bytes::copy_from_slice(&self.data);
+        let key = data.slice(..self.key_len as usize);
+        let remaining_ms = |at: Instant| {
+            let left = at.saturating_duration_since(now);
+            (!left.is_zero()).then(|| (left.as_millis() as u64).max(1))
+        };
+        match self.kind {
+            HintKind::Set { expires_at } => match expires_at.map(remaining_ms) {
+                Some(None) => Request::Del {
+                    version: self.version,
+                    key,
+                },
+                ttl => Request::Set {
+                    version: self.version,
+                    ttl_ms: ttl.flatten().unwrap_or(0),
+                    value: data.slice(self.key_len as usize..),
+                    key,
+                    when: SetWhen::Always,
+                },
+            },
+            HintKind::Del => Request::Del {
+                version: self.version,
+                key,
+            },
+            HintKind::Expire { expires_at } => match remaining_ms(expires_at) {
+                Some(ttl_ms) => Request::Expire {
+                    version: self.version,
+                    ttl_ms,
+                    key,
+                },
+                // The entry the expire was for is gone by now: so is it
+                // here (the expire's version is the one after it).
+                None => Request::Del {
+                    version: self.version.saturating_add(1),
+                    key,
+                },
+            },
         }
+    }
 }
 
 /// A worker as `rcache cluster` shows it.
@@ -200,12 +334,17 @@ struct Pending {
     /// When the caller stops waiting: `request_timeout` after the call
     /// began (a retry keeps it).
     deadline: Instant,
+    /// Its share of [`LINK_QUEUE_BYTES`], given back when it is written
+    /// (or failed).
+    _queued: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// One worker and the link to it.
 pub struct Backend {
     pub addr: String,
     link: mpsc::Sender<Pending>,
+    /// Bytes the link's queue may still take (see [`LINK_QUEUE_BYTES`]).
+    queue_room: Arc<tokio::sync::Semaphore>,
     health: AtomicU8,
     /// Entries the worker reported in its last health probe.
     pub entries: AtomicU64,
@@ -242,6 +381,7 @@ impl Backend {
         Arc::new(Backend {
             addr,
             link,
+            queue_room: Arc::new(tokio::sync::Semaphore::new(LINK_QUEUE_BYTES)),
             health: AtomicU8::new(Health::Up as u8),
             entries: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -315,7 +455,8 @@ impl Backend {
     /// Records that this worker may lack an acknowledged write `request`:
     /// it serves no reads while its partner can, and the write is kept as
     /// a hint for when it is reachable again (see the module doc).
-    pub fn missed_write(&self, request: Request) {
+    pub fn missed_write(&self, request: &Request) {
+        let hint = Hint::new(request, Instant::now());
         let mut c = self.catchup();
         if !c.behind {
             tracing::warn!(worker = %self.addr, "worker missed an acknowledged write; no reads from it until it catches up");
@@ -323,10 +464,12 @@ impl Backend {
         c.behind = true;
         c.awaiting_probe = true;
         c.target = None;
-        let size = request_bytes(&request);
+        let size = hint.as_ref().map_or(0, Hint::charge);
         if c.hint_bytes + size <= self.max_hint_bytes {
-            c.hint_bytes += size;
-            c.hints.push_back(request);
+            if let Some(hint) = hint {
+                c.hint_bytes += size;
+                c.hints.push_back(hint);
+            }
         } else {
             self.metrics.hints_dropped.inc();
             if !c.overflowed {
@@ -408,7 +551,7 @@ impl Backend {
     async fn send_hints(&self, timeout: Duration) -> Result<(), ClientError> {
         let mut delivered = 0usize;
         loop {
-            let batch: Vec<Request> = {
+            let batch: Vec<Hint> = {
                 let mut c = self.catchup();
                 if c.hints.is_empty() {
                     if c.behind && !c.overflowed {
@@ -423,14 +566,14 @@ impl Backend {
                     return Ok(());
                 }
                 let n = c.hints.len().min(HINT_BATCH);
-                let batch: Vec<Request> = c.hints.drain(..n).collect();
-                c.hint_bytes -= batch.iter().map(request_bytes).sum::<usize>();
+                let batch: Vec<Hint> = c.hints.drain(..n).collect();
+                c.hint_bytes -= batch.iter().map(Hint::charge).sum::<usize>();
                 batch
             };
             let mut receivers = Vec::with_capacity(batch.len());
-            for request in &batch {
-                let deadline = Instant::now() + timeout;
-                receivers.push(self.enqueue(Arc::new(request.clone()), deadline));
+            let now = Instant::now();
+            for hint in &batch {
+                receivers.push(self.enqueue(Arc::new(hint.request(now)), now + timeout));
             }
             let mut failed = None;
             for (i, rx) in receivers.into_iter().enumerate() {
@@ -453,9 +596,9 @@ impl Backend {
             }
             if let Some((i, error)) = failed {
                 let mut c = self.catchup();
-                for request in batch.into_iter().skip(i).rev() {
-                    c.hint_bytes += request_bytes(&request);
-                    c.hints.push_front(request);
+                for hint in batch.into_iter().skip(i).rev() {
+                    c.hint_bytes += hint.charge();
+                    c.hints.push_front(hint);
                 }
                 drop(c);
                 tracing::debug!(worker = %self.addr, %error, delivered, "hint delivery interrupted");
@@ -470,14 +613,23 @@ impl Backend {
         request: Arc<Request>,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Result<Response, ClientError>>, ClientError> {
+        let overloaded = || ClientError::Overloaded(self.addr.clone());
+        // A request larger than the whole budget still goes alone.
+        let size = request_bytes(&request).min(LINK_QUEUE_BYTES) as u32;
+        let queued = self
+            .queue_room
+            .clone()
+            .try_acquire_many_owned(size)
+            .map_err(|_| overloaded())?;
         let (tx, rx) = oneshot::channel();
         self.link
             .try_send(Pending {
                 request,
                 reply: Some(tx),
                 deadline,
+                _queued: Some(queued),
             })
-            .map_err(|_| ClientError::Overloaded(self.addr.clone()))?;
+            .map_err(|_| overloaded())?;
         Ok(rx)
     }
 
@@ -621,6 +773,7 @@ async fn run_connected(
                                 request: Arc::new(Request::Ping),
                                 reply: None,
                                 deadline: Instant::now() + settings.request_timeout,
+                                _queued: None,
                             };
                         }
                         keepalive.as_mut().reset(due);
@@ -670,6 +823,7 @@ async fn run_connected(
                     request: p.request,
                     reply: unsent.0.reply,
                     deadline: p.deadline,
+                    _queued: p._queued,
                 }];
                 carried.extend(batch);
                 return carried;
@@ -1091,7 +1245,7 @@ mod tests {
         let b = backend();
         b.probed(Health::Up, 5, 0, 0);
         assert_eq!(b.health(), Health::Up);
-        b.missed_write(set("k"));
+        b.missed_write(&set("k"));
         assert_eq!(b.health(), Health::Behind);
         assert!(b.probed(Health::Up, 5, 0, 0), "hints to deliver");
         assert_eq!(b.health(), Health::Behind, "same process: still behind");
@@ -1106,7 +1260,7 @@ mod tests {
         // No room for hints: only anti-entropy can bring the worker back.
         let b = backend_with_room(0);
         b.report_failure(&ClientError::Closed);
-        b.missed_write(set("k"));
+        b.missed_write(&set("k"));
         assert_eq!(b.health(), Health::Down);
         assert!(!b.probed(Health::Up, 42, 0, 7), "no hints kept");
         assert_eq!(
@@ -1120,7 +1274,7 @@ mod tests {
             Health::Behind,
             "round 8 may have begun before the miss"
         );
-        b.missed_write(set("k2"));
+        b.missed_write(&set("k2"));
         b.probed(Health::Up, 42, 0, 9);
         assert_eq!(b.health(), Health::Behind, "a new miss restarts the count");
         b.probed(Health::Up, 42, 0, 10);
@@ -1135,13 +1289,120 @@ mod tests {
 
     #[tokio::test]
     async fn hints_are_bounded_and_an_overflow_is_remembered() {
-        let b = backend_with_room(3 * request_bytes(&set("k0")));
+        let charge = Hint::new(&set("k0"), Instant::now())
+            .expect("a hint")
+            .charge();
+        let b = backend_with_room(3 * charge);
         for i in 0..5 {
-            b.missed_write(set(&format!("k{i}")));
+            b.missed_write(&set(&format!("k{i}")));
         }
         let c = b.catchup();
         assert_eq!(c.hints.len(), 3);
         assert!(c.overflowed);
-        assert_eq!(c.hint_bytes, 3 * request_bytes(&set("k0")));
+        assert_eq!(c.hint_bytes, 3 * charge);
+    }
+
+    #[test]
+    fn a_hint_owns_its_bytes() {
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let request = Request::Set {
+            version: 7,
+            ttl_ms: 0,
+            key: buffer.slice(0..3),
+            value: buffer.slice(3..13),
+            when: SetWhen::Absent,
+        };
+        let hint = Hint::new(&request, Instant::now()).expect("a hint");
+        assert_eq!(hint.data.len(), 13, "only the key and value are kept");
+        assert!(hint.charge() < 256);
+        drop(request);
+        // The client's buffer is not kept alive by the hint.
+        assert!(buffer.is_unique());
+        match hint.request(Instant::now()) {
+            Request::Set {
+                version: 7,
+                ttl_ms: 0,
+                key,
+                value,
+                when: SetWhen::Always,
+            } => assert_eq!((&key[..], &value[..]), (&b"xxx"[..], &[b'x'; 10][..])),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_keeps_its_deadline_and_an_expired_one_deletes() {
+        let now = Instant::now();
+        let set = Request::Set {
+            version: 9,
+            ttl_ms: 2_000,
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            when: SetWhen::Always,
+        };
+        let expire = Request::Expire {
+            version: 9,
+            ttl_ms: 2_000,
+            key: Bytes::from_static(b"k"),
+        };
+        let (set, expire) = (
+            Hint::new(&set, now).expect("hint"),
+            Hint::new(&expire, now).expect("hint"),
+        );
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        let later = Instant::now();
+        assert!(
+            matches!(set.request(later), Request::Set { ttl_ms: 500, .. }),
+            "the TTL counts from the write, not from the delivery"
+        );
+        assert!(matches!(
+            expire.request(later),
+            Request::Expire { ttl_ms: 500, .. }
+        ));
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let late = Instant::now();
+        assert!(
+            matches!(set.request(late), Request::Del { version: 9, .. }),
+            "an expired write is delivered as the delete it became"
+        );
+        assert!(matches!(
+            expire.request(late),
+            Request::Del { version: 10, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_link_queue_is_bounded_by_bytes() {
+        // A worker that never answers: requests stay queued or in flight.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let b = Backend::start(
+            addr,
+            settings(Duration::from_secs(30), Duration::from_secs(30)),
+        );
+        let big = Arc::new(Request::Set {
+            version: 1,
+            ttl_ms: 0,
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![b'x'; 8 << 20]),
+            when: SetWhen::Always,
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut queued = Vec::new();
+        let refused = loop {
+            match b.enqueue(big.clone(), deadline) {
+                Ok(rx) => queued.push(rx),
+                Err(e) => break e,
+            }
+            assert!(
+                queued.len() <= LINK_QUEUE_BYTES / (8 << 20),
+                "no byte bound"
+            );
+        };
+        assert!(matches!(refused, ClientError::Overloaded(_)), "{refused:?}");
+        assert_eq!(queued.len(), LINK_QUEUE_BYTES / (8 << 20) - 1);
+        drop(listener);
     }
 }
