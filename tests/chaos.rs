@@ -18,9 +18,14 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Two pairs on fresh ports: workers (0,1) and (2,3).
 fn two_pairs(extra: &[&str]) -> (Vec<Daemon>, Vec<(u16, u16)>) {
     let ports: Vec<u16> = free_ports::<4>().to_vec();
-    let workers = (0..4)
-        .map(|i| worker(ports[i], Some(ports[i ^ 1]), extra))
+    // Started together: each finds its partner starting (or refills from
+    // it), none waits out refill_wait.
+    let mut workers: Vec<Daemon> = (0..4)
+        .map(|i| worker_starting(ports[i], Some(ports[i ^ 1]), extra))
         .collect();
+    for w in &mut workers {
+        w.wait_ready();
+    }
     (workers, vec![(ports[0], ports[1]), (ports[2], ports[3])])
 }
 

@@ -322,15 +322,37 @@ fn connections_beyond_the_limit_get_an_error() {
 #[test]
 fn partners_starting_together_start_empty_and_a_later_one_refills() {
     let [p1, p2] = free_ports();
-    let a = worker(p1, Some(p2), &[]);
-    assert!(a.log_text().contains("not refilling"), "{}", a.log_text());
+    // Two partners starting together: the second finds the first starting.
+    let mut a = worker_starting(p1, Some(p2), &[]);
+    let mut b = worker_starting(p2, Some(p1), &[]);
+    a.wait_ready();
+    b.wait_ready();
+    let logs = format!("{}{}", a.log_text(), b.log_text());
+    assert!(
+        logs.contains("not refilling: partner is starting"),
+        "{logs}"
+    );
+    assert!(!logs.contains("STARTED EMPTY"), "{logs}");
+    drop(b);
+    // Alone, the worker starts empty once its partner stayed unreachable
+    // for refill_wait, and says it is incomplete.
+    drop(a);
+    let a = worker(p1, Some(p2), &["--refill-wait", "300ms"]);
+    assert!(a.log_text().contains("STARTED EMPTY"), "{}", a.log_text());
+    let (status, body) = http_get(&a.metrics_addr(), "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("incomplete"), "{body}");
     let mut c = Client::connect(a.port);
     for i in 0..1000 {
         assert_eq!(c.req(&format!("set||k{i}||{}", "x".repeat(200))), "0||");
     }
     assert_eq!(c.req("del||k7"), "0||");
+    // A new process of its partner refills all of it: both hold all the
+    // pair has, and both are complete.
     let b = worker(p2, Some(p1), &[]);
     assert!(b.log_text().contains("entries=1000"), "{}", b.log_text());
+    assert_eq!(http_get(&b.metrics_addr(), "/health").0, 200);
+    assert_eq!(http_get(&a.metrics_addr(), "/health").0, 200);
     let mut c = Client::connect(b.port);
     assert_eq!(c.req("get||k999"), format!("0||{}", "x".repeat(200)));
     assert_eq!(
@@ -338,6 +360,115 @@ fn partners_starting_together_start_empty_and_a_later_one_refills() {
         "2||key not found",
         "the tombstone came along"
     );
+}
+
+/// Polls until `log` holds `what`.
+fn log_shows(daemon: &Daemon, what: &str) -> bool {
+    eventually(Duration::from_secs(10), || daemon.log_text().contains(what))
+}
+
+/// A partner unreachable for a moment (frozen: the connection opens, the
+/// hello is never answered) does not make a restarting worker start empty:
+/// it tries again until the partner answers, then refills everything.
+#[test]
+fn a_restarting_worker_waits_for_a_partner_briefly_unreachable() {
+    let (a, b) = pair(&[]);
+    let mut direct = Client::connect(a.port);
+    for i in 0..200 {
+        assert_eq!(direct.req(&format!("set||k{i}||v{i}")), "0||");
+    }
+    let port = b.port;
+    drop(b);
+    a.signal(libc::SIGSTOP);
+    let mut b = worker_starting(port, Some(a.port), &["--refill-wait", "30s"]);
+    assert!(
+        log_shows(&b, "partner unreachable"),
+        "the first attempt did not fail: {}",
+        b.log_text()
+    );
+    a.signal(libc::SIGCONT);
+    b.wait_ready();
+    assert!(b.log_text().contains("entries=200"), "{}", b.log_text());
+    assert_eq!(http_get(&b.metrics_addr(), "/health").0, 200);
+    let mut direct = Client::connect(b.port);
+    for i in 0..200 {
+        assert_eq!(direct.req(&format!("get||k{i}")), format!("0||v{i}"));
+    }
+}
+
+/// The health the orchestrator gives `worker` in `cluster`.
+fn health_in_cluster(orchestrator: u16, worker: u16) -> String {
+    let reply = Client::connect(orchestrator).req("cluster");
+    reply
+        .split(';')
+        .find(|r| r.contains(&format!("worker=127.0.0.1:{worker} ")))
+        .and_then(|r| r.split_whitespace().find_map(|f| f.strip_prefix("health=")))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// A worker that started empty because its partner stayed unreachable
+/// says so and serves no reads while its partner can; anti-entropy repairs
+/// it in full, and then it is up and complete.
+#[test]
+fn a_worker_that_started_empty_serves_no_reads_until_repaired() {
+    let ae = ["--anti-entropy-interval", "300ms"];
+    let (a, b) = pair(&ae);
+    let o = orchestrator(
+        &[a.port, b.port],
+        &["--health-interval", "100ms", "--worker-timeout", "300ms"],
+    );
+    let mut c = Client::connect(o.port);
+    for i in 0..200 {
+        assert_eq!(c.req(&format!("set||k{i}||v{i}")), "0||");
+    }
+    let port = b.port;
+    drop(b);
+    a.signal(libc::SIGSTOP);
+    let b = worker(
+        port,
+        Some(a.port),
+        &["--refill-wait", "1s", "--anti-entropy-interval", "300ms"],
+    );
+    assert!(b.log_text().contains("STARTED EMPTY"), "{}", b.log_text());
+    let (status, body) = http_get(&b.metrics_addr(), "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("INCOMPLETE"), "{body}");
+    let exposition = http_get(&b.metrics_addr(), "/metrics").1;
+    assert_eq!(metric(&exposition, "rcache_worker_incomplete"), Some(1.0));
+    let direct = Client::connect(b.port).req("cluster");
+    assert!(direct.contains("complete=false"), "{direct}");
+    a.signal(libc::SIGCONT);
+    // Reads go to the worker that holds the data, however the keys are
+    // placed, as soon as the orchestrator sees both.
+    assert!(
+        eventually(Duration::from_secs(5), || health_in_cluster(o.port, a.port)
+            == "up"
+            && health_in_cluster(o.port, b.port) != "down"),
+        "{}",
+        Client::connect(o.port).req("cluster")
+    );
+    for i in 0..200 {
+        assert_eq!(c.req(&format!("get||k{i}")), format!("0||v{i}"), "k{i}");
+    }
+    // Anti-entropy repairs it; then it is complete and up.
+    assert!(
+        eventually(Duration::from_secs(10), || http_get(
+            &b.metrics_addr(),
+            "/health"
+        )
+        .0 == 200),
+        "{}",
+        b.log_text()
+    );
+    assert!(b.log_text().contains("complete again"), "{}", b.log_text());
+    let mut direct = Client::connect(b.port);
+    for i in 0..200 {
+        assert_eq!(direct.req(&format!("get||k{i}")), format!("0||v{i}"));
+    }
+    assert!(eventually(Duration::from_secs(5), || health_in_cluster(
+        o.port, b.port
+    ) == "up"));
 }
 
 /// A worker frozen (SIGSTOP) during writes: every write still succeeds

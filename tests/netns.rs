@@ -122,6 +122,7 @@ impl Net {
         .expect("set the link");
     }
 
+    /// A worker in namespace `i`, started but perhaps not ready yet.
     fn worker(&self, i: usize, partner: usize) -> Daemon {
         let args: Vec<String> = [
             "netns",
@@ -136,7 +137,7 @@ impl Net {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        Daemon::spawn(
+        Daemon::start(
             &format!("worker-{}", self.ns(i)),
             "ip",
             &args,
@@ -175,8 +176,11 @@ fn a_worker_cut_off_for_10s_converges_after_the_cut_heals() {
     }
     let seed = seed("partition");
     let net = Net::setup(2);
-    let w1 = net.worker(1, 2);
-    let w2 = net.worker(2, 1);
+    // Partners start together: neither waits out refill_wait.
+    let mut w1 = net.worker(1, 2);
+    let mut w2 = net.worker(2, 1);
+    w1.wait_ready();
+    w2.wait_ready();
     let port = free_port();
     let o = Daemon::spawn(
         &format!("orchestrator-{port}"),

@@ -87,7 +87,12 @@ fn a_token_guards_clients_workers_and_links() {
 fn partners_with_a_token_refill_each_other() {
     let t = with_token(TOKEN);
     let [pa, pb] = free_ports();
-    let a = worker(pa, Some(pb), &args(&t));
+    // Alone at first: it starts empty once it found no partner.
+    let a = worker(
+        pa,
+        Some(pb),
+        &[args(&t), vec!["--refill-wait", "0s"]].concat(),
+    );
     let mut c = Client::connect(a.port);
     assert_eq!(c.req(&format!("auth||{TOKEN}")), "0||");
     for i in 0..300 {

@@ -86,8 +86,12 @@ fn a_tls_only_cluster_with_auth_runs_from_config_files() {
         )
     };
     let (ca, cb) = (worker_conf(pa, pb), worker_conf(pb, pa));
-    let a = start(WORKER, &format!("tls-worker-{pa}"), pa, &ca);
-    let b = start(WORKER, &format!("tls-worker-{pb}"), pb, &cb);
+    // Partners start together: neither waits out refill_wait for the other.
+    let config = |path: &str| vec!["--config".to_string(), path.to_string()];
+    let mut a = Daemon::start(&format!("tls-worker-{pa}"), WORKER, &config(&ca), pa);
+    let mut b = Daemon::start(&format!("tls-worker-{pb}"), WORKER, &config(&cb), pb);
+    a.wait_ready();
+    b.wait_ready();
     let oc = config_file(
         &format!("tls-orchestrator-{po}.toml"),
         &format!(

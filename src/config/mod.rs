@@ -93,6 +93,7 @@ pub struct RawWorker {
     pub compression: String,
     pub compress_min_bytes: Scalar,
     pub anti_entropy_interval: Scalar,
+    pub refill_wait: Scalar,
     pub threads: u64,
     pub log_level: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +117,7 @@ impl Default for RawWorker {
             compression: "lz4".into(),
             compress_min_bytes: Scalar::Int(128),
             anti_entropy_interval: "2s".into(),
+            refill_wait: "10s".into(),
             threads: 0,
             log_level: "info".into(),
             auth_token: None,
@@ -210,6 +212,7 @@ impl RawConfig for RawWorker {
         "compression",
         "compress_min_bytes",
         "anti_entropy_interval",
+        "refill_wait",
         "threads",
         "log_level",
         "auth_token",
@@ -458,6 +461,7 @@ impl RawWorker {
             &self.anti_entropy_interval,
             Duration::from_millis(50),
         );
+        let refill_wait = p.duration("refill_wait", &self.refill_wait, Duration::ZERO);
         p.threads(self.threads);
         let level = p.log_level(&self.log_level);
         p.finish((
@@ -468,6 +472,7 @@ impl RawWorker {
                 server,
                 store,
                 anti_entropy_interval,
+                refill_wait,
                 connection_loops: match self.threads {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                     n => usize::try_from(n).unwrap_or(usize::MAX),
@@ -646,6 +651,8 @@ flag_struct!(
         compress_min_bytes: String,
         /// How often partners compare their stores and repair differences [default: 2s]
         anti_entropy_interval: String,
+        /// How long a starting worker keeps trying to reach an unreachable partner before it starts empty [default: 10s]
+        refill_wait: String,
         /// Connection loops (threads) serving clients and links; 0 = one per CPU core, 1 = one thread for everything [default: 0]
         threads: u64,
         /// error, warn, info, debug or trace [default: info]

@@ -93,9 +93,13 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                 entries,
                 incarnation,
                 synced,
+                complete,
             }) => {
                 failures = 0;
                 let healthy = match state {
+                    // A worker that may lack its partner's data is behind
+                    // until anti-entropy repaired it (see worker::refill).
+                    WorkerState::Ready if !complete => Health::Behind,
                     WorkerState::Ready => Health::Up,
                     WorkerState::Starting | WorkerState::Refilling => Health::Loading,
                 };

@@ -86,8 +86,9 @@ pub enum Health {
     Loading = 1,
     /// Unreachable or failing: not waited on.
     Down = 2,
-    /// Reachable, but it missed an acknowledged write: takes writes, serves
-    /// reads only when its partner cannot, until it restarts (and refills).
+    /// Reachable, but it missed an acknowledged write or says it is
+    /// incomplete (it started empty): takes writes, serves reads only when
+    /// its partner cannot, until it caught up (see the module doc).
     Behind = 3,
 }
 
@@ -485,7 +486,8 @@ impl Backend {
     }
 
     /// Applies a probe's answer: the worker is reachable in `healthy`
-    /// state (`Up` or `Loading`) as process `incarnation`, having completed
+    /// state (`Up`, `Loading`, or `Behind` for a worker that says it is
+    /// incomplete) as process `incarnation`, having completed
     /// `synced` anti-entropy rounds. Returns whether hints wait to be
     /// delivered (the caller spawns [`Backend::deliver_hints`]).
     pub fn probed(&self, healthy: Health, incarnation: u64, entries: u64, synced: u64) -> bool {

@@ -21,7 +21,8 @@
 //! response = status:u8 body
 //!   OK          0  op-specific (GET: version:u64 ttl_ms:u64 value(rest);
 //!                  SET: applied:u8; DEL: existed:u8;
-//!                  STATUS: state:u8 entries:u64 incarnation:u64 synced:u64;
+//!                  STATUS: state:u8 entries:u64 incarnation:u64 synced:u64
+//!                          complete:u8;
 //!                  DIGEST: n:u32 (hash:u64 entries:u32)*;
 //!                  SYNC: complete:u8 count:u32 entry* n:u32 key*;
 //!                  APPLY: applied:u32)
@@ -45,7 +46,7 @@ use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
 /// protocol name and its version.
-pub const HELLO: &[u8; 5] = b"\xF0rcl\x03";
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x04";
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;
@@ -218,11 +219,15 @@ pub enum Response {
     Authenticated,
     /// `incarnation` is drawn at each start: a change means a restart.
     /// `synced` counts the anti-entropy rounds this process completed.
+    /// `complete` is false while the worker may lack data its partner
+    /// holds (it started empty, or its refill broke off) and no
+    /// anti-entropy round has repaired it since.
     Status {
         state: WorkerState,
         entries: u64,
         incarnation: u64,
         synced: u64,
+        complete: bool,
     },
     Digest(Vec<BucketDigest>),
     /// `complete` is false when the answer was cut to bound the frame.
@@ -451,12 +456,14 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             entries,
             incarnation,
             synced,
+            complete,
         } => {
             out.put_u8(status::OK);
             out.put_u8(*state as u8);
             out.put_u64(*entries);
             out.put_u64(*incarnation);
             out.put_u64(*synced);
+            out.put_u8(u8::from(*complete));
         }
         Response::Digest(buckets) => {
             out.put_u8(status::OK);
@@ -760,6 +767,7 @@ pub fn decode_response(
                     entries: r.u64()?,
                     incarnation: r.u64()?,
                     synced: r.u64()?,
+                    complete: r.u8()? != 0,
                 }
             }
             RequestKind::Refill => return Err(LinkError::Malformed("OK in a refill stream")),
@@ -1001,6 +1009,7 @@ mod tests {
                     entries: 9,
                     incarnation: 77,
                     synced: 4,
+                    complete: true,
                 },
                 RequestKind::Status,
             ),

@@ -80,7 +80,7 @@ impl AntiEntropy {
         self.repaired.load(Ordering::Relaxed)
     }
 
-    fn completed(&self) {
+    pub(super) fn completed(&self) {
         self.rounds.fetch_add(1, Ordering::AcqRel);
         *self.last_round.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
@@ -190,7 +190,7 @@ impl Responder {
                 }
                 let count = apply_all(worker, &entries);
                 if last {
-                    worker.anti_entropy.completed();
+                    worker.round_completed();
                     self.guard = None;
                 }
                 Response::Applied { count }
@@ -297,7 +297,7 @@ pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown
                     );
                 }
                 if report.complete {
-                    worker.anti_entropy.completed();
+                    worker.round_completed();
                 }
             }
             Err(RoundError::Skipped(why)) => {

@@ -24,6 +24,7 @@ pub struct WorkerMetrics {
     evictions: IntCounter,
     expirations: IntCounter,
     state: IntGaugeVec,
+    incomplete: IntGauge,
     refill_entries: IntGauge,
     refill_expected: IntGauge,
     refill_duration: Gauge,
@@ -82,6 +83,11 @@ impl WorkerMetrics {
                 "rcache_worker_state",
                 "1 for the worker's current state (starting, refilling, ready), 0 for the others",
                 &["state"],
+            ),
+            incomplete: b.gauge(
+                "rcache_worker_incomplete",
+                "1 while the worker may lack data its partner holds (it started empty with the \
+                 partner unreachable, or its refill broke off) until anti-entropy repairs it",
             ),
             refill_entries: b.gauge(
                 "rcache_refill_entries",
@@ -143,6 +149,7 @@ impl Exporter for Worker {
                 .with_label_values(&[state.name()])
                 .set((state == now) as i64);
         }
+        m.incomplete.set(self.incomplete().is_some() as i64);
         m.refill_entries
             .set(self.refilled.load(Ordering::Relaxed) as i64);
         m.refill_expected
@@ -153,9 +160,13 @@ impl Exporter for Worker {
         mirror(&m.ae_repairs, self.anti_entropy.repaired());
     }
 
+    /// 503 until the worker serves reads, and while it is incomplete: a
+    /// rolling restart that waits for `/health` before restarting the
+    /// partner then never restarts the only worker holding the data.
     fn health(&self) -> Result<(), String> {
         match self.state() {
-            WorkerState::Ready => Ok(()),
+            WorkerState::Ready if self.incomplete().is_none() => Ok(()),
+            WorkerState::Ready => Err(format!("incomplete: {}", self.status_line())),
             state => Err(format!("{}: {}", state.name(), self.status_line())),
         }
     }
@@ -176,6 +187,7 @@ mod tests {
             server: Default::default(),
             store: Default::default(),
             anti_entropy_interval: std::time::Duration::from_secs(2),
+            refill_wait: std::time::Duration::from_secs(10),
             connection_loops: 1,
         });
         let why = worker.health().unwrap_err();
@@ -193,5 +205,12 @@ mod tests {
         assert!(text.contains("rcache_refill_entries 400"));
         worker.set_state(WorkerState::Ready);
         assert_eq!(worker.health(), Ok(()));
+        worker.set_incomplete(Some("started empty: partner unreachable".into()));
+        let why = worker.health().unwrap_err();
+        assert!(why.starts_with("incomplete"), "{why}");
+        assert!(render(&worker).contains("rcache_worker_incomplete 1"));
+        worker.round_completed();
+        assert_eq!(worker.health(), Ok(()));
+        assert!(render(&worker).contains("rcache_worker_incomplete 0"));
     }
 }

@@ -46,6 +46,9 @@ pub struct WorkerConfig {
     pub store: StoreConfig,
     /// How often partners compare their stores (anti-entropy).
     pub anti_entropy_interval: Duration,
+    /// How long a starting worker retries a partner it cannot reach before
+    /// it starts empty (see [`refill`]).
+    pub refill_wait: Duration,
     /// How many connection loops serve clients and links (`threads`, with 0
     /// resolved to one per CPU core).
     pub connection_loops: usize,
@@ -65,6 +68,9 @@ pub struct Worker {
     pub refill_expected: AtomicU64,
     /// How long the completed refill took (0: none).
     pub refill_millis: AtomicU64,
+    /// Why this worker may lack data its partner holds, while it may (see
+    /// [`refill`]); `None` once it is complete.
+    incomplete: std::sync::Mutex<Option<String>>,
     /// Listener settings; a reload may change them.
     pub live: LiveConfig,
     pub metrics: metrics::WorkerMetrics,
@@ -82,6 +88,7 @@ impl Worker {
             refilled: AtomicU64::new(0),
             refill_expected: AtomicU64::new(0),
             refill_millis: AtomicU64::new(0),
+            incomplete: std::sync::Mutex::new(None),
             live: LiveConfig::from_pointee(config.server.clone()),
             metrics: metrics::WorkerMetrics::new(),
             config,
@@ -113,9 +120,12 @@ impl Worker {
     pub fn status_line(&self) -> String {
         match self.state() {
             WorkerState::Ready => format!(
-                "serving {} entries, {} connections",
+                "serving {} entries, {} connections{}",
                 self.store.len(),
-                self.metrics.server.connections_open.get()
+                self.metrics.server.connections_open.get(),
+                self.incomplete()
+                    .map(|why| format!("; INCOMPLETE until anti-entropy repairs it: {why}"))
+                    .unwrap_or_default()
             ),
             WorkerState::Refilling => {
                 let done = self.refilled.load(Ordering::Relaxed);
@@ -127,6 +137,38 @@ impl Worker {
                 )
             }
             WorkerState::Starting => "starting: asking the partner for its state".into(),
+        }
+    }
+
+    /// Why this worker may lack data its partner holds, if it may.
+    pub fn incomplete(&self) -> Option<String> {
+        self.incomplete
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_incomplete(&self, why: Option<String>) {
+        *self.incomplete.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Counts a completed anti-entropy round (in either role): it copied
+    /// whatever the partner held that this worker lacked, so a worker that
+    /// was incomplete is complete now.
+    pub(crate) fn round_completed(&self) {
+        self.anti_entropy.completed();
+        self.completed("anti-entropy with the partner repaired what it lacked");
+    }
+
+    /// Ends being incomplete (see [`refill`]).
+    fn completed(&self, how: &str) {
+        let was = self
+            .incomplete
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(why) = was {
+            tracing::info!("complete again: {how} (was: {why})");
         }
     }
 
@@ -222,6 +264,7 @@ impl Worker {
                 entries: self.store.len(),
                 incarnation: self.incarnation,
                 synced: self.anti_entropy.rounds(),
+                complete: self.incomplete().is_none(),
             },
             Request::Refill | Request::Digest | Request::Sync { .. } | Request::Apply { .. } => {
                 Response::Error(ErrorReply::new(
@@ -367,11 +410,12 @@ impl Service for Worker {
                     .fold(0u64, |sum, b| sum.wrapping_add(b.hash));
                 Reply::Value(
                     format!(
-                        "worker={} partner={} state={} entries={} tombstones={} refilled={} \
-                         synced={} repaired={} digest={digest:016x}",
+                        "worker={} partner={} state={} complete={} entries={} tombstones={} \
+                         refilled={} synced={} repaired={} digest={digest:016x}",
                         self.config.listen,
                         self.config.partner.as_deref().unwrap_or("-"),
                         self.state().name(),
+                        self.incomplete().is_none(),
                         usage.entries,
                         usage.tombstones,
                         self.refilled.load(Ordering::Relaxed),
@@ -584,6 +628,9 @@ async fn stream_refill<S: AsyncRead + AsyncWrite + Unpin>(
     }
     encode_response(&Response::End { entries: sent }, &mut conn.wbuf);
     tracing::info!(entries = sent, elapsed = ?started.elapsed(), "served a refill to the partner");
+    // A new process of the partner holds all of this one now, and nothing
+    // of its own: whatever this worker lacked is gone from the pair.
+    worker.completed("a new process of the partner refilled from it");
     Ok(())
 }
 
@@ -635,10 +682,14 @@ impl Bound {
         ));
         let mut stop = shutdown.clone();
         let refilled = tokio::select! {
-        biased;
-                   _ = stop.wait() => false,
-                   _ = refill::refill_from_partner(&worker) => true,
-               };
+            biased;
+            _ = stop.wait() => None,
+            outcome = refill::refill_from_partner(&worker) => Some(outcome),
+        };
+        if let Some(outcome) = &refilled {
+            worker.set_incomplete(outcome.incomplete());
+        }
+        let refilled = refilled.is_some();
         worker.set_state(WorkerState::Ready);
         if refilled {
             on_ready(&worker);

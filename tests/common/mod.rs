@@ -228,11 +228,14 @@ pub fn worker_starting(port: u16, partner: Option<u16>, extra: &[&str]) -> Daemo
     )
 }
 
-/// A pair of partner workers on fresh ports.
+/// A pair of partner workers on fresh ports, started together (the first
+/// keeps trying to reach the second while it starts).
 pub fn pair(extra: &[&str]) -> (Daemon, Daemon) {
     let [a, b] = free_ports();
-    let wa = worker(a, Some(b), extra);
-    let wb = worker(b, Some(a), extra);
+    let mut wa = worker_starting(a, Some(b), extra);
+    let mut wb = worker_starting(b, Some(a), extra);
+    wa.wait_ready();
+    wb.wait_ready();
     (wa, wb)
 }
 
