@@ -10,7 +10,11 @@
 //!
 //! Versions only grow on one node, even if the wall clock steps back, and a
 //! node that sees a newer version (`observe`) moves its clock past it, so a
-//! write that causally follows another always gets a larger version. Replicas
+//! write that causally follows another always gets a larger version. A
+//! version more than [`MAX_AHEAD`] ahead of this host's wall clock is not
+//! plausible (a broken clock, or a peer writing `u64::MAX` to make a key
+//! immortal): workers refuse writes carrying one, and no clock observes
+//! one. Replicas
 //! keep the entry with the largest version (last writer wins); equal versions
 //! from different nodes cannot occur unless two nodes share an id, and the
 //! store breaks even that tie deterministically.
@@ -21,6 +25,17 @@ const NODE_BITS: u32 = 8;
 const LOGICAL_BITS: u32 = 12;
 const PHYSICAL_SHIFT: u32 = NODE_BITS + LOGICAL_BITS;
 const NODE_MASK: u64 = (1 << NODE_BITS) - 1;
+
+/// How far ahead of this host's wall clock a version may be: far more than
+/// any working clock's skew (an orchestrator 10 s off keeps working), far
+/// less than forever.
+pub const MAX_AHEAD: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether `version` is no more than [`MAX_AHEAD`] ahead of this host's
+/// wall clock.
+pub fn plausible(version: u64) -> bool {
+    millis(version) <= wall_ms().saturating_add(MAX_AHEAD.as_millis() as u64)
+}
 
 /// A hybrid logical clock owned by one node.
 #[derive(Debug)]
@@ -65,9 +80,12 @@ impl Clock {
         }
     }
 
-    /// Moves the clock past a version seen from elsewhere.
+    /// Moves the clock past a version seen from elsewhere, unless it is
+    /// not [`plausible`].
     pub fn observe(&self, version: u64) {
-        self.last.fetch_max(version & !NODE_MASK, Ordering::Relaxed);
+        if plausible(version) {
+            self.last.fetch_max(version & !NODE_MASK, Ordering::Relaxed);
+        }
     }
 }
 
@@ -106,5 +124,20 @@ mod tests {
         assert!(v > future);
         b.observe(v);
         assert!(b.next() > v);
+    }
+
+    #[test]
+    fn a_version_far_in_the_future_is_not_plausible_and_not_observed() {
+        let clock = Clock::new(3);
+        let soon = (wall_ms() + 10_000) << PHYSICAL_SHIFT;
+        assert!(plausible(soon));
+        for absurd in [u64::MAX, (wall_ms() + 3_600_000) << PHYSICAL_SHIFT] {
+            assert!(!plausible(absurd));
+            clock.observe(absurd);
+            assert!(
+                millis(clock.next()) < wall_ms() + 60_000,
+                "the clock jumped"
+            );
+        }
     }
 }

@@ -574,3 +574,53 @@ fn the_rcache_command_sets_gets_and_deletes() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\nhello world\nv\n");
 }
+
+/// Two orchestrators, one with its wall clock 10 s behind: a client that
+/// writes through one and then the other reads its last write through
+/// either (the lagging orchestrator's write is stamped again above the
+/// version it displaces). And writes through one orchestrator stay ordered
+/// across its restart with its clock stepped back 10 s.
+#[test]
+fn a_client_reads_its_own_writes_through_orchestrators_with_skewed_clocks() {
+    let Some(behind) = skewed_clock("-10s") else {
+        return;
+    };
+    let (a, b) = pair(&[]);
+    let o1 = orchestrator(&[a.port, b.port], &[]);
+    let p2 = free_port();
+    let o2 = orchestrator_skewed(p2, &[a.port, b.port], &behind);
+    let (mut c1, mut c2) = (Client::connect(o1.port), Client::connect(o2.port));
+    for i in 0..100 {
+        let key = format!("k{i}");
+        assert_eq!(c1.req(&format!("set||{key}||first{i}")), "0||");
+        assert_eq!(c2.req(&format!("set||{key}||second{i}")), "0||");
+        for c in [&mut c1, &mut c2] {
+            assert_eq!(
+                c.req(&format!("get||{key}")),
+                format!("0||second{i}"),
+                "{key}"
+            );
+        }
+        assert_eq!(c2.req(&format!("del||{key}")), "0||");
+        assert_eq!(c1.req(&format!("get||{key}")), "2||key not found", "{key}");
+    }
+    let restamped = metric(
+        &http_get(&o2.metrics_addr(), "/metrics").1,
+        "rcache_writes_restamped_total",
+    );
+    assert!(
+        restamped.is_some_and(|n| n >= 100.0),
+        "the lagging orchestrator's writes did not lose first: {restamped:?}"
+    );
+    // One orchestrator, restarted with its clock 10 s behind.
+    drop((c1, c2, o2));
+    assert_eq!(Client::connect(o1.port).req("set||ordered||before"), "0||");
+    drop(o1);
+    let o = orchestrator_skewed(free_port(), &[a.port, b.port], &behind);
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req("set||ordered||after"), "0||");
+    assert_eq!(c.req("get||ordered"), "0||after");
+    for w in [a.port, b.port] {
+        assert_eq!(Client::connect(w).req("get||ordered"), "0||after");
+    }
+}

@@ -26,6 +26,8 @@ pub struct OrchestratorMetrics {
     hints_dropped: IntCounterVec,
     /// Writes no worker acknowledged in time but one may have applied.
     pub writes_unknown: IntCounter,
+    /// Writes stamped again because a worker held a newer version.
+    pub writes_restamped: IntCounter,
 }
 
 impl Default for OrchestratorMetrics {
@@ -90,6 +92,10 @@ impl OrchestratorMetrics {
             writes_unknown: b.counter(
                 "rcache_writes_unknown_total",
                 "Writes answered 'outcome unknown': no worker acknowledged in time",
+            ),
+            writes_restamped: b.counter(
+                "rcache_writes_restamped_total",
+                "Writes stamped again above the newer version a worker held (clock skew between orchestrators, a restart, a clock step back)",
             ),
             registry,
         }

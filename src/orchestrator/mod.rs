@@ -31,6 +31,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Times a write that lost to a newer version is stamped again before its
+/// outcome is taken as it is (see [`Router::write`]).
+const RESTAMPS: usize = 2;
+
 /// Keys of one multi-key command in flight at once: bounded so one command
 /// cannot fill the links' queues (each key is its own request).
 const FAN_OUT: usize = 256;
@@ -352,42 +356,84 @@ impl Router {
         ))
     }
 
+    /// Writes to the key's pair. A write that lost to a newer version on a
+    /// worker (its version came from a clock behind the one that stamped
+    /// what it displaces: another orchestrator's, this one's before a
+    /// restart or a step back) is stamped again above that version and
+    /// sent again, so a client reads its own acknowledged write through any
+    /// orchestrator. It loses again only to a write stamped meanwhile, a
+    /// concurrent one, which then rightly wins.
     async fn write(&self, key: &[u8], request: Request) -> Result<Vec<Response>, ErrorReply> {
-        // Shared by both workers (and a retry): one reference count.
-        let request = Arc::new(request);
+        let mut request = Arc::new(request);
+        for _ in 0..RESTAMPS {
+            let responses = self.write_once(key, &request).await?;
+            let held = responses.iter().fold(None, |max: Option<u64>, r| match r {
+                Response::Newer { version } => Some(max.map_or(*version, |m| m.max(*version))),
+                _ => max,
+            });
+            let Some(held) = held else {
+                return Ok(responses);
+            };
+            self.clock.observe(held);
+            self.metrics.writes_restamped.inc();
+            request = Arc::new(request.restamped(self.clock.next()));
+        }
+        self.write_once(key, &request).await
+    }
+
+    async fn write_once(
+        &self,
+        key: &[u8],
+        request: &Arc<Request>,
+    ) -> Result<Vec<Response>, ErrorReply> {
         let topology = self.topology();
         let slot = placement::locate(key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
+        if let Request::Set {
+            version,
+            ttl_ms,
+            key,
+            value,
+            when,
+        } = &**request
+        {
+            if *when != SetWhen::Always {
+                let decider = &pair[slot.first];
+                let decider = if decider.health() != Health::Up
+                    && pair[1 - slot.first].health() == Health::Up
+                {
+                    1 - slot.first
+                } else {
+                    slot.first
+                };
+                if pair[decider].health() == Health::Up {
+                    let outcome = Request::Set {
+                        version: *version,
+                        ttl_ms: *ttl_ms,
+                        key: key.clone(),
+                        value: value.clone(),
+                        when: SetWhen::Always,
+                    };
+                    return self.write_decided(pair, decider, request, outcome).await;
+                }
+            }
+        }
         // Wait on every worker not known to be down; if both are, wait on
         // both anyway (one may be back).
         let all_down = pair.iter().all(|b| b.health() == Health::Down);
-        // A conditional set is decided only by workers that are up when one
-        // is: a worker that is behind (or refilling) may lack the value the
-        // condition is about. It gets the outcome as a hint instead.
-        let conditional = matches!(
-            *request,
-            Request::Set { when, .. } if when != SetWhen::Always
-        );
-        let any_up = pair.iter().any(|b| b.health() == Health::Up);
-        let wait = |b: &Arc<Backend>| {
-            if conditional && any_up {
-                b.health() == Health::Up
-            } else {
-                all_down || b.health() != Health::Down
-            }
-        };
+        let wait = |b: &Arc<Backend>| all_down || b.health() != Health::Down;
         let (mut a, mut b) = tokio::join!(
-            ask(&pair[0], &request, wait(&pair[0])),
-            ask(&pair[1], &request, wait(&pair[1]))
+            ask(&pair[0], request, wait(&pair[0])),
+            ask(&pair[1], request, wait(&pair[1]))
         );
         // The worker waited on failed and its partner was believed down:
         // the partner may be back before a probe noticed (a rolling
         // restart), so it is asked after all.
         let failed = |o: &WriteOutcome| matches!(o, WriteOutcome::Failed { .. });
         if failed(&a) && matches!(b, WriteOutcome::NotAsked) {
-            b = ask(&pair[1], &request, true).await;
+            b = ask(&pair[1], request, true).await;
         } else if failed(&b) && matches!(a, WriteOutcome::NotAsked) {
-            a = ask(&pair[0], &request, true).await;
+            a = ask(&pair[0], request, true).await;
         }
         // A conditional set that changed one worker and not the other (a
         // TTL ran out on one clock and not yet on the other; one worker is
@@ -431,7 +477,7 @@ impl Router {
             let changed = stored.iter().any(|r| !matches!(r, Response::NotStored));
             for (missed, backend) in [(a_missed, &pair[0]), (b_missed, &pair[1])] {
                 if missed && changed {
-                    backend.missed_write(&request);
+                    backend.missed_write(request);
                 }
             }
             return Ok(stored);
@@ -457,6 +503,61 @@ impl Router {
 }
 
 impl Router {
+    /// A conditional set while a worker of its pair is up: decided by one
+    /// worker, the one reads go to (so `NX` holds exactly when a read
+    /// finds no value, whatever the partners evicted), then its outcome
+    /// (`outcome`: the unconditional set it became) is written to the
+    /// partner. A worker that is behind or refilling never decides: it may
+    /// lack the value the condition is about.
+    async fn write_decided(
+        &self,
+        pair: &[Arc<Backend>; 2],
+        decider: usize,
+        request: &Arc<Request>,
+        outcome: Request,
+    ) -> Result<Vec<Response>, ErrorReply> {
+        let (first, other) = (&pair[decider], &pair[1 - decider]);
+        let decided = match ask(first, request, true).await {
+            WriteOutcome::Stored(r @ (Response::NotStored | Response::Newer { .. })) => {
+                return Ok(vec![r])
+            }
+            WriteOutcome::Stored(r) => r,
+            WriteOutcome::Refused(e) => return Err(e),
+            WriteOutcome::Failed {
+                maybe_applied: true,
+            } => {
+                self.metrics.writes_unknown.inc();
+                return Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    "write outcome unknown: the worker deciding the condition did not answer in time",
+                ));
+            }
+            // It never reached the decider: the partner decides (if it is
+            // up; else nobody can).
+            WriteOutcome::Failed { .. } | WriteOutcome::NotAsked => {
+                if other.health() != Health::Up {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Unavailable,
+                        "no worker of the pair that is up could decide the condition",
+                    ));
+                }
+                // The failed worker was marked down: the partner's
+                // decision reaches it as a hint.
+                return Box::pin(self.write_decided(pair, 1 - decider, request, outcome)).await;
+            }
+        };
+        let outcome = Arc::new(outcome);
+        // The partner's answer does not change what was decided: a newer
+        // version there wins on both by anti-entropy, as any later write.
+        match ask(other, &outcome, other.health() != Health::Down).await {
+            WriteOutcome::Stored(_) => {}
+            WriteOutcome::Refused(_) | WriteOutcome::Failed { .. } | WriteOutcome::NotAsked => {
+                other.missed_write(&outcome)
+            }
+        }
+        Ok(vec![decided])
+    }
+
     async fn set(&self, key: Bytes, value: Bytes, ttl: Option<Duration>, when: SetWhen) -> Reply {
         let request = Request::Set {
             version: self.clock.next(),

@@ -27,6 +27,8 @@
 //!                  SYNC: complete:u8 count:u32 entry* n:u32 key*;
 //!                  APPLY: applied:u32)
 //!   NOT_FOUND   2
+//!   NOT_STORED  3                      (a conditional set's condition failed)
+//!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
 //!   ERROR     255  code:u8 message(rest)
 //!   CHUNK      10  count:u32 entry*   (refill stream)
 //!   END        11  entries:u64        (refill stream)
@@ -206,6 +208,12 @@ pub enum Response {
     },
     /// A conditional set's condition did not hold.
     NotStored,
+    /// A set or delete lost: the worker holds `version`, newer than the
+    /// write's (or equal, with content that wins the tie). The
+    /// orchestrator stamps the write again above it.
+    Newer {
+        version: u64,
+    },
     Del {
         existed: bool,
     },
@@ -286,6 +294,7 @@ mod status {
     pub const OK: u8 = 0;
     pub const NOT_FOUND: u8 = 2;
     pub const NOT_STORED: u8 = 3;
+    pub const NEWER: u8 = 4;
     pub const ERROR: u8 = 255;
     pub const CHUNK: u8 = 10;
     pub const END: u8 = 11;
@@ -441,6 +450,10 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u8(*applied as u8);
         }
         Response::NotStored => out.put_u8(status::NOT_STORED),
+        Response::Newer { version } => {
+            out.put_u8(status::NEWER);
+            out.put_u64(*version);
+        }
         Response::Meta { version, ttl_ms } => {
             out.put_u8(status::OK);
             out.put_u64(*version);
@@ -804,6 +817,9 @@ pub fn decode_response(
         },
         status::NOT_FOUND => Response::NotFound,
         status::NOT_STORED if request == RequestKind::Set => Response::NotStored,
+        status::NEWER if matches!(request, RequestKind::Set | RequestKind::Del) => {
+            Response::Newer { version: r.u64()? }
+        }
         status::ERROR => {
             let code =
                 ErrorCode::from_u8(r.u8()?).ok_or(LinkError::Malformed("unknown error code"))?;
@@ -854,6 +870,16 @@ impl RequestKind {
 }
 
 impl Request {
+    /// The same write stamped with `version` (a set or delete; any other
+    /// request as it is).
+    pub fn restamped(&self, version: u64) -> Request {
+        let mut request = self.clone();
+        if let Request::Set { version: v, .. } | Request::Del { version: v, .. } = &mut request {
+            *v = version;
+        }
+        request
+    }
+
     pub fn kind(&self) -> RequestKind {
         match self {
             Request::Get { .. } => RequestKind::Get,
@@ -992,6 +1018,8 @@ mod tests {
             ),
             (Response::Set { applied: true }, RequestKind::Set),
             (Response::NotStored, RequestKind::Set),
+            (Response::Newer { version: 42 }, RequestKind::Set),
+            (Response::Newer { version: 43 }, RequestKind::Del),
             (
                 Response::Meta {
                     version: 3,

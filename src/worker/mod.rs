@@ -188,6 +188,20 @@ impl Worker {
         ErrorReply::new(ErrorCode::OutOfMemory, e.to_string())
     }
 
+    /// A write's version too far ahead of this worker's clock: refused, so
+    /// no peer can make a key immortal (see [`crate::version::plausible`]).
+    fn implausible(version: u64) -> Option<Response> {
+        (!crate::version::plausible(version)).then(|| {
+            Response::Error(ErrorReply::new(
+                ErrorCode::Parse,
+                format!(
+                    "version {version:#x} is more than {:?} ahead of this worker's clock",
+                    crate::version::MAX_AHEAD
+                ),
+            ))
+        })
+    }
+
     /// Executes one link request (not `Refill`, which streams).
     fn execute(&self, request: Request) -> Response {
         match request {
@@ -211,6 +225,9 @@ impl Worker {
                 value,
                 when,
             } => {
+                if let Some(refused) = Worker::implausible(version) {
+                    return refused;
+                }
                 self.clock.observe(version);
                 // A condition on presence needs the whole store: not while
                 // refilling (the orchestrator then hints the outcome).
@@ -220,6 +237,7 @@ impl Worker {
                 let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
                 match self.store.set_when(&key, &value, ttl, version, when) {
                     Ok(Applied::Unmet) => Response::NotStored,
+                    Ok(Applied::Newer(version)) => Response::Newer { version },
                     Ok(applied) => Response::Set {
                         applied: applied == Applied::Yes,
                     },
@@ -240,6 +258,9 @@ impl Worker {
                 ttl_ms,
                 key,
             } => {
+                if let Some(refused) = Worker::implausible(version) {
+                    return refused;
+                }
                 self.clock.observe(version);
                 // Whether the key is there needs the whole store.
                 if self.state() != WorkerState::Ready {
@@ -250,9 +271,15 @@ impl Worker {
                 }
             }
             Request::Del { version, key } => {
+                if let Some(refused) = Worker::implausible(version) {
+                    return refused;
+                }
                 self.clock.observe(version);
-                match self.store.delete(&key, version) {
-                    Ok(existed) => Response::Del { existed },
+                match self.store.delete_at(&key, version) {
+                    Ok((Applied::Newer(version), _)) => Response::Newer { version },
+                    Ok((applied, was_live)) => Response::Del {
+                        existed: applied == Applied::Yes && was_live,
+                    },
                     Err(e) => Response::Error(Worker::store_error(e)),
                 }
             }
@@ -710,5 +737,88 @@ async fn run_expiry(worker: Arc<Worker>, mut shutdown: Shutdown) {
                    _ = tick.tick() => {}
                }
         worker.store.expire_step(EXPIRY_SLOTS_PER_SHARD);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn worker() -> Worker {
+        let worker = Worker::new(WorkerConfig {
+            listen: "127.0.0.1:0".into(),
+            partner: None,
+            metrics_listen: "127.0.0.1:0".into(),
+            server: Default::default(),
+            store: Default::default(),
+            anti_entropy_interval: Duration::from_secs(2),
+            refill_wait: Duration::from_secs(10),
+            connection_loops: 1,
+        });
+        worker.set_state(WorkerState::Ready);
+        worker
+    }
+
+    fn set(version: u64, value: &'static [u8]) -> Request {
+        Request::Set {
+            version,
+            ttl_ms: 0,
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(value),
+            when: SetWhen::Always,
+        }
+    }
+
+    #[test]
+    fn a_version_far_ahead_of_the_clock_is_refused() {
+        let w = worker();
+        for request in [
+            set(u64::MAX, b"immortal"),
+            Request::Del {
+                version: u64::MAX,
+                key: Bytes::from_static(b"k"),
+            },
+        ] {
+            let answer = w.execute(request);
+            assert!(
+                matches!(&answer, Response::Error(e) if e.message.contains("ahead of this worker's clock")),
+                "{answer:?}"
+            );
+        }
+        // Nothing was stored, and the worker's clock did not jump: its own
+        // next write is an ordinary one.
+        assert!(w.store.get(b"k").is_none());
+        assert!(crate::version::plausible(w.clock.next()));
+    }
+
+    #[test]
+    fn a_write_that_loses_says_which_version_won() {
+        let w = worker();
+        let now = w.clock.next();
+        assert!(matches!(
+            w.execute(set(now + 1000, b"newer")),
+            Response::Set { applied: true }
+        ));
+        assert_eq!(
+            w.execute(set(now, b"older")),
+            Response::Newer {
+                version: now + 1000
+            }
+        );
+        assert_eq!(
+            w.execute(Request::Del {
+                version: now,
+                key: Bytes::from_static(b"k")
+            }),
+            Response::Newer {
+                version: now + 1000
+            }
+        );
+        // The same write again is not a loss.
+        assert!(matches!(
+            w.execute(set(now + 1000, b"newer")),
+            Response::Set { applied: false }
+        ));
     }
 }

@@ -114,8 +114,13 @@ pub struct Found {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Yes,
-    /// The store already holds a newer version; nothing changed.
+    /// The store already holds this very write (same version, same
+    /// content: a retry); nothing changed.
     Stale,
+    /// The store holds a newer version (the one given), or the same
+    /// version with content that wins the tie: nothing changed, and the
+    /// write lost.
+    Newer(u64),
     /// A repair brought a key the store lacks while it is near its memory
     /// limit: not stored (see [`Store::apply_repair`]).
     NoRoom,
@@ -608,6 +613,13 @@ impl Store {
     /// Deletes `key` at `version`: leaves a tombstone for `tombstone_ttl`.
     /// Returns whether a live entry was there (and is now gone).
     pub fn delete(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        self.delete_at(key, version)
+            .map(|(applied, was_live)| applied == Applied::Yes && was_live)
+    }
+
+    /// [`Store::delete`], saying what came of the tombstone and whether a
+    /// live entry was there before.
+    pub fn delete_at(&self, key: &[u8], version: u64) -> Result<(Applied, bool), StoreError> {
         let now = self.now();
         let new = NewSlot {
             raw_len: None,
@@ -620,7 +632,7 @@ impl Store {
             require_live: None,
         };
         let put = self.put(key, new, now)?;
-        Ok(put.applied == Applied::Yes && put.was_live)
+        Ok((put.applied, put.was_live))
     }
 
     /// Applies an entry streamed from the partner (refill), keeping the newer
@@ -641,6 +653,10 @@ impl Store {
     }
 
     fn apply_entry(&self, entry: &Entry, replace_only: bool) -> Result<Applied, StoreError> {
+        if !crate::version::plausible(entry.version) {
+            tracing::warn!(key = ?String::from_utf8_lossy(&entry.key), version = entry.version, "entry from the partner with a version far in the future; skipped");
+            return Ok(Applied::Stale);
+        }
         // A tombstone has no value, whatever its flags say.
         let compressed = entry.compressed && !entry.tombstone;
         if compressed {
@@ -915,7 +931,7 @@ impl Shard {
                 || (new.version == slot.version && new.content() > slot.content(&self.arena));
             if !newer {
                 return Put {
-                    applied: Applied::Stale,
+                    applied: Applied::Newer(slot.version),
                     added: 0,
                     freed: 0,
                     was_live,
@@ -1324,7 +1340,7 @@ mod tests {
         a.set(b"k", b"old", None, 1).expect("fits");
         a.set(b"k", b"new", None, 2).expect("fits");
         b.set(b"k", b"new", None, 2).expect("fits");
-        assert_eq!(b.set(b"k", b"old", None, 1), Ok(Applied::Stale));
+        assert_eq!(b.set(b"k", b"old", None, 1), Ok(Applied::Newer(2)));
         assert_eq!(a.get(b"k").map(|f| f.value), b.get(b"k").map(|f| f.value));
         // Equal versions: the larger bytes win on both sides.
         a.set(b"t", b"x", None, 5).expect("fits");
@@ -1340,11 +1356,11 @@ mod tests {
         let s = store(1 << 20);
         s.set(b"k", b"v", None, 1).expect("fits");
         assert_eq!(s.delete(b"k", 5), Ok(true));
-        assert_eq!(s.set(b"k", b"late", None, 3), Ok(Applied::Stale));
+        assert_eq!(s.set(b"k", b"late", None, 3), Ok(Applied::Newer(5)));
         assert_eq!(s.get(b"k"), None);
         // A delete of an absent key still leaves a tombstone.
         assert_eq!(s.delete(b"never", 5), Ok(false));
-        assert_eq!(s.set(b"never", b"old", None, 4), Ok(Applied::Stale));
+        assert_eq!(s.set(b"never", b"old", None, 4), Ok(Applied::Newer(5)));
         assert_eq!(s.set(b"k", b"again", None, 6), Ok(Applied::Yes));
         assert_eq!(
             s.get(b"k").map(|f| f.value),

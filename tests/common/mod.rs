@@ -515,3 +515,44 @@ impl Pki {
         )
     }
 }
+
+/// libfaketime (Debian's `faketime`), which shifts a process's wall clock:
+/// the environment that starts a daemon with its clock `offset` off (e.g.
+/// `"-10s"`). `None`, with a message, when it is not installed; under
+/// `CI=true` that fails the test instead.
+pub fn skewed_clock(offset: &str) -> Option<Vec<(&'static str, String)>> {
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    if !std::path::Path::new(LIB).exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the clock-skew tests: install faketime"
+        );
+        eprintln!("SKIPPED: clock-skew test needs libfaketime (apt install faketime)");
+        return None;
+    }
+    Some(vec![
+        ("LD_PRELOAD", LIB.to_string()),
+        ("FAKETIME", offset.to_string()),
+        // Timers and timeouts keep the true monotonic clock.
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+    ])
+}
+
+/// An orchestrator whose wall clock is `offset` off (see [`skewed_clock`]).
+pub fn orchestrator_skewed(port: u16, workers: &[u16], env: &[(&'static str, String)]) -> Daemon {
+    let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+    for w in workers {
+        args.push("127.0.0.1".into());
+        args.push(w.to_string());
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut d = Daemon::start_with_env(
+        &format!("orchestrator-skewed-{port}"),
+        env!("CARGO_BIN_EXE_rcache-orchestrator"),
+        &args,
+        port,
+        &env,
+    );
+    d.wait_ready();
+    d
+}
