@@ -59,6 +59,9 @@ async fn run_worker(name: &'static str) -> turmoil::Result {
         listen: "0.0.0.0:7001".into(),
         partner: Some(format!("{}:7001", partner(name))),
         anti_entropy_interval: "1s".into(),
+        // A restarted worker whose partner is cut off starts empty after a
+        // second of simulated retries, not ten: the faults stay one at a time.
+        refill_wait: "1s".into(),
         ..RawWorker::default()
     };
     let (config, _) = raw.validate()?;
