@@ -362,6 +362,19 @@ fn partners_starting_together_start_empty_and_a_later_one_refills() {
     );
 }
 
+/// Asserts that the worker on `port` holds `k{i}` = `v{i}` for every
+/// `i < n`, read from it directly.
+fn holds_all(port: u16, n: usize) {
+    let mut direct = Client::connect(port);
+    for i in 0..n {
+        assert_eq!(
+            direct.req(&format!("get||k{i}")),
+            format!("0||v{i}"),
+            "k{i} on {port}"
+        );
+    }
+}
+
 /// Polls until `log` holds `what`.
 fn log_shows(daemon: &Daemon, what: &str) -> bool {
     eventually(Duration::from_secs(10), || daemon.log_text().contains(what))
@@ -390,10 +403,7 @@ fn a_restarting_worker_waits_for_a_partner_briefly_unreachable() {
     b.wait_ready();
     assert!(b.log_text().contains("entries=200"), "{}", b.log_text());
     assert_eq!(http_get(&b.metrics_addr(), "/health").0, 200);
-    let mut direct = Client::connect(b.port);
-    for i in 0..200 {
-        assert_eq!(direct.req(&format!("get||k{i}")), format!("0||v{i}"));
-    }
+    holds_all(b.port, 200);
 }
 
 /// The health the orchestrator gives `worker` in `cluster`.
@@ -462,10 +472,7 @@ fn a_worker_that_started_empty_serves_no_reads_until_repaired() {
         b.log_text()
     );
     assert!(b.log_text().contains("complete again"), "{}", b.log_text());
-    let mut direct = Client::connect(b.port);
-    for i in 0..200 {
-        assert_eq!(direct.req(&format!("get||k{i}")), format!("0||v{i}"));
-    }
+    holds_all(b.port, 200);
     assert!(eventually(Duration::from_secs(5), || health_in_cluster(
         o.port, b.port
     ) == "up"));
