@@ -415,7 +415,9 @@ pub fn shipped_queries() -> Vec<String> {
 }
 
 /// A test CA and one certificate it signed for 127.0.0.1 and localhost
-/// (server and client use), made with openssl(1).
+/// (server and client use), made with openssl(1). Both are valid from one
+/// hour ago (as public CAs back-date), so a daemon whose clock runs behind
+/// (see [`skewed_clock`]) accepts certificates made a moment ago.
 pub struct Pki {
     pub ca: String,
     pub cert: String,
@@ -427,79 +429,101 @@ impl Pki {
         let dir = log_dir().join(format!("pki-{name}"));
         std::fs::create_dir_all(&dir).expect("pki dir");
         let p = |f: &str| dir.join(f).display().to_string();
-        std::fs::write(
-            p("ext.cnf"),
+        let write = |f: &str, text: &str| std::fs::write(p(f), text).expect("pki file");
+        write(
+            "ca.cnf",
+            &format!(
+                "[ca]\ndefault_ca = test\n[test]\ndatabase = {}\nnew_certs_dir = {}\n\
+                 serial = {}\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+                 [any]\ncommonName = supplied\n",
+                p("index.txt"),
+                dir.display(),
+                p("serial")
+            ),
+        );
+        write("index.txt", "");
+        write("serial", "01\n");
+        write(
+            "ca-ext.cnf",
+            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        );
+        write(
+            "node-ext.cnf",
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n\
              basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n",
-        )
-        .expect("ext.cnf");
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
+        );
+        let run = |program: &str, args: &[&str]| -> String {
+            let out = Command::new(program)
                 .args(args)
                 .output()
-                .expect("openssl is installed");
+                .unwrap_or_else(|e| panic!("{program} is installed: {e}"));
             assert!(
                 out.status.success(),
-                "openssl {args:?}: {}",
+                "{program} {args:?}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
-        let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
-        let (node_key, node_csr, node_pem, ext) =
-            (p("node.key"), p("node.csr"), p("node.pem"), p("ext.cnf"));
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let subject = format!("/CN=rcache test CA {name}");
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend([
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca_pem,
-            "-days",
-            "2",
-            "-subj",
-            &subject,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        run(&ca);
-        let mut csr = vec!["req"];
-        csr.extend(ec);
-        csr.extend([
-            "-keyout",
-            &node_key,
-            "-out",
-            &node_csr,
-            "-subj",
-            "/CN=rcache node",
-        ]);
-        run(&csr);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &node_csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &node_pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
+        let stamp = |when: &str| run("date", &["-u", "-d", when, "+%Y%m%d%H%M%SZ"]);
+        let (start, end) = (stamp("-1 hour"), stamp("+2 days"));
+        let key_and_csr = |key: &str, csr: &str, subject: &str| {
+            run(
+                "openssl",
+                &[
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-keyout",
+                    &p(key),
+                    "-out",
+                    &p(csr),
+                    "-subj",
+                    subject,
+                ],
+            );
+        };
+        let sign = |csr: &str, pem: &str, ext: &str, how: &[&str]| {
+            let (config, csr, pem, ext) = (p("ca.cnf"), p(csr), p(pem), p(ext));
+            let mut args = vec![
+                "ca",
+                "-batch",
+                "-notext",
+                "-config",
+                &config,
+                "-in",
+                &csr,
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
+                "-startdate",
+                &start,
+                "-enddate",
+                &end,
+            ];
+            args.extend(how);
+            run("openssl", &args);
+        };
+        key_and_csr("ca.key", "ca.csr", &format!("/CN=rcache test CA {name}"));
+        let ca_key = p("ca.key");
+        sign(
+            "ca.csr",
+            "ca.pem",
+            "ca-ext.cnf",
+            &["-selfsign", "-keyfile", &ca_key],
+        );
+        key_and_csr("node.key", "node.csr", "/CN=rcache node");
+        let ca_pem = p("ca.pem");
+        sign(
+            "node.csr",
+            "node.pem",
+            "node-ext.cnf",
+            &["-cert", &ca_pem, "-keyfile", &ca_key],
+        );
         Pki {
             ca: p("ca.pem"),
             cert: p("node.pem"),
