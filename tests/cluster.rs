@@ -417,6 +417,78 @@ fn health_in_cluster(orchestrator: u16, worker: u16) -> String {
         .to_string()
 }
 
+/// A worker's anti-entropy counters: (rounds completed, entries sent).
+fn ae_counters(worker: &Daemon) -> (f64, f64) {
+    let (_, body) = http_get(&worker.metrics_addr(), "/metrics");
+    let get = |series| metric(&body, series).unwrap_or(-1.0);
+    (
+        get("rcache_anti_entropy_rounds_total"),
+        get("rcache_anti_entropy_sent_entries_total"),
+    )
+}
+
+/// Partners of a full cache hold different keys (each evicted its own
+/// oldest). Anti-entropy makes them hold the same ones and then goes
+/// quiet: rounds keep completing and send nothing.
+#[test]
+fn partners_of_a_full_cache_converge_and_go_quiet() {
+    const KEYS: usize = 6_000;
+    let (a, b) = pair(&["--max-memory", "1MiB", "--anti-entropy-interval", "200ms"]);
+    // Incompressible values, so the memory limit is reached.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let value: String = (0..400)
+        .map(|_| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            char::from(b'a' + (seed >> 59) as u8 % 26)
+        })
+        .collect();
+    // A sees the keys in one order, B in the other: each keeps the last
+    // ~2,000 it saw, so they overlap little.
+    let (mut ca, mut cb) = (Client::connect(a.port), Client::connect(b.port));
+    for i in 0..KEYS {
+        assert_eq!(ca.req(&format!("set||k{i}||{value}")), "0||");
+        assert_eq!(cb.req(&format!("set||k{}||{value}", KEYS - 1 - i)), "0||");
+    }
+    // Quiet: both sides complete three more rounds without sending an entry.
+    let quiet = eventually(Duration::from_secs(30), || {
+        let before = (ae_counters(&a), ae_counters(&b));
+        let waited = eventually(Duration::from_secs(5), || {
+            ae_counters(&a).0 >= before.0 .0 + 3.0 && ae_counters(&b).0 >= before.1 .0 + 3.0
+        });
+        waited && ae_counters(&a).1 == before.0 .1 && ae_counters(&b).1 == before.1 .1
+    });
+    assert!(
+        quiet,
+        "anti-entropy never went quiet: a {:?}, b {:?}",
+        ae_counters(&a),
+        ae_counters(&b)
+    );
+    // And they hold the same keys.
+    let (mut held, mut differ) = (0, Vec::new());
+    for i in 0..KEYS {
+        let (ra, rb) = (ca.req(&format!("get||k{i}")), cb.req(&format!("get||k{i}")));
+        if ra != rb {
+            differ.push(format!("k{i}"));
+        } else if ra.starts_with("0||") {
+            held += 1;
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} keys differ: {:?}",
+        differ.len(),
+        &differ[..differ.len().min(10)]
+    );
+    assert!(held > 500, "the pair kept only {held} keys");
+    assert!(
+        ae_counters(&a).1 + ae_counters(&b).1 > 0.0,
+        "no entry was ever sent: {:?} {:?}",
+        ae_counters(&a),
+        ae_counters(&b)
+    );
+    println!("the pair holds {held} of {KEYS} keys on both workers");
+}
+
 /// A worker that started empty because its partner stayed unreachable
 /// says so and serves no reads while its partner can; anti-entropy repairs
 /// it in full, and then it is up and complete.

@@ -115,6 +115,11 @@ fn link_sample() -> Vec<u8> {
         Request::Apply {
             last: true,
             entries: vec![entry.clone()],
+            evict: vec![Summary {
+                key: b("evicted"),
+                version: 4,
+                tombstone: false,
+            }],
         },
     ] {
         encode_request(&r, &mut out);

@@ -17,7 +17,7 @@
 //!   REFILL  6                         the rest of the link carries the stream
 //!   DIGEST  7                         anti-entropy: start a round
 //!   SYNC    8  n:u16 bucket:u16* after:bound upto:bound m:u32 summary*
-//!   APPLY   9  last:u8 count:u32 entry*
+//!   APPLY   9  last:u8 count:u32 entry* n:u32 summary*  (summaries: evict)
 //! response = status:u8 body
 //!   OK          0  op-specific (GET: version:u64 ttl_ms:u64 value(rest);
 //!                  SET: applied:u8; DEL: existed:u8;
@@ -25,7 +25,7 @@
 //!                          complete:u8;
 //!                  DIGEST: n:u32 (hash:u64 entries:u32)*;
 //!                  SYNC: complete:u8 count:u32 entry* n:u32 key*;
-//!                  APPLY: applied:u32)
+//!                  APPLY: applied:u32 n:u32 summary*   (refused for room))
 //!   NOT_FOUND   2
 //!   NOT_STORED  3                      (a conditional set's condition failed)
 //!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
@@ -48,7 +48,7 @@ use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
 /// protocol name and its version.
-pub const HELLO: &[u8; 5] = b"\xF0rcl\x04";
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x05";
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;
@@ -168,10 +168,14 @@ pub enum Request {
         upto: Bytes,
         summaries: Vec<Summary>,
     },
-    /// Entries the partner wanted; `last` ends the round.
+    /// Entries the partner wanted; `last` ends the round. `evict` names
+    /// entries the sender was sent but refused for room (it is near its
+    /// memory limit and lacks them): the partner evicts each one it still
+    /// holds at that version, so a full pair converges on one set of keys.
     Apply {
         last: bool,
         entries: Vec<Entry>,
+        evict: Vec<Summary>,
     },
     /// The cluster's `auth_token`: the first request on a link to a
     /// daemon that has one.
@@ -244,8 +248,11 @@ pub enum Response {
         entries: Vec<Entry>,
         wanted: Vec<Bytes>,
     },
+    /// `refused`: entries not stored for room (the receiver lacked them
+    /// near its memory limit); the sender evicts them.
     Applied {
         count: u32,
+        refused: Vec<Summary>,
     },
     NotFound,
     Error(ErrorReply),
@@ -403,18 +410,28 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             put_key(out, after);
             put_key(out, upto);
             out.put_u32(summaries.len() as u32);
-            for s in summaries {
-                out.put_u8(if s.tombstone { FLAG_TOMBSTONE } else { 0 });
-                out.put_u64(s.version);
-                put_key(out, &s.key);
-            }
+            put_summaries(out, summaries);
         }
-        Request::Apply { last, entries } => {
+        Request::Apply {
+            last,
+            entries,
+            evict,
+        } => {
             out.put_u8(op::APPLY);
             out.put_u8(*last as u8);
             put_entries(out, entries);
+            out.put_u32(evict.len() as u32);
+            put_summaries(out, evict);
         }
     })
+}
+
+fn put_summaries(out: &mut BytesMut, summaries: &[Summary]) {
+    for s in summaries {
+        out.put_u8(if s.tombstone { FLAG_TOMBSTONE } else { 0 });
+        out.put_u64(s.version);
+        put_key(out, &s.key);
+    }
 }
 
 fn put_entries(out: &mut BytesMut, entries: &[Entry]) {
@@ -499,9 +516,11 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
                 put_key(out, key);
             }
         }
-        Response::Applied { count } => {
+        Response::Applied { count, refused } => {
             out.put_u8(status::OK);
             out.put_u32(*count);
+            out.put_u32(refused.len() as u32);
+            put_summaries(out, refused);
         }
         Response::NotFound => out.put_u8(status::NOT_FOUND),
         Response::Error(error) => {
@@ -581,6 +600,22 @@ impl Reader {
             return Err(LinkError::Malformed("count beyond the frame"));
         }
         Ok(count)
+    }
+
+    fn summaries(&mut self, limits: &Limits) -> Result<Vec<Summary>, LinkError> {
+        // A summary takes at least 12 bytes.
+        let count = self.count(12)?;
+        let mut summaries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let flags = self.u8()?;
+            let version = self.u64()?;
+            summaries.push(Summary {
+                key: self.key(limits)?,
+                version,
+                tombstone: flags & FLAG_TOMBSTONE != 0,
+            });
+        }
+        Ok(summaries)
     }
 
     fn entries(&mut self, limits: &Limits) -> Result<Vec<Entry>, LinkError> {
@@ -709,18 +744,7 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
             }
             let after = r.bound(limits)?;
             let upto = r.bound(limits)?;
-            // A summary takes at least 12 bytes.
-            let m = r.count(12)?;
-            let mut summaries = Vec::with_capacity(m);
-            for _ in 0..m {
-                let flags = r.u8()?;
-                let version = r.u64()?;
-                summaries.push(Summary {
-                    key: r.key(limits)?,
-                    version,
-                    tombstone: flags & FLAG_TOMBSTONE != 0,
-                });
-            }
+            let summaries = r.summaries(limits)?;
             Request::Sync {
                 buckets,
                 after,
@@ -731,6 +755,7 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
         op::APPLY => Request::Apply {
             last: r.u8()? != 0,
             entries: r.entries(limits)?,
+            evict: r.summaries(limits)?,
         },
         _ => return Err(LinkError::Malformed("unknown op")),
     };
@@ -813,7 +838,10 @@ pub fn decode_response(
                     wanted,
                 }
             }
-            RequestKind::Apply => Response::Applied { count: r.u32()? },
+            RequestKind::Apply => Response::Applied {
+                count: r.u32()?,
+                refused: r.summaries(limits)?,
+            },
         },
         status::NOT_FOUND => Response::NotFound,
         status::NOT_STORED if request == RequestKind::Set => Response::NotStored,
@@ -981,6 +1009,11 @@ mod tests {
                     raw_len: 1,
                     data: b("v"),
                 }],
+                evict: vec![Summary {
+                    key: b("gone"),
+                    version: 4,
+                    tombstone: false,
+                }],
             },
         ];
         let mut buf = BytesMut::new();
@@ -1060,7 +1093,17 @@ mod tests {
                 },
                 RequestKind::Sync,
             ),
-            (Response::Applied { count: 12 }, RequestKind::Apply),
+            (
+                Response::Applied {
+                    count: 12,
+                    refused: vec![Summary {
+                        key: b("full"),
+                        version: 7,
+                        tombstone: false,
+                    }],
+                },
+                RequestKind::Apply,
+            ),
             (Response::NotFound, RequestKind::Get),
             (
                 Response::Error(ErrorReply::new(ErrorCode::Loading, "refilling")),

@@ -20,19 +20,28 @@
 //!
 //! A digest bucket is the top bits of the key's stable hash, and its digest
 //! the wrapping sum of its entries' fingerprints (key, version, tombstone),
-//! computed by a scan that yields between shards. Versions decide every
-//! difference (last writer wins), so a round never puts older data over
-//! newer, on either side. Expired entries are left out on both sides.
+//! which the store keeps up to date as entries change: partners that agree
+//! compare 4,096 numbers and are done. A store's shard is a fixed range of
+//! 64 buckets, so batches follow shard boundaries and each side scans each
+//! shard about once a round for its summaries; the responder keeps a
+//! batch's summaries for all of its windows. A round costs one scan of the
+//! differing shards on each side, linear in the entries. Versions decide
+//! every difference (last writer wins), so a round never puts older data
+//! over newer, on either side. Expired entries are left out of summaries.
 //!
 //! Each worker takes part in one round at a time (the round lock), so its
 //! count of completed rounds (`synced` in STATUS) orders rounds in time:
 //! the orchestrator uses it to know that a round began after a write the
 //! worker missed, and so the worker holds that write now.
 //!
-//! Under memory pressure partners evict different entries; a round then
-//! does not add keys the receiving side lacks (see `Store::apply_repair`).
+//! Under memory pressure partners evict different entries. A side near its
+//! memory limit does not add a key it lacks (see `Store::apply_repair`): it
+//! names the entry back and the other side evicts it, so a full pair
+//! converges on the same keys and the next round finds nothing to repair.
+//! (A key only one partner holds cannot be told from one the other evicted;
+//! near the limit the pair drops it, as a cache may.)
 
-use super::store::{Applied, BucketSet, Store};
+use super::store::{Applied, BucketSet, Store, BUCKETS_PER_SHARD};
 use super::Worker;
 use crate::client::link::LinkConn;
 use crate::client::ClientError;
@@ -50,8 +59,13 @@ use std::time::Duration;
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
-/// Entries (by the digests' counts) compared in one batch of buckets.
-pub const SYNC_BATCH_ENTRIES: usize = 16_384;
+/// Entries (by the digests' counts) in one batch of buckets: a batch is
+/// cut at the first shard boundary past this many.
+pub const SYNC_BATCH_ENTRIES: usize = 65_536;
+
+/// A batch is cut inside a shard past this many entries (a huge shard is
+/// then scanned once per batch), which bounds the summaries held at once.
+pub const SYNC_BATCH_MAX_ENTRIES: usize = 4 * SYNC_BATCH_ENTRIES;
 
 /// Summaries sent in one SYNC request at most (a key window is cut there).
 pub const SYNC_WINDOW_BYTES: usize = REFILL_CHUNK_BYTES / 2;
@@ -68,6 +82,11 @@ pub struct AntiEntropy {
     rounds: AtomicU64,
     /// Entries stored because a round brought them.
     repaired: AtomicU64,
+    /// Entries sent to the partner, and their bytes with the summaries'.
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
+    /// Entries evicted because the partner refused them for room.
+    evicted: AtomicU64,
     last_round: Mutex<Option<Instant>>,
 }
 
@@ -78,6 +97,28 @@ impl AntiEntropy {
 
     pub fn repaired(&self) -> u64 {
         self.repaired.load(Ordering::Relaxed)
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    fn count_sent(&self, entries: &[Entry], summaries: usize) {
+        let bytes: usize = entries
+            .iter()
+            .map(|e| e.key.len() + e.data.len() + 27)
+            .sum();
+        self.sent.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.sent_bytes
+            .fetch_add((bytes + summaries) as u64, Ordering::Relaxed);
     }
 
     pub(super) fn completed(&self) {
@@ -107,26 +148,37 @@ pub async fn digest(store: &Store) -> Vec<BucketDigest> {
     out
 }
 
+/// Summaries of the entries in `buckets`, sorted by key; only the shards
+/// holding those buckets are scanned.
 async fn summarize(store: &Store, buckets: &BucketSet) -> Vec<Summary> {
     let mut out = Vec::new();
-    for shard in 0..store.shard_count() {
+    for shard in buckets.shards() {
         store.summarize_shard(shard, buckets, &mut out);
         tokio::task::yield_now().await;
     }
+    out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     out
 }
 
-/// `after < key <= upto`, an empty bound being open.
-fn in_window(key: &[u8], after: &[u8], upto: &[u8]) -> bool {
-    (after.is_empty() || key > after) && (upto.is_empty() || key <= upto)
+/// The encoded size of summaries (for the bytes-sent count).
+fn summary_bytes(summaries: &[Summary]) -> usize {
+    summaries.iter().map(|s| s.key.len() + 11).sum()
 }
 
-fn apply_all(worker: &Worker, entries: &[Entry]) -> u32 {
+/// Applies repairs; returns how many applied and the entries refused for
+/// room (to be evicted by the side that sent them).
+fn apply_all(worker: &Worker, entries: &[Entry]) -> (u32, Vec<Summary>) {
     let mut applied = 0;
+    let mut refused = Vec::new();
     for entry in entries {
         worker.clock.observe(entry.version);
         match worker.store.apply_repair(entry) {
             Ok(Applied::Yes) => applied += 1,
+            Ok(Applied::NoRoom) => refused.push(Summary {
+                key: entry.key.clone(),
+                version: entry.version,
+                tombstone: entry.tombstone,
+            }),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "repair entry dropped"),
         }
@@ -135,7 +187,20 @@ fn apply_all(worker: &Worker, entries: &[Entry]) -> u32 {
         .anti_entropy
         .repaired
         .fetch_add(u64::from(applied), Ordering::Relaxed);
-    applied
+    (applied, refused)
+}
+
+/// Evicts the entries the partner refused for room.
+fn evict_refused(worker: &Worker, refused: &[Summary]) -> u64 {
+    let evicted = refused
+        .iter()
+        .filter(|s| worker.store.evict_at(&s.key, s.version))
+        .count() as u64;
+    worker
+        .anti_entropy
+        .evicted
+        .fetch_add(evicted, Ordering::Relaxed);
+    evicted
 }
 
 fn busy() -> Response {
@@ -149,6 +214,9 @@ fn busy() -> Response {
 #[derive(Default)]
 pub struct Responder {
     guard: Option<OwnedMutexGuard<()>>,
+    /// The current batch's buckets and this side's summaries of them,
+    /// sorted by key (one scan serves all the batch's windows).
+    batch: Option<(Vec<u16>, Vec<Summary>)>,
 }
 
 impl Responder {
@@ -182,18 +250,29 @@ impl Responder {
                 if self.guard.is_none() {
                     return no_round();
                 }
-                sync(worker, &buckets, &after, &upto, summaries).await
+                if !self.batch.as_ref().is_some_and(|(b, _)| *b == buckets) {
+                    let mine = summarize(&worker.store, &BucketSet::new(&buckets)).await;
+                    self.batch = Some((buckets, mine));
+                }
+                let mine = self.batch.as_ref().map_or(&[][..], |(_, m)| &m[..]);
+                sync(worker, window(mine, &after, &upto), summaries)
             }
-            Request::Apply { last, entries } => {
+            Request::Apply {
+                last,
+                entries,
+                evict,
+            } => {
                 if self.guard.is_none() {
                     return no_round();
                 }
-                let count = apply_all(worker, &entries);
+                evict_refused(worker, &evict);
+                let (count, refused) = apply_all(worker, &entries);
                 if last {
                     worker.round_completed();
                     self.guard = None;
+                    self.batch = None;
                 }
-                Response::Applied { count }
+                Response::Applied { count, refused }
             }
             _ => Response::Error(ErrorReply::new(
                 ErrorCode::InvalidCommand,
@@ -210,19 +289,25 @@ fn no_round() -> Response {
     ))
 }
 
-/// Compares the initiator's summaries of a window with this store: returns
-/// this side's newer entries (bounded by a refill chunk) and the keys the
-/// initiator holds newer.
-async fn sync(
-    worker: &Worker,
-    buckets: &[u16],
-    after: &[u8],
-    upto: &[u8],
-    summaries: Vec<Summary>,
-) -> Response {
-    let set = BucketSet::new(buckets);
-    let mut mine = summarize(&worker.store, &set).await;
-    mine.retain(|s| in_window(&s.key, after, upto));
+/// The summaries (sorted by key) in the window `after < key <= upto`.
+fn window<'s>(sorted: &'s [Summary], after: &[u8], upto: &[u8]) -> &'s [Summary] {
+    let lo = if after.is_empty() {
+        0
+    } else {
+        sorted.partition_point(|s| &s.key[..] <= after)
+    };
+    let hi = if upto.is_empty() {
+        sorted.len()
+    } else {
+        sorted.partition_point(|s| &s.key[..] <= upto)
+    };
+    sorted.get(lo..hi.max(lo)).unwrap_or(&[])
+}
+
+/// Compares the initiator's summaries of a window with this store's
+/// (`mine`): returns this side's newer entries (bounded by a refill chunk)
+/// and the keys the initiator holds newer.
+fn sync(worker: &Worker, mine: &[Summary], summaries: Vec<Summary>) -> Response {
     let theirs: HashMap<&[u8], u64> = summaries.iter().map(|s| (&s.key[..], s.version)).collect();
     let my_versions: HashMap<&[u8], u64> = mine.iter().map(|s| (&s.key[..], s.version)).collect();
     let wanted: Vec<Bytes> = summaries
@@ -233,7 +318,7 @@ async fn sync(
     let mut budget = REFILL_CHUNK_BYTES.saturating_sub(wanted.iter().map(|k| k.len() + 2).sum());
     let mut entries = Vec::new();
     let mut complete = true;
-    for s in &mine {
+    for s in mine {
         if theirs.get(&s.key[..]).is_some_and(|&v| v >= s.version) {
             continue;
         }
@@ -248,6 +333,9 @@ async fn sync(
         budget = budget.saturating_sub(size);
         entries.push(entry);
     }
+    worker
+        .anti_entropy
+        .count_sent(&entries, wanted.iter().map(|k| k.len() + 2).sum());
     Response::Synced {
         complete,
         entries,
@@ -285,12 +373,13 @@ pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown
                     tracing::info!(%partner, "anti-entropy reaches the partner again");
                     partner_down = false;
                 }
-                if report.pulled + report.pushed > 0 {
+                if report.pulled + report.pushed + report.evicted > 0 {
                     tracing::info!(
                         %partner,
                         buckets = report.buckets,
                         pulled = report.pulled,
                         pushed = report.pushed,
+                        evicted = report.evicted,
                         complete = report.complete,
                         elapsed = ?started.elapsed(),
                         "anti-entropy repaired differences with the partner"
@@ -324,6 +413,8 @@ pub struct RoundReport {
     pub pulled: u64,
     /// Entries sent to the partner because it wanted them.
     pub pushed: u64,
+    /// Entries this side evicted because the partner refused them for room.
+    pub evicted: u64,
     /// Every difference this side saw was repaired.
     pub complete: bool,
 }
@@ -382,30 +473,56 @@ async fn round(
         complete: true,
         ..RoundReport::default()
     };
-    let mut batch: Vec<u16> = Vec::new();
-    let mut batch_entries = 0usize;
-    for (n, &b) in differing.iter().enumerate() {
-        batch.push(b as u16);
-        batch_entries += mine[b].entries.max(theirs[b].entries) as usize;
-        let last = n + 1 == differing.len();
-        if batch_entries >= SYNC_BATCH_ENTRIES || last {
-            sync_batch(worker, link, &batch, &mut report).await?;
-            batch.clear();
-            batch_entries = 0;
-        }
+    let sizes: Vec<usize> = differing
+        .iter()
+        .map(|&b| mine[b].entries.max(theirs[b].entries) as usize)
+        .collect();
+    for batch in batches(&differing, &sizes) {
+        sync_batch(worker, link, &batch, &mut report).await?;
     }
     match call(
         link,
         &Request::Apply {
             last: true,
             entries: Vec::new(),
+            evict: Vec::new(),
         },
     )
     .await?
     {
-        Response::Applied { .. } => Ok(report),
+        Response::Applied { refused, .. } => {
+            report.evicted += evict_refused(worker, &refused);
+            Ok(report)
+        }
         other => Err(unexpected("APPLY", &other)),
     }
+}
+
+/// Cuts the differing buckets (ascending, with their entry counts) into
+/// batches: at the first shard boundary past [`SYNC_BATCH_ENTRIES`], or
+/// anywhere past [`SYNC_BATCH_MAX_ENTRIES`].
+fn batches(differing: &[usize], sizes: &[usize]) -> Vec<Vec<u16>> {
+    let mut out = Vec::new();
+    let mut batch: Vec<u16> = Vec::new();
+    let mut entries = 0usize;
+    for (n, (&b, &size)) in differing.iter().zip(sizes).enumerate() {
+        batch.push(b as u16);
+        entries += size;
+        let next_shard = differing
+            .get(n + 1)
+            .map(|&next| next / BUCKETS_PER_SHARD != b / BUCKETS_PER_SHARD);
+        let cut = match next_shard {
+            None => true,
+            Some(boundary) => {
+                (boundary && entries >= SYNC_BATCH_ENTRIES) || entries >= SYNC_BATCH_MAX_ENTRIES
+            }
+        };
+        if cut {
+            out.push(std::mem::take(&mut batch));
+            entries = 0;
+        }
+    }
+    out
 }
 
 /// Repairs one batch of buckets, a key window at a time.
@@ -415,8 +532,7 @@ async fn sync_batch(
     buckets: &[u16],
     report: &mut RoundReport,
 ) -> Result<(), RoundError> {
-    let mut summaries = summarize(&worker.store, &BucketSet::new(buckets)).await;
-    summaries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    let summaries = summarize(&worker.store, &BucketSet::new(buckets)).await;
     let mut after = Bytes::new();
     let mut rest = &summaries[..];
     loop {
@@ -440,6 +556,9 @@ async fn sync_batch(
             upto: upto.clone(),
             summaries: rest[..n].to_vec(),
         };
+        worker
+            .anti_entropy
+            .count_sent(&[], summary_bytes(&rest[..n]) + 2 * buckets.len());
         let (complete, entries, wanted) = match call(link, &request).await? {
             Response::Synced {
                 complete,
@@ -449,8 +568,9 @@ async fn sync_batch(
             other => return Err(unexpected("SYNC", &other)),
         };
         report.complete &= complete;
-        report.pulled += u64::from(apply_all(worker, &entries));
-        push_wanted(worker, link, wanted, report).await?;
+        let (pulled, refused) = apply_all(worker, &entries);
+        report.pulled += u64::from(pulled);
+        push_wanted(worker, link, wanted, refused, report).await?;
         if last {
             return Ok(());
         }
@@ -459,13 +579,20 @@ async fn sync_batch(
     }
 }
 
-/// Sends the partner the entries it wants, a refill chunk at a time.
+/// Sends the partner the entries it wants, a refill chunk at a time, after
+/// the entries it sent that this side refused for room (`evict`, in an
+/// APPLY of their own, which stays within a frame: they were at most a
+/// chunk of entries); evicts those the partner refuses in turn.
 async fn push_wanted(
     worker: &Worker,
     link: &mut LinkConn,
     wanted: Vec<Bytes>,
+    evict: Vec<Summary>,
     report: &mut RoundReport,
 ) -> Result<(), RoundError> {
+    if !evict.is_empty() {
+        apply(worker, link, Vec::new(), evict, report).await?;
+    }
     let mut chunk = Vec::new();
     let mut bytes = 0;
     let total = wanted.len();
@@ -475,22 +602,85 @@ async fn push_wanted(
             chunk.push(entry);
         }
         if !chunk.is_empty() && (bytes >= REFILL_CHUNK_BYTES || i + 1 == total) {
-            let entries = std::mem::take(&mut chunk);
-            let sent = entries.len() as u64;
-            match call(
-                link,
-                &Request::Apply {
-                    last: false,
-                    entries,
-                },
-            )
-            .await?
-            {
-                Response::Applied { .. } => report.pushed += sent,
-                other => return Err(unexpected("APPLY", &other)),
-            }
+            apply(worker, link, std::mem::take(&mut chunk), Vec::new(), report).await?;
             bytes = 0;
         }
     }
     Ok(())
+}
+
+/// One APPLY (not the last) of `entries` and `evict`.
+async fn apply(
+    worker: &Worker,
+    link: &mut LinkConn,
+    entries: Vec<Entry>,
+    evict: Vec<Summary>,
+    report: &mut RoundReport,
+) -> Result<(), RoundError> {
+    worker
+        .anti_entropy
+        .count_sent(&entries, summary_bytes(&evict));
+    let sent = entries.len() as u64;
+    let request = Request::Apply {
+        last: false,
+        entries,
+        evict,
+    };
+    match call(link, &request).await? {
+        Response::Applied { refused, .. } => {
+            report.pushed += sent;
+            report.evicted += evict_refused(worker, &refused);
+            Ok(())
+        }
+        other => Err(unexpected("APPLY", &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(key: &str) -> Summary {
+        Summary {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            version: 1,
+            tombstone: false,
+        }
+    }
+
+    #[test]
+    fn windows_cut_sorted_summaries_by_their_bounds() {
+        let sorted: Vec<Summary> = ["a", "b", "c", "d"].into_iter().map(summary).collect();
+        let keys = |w: &[Summary]| w.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(window(&sorted, b"", b"")).len(), 4);
+        assert_eq!(keys(window(&sorted, b"a", b"c")), vec!["b", "c"]);
+        assert_eq!(keys(window(&sorted, b"c", b"")), vec!["d"]);
+        assert_eq!(keys(window(&sorted, b"", b"a")), vec!["a"]);
+        assert!(window(&sorted, b"d", b"").is_empty());
+        assert!(window(&sorted, b"c", b"b").is_empty(), "an empty window");
+    }
+
+    #[test]
+    fn batches_end_at_shard_boundaries_unless_a_shard_is_huge() {
+        let s = BUCKETS_PER_SHARD;
+        // Two buckets in shard 0 and one in shard 1, each big enough to
+        // end a batch: the batch ends only where the shard does.
+        let big = SYNC_BATCH_ENTRIES;
+        assert_eq!(
+            batches(&[0, 1, s], &[big, big, 1]),
+            vec![vec![0, 1], vec![s as u16]]
+        );
+        // Small ones share a batch across shards.
+        assert_eq!(
+            batches(&[0, s, 2 * s], &[10, 10, 10]),
+            vec![vec![0, s as u16, 2 * s as u16]]
+        );
+        // A shard past the hard bound is cut inside.
+        let huge = SYNC_BATCH_MAX_ENTRIES;
+        assert_eq!(
+            batches(&[0, 1, 2], &[huge, 1, 1]),
+            vec![vec![0], vec![1, 2]]
+        );
+        assert!(batches(&[], &[]).is_empty());
+    }
 }

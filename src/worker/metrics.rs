@@ -30,6 +30,9 @@ pub struct WorkerMetrics {
     refill_duration: Gauge,
     ae_rounds: IntCounter,
     ae_repairs: IntCounter,
+    ae_sent: IntCounter,
+    ae_sent_bytes: IntCounter,
+    ae_evicted: IntCounter,
 }
 
 impl Default for WorkerMetrics {
@@ -107,7 +110,19 @@ impl WorkerMetrics {
             ),
             ae_repairs: b.counter(
                 "rcache_anti_entropy_repairs_total",
-                "Entries repaired by anti-entropy (sent or received)",
+                "Entries this worker stored because an anti-entropy round brought them",
+            ),
+            ae_sent: b.counter(
+                "rcache_anti_entropy_sent_entries_total",
+                "Entries sent to the partner by anti-entropy",
+            ),
+            ae_sent_bytes: b.counter(
+                "rcache_anti_entropy_sent_bytes_total",
+                "Bytes of entries and summaries sent to the partner by anti-entropy",
+            ),
+            ae_evicted: b.counter(
+                "rcache_anti_entropy_evicted_total",
+                "Entries evicted because the partner, near its memory limit, refused them",
             ),
             registry,
         }
@@ -158,6 +173,9 @@ impl Exporter for Worker {
             .set(self.refill_millis.load(Ordering::Relaxed) as f64 / 1000.0);
         mirror(&m.ae_rounds, self.anti_entropy.rounds());
         mirror(&m.ae_repairs, self.anti_entropy.repaired());
+        mirror(&m.ae_sent, self.anti_entropy.sent());
+        mirror(&m.ae_sent_bytes, self.anti_entropy.sent_bytes());
+        mirror(&m.ae_evicted, self.anti_entropy.evicted());
     }
 
     /// 503 until the worker serves reads, and while it is incomplete: a

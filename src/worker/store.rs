@@ -3,8 +3,12 @@
 //! enforced by SIEVE eviction.
 //!
 //! # Layout
-//! Keys hash (foldhash, seeded per process, so clients cannot aim collisions)
-//! to one of [`SHARD_COUNT`] shards, each behind its own mutex; a lock is held
+//! A key's shard is the top bits of its stable hash ([`crate::hash::key_hash`],
+//! the same on every worker), so a shard holds a fixed range of anti-entropy
+//! buckets ([`BUCKETS_PER_SHARD`]) and partners can compare and repair a
+//! shard at a time. Within a shard, keys hash with foldhash (seeded per
+//! process, so clients cannot aim table collisions). Each of the
+//! [`SHARD_COUNT`] shards is behind its own mutex; a lock is held
 //! only for the map operation itself, never across I/O, compression or
 //! decompression. A shard keeps its entries in a slab (`Vec<Slot>`) and maps
 //! keys to slab indices with a `hashbrown::HashTable<u32>`, so the table
@@ -15,6 +19,13 @@
 //! back in segments (no allocator header or rounding per entry) and
 //! compacts a segment when holes pass an eighth of the shard's segment
 //! bytes.
+//!
+//! # Digests
+//! A shard keeps the anti-entropy digest of its buckets up to date as
+//! entries come and go (the wrapping sum of each entry's fingerprint), so a
+//! digest costs nothing per entry: partners whose data agree compare 4,096
+//! numbers and are done. An entry counts until it is removed (expired
+//! entries included, until the active expiry or a read removes them).
 //!
 //! # Eviction: SIEVE
 //! Each shard keeps its entries in insertion order with a "visited" bit that a
@@ -63,6 +74,16 @@ use tokio::time::Instant;
 
 /// Number of shards: enough that writers on all cores rarely meet on a lock.
 pub const SHARD_COUNT: usize = 64;
+
+/// Anti-entropy buckets per shard: shard `s` holds buckets
+/// `s * BUCKETS_PER_SHARD ..` (both are the top bits of the stable hash).
+pub const BUCKETS_PER_SHARD: usize = DIGEST_BUCKETS / SHARD_COUNT;
+const _: () = assert!(DIGEST_BUCKETS % SHARD_COUNT == 0 && SHARD_COUNT.is_power_of_two());
+
+/// The shard of a key whose stable hash is `key_hash`.
+fn shard_of(key_hash: u64) -> usize {
+    bucket_of_hash(key_hash) as usize / BUCKETS_PER_SHARD
+}
 
 /// What an entry costs beyond its bytes in the arena (header, key and
 /// stored value): its slot and its table bucket at 7/8 load.
@@ -150,6 +171,17 @@ impl BucketSet {
     pub fn contains(&self, bucket: u16) -> bool {
         let b = bucket as usize % DIGEST_BUCKETS;
         self.0[b / 64] & (1 << (b % 64)) != 0
+    }
+
+    /// The set's buckets in `shard`, one bit per bucket of the shard.
+    fn of_shard(&self, shard: usize) -> u64 {
+        const _: () = assert!(BUCKETS_PER_SHARD == 64);
+        self.0[shard % SHARD_COUNT]
+    }
+
+    /// The shards holding a bucket of the set.
+    pub fn shards(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..SHARD_COUNT).filter(|&s| self.of_shard(s) != 0)
     }
 }
 
@@ -388,6 +420,8 @@ struct Shard {
     tombstones: u64,
     raw_value_bytes: u64,
     stored_value_bytes: u64,
+    /// The digest of this shard's buckets (see the module's Digests).
+    digest: Vec<BucketDigest>,
 }
 
 impl Store {
@@ -398,6 +432,7 @@ impl Store {
                     newest: NIL,
                     oldest: NIL,
                     hand: NIL,
+                    digest: vec![BucketDigest::default(); BUCKETS_PER_SHARD],
                     ..Shard::default()
                 })
             })
@@ -460,12 +495,10 @@ impl Store {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn locate(&self, key: &[u8]) -> (u64, usize) {
-        let hash = self.hasher.hash_one(key);
-        // hashbrown places by the low bits and filters by the top 7: pick the
-        // shard from bits in between so neither is skewed within a shard.
-        let shard = ((hash >> 40) as usize & 0xffff) % SHARD_COUNT;
-        (hash, shard)
+    /// A key's table hash, stable hash and shard.
+    fn locate(&self, key: &[u8]) -> (u64, u64, usize) {
+        let key_hash = crate::hash::key_hash(key);
+        (self.hasher.hash_one(key), key_hash, shard_of(key_hash))
     }
 
     fn shard(&self, index: usize) -> std::sync::MutexGuard<'_, Shard> {
@@ -479,7 +512,7 @@ impl Store {
 
     /// Reads a live entry. Expired entries found here are removed.
     pub fn get(&self, key: &[u8]) -> Option<Found> {
-        let (hash, index) = self.locate(key);
+        let (hash, _, index) = self.locate(key);
         let now = self.now();
         let (data, compressed, raw_len, version, ttl_ms) = {
             let mut shard = self.shard(index);
@@ -530,7 +563,7 @@ impl Store {
     /// A live entry's version and remaining TTL in ms (0 = none), without
     /// copying its value.
     pub fn meta(&self, key: &[u8]) -> Option<(u64, u64)> {
-        let (hash, index) = self.locate(key);
+        let (hash, _, index) = self.locate(key);
         let now = self.now();
         let shard = self.shard(index);
         let idx = shard.find(hash, key)?;
@@ -592,21 +625,24 @@ impl Store {
     /// and an entry holding another version than `at` (a newer write got
     /// there first, or this worker lacks the value) is left as it is.
     pub fn expire(&self, key: &[u8], ttl_ms: u64, at: Option<u64>) -> bool {
-        let (hash, index) = self.locate(key);
+        let (hash, key_hash, index) = self.locate(key);
         let now = self.now();
         let mut shard = self.shard(index);
         let Some(idx) = shard.find(hash, key) else {
             return false;
         };
-        let slot = &mut shard.slots[idx as usize];
+        let slot = &shard.slots[idx as usize];
         if slot.is(FLAG_TOMBSTONE) || slot.expired(now) {
             return false;
         }
         if at.is_some_and(|at| at != slot.version) {
             return true;
         }
+        shard.account(idx, -1, key_hash);
+        let slot = &mut shard.slots[idx as usize];
         slot.version = slot.version.saturating_add(1);
         slot.set_expires_at(now.saturating_add(ttl_ms.max(1)));
+        shard.account(idx, 1, key_hash);
         true
     }
 
@@ -712,8 +748,10 @@ impl Store {
         if charge > max || new.bytes() > arena::MAX_ENTRY_BYTES {
             return Err(StoreError::TooLarge { charge, max });
         }
-        let (hash, index) = self.locate(key);
-        let put = self.shard(index).put(hash, key, new, now, &self.hasher);
+        let (hash, key_hash, index) = self.locate(key);
+        let put = self
+            .shard(index)
+            .put((hash, key_hash), key, new, now, &self.hasher);
         if put.added > put.freed {
             self.charged
                 .fetch_add(put.added - put.freed, Ordering::Relaxed);
@@ -798,10 +836,23 @@ impl Store {
         SHARD_COUNT
     }
 
-    /// Adds the digest of one shard's live entries and tombstones into
-    /// `out` (indexed by [`digest_bucket`]). Summed over every shard, two
-    /// stores holding the same versions of the same keys have equal digests.
+    /// Copies the digest of one shard's buckets into `out` (indexed by
+    /// [`digest_bucket`]). Two stores holding the same versions of the same
+    /// keys have equal digests.
     pub fn digest_shard(&self, shard: usize, out: &mut [BucketDigest]) {
+        let first = shard * BUCKETS_PER_SHARD;
+        if let Some(out) = out.get_mut(first..first + BUCKETS_PER_SHARD) {
+            out.copy_from_slice(&self.shard(shard).digest);
+        }
+    }
+
+    /// Summaries of one shard's entries (tombstones included) that fall in
+    /// `buckets`; a shard holding none of them is not scanned.
+    pub fn summarize_shard(&self, shard: usize, buckets: &BucketSet, out: &mut Vec<Summary>) {
+        let wanted = buckets.of_shard(shard);
+        if wanted == 0 {
+            return;
+        }
         let now = self.now();
         let shard = self.shard(shard);
         for slot in shard.slots.iter() {
@@ -809,40 +860,43 @@ impl Store {
                 continue;
             }
             let key = slot.key(&shard.arena);
-            let hash = crate::hash::key_hash(key);
-            if let Some(b) = out.get_mut(bucket_of_hash(hash) as usize) {
-                b.hash =
-                    b.hash
-                        .wrapping_add(fingerprint(hash, slot.version, slot.is(FLAG_TOMBSTONE)));
-                b.entries += 1;
-            }
-        }
-    }
-
-    /// Summaries of one shard's entries (tombstones included) that fall in
-    /// `buckets`.
-    pub fn summarize_shard(&self, shard: usize, buckets: &BucketSet, out: &mut Vec<Summary>) {
-        let now = self.now();
-        let shard = self.shard(shard);
-        for slot in shard.slots.iter() {
-            if slot.is(FLAG_FREE)
-                || slot.expired(now)
-                || !buckets.contains(digest_bucket(slot.key(&shard.arena)))
+            if wanted != u64::MAX
+                && wanted & 1 << (digest_bucket(key) as usize % BUCKETS_PER_SHARD) == 0
             {
                 continue;
             }
             out.push(Summary {
-                key: Bytes::copy_from_slice(slot.key(&shard.arena)),
+                key: Bytes::copy_from_slice(key),
                 version: slot.version,
                 tombstone: slot.is(FLAG_TOMBSTONE),
             });
         }
     }
 
+    /// Evicts `key` if it holds a live value at `version`: the partner
+    /// refused this entry for room, so the pair drops it (anti-entropy on
+    /// a full cache). Returns whether it was evicted.
+    pub fn evict_at(&self, key: &[u8], version: u64) -> bool {
+        let (hash, _, index) = self.locate(key);
+        let mut shard = self.shard(index);
+        let Some(idx) = shard.find(hash, key) else {
+            return false;
+        };
+        let slot = &shard.slots[idx as usize];
+        if slot.version != version || slot.is(FLAG_TOMBSTONE) {
+            return false;
+        }
+        let freed = shard.remove(idx, &self.hasher);
+        drop(shard);
+        self.charged.fetch_sub(freed, Ordering::Relaxed);
+        self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// The entry under `key` as it would travel in a refill (a tombstone
     /// too), unless it is missing or expired.
     pub fn entry(&self, key: &[u8]) -> Option<Entry> {
-        let (hash, index) = self.locate(key);
+        let (hash, _, index) = self.locate(key);
         let now = self.now();
         let shard = self.shard(index);
         let idx = shard.find(hash, key)?;
@@ -898,9 +952,10 @@ impl Shard {
     }
 
     /// Inserts or replaces, keeping the newer version.
+    /// `hashes` are the key's table hash and stable hash.
     fn put(
         &mut self,
-        hash: u64,
+        (hash, key_hash): (u64, u64),
         key: &[u8],
         new: NewSlot<'_>,
         now: u64,
@@ -939,12 +994,12 @@ impl Shard {
             }
             let freed = slot.charge(&self.arena);
             let old = slot.loc;
-            self.account(idx, -1);
+            self.account(idx, -1, key_hash);
             if self.arena.rewrite(old, &new.body()) {
                 let slot = &mut self.slots[idx as usize];
                 slot.version = new.version;
                 slot.meta = pack_meta(new.expires_at, new.key_len, new.flags | FLAG_VISITED);
-                self.account(idx, 1);
+                self.account(idx, 1, key_hash);
                 return Put {
                     applied: Applied::Yes,
                     added: freed,
@@ -954,7 +1009,7 @@ impl Shard {
             }
             let Some(loc) = self.arena.alloc(key, &new.body()) else {
                 // Refused by Store::put before it got here.
-                self.account(idx, 1);
+                self.account(idx, 1, key_hash);
                 return Put {
                     applied: Applied::NoRoom,
                     added: 0,
@@ -968,7 +1023,7 @@ impl Shard {
             // An overwrite counts as a hit: the key is in use.
             slot.meta = pack_meta(new.expires_at, new.key_len, new.flags | FLAG_VISITED);
             let added = slot.charge(&self.arena);
-            self.account(idx, 1);
+            self.account(idx, 1, key_hash);
             self.arena.free(old);
             self.compact_if_needed(hasher);
             return Put {
@@ -1032,7 +1087,7 @@ impl Shard {
         self.table.insert_unique(hash, idx, |&i| {
             hasher.hash_one(slots[i as usize].key(arena))
         });
-        self.account(idx, 1);
+        self.account(idx, 1, key_hash);
         Put {
             applied: Applied::Yes,
             added,
@@ -1041,9 +1096,23 @@ impl Shard {
         }
     }
 
-    /// Adds (`sign` 1) or removes (-1) a slot's share of the shard's sizes.
-    fn account(&mut self, idx: u32, sign: i64) {
+    /// Adds (`sign` 1) or removes (-1) a slot's share of the shard's sizes
+    /// and of its bucket's digest (`key_hash` is its key's stable hash).
+    fn account(&mut self, idx: u32, sign: i64, key_hash: u64) {
         let slot = &self.slots[idx as usize];
+        let print = fingerprint(key_hash, slot.version, slot.is(FLAG_TOMBSTONE));
+        if let Some(d) = self
+            .digest
+            .get_mut(bucket_of_hash(key_hash) as usize % BUCKETS_PER_SHARD)
+        {
+            if sign > 0 {
+                d.hash = d.hash.wrapping_add(print);
+                d.entries += 1;
+            } else {
+                d.hash = d.hash.wrapping_sub(print);
+                d.entries = d.entries.saturating_sub(1);
+            }
+        }
         let (entries, tombstones, raw, stored) = if slot.is(FLAG_TOMBSTONE) {
             (0, 1, 0, 0)
         } else {
@@ -1065,7 +1134,8 @@ impl Shard {
 
     /// Unlinks and frees slot `idx`; returns the bytes it was charged.
     fn remove(&mut self, idx: u32, hasher: &crate::sys::TableHasher) -> usize {
-        self.account(idx, -1);
+        let key_hash = crate::hash::key_hash(self.slots[idx as usize].key(&self.arena));
+        self.account(idx, -1, key_hash);
         let (newer, older, hash, charge) = {
             let slot = &self.slots[idx as usize];
             (
@@ -1289,6 +1359,94 @@ mod tests {
         let newer = b.entry(b"k42").expect("present");
         assert_eq!(a.apply_repair(&newer), Ok(Applied::Yes));
         assert_eq!(digest(&a), digest(&b));
+    }
+
+    /// The digest computed from scratch: every slot in use.
+    fn scanned_digest(s: &Store) -> Vec<BucketDigest> {
+        let mut out = vec![BucketDigest::default(); DIGEST_BUCKETS];
+        for index in 0..SHARD_COUNT {
+            let shard = s.shard(index);
+            for slot in shard.slots.iter().filter(|slot| !slot.is(FLAG_FREE)) {
+                let hash = crate::hash::key_hash(slot.key(&shard.arena));
+                assert_eq!(shard_of(hash), index, "a key in another shard");
+                let b = &mut out[bucket_of_hash(hash) as usize];
+                b.hash =
+                    b.hash
+                        .wrapping_add(fingerprint(hash, slot.version, slot.is(FLAG_TOMBSTONE)));
+                b.entries += 1;
+            }
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kept_digests_equal_a_scan_through_every_kind_of_change() {
+        let seed = crate::sys::random_u64();
+        println!("seed {seed}");
+        let mut rng = seed | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Small enough that writes evict.
+        let s = store(256 << 10);
+        for step in 0..20_000u64 {
+            let key = format!("k{}", next() % 3_000);
+            let version = step + 1;
+            match next() % 8 {
+                0..=2 => {
+                    let ttl = (next() % 2 == 0).then(|| Duration::from_millis(next() % 50 + 1));
+                    s.set(
+                        key.as_bytes(),
+                        &vec![b'v'; (next() % 300) as usize],
+                        ttl,
+                        version,
+                    )
+                    .expect("set");
+                }
+                3 => {
+                    s.delete(key.as_bytes(), version).expect("delete");
+                }
+                4 => {
+                    s.expire(key.as_bytes(), next() % 50 + 1, None);
+                }
+                5 => {
+                    s.get(key.as_bytes());
+                }
+                6 => {
+                    if let Some(found) = s.get(key.as_bytes()) {
+                        s.evict_at(key.as_bytes(), found.version);
+                    }
+                }
+                _ => {
+                    tokio::time::advance(Duration::from_millis(next() % 20)).await;
+                    s.expire_step(64);
+                }
+            }
+            if step % 1_000 == 0 {
+                assert_eq!(digest(&s), scanned_digest(&s), "seed {seed} step {step}");
+            }
+        }
+        assert!(
+            s.stats.evictions.load(Ordering::Relaxed) > 0,
+            "nothing evicted"
+        );
+        assert_eq!(digest(&s), scanned_digest(&s), "seed {seed}");
+    }
+
+    #[test]
+    fn evict_at_drops_only_the_version_named() {
+        let s = store(1 << 20);
+        s.set(b"k", b"v", None, 5).expect("set");
+        assert!(!s.evict_at(b"k", 4), "another version");
+        assert!(s.get(b"k").is_some());
+        assert!(s.evict_at(b"k", 5));
+        assert!(s.get(b"k").is_none());
+        s.delete(b"t", 9).expect("delete");
+        assert!(!s.evict_at(b"t", 9), "a tombstone stays");
+        assert_eq!(s.stats.evictions.load(Ordering::Relaxed), 1);
     }
 
     #[test]
