@@ -588,6 +588,76 @@ fn a_frozen_worker_never_serves_reads_it_missed() {
     }
 }
 
+/// A value overwritten with a TTL while one worker was frozen (no hints,
+/// so only anti-entropy can tell it), then expired: the old value the
+/// frozen worker kept never comes back, on either worker. The expiry is as
+/// final as a delete.
+#[test]
+fn an_expired_overwrite_is_as_final_as_a_delete() {
+    let (a, b) = pair(&["--anti-entropy-interval", "200ms"]);
+    let o = orchestrator(
+        &[a.port, b.port],
+        &[
+            "--worker-timeout",
+            "300ms",
+            "--health-interval",
+            "100ms",
+            "--max-hint-bytes",
+            "0",
+        ],
+    );
+    let mut c = Client::connect(o.port);
+    for i in 0..20 {
+        assert_eq!(c.req(&format!("set||k{i}||old")), "0||");
+    }
+    b.signal(libc::SIGSTOP);
+    // Once the orchestrator sees B down, B gets none of the overwrites.
+    assert!(
+        eventually(Duration::from_secs(5), || health_in_cluster(o.port, b.port)
+            == "down"),
+        "B never seen down"
+    );
+    for i in 0..20 {
+        assert_eq!(c.req(&format!("setex||k{i}||1||new")), "0||", "k{i}");
+    }
+    // Expired on A, and B (which kept "old") thawed.
+    let mut direct_a = Client::connect(a.port);
+    assert!(
+        eventually(Duration::from_secs(5), || direct_a.req("get||k19")
+            == "2||key not found"),
+        "the TTL of 1 s never ran out on A"
+    );
+    b.signal(libc::SIGCONT);
+    // Three rounds after the thaw, neither worker holds "old".
+    let rounds = |w: &Daemon| {
+        let (_, body) = http_get(&w.metrics_addr(), "/metrics");
+        metric(&body, "rcache_anti_entropy_rounds_total").unwrap_or(0.0)
+    };
+    let start = rounds(&b);
+    assert!(
+        eventually(Duration::from_secs(10), || rounds(&b) >= start + 3.0),
+        "no anti-entropy round after the thaw"
+    );
+    let mut direct_b = Client::connect(b.port);
+    for i in 0..20 {
+        assert_eq!(
+            direct_a.req(&format!("get||k{i}")),
+            "2||key not found",
+            "k{i} on A"
+        );
+        assert_eq!(
+            direct_b.req(&format!("get||k{i}")),
+            "2||key not found",
+            "k{i} on B"
+        );
+        assert_eq!(
+            c.req(&format!("get||k{i}")),
+            "2||key not found",
+            "k{i} through the orchestrator"
+        );
+    }
+}
+
 /// The `rcache` command against a cluster, as a newcomer uses it.
 fn secure_cli() -> Vec<String> {
     if secure::on() {

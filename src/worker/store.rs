@@ -55,8 +55,12 @@
 //! (ties: the larger bytes win, so replicas converge whatever the arrival
 //! order). A delete leaves a tombstone carrying its version for
 //! `tombstone_ttl`, so a refill or a late write with an older version cannot
-//! bring the key back. Expired entries are removed lazily when read and
-//! actively by [`Store::expire_step`], which a worker runs in the background.
+//! bring the key back. An entry whose TTL ran out becomes such a tombstone
+//! too (its version, for `tombstone_ttl` from its deadline), so an expiry is
+//! as final as a delete: a partner's older copy cannot come back over it.
+//! Expired entries are turned into tombstones (and expired tombstones
+//! removed) lazily when read and actively by [`Store::expire_step`], which
+//! a worker runs in the background.
 
 use super::arena::{self, Arena, Loc, NO_LOC};
 use crate::protocol::link::{
@@ -489,6 +493,10 @@ impl Store {
         evicted
     }
 
+    fn tombstone_ms(&self) -> u64 {
+        self.config.tombstone_ttl.as_millis() as u64
+    }
+
     /// Milliseconds since this store was made (monotonic; follows
     /// `tokio::time::pause` in tests).
     fn now(&self) -> u64 {
@@ -523,7 +531,8 @@ impl Store {
                 if !slot.is(FLAG_TOMBSTONE) {
                     self.stats.expirations.fetch_add(1, Ordering::Relaxed);
                 }
-                let freed = shard.remove(idx, &self.hasher);
+                let (added, freed) = shard.expire_slot(idx, now, self.tombstone_ms(), &self.hasher);
+                self.charged.fetch_add(added, Ordering::Relaxed);
                 self.charged.fetch_sub(freed, Ordering::Relaxed);
                 return None;
             }
@@ -783,15 +792,18 @@ impl Store {
         }
     }
 
-    /// Removes expired entries and tombstones, looking at up to `budget`
-    /// slots of every shard. Returns how many were removed.
+    /// Turns expired entries into tombstones and removes expired
+    /// tombstones, looking at up to `budget` slots of every shard. Returns
+    /// how many it expired or removed.
     pub fn expire_step(&self, budget: usize) -> usize {
         let now = self.now();
         let mut removed = 0;
         for index in 0..SHARD_COUNT {
             let mut shard = self.shard(index);
-            let (entries, tombstones, freed) = shard.expire(now, budget, &self.hasher);
+            let (entries, tombstones, added, freed) =
+                shard.expire(now, budget, self.tombstone_ms(), &self.hasher);
             removed += entries + tombstones;
+            self.charged.fetch_add(added, Ordering::Relaxed);
             self.charged.fetch_sub(freed, Ordering::Relaxed);
             self.stats
                 .expirations
@@ -1224,18 +1236,52 @@ impl Shard {
         Some(self.remove(idx, hasher))
     }
 
-    /// Removes expired slots among the next `budget` slab indices.
-    /// Returns (entries removed, tombstones removed, bytes freed).
+    /// An expired slot: an entry becomes a tombstone of its version until
+    /// `tombstone_ms` after its deadline (removed if that has passed too),
+    /// a tombstone is removed. Returns the bytes (charged, freed).
+    fn expire_slot(
+        &mut self,
+        idx: u32,
+        now: u64,
+        tombstone_ms: u64,
+        hasher: &crate::sys::TableHasher,
+    ) -> (usize, usize) {
+        let slot = &self.slots[idx as usize];
+        let until = slot.expires_at().saturating_add(tombstone_ms);
+        if slot.is(FLAG_TOMBSTONE) || until <= now {
+            return (0, self.remove(idx, hasher));
+        }
+        let key = slot.key(&self.arena).to_vec();
+        let key_hash = crate::hash::key_hash(&key);
+        let (old, freed) = (slot.loc, slot.charge(&self.arena));
+        let Some(loc) = self.arena.alloc(&key, &[&[], &[]]) else {
+            return (0, self.remove(idx, hasher));
+        };
+        self.account(idx, -1, key_hash);
+        let slot = &mut self.slots[idx as usize];
+        slot.loc = loc;
+        slot.meta = pack_meta(until, key_len(&key), FLAG_TOMBSTONE);
+        let added = slot.charge(&self.arena);
+        self.account(idx, 1, key_hash);
+        self.arena.free(old);
+        self.compact_if_needed(hasher);
+        (added, freed)
+    }
+
+    /// Expires slots among the next `budget` slab indices (see
+    /// [`Shard::expire_slot`]). Returns (entries expired, tombstones
+    /// removed, bytes charged, bytes freed).
     fn expire(
         &mut self,
         now: u64,
         budget: usize,
+        tombstone_ms: u64,
         hasher: &crate::sys::TableHasher,
-    ) -> (usize, usize, usize) {
-        let (mut entries, mut tombstones, mut freed) = (0, 0, 0);
+    ) -> (usize, usize, usize, usize) {
+        let (mut entries, mut tombstones, mut added, mut freed) = (0, 0, 0, 0);
         let len = self.slots.len();
         if len == 0 {
-            return (0, 0, 0);
+            return (0, 0, 0, 0);
         }
         for _ in 0..budget.min(len) {
             if self.expiry_cursor >= len {
@@ -1252,9 +1298,11 @@ impl Shard {
             } else {
                 entries += 1;
             }
-            freed += self.remove(idx, hasher);
+            let (a, f) = self.expire_slot(idx, now, tombstone_ms, hasher);
+            added += a;
+            freed += f;
         }
-        (entries, tombstones, freed)
+        (entries, tombstones, added, freed)
     }
 }
 
@@ -1543,6 +1591,48 @@ mod tests {
         assert_eq!(s.usage().entries, 1);
         assert!(s.get(b"forever").is_some());
         assert_eq!(s.stats.expirations.load(Ordering::Relaxed), 2);
+    }
+
+    /// An overwrite with a TTL that expired is as final as a delete: the
+    /// older value a partner kept (it missed the overwrite) cannot come
+    /// back through a repair or a refill, until `tombstone_ttl` after the
+    /// deadline. Lazily (a read) and actively (the expiry step) alike.
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_entry_leaves_a_tombstone_of_its_version() {
+        let s = Store::new(StoreConfig {
+            tombstone_ttl: Duration::from_secs(60),
+            ..StoreConfig::default()
+        });
+        let old = |key: &str| Entry {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            version: 1,
+            ttl_ms: 0,
+            tombstone: false,
+            compressed: false,
+            raw_len: 3,
+            data: Bytes::from_static(b"old"),
+        };
+        for key in ["read", "stepped"] {
+            s.set(key.as_bytes(), b"new", Some(Duration::from_secs(1)), 2)
+                .expect("set");
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.get(b"read").is_none(), "expired");
+        s.expire_step(1024);
+        assert_eq!((s.usage().entries, s.usage().tombstones), (0, 2));
+        for key in ["read", "stepped"] {
+            assert_eq!(s.apply_repair(&old(key)), Ok(Applied::Newer(2)), "{key}");
+            assert_eq!(s.apply(&old(key)), Ok(Applied::Newer(2)), "{key}");
+            assert!(s.get(key.as_bytes()).is_none(), "{key} came back");
+            let tomb = s.entry(key.as_bytes()).expect("the tombstone travels");
+            assert!(tomb.tombstone && tomb.version == 2, "{key}: {tomb:?}");
+        }
+        // A newer write replaces it as it would a delete's tombstone.
+        assert_eq!(s.set(b"read", b"newer", None, 3), Ok(Applied::Yes));
+        // And it goes tombstone_ttl after the deadline.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        s.expire_step(1024);
+        assert_eq!((s.usage().entries, s.usage().tombstones), (1, 0));
     }
 
     #[tokio::test(start_paused = true)]
