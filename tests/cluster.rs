@@ -658,6 +658,60 @@ fn an_expired_overwrite_is_as_final_as_a_delete() {
     }
 }
 
+/// A worker that missed writes beyond its hint queue (so the orchestrator
+/// knows it may hold older values, not which) serves no reads, even when
+/// its partner fails: the read gets an error, never a value older than an
+/// acknowledged overwrite.
+#[test]
+fn a_worker_whose_hints_overflowed_serves_no_stale_reads_when_its_partner_fails() {
+    // No anti-entropy during the test (the first round runs at start).
+    let (mut a, b) = pair(&["--anti-entropy-interval", "1h"]);
+    let o = orchestrator(
+        &[a.port, b.port],
+        &[
+            "--worker-timeout",
+            "300ms",
+            "--health-interval",
+            "100ms",
+            "--max-hint-bytes",
+            "0",
+        ],
+    );
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req("set||k||old"), "0||");
+    b.signal(libc::SIGSTOP);
+    assert!(
+        eventually(Duration::from_secs(5), || health_in_cluster(o.port, b.port)
+            == "down"),
+        "B never seen down"
+    );
+    assert_eq!(c.req("set||k||new"), "0||");
+    b.signal(libc::SIGCONT);
+    assert!(
+        eventually(Duration::from_secs(5), || health_in_cluster(o.port, b.port)
+            == "behind"),
+        "B never seen behind: {}",
+        health_in_cluster(o.port, b.port)
+    );
+    a.kill9();
+    let reply = c.req("get||k");
+    assert_ne!(reply, "0||old", "a stale read");
+    assert!(
+        reply.starts_with("6||"),
+        "not an unavailable error: {reply}"
+    );
+    assert!(reply.contains("max_hint_bytes"), "{reply}");
+    let (_, body) = http_get(&o.metrics_addr(), "/metrics");
+    let refused = metric(
+        &body,
+        &format!(
+            "rcache_reads_refused_stale_total{{worker=\"127.0.0.1:{}\"}}",
+            b.port
+        ),
+    );
+    assert_eq!(refused, Some(1.0), "{body}");
+}
+
 /// The `rcache` command against a cluster, as a newcomer uses it.
 fn secure_cli() -> Vec<String> {
     if secure::on() {

@@ -24,6 +24,7 @@ pub struct OrchestratorMetrics {
     errors: IntCounterVec,
     failovers: IntCounterVec,
     hints_dropped: IntCounterVec,
+    stale_refused: IntCounterVec,
     /// Writes no worker acknowledged in time but one may have applied.
     pub writes_unknown: IntCounter,
     /// Writes stamped again because a worker held a newer version.
@@ -89,6 +90,11 @@ impl OrchestratorMetrics {
                 "Hints dropped because the worker's queue was full (anti-entropy repairs those)",
                 &["worker"],
             ),
+            stale_refused: b.counter_vec(
+                "rcache_reads_refused_stale_total",
+                "Reads this worker was not asked because it missed writes beyond max_hint_bytes and is not repaired yet (its partner could not serve them either)",
+                &["worker"],
+            ),
             writes_unknown: b.counter(
                 "rcache_writes_unknown_total",
                 "Writes answered 'outcome unknown': no worker acknowledged in time",
@@ -108,13 +114,19 @@ impl OrchestratorMetrics {
             errors: self.errors.with_label_values(&[addr]),
             failovers: self.failovers.with_label_values(&[addr]),
             hints_dropped: self.hints_dropped.with_label_values(&[addr]),
+            stale_refused: self.stale_refused.with_label_values(&[addr]),
         }
     }
 
     /// Drops a removed worker's counters and histogram (its gauges are
     /// rebuilt from the pairs in force at every scrape).
     pub fn forget(&self, addr: &str) {
-        for vec in [&self.errors, &self.failovers, &self.hints_dropped] {
+        for vec in [
+            &self.errors,
+            &self.failovers,
+            &self.hints_dropped,
+            &self.stale_refused,
+        ] {
             let _ = vec.remove_label_values(&[addr]);
         }
         let _ = self.latency.remove_label_values(&[addr]);

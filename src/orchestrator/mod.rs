@@ -321,6 +321,19 @@ impl Router {
             // hints before it serves a read, or the read could go back in
             // time (its partner is not up either, or it failed just now).
             if backend.health() != Health::Up {
+                // Hints dropped for room: its reads may go back in time
+                // until anti-entropy repaired it, so it serves none.
+                if backend.known_stale() {
+                    backend.metrics.stale_refused.inc();
+                    last_error = Some(format!(
+                        "{} missed writes beyond max_hint_bytes and is not repaired yet",
+                        backend.addr
+                    ));
+                    if tried == 0 {
+                        backend.metrics.failovers.inc();
+                    }
+                    continue;
+                }
                 if let Err(e) = backend.flush_hints(worker_timeout).await {
                     last_error = Some(e.to_string());
                     if tried == 0 {

@@ -314,6 +314,8 @@ pub struct BackendMetrics {
     pub failovers: IntCounter,
     /// Hints dropped because the queue was full.
     pub hints_dropped: IntCounter,
+    /// Reads not sent to this worker because it is known stale.
+    pub stale_refused: IntCounter,
 }
 
 impl BackendMetrics {
@@ -325,6 +327,7 @@ impl BackendMetrics {
             errors: IntCounter::new("errors", "errors").expect("valid counter"),
             failovers: IntCounter::new("failovers", "failovers").expect("valid counter"),
             hints_dropped: IntCounter::new("dropped", "dropped").expect("valid counter"),
+            stale_refused: IntCounter::new("stale", "stale").expect("valid counter"),
         }
     }
 }
@@ -483,6 +486,14 @@ impl Backend {
         if self.health() != Health::Down {
             self.set_health(Health::Behind);
         }
+    }
+
+    /// Whether this worker is known to lack acknowledged writes that no
+    /// hint holds (its hint queue overflowed) and has not caught up since:
+    /// a read it served could return a value older than one acknowledged.
+    pub fn known_stale(&self) -> bool {
+        let c = self.catchup();
+        c.behind && c.overflowed
     }
 
     /// Applies a probe's answer: the worker is reachable in `healthy`
