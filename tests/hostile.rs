@@ -141,7 +141,29 @@ fn a_client_that_never_reads_cannot_make_the_server_buffer_without_bound() {
         let _ = s.write_all(requests.as_bytes());
         s
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The worker stops answering the stalled client once its socket
+    // buffers are full: wait until the gets it has run stop growing (well
+    // short of all 4,000, which would mean it buffered every answer).
+    let gets = || {
+        metric(
+            &http_get(&w.metrics_addr(), "/metrics").1,
+            r#"rcache_requests_total{command="get",result="ok"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    let mut last = -1.0;
+    let mut same = 0;
+    let stalled = eventually(Duration::from_secs(10), || {
+        let now = gets();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+        now > 0.0 && same >= 5
+    });
+    assert!(
+        stalled,
+        "the worker's answers never stalled ({last} gets run)"
+    );
+    assert!(last < 4000.0, "the worker ran every get: {last}");
     // Others are served meanwhile.
     let mut other = Client::connect(w.port);
     assert_eq!(other.req("ping"), "0||pong");
