@@ -364,14 +364,40 @@ fn seeded_simulations_keep_every_acknowledged_write() {
             (first..first + env_u64("RCACHE_SIM_SEEDS").unwrap_or(200)).collect()
         }
     };
-    println!("simulating seeds {}..={}", seeds[0], seeds[seeds.len() - 1]);
-    let mut failed = Vec::new();
-    for &seed in &seeds {
-        if let Err(e) = simulate(seed) {
-            eprintln!("{e}\nreplay: RCACHE_SIM_SEED={seed}");
-            failed.push(seed);
-        }
-    }
+    // Each simulation runs on one thread with its own world and generator
+    // (see `rcache::sys::sim`), so seeds spread over the cores.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(seeds.len());
+    println!(
+        "simulating seeds {}..={} on {threads} threads",
+        seeds[0],
+        seeds[seeds.len() - 1]
+    );
+    let mut failed: Vec<u64> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..threads)
+            .map(|t| {
+                let seeds = &seeds;
+                scope.spawn(move || {
+                    let mut failed = Vec::new();
+                    for &seed in seeds.iter().skip(t).step_by(threads) {
+                        if let Err(e) = simulate(seed) {
+                            eprintln!("{e}\nreplay: RCACHE_SIM_SEED={seed}");
+                            failed.push(seed);
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .flat_map(|run| {
+                run.join()
+                    .unwrap_or_else(|_| panic!("a simulation thread panicked"))
+            })
+            .collect()
+    });
+    failed.sort_unstable();
     println!("{} seeds simulated, {} failed", seeds.len(), failed.len());
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }

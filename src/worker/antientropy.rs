@@ -404,6 +404,33 @@ pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown
     }
 }
 
+/// One round with `partner` now, as the initiator, whatever this worker's
+/// state: a refill closes with it, which brings what the refill's scan
+/// missed (entries written on the partner into slots behind its cursor).
+/// A busy partner is asked again for up to [`ROUND_TIMEOUT`].
+pub async fn closing_round(worker: &Worker, partner: &str) -> Result<RoundReport, String> {
+    let _guard = worker.anti_entropy.round.clone().lock_owned().await;
+    let give_up = Instant::now() + ROUND_TIMEOUT;
+    let mut pause = Duration::from_millis(20);
+    let mut link = None;
+    loop {
+        match round(worker, partner, &mut link).await {
+            Ok(report) => {
+                if report.complete {
+                    worker.round_completed();
+                }
+                return Ok(report);
+            }
+            Err(RoundError::Failed(e)) => return Err(e.to_string()),
+            Err(RoundError::Skipped(why)) if Instant::now() + pause > give_up => return Err(why),
+            Err(RoundError::Skipped(_)) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
 /// What a round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RoundReport {

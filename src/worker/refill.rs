@@ -4,8 +4,12 @@
 //! - ready: its entries are streamed here. While the stream runs, live
 //!   writes reach this worker too; each entry and each write carries its
 //!   version and the store keeps the newer, so the order they meet in does
-//!   not matter. If the partner dies mid-stream, the worker says so loudly
-//!   and serves what it has.
+//!   not matter. The stream scans the partner's slots in order, so an entry
+//!   written there into a slot behind the scan (one no orchestrator sent
+//!   here too: another orchestrator's, a hint lost with an orchestrator's
+//!   restart) is not in it: the refill closes with an anti-entropy round,
+//!   before the worker serves, which brings those. If the partner dies
+//!   mid-stream, the worker says so loudly and serves what it has.
 //! - starting or refilling: the partner is a new process too (two partners
 //!   starting together), so there is nothing to copy: both start empty and
 //!   nobody waits on anybody.
@@ -26,6 +30,7 @@
 //! partner: the partner's old data is gone then, and both hold all the pair
 //! has.
 
+use super::antientropy::RoundReport;
 use super::Worker;
 use crate::client::link::LinkConn;
 use crate::client::ClientError;
@@ -56,8 +61,13 @@ pub enum RefillOutcome {
     /// The partner could not be reached within `refill_wait`, or refused
     /// the link: started empty, incomplete.
     Unreachable(String),
-    /// Every entry of the partner arrived, taking `elapsed`.
-    Done { entries: u64, elapsed: Duration },
+    /// Every entry of the partner arrived, taking `elapsed` (the closing
+    /// anti-entropy round included, which did `closing`).
+    Done {
+        entries: u64,
+        elapsed: Duration,
+        closing: RoundReport,
+    },
     /// The stream broke off; serving what arrived, incomplete.
     Failed { entries: u64, error: String },
 }
@@ -99,9 +109,21 @@ pub async fn refill_from_partner(worker: &Worker) -> RefillOutcome {
             "STARTED EMPTY: not refilling ({why}); serving, but incomplete until \
              anti-entropy with the partner repairs it (do not restart the partner before)"
         ),
-        RefillOutcome::Done { entries, elapsed } => {
+        RefillOutcome::Done {
+            entries,
+            elapsed,
+            closing,
+        } => {
             let rate = *entries as f64 / elapsed.as_secs_f64().max(1e-6);
-            tracing::info!(%partner, entries, ?elapsed, entries_per_second = rate as u64, "refilled from the partner")
+            tracing::info!(
+                %partner,
+                entries,
+                ?elapsed,
+                entries_per_second = rate as u64,
+                closing_round_pulled = closing.pulled,
+                closing_round_pushed = closing.pushed,
+                "refilled from the partner"
+            )
         }
         RefillOutcome::Failed { entries, error } => tracing::error!(
             %partner,
@@ -205,10 +227,18 @@ async fn refill(worker: &Worker, partner: &str) -> Result<RefillOutcome, Unreach
         }
     }
     .await;
+    drop(link);
     Ok(match result {
-        Ok(()) => RefillOutcome::Done {
-            entries,
-            elapsed: started.elapsed(),
+        Ok(()) => match super::antientropy::closing_round(worker, partner).await {
+            Ok(closing) => RefillOutcome::Done {
+                entries,
+                elapsed: started.elapsed(),
+                closing,
+            },
+            Err(e) => RefillOutcome::Failed {
+                entries,
+                error: format!("the closing anti-entropy round failed: {e}"),
+            },
         },
         // The partner stopped being ready before streaming: not a failure.
         Err(ClientError::Protocol(e)) if entries == 0 && e.contains("loading") => {
