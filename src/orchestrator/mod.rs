@@ -737,7 +737,7 @@ impl Service for Router {
                     Ok(None) => return Reply::Integer(0),
                     Err(e) => return Reply::Error(e),
                 };
-                self.clock.observe(version.saturating_add(1));
+                self.clock.observe(crate::version::after(version));
                 let request = Request::Expire {
                     version,
                     ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),

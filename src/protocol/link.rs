@@ -145,7 +145,8 @@ pub enum Request {
     Meta {
         key: Bytes,
     },
-    /// Gives the entry a new TTL and the version `version + 1` if it holds
+    /// Gives the entry a new TTL and the version after `version`
+    /// ([`crate::version::after`]: one logical tick, same node) if it holds
     /// exactly `version` (the value the client's EXPIRE found); answered
     /// `Del { existed }` (a live entry was there, changed or not).
     Expire {

@@ -624,7 +624,7 @@ impl Store {
     }
 
     /// Gives a live entry a new time to live (`ttl_ms` from now) and the
-    /// version right after its own, if it holds version `at` (whatever
+    /// version right after its own ([`crate::version::after`]), if it holds version `at` (whatever
     /// version it holds when `None`). Returns whether a live entry was there.
     ///
     /// A TTL change is a change of the entry, so it takes a version (anti-
@@ -649,7 +649,7 @@ impl Store {
         }
         shard.account(idx, -1, key_hash);
         let slot = &mut shard.slots[idx as usize];
-        slot.version = slot.version.saturating_add(1);
+        slot.version = crate::version::after(slot.version);
         slot.set_expires_at(now.saturating_add(ttl_ms.max(1)));
         shard.account(idx, 1, key_hash);
         true
@@ -1320,9 +1320,14 @@ mod tests {
             store.set(b"k", b"old", None, 5).expect("set");
             if expire_first {
                 assert!(store.expire(b"k", 60_000, Some(5)));
-                assert_eq!(store.meta(b"k").map(|(v, _)| v), Some(6));
+                assert_eq!(
+                    store.meta(b"k").map(|(v, _)| v),
+                    Some(crate::version::after(5))
+                );
             }
-            store.set(b"k", b"new", None, 100).expect("set");
+            // Another node's stamp one tick later.
+            let later = crate::version::after(5) + 1;
+            store.set(b"k", b"new", None, later).expect("set");
             if !expire_first {
                 assert!(store.expire(b"k", 60_000, Some(5)), "the key is there");
             }
@@ -1332,7 +1337,7 @@ mod tests {
         assert_eq!(finals[0], finals[1]);
         assert_eq!(
             (&finals[0].0[..], finals[0].1, finals[0].2),
-            (&b"new"[..], 100, 0)
+            (&b"new"[..], crate::version::after(5) + 1, 0)
         );
 
         // Without a concurrent write the TTL takes the next version, so a
@@ -1351,7 +1356,7 @@ mod tests {
             b.apply(entry).expect("apply");
         }
         let (version, ttl) = b.meta(b"k").expect("present");
-        assert_eq!(version, 6);
+        assert_eq!(version, crate::version::after(5));
         assert!(ttl > 59_000 && ttl <= 60_000, "{ttl}");
     }
 
@@ -1707,7 +1712,10 @@ mod tests {
         let found = s.get(b"text").expect("live");
         assert_eq!(found.value.to_vec(), text);
         assert!(s.expire(b"text", 5_000, Some(7)));
-        assert_eq!(s.meta(b"text").map(|(v, _)| v), Some(8));
+        assert_eq!(
+            s.meta(b"text").map(|(v, _)| v),
+            Some(crate::version::after(7))
+        );
         let ttl = s.meta(b"text").map(|(_, t)| t).unwrap_or_default();
         assert!(ttl > 4_000 && ttl <= 5_000, "{ttl}");
         assert_eq!(s.get(b"text").map(|f| f.value.to_vec()), Some(text));
