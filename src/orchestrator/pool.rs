@@ -145,12 +145,16 @@ struct Catchup {
     target: Option<(u64, u64)>,
     /// The state the last probe reported (`Up` or `Loading`).
     probed: Option<Health>,
+    /// It was unreachable from here since it was last caught up: only
+    /// anti-entropy (or a restart) can catch it up, not hints.
+    unreached: bool,
 }
 
 impl Catchup {
     fn caught_up(&mut self) {
         self.behind = false;
         self.overflowed = false;
+        self.unreached = false;
         self.awaiting_probe = false;
         self.target = None;
     }
@@ -506,7 +510,20 @@ impl Backend {
         self.synced.store(synced, Ordering::Relaxed);
         let mut c = self.catchup();
         c.probed = Some(healthy);
-        if c.behind {
+        if self.health() == Health::Down {
+            // Unreachable from here, so maybe from other orchestrators
+            // too: it may lack writes they (or this orchestrator's former
+            // process, whose hints died with it) acknowledged, which no
+            // hint here covers. Only anti-entropy after now proves it
+            // holds them.
+            if !c.behind {
+                tracing::info!(worker = %self.addr, "worker reachable again; no reads from it until anti-entropy with its partner confirms it missed nothing");
+            }
+            c.behind = true;
+            c.unreached = true;
+            c.awaiting_probe = false;
+            c.target = Some((incarnation, synced + CATCHUP_ROUNDS));
+        } else if c.behind {
             if c.awaiting_probe {
                 c.awaiting_probe = false;
                 c.target = Some((incarnation, synced + CATCHUP_ROUNDS));
@@ -567,7 +584,10 @@ impl Backend {
             let batch: Vec<Hint> = {
                 let mut c = self.catchup();
                 if c.hints.is_empty() {
-                    if c.behind && !c.overflowed {
+                    if c.behind && c.unreached && delivered > 0 {
+                        tracing::info!(worker = %self.addr, delivered, "hints delivered; reads wait for anti-entropy to confirm the worker missed nothing else");
+                    }
+                    if c.behind && !c.overflowed && !c.unreached {
                         c.caught_up();
                         tracing::info!(worker = %self.addr, delivered, "worker caught up (hints delivered)");
                         if let Some(health) = c.probed {
