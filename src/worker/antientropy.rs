@@ -343,24 +343,32 @@ fn sync(worker: &Worker, mine: &[Summary], summaries: Vec<Summary>) -> Response 
     }
 }
 
-/// Runs rounds with the partner every `interval` until shutdown. A round
-/// is skipped while this worker is not ready, while another round runs, or
-/// when one completed (in either role) within the last interval.
+/// Runs rounds with the partner about every `interval` (jittered by a
+/// quarter either way) until shutdown. A round is skipped while this
+/// worker is not ready, while another round runs, or when one completed
+/// (in either role) within the last half interval.
 pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown) {
     let Some(partner) = worker.config.partner.clone() else {
         return;
     };
     let mut link: Option<LinkConn> = None;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut partner_down = false;
+    let mut first = true;
     loop {
+        // Each wait is drawn between 3/4 and 5/4 of the interval: partners
+        // that both start rounds at the same moments would find each other
+        // busy every time (each holds its own round lock), for ever.
+        let wait = if std::mem::take(&mut first) {
+            Duration::ZERO
+        } else {
+            interval.mul_f64(0.75 + (crate::sys::random_u64() % 1_000) as f64 / 2_000.0)
+        };
         tokio::select! {
-        biased;
-                   _ = shutdown.wait() => return,
-                   _ = tick.tick() => {}
-               }
-        if worker.state() != WorkerState::Ready || worker.anti_entropy.ran_within(interval) {
+            biased;
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if worker.state() != WorkerState::Ready || worker.anti_entropy.ran_within(interval / 2) {
             continue;
         }
         let Some(_guard) = worker.anti_entropy.try_lock() else {
