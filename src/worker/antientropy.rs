@@ -166,13 +166,20 @@ fn summary_bytes(summaries: &[Summary]) -> usize {
 }
 
 /// Applies repairs; returns how many applied and the entries refused for
-/// room (to be evicted by the side that sent them).
-fn apply_all(worker: &Worker, entries: &[Entry]) -> (u32, Vec<Summary>) {
+/// room (to be evicted by the side that sent them). With `admit` (a
+/// refill's closing round: this worker evicted nothing of what it lacks,
+/// it just started) every entry is taken, evicting as a write would.
+fn apply_all(worker: &Worker, entries: &[Entry], admit: bool) -> (u32, Vec<Summary>) {
     let mut applied = 0;
     let mut refused = Vec::new();
     for entry in entries {
         worker.clock.observe(entry.version);
-        match worker.store.apply_repair(entry) {
+        let applied_here = if admit {
+            worker.store.apply(entry)
+        } else {
+            worker.store.apply_repair(entry)
+        };
+        match applied_here {
             Ok(Applied::Yes) => applied += 1,
             Ok(Applied::NoRoom) => refused.push(Summary {
                 key: entry.key.clone(),
@@ -239,6 +246,7 @@ impl Responder {
                         None => return busy(),
                     }
                 }
+                self.batch = None;
                 Response::Digest(digest(&worker.store).await)
             }
             Request::Sync {
@@ -266,7 +274,7 @@ impl Responder {
                     return no_round();
                 }
                 evict_refused(worker, &evict);
-                let (count, refused) = apply_all(worker, &entries);
+                let (count, refused) = apply_all(worker, &entries, false);
                 if last {
                     worker.round_completed();
                     self.guard = None;
@@ -375,7 +383,7 @@ pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown
             continue;
         };
         let started = Instant::now();
-        match round(&worker, &partner, &mut link).await {
+        match round(&worker, &partner, &mut link, false).await {
             Ok(report) => {
                 if partner_down {
                     tracing::info!(%partner, "anti-entropy reaches the partner again");
@@ -412,22 +420,36 @@ pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown
     }
 }
 
-/// One round with `partner` now, as the initiator, whatever this worker's
-/// state: a refill closes with it, which brings what the refill's scan
-/// missed (entries written on the partner into slots behind its cursor).
-/// A busy partner is asked again for up to [`ROUND_TIMEOUT`].
+/// Rounds with `partner` now, as the initiator, whatever this worker's
+/// state, until one repaired every difference it saw: a refill closes
+/// with them, which brings what the refill's scan missed (entries written
+/// on the partner into slots behind its cursor). This worker takes every
+/// entry (it just started: what it lacks, it did not evict). A busy
+/// partner is asked again; all of it within [`ROUND_TIMEOUT`].
 pub async fn closing_round(worker: &Worker, partner: &str) -> Result<RoundReport, String> {
     let _guard = worker.anti_entropy.round.clone().lock_owned().await;
     let give_up = Instant::now() + ROUND_TIMEOUT;
     let mut pause = Duration::from_millis(20);
     let mut link = None;
+    let mut total = RoundReport::default();
     loop {
-        match round(worker, partner, &mut link).await {
+        match round(worker, partner, &mut link, true).await {
             Ok(report) => {
+                total.buckets += report.buckets;
+                total.pulled += report.pulled;
+                total.pushed += report.pushed;
+                total.evicted += report.evicted;
                 if report.complete {
+                    total.complete = true;
                     worker.round_completed();
+                    return Ok(total);
                 }
-                return Ok(report);
+                if Instant::now() > give_up {
+                    return Err(format!(
+                        "rounds still cut short after {ROUND_TIMEOUT:?} ({} entries pulled)",
+                        total.pulled
+                    ));
+                }
             }
             Err(RoundError::Failed(e)) => return Err(e.to_string()),
             Err(RoundError::Skipped(why)) if Instant::now() + pause > give_up => return Err(why),
@@ -482,10 +504,12 @@ fn unexpected(what: &str, got: &Response) -> RoundError {
     )))
 }
 
+/// One round as the initiator; `admit` as in [`apply_all`].
 async fn round(
     worker: &Worker,
     partner: &str,
     link: &mut Option<LinkConn>,
+    admit: bool,
 ) -> Result<RoundReport, RoundError> {
     if link.is_none() {
         *link = Some(LinkConn::connect(partner, &worker.dial(), ROUND_TIMEOUT).await?);
@@ -513,7 +537,7 @@ async fn round(
         .map(|&b| mine[b].entries.max(theirs[b].entries) as usize)
         .collect();
     for batch in batches(&differing, &sizes) {
-        sync_batch(worker, link, &batch, &mut report).await?;
+        sync_batch(worker, link, &batch, admit, &mut report).await?;
     }
     match call(
         link,
@@ -565,6 +589,7 @@ async fn sync_batch(
     worker: &Worker,
     link: &mut LinkConn,
     buckets: &[u16],
+    admit: bool,
     report: &mut RoundReport,
 ) -> Result<(), RoundError> {
     let summaries = summarize(&worker.store, &BucketSet::new(buckets)).await;
@@ -603,7 +628,7 @@ async fn sync_batch(
             other => return Err(unexpected("SYNC", &other)),
         };
         report.complete &= complete;
-        let (pulled, refused) = apply_all(worker, &entries);
+        let (pulled, refused) = apply_all(worker, &entries, admit);
         report.pulled += u64::from(pulled);
         push_wanted(worker, link, wanted, refused, report).await?;
         if last {

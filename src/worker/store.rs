@@ -994,7 +994,15 @@ impl Shard {
                     was_live,
                 };
             }
+            // An expired entry is the tombstone it is about to become: a
+            // tombstone of its version (the partner's, which already
+            // turned it into one) replaces it.
+            let same_expired = new.version == slot.version
+                && new.flags & FLAG_TOMBSTONE != 0
+                && !slot.is(FLAG_TOMBSTONE)
+                && slot.expired(now);
             let newer = new.version > slot.version
+                || same_expired
                 || (new.version == slot.version && new.content() > slot.content(&self.arena));
             if !newer {
                 return Put {
@@ -1632,6 +1640,20 @@ mod tests {
             let tomb = s.entry(key.as_bytes()).expect("the tombstone travels");
             assert!(tomb.tombstone && tomb.version == 2, "{key}: {tomb:?}");
         }
+        // A partner's tombstone of the same version replaces an expired
+        // entry not yet turned into one (so partners agree at once).
+        let other = Store::new(StoreConfig {
+            tombstone_ttl: Duration::from_secs(60),
+            ..StoreConfig::default()
+        });
+        other
+            .set(b"late", b"new", Some(Duration::from_millis(10)), 2)
+            .expect("set");
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let mut tomb = s.entry(b"stepped").expect("the tombstone");
+        tomb.key = Bytes::from_static(b"late");
+        assert_eq!(other.apply_repair(&tomb), Ok(Applied::Yes));
+        assert_eq!((other.usage().entries, other.usage().tombstones), (0, 1));
         // A newer write replaces it as it would a delete's tombstone.
         assert_eq!(s.set(b"read", b"newer", None, 3), Ok(Applied::Yes));
         // And it goes tombstone_ttl after the deadline.
