@@ -588,15 +588,11 @@ fn a_frozen_worker_never_serves_reads_it_missed() {
     }
 }
 
-/// A value overwritten with a TTL while one worker was frozen (no hints,
-/// so only anti-entropy can tell it), then expired: the old value the
-/// frozen worker kept never comes back, on either worker. The expiry is as
-/// final as a delete.
-#[test]
-fn an_expired_overwrite_is_as_final_as_a_delete() {
-    let (a, b) = pair(&["--anti-entropy-interval", "200ms"]);
-    let o = orchestrator(
-        &[a.port, b.port],
+/// An orchestrator that keeps no hints and notices a frozen worker fast:
+/// a write a worker misses is then repaired by anti-entropy alone.
+fn orchestrator_without_hints(workers: &[u16]) -> Daemon {
+    orchestrator(
+        workers,
         &[
             "--worker-timeout",
             "300ms",
@@ -605,7 +601,17 @@ fn an_expired_overwrite_is_as_final_as_a_delete() {
             "--max-hint-bytes",
             "0",
         ],
-    );
+    )
+}
+
+/// A value overwritten with a TTL while one worker was frozen (no hints,
+/// so only anti-entropy can tell it), then expired: the old value the
+/// frozen worker kept never comes back, on either worker. The expiry is as
+/// final as a delete.
+#[test]
+fn an_expired_overwrite_is_as_final_as_a_delete() {
+    let (a, b) = pair(&["--anti-entropy-interval", "200ms"]);
+    let o = orchestrator_without_hints(&[a.port, b.port]);
     let mut c = Client::connect(o.port);
     for i in 0..20 {
         assert_eq!(c.req(&format!("set||k{i}||old")), "0||");
@@ -666,17 +672,7 @@ fn an_expired_overwrite_is_as_final_as_a_delete() {
 fn a_worker_whose_hints_overflowed_serves_no_stale_reads_when_its_partner_fails() {
     // No anti-entropy during the test (the first round runs at start).
     let (mut a, b) = pair(&["--anti-entropy-interval", "1h"]);
-    let o = orchestrator(
-        &[a.port, b.port],
-        &[
-            "--worker-timeout",
-            "300ms",
-            "--health-interval",
-            "100ms",
-            "--max-hint-bytes",
-            "0",
-        ],
-    );
+    let o = orchestrator_without_hints(&[a.port, b.port]);
     let mut c = Client::connect(o.port);
     assert_eq!(c.req("set||k||old"), "0||");
     b.signal(libc::SIGSTOP);
