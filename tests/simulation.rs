@@ -408,5 +408,12 @@ fn a_seed_replays_exactly() {
     let first = simulate(seed).expect("the seed passes");
     let second = simulate(seed).expect("the seed passes again");
     assert!(first.len() > OPS as usize, "trace of {} steps", first.len());
-    assert_eq!(first, second, "seed {seed} did not replay exactly");
+    if let Some(i) = (0..first.len().max(second.len())).find(|&i| first.get(i) != second.get(i)) {
+        panic!(
+            "seed {seed} did not replay exactly: step {i} was {:?}, then {:?} (step before: {:?})",
+            first.get(i),
+            second.get(i),
+            i.checked_sub(1).and_then(|j| first.get(j))
+        );
+    }
 }
