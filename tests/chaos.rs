@@ -401,13 +401,6 @@ fn full_cache_loader(
     (state, seen)
 }
 
-fn metric_of(addr: &str, series: &str) -> f64 {
-    common::try_http_get(addr, "/metrics")
-        .ok()
-        .and_then(|(_, body)| common::metric(&body, series))
-        .unwrap_or(0.0)
-}
-
 /// The promise at scale: two pairs of workers kept full (1 MiB each,
 /// evicting), a Zipf load of 1 KB values with TTLs through two
 /// orchestrators, one of them with its clock 10 s behind, alternated on
@@ -485,7 +478,7 @@ fn a_full_cache_with_ttls_restarts_and_a_skewed_clock_serves_nothing_stale() {
     }
     let evictions: f64 = workers
         .iter()
-        .map(|w| metric_of(&w.metrics_addr(), "rcache_evictions_total"))
+        .map(|w| common::scrape(&w.metrics_addr(), "rcache_evictions_total").unwrap_or(0.0))
         .sum();
     println!(
         "full cache: {} requests, {} reads hit, {} missed, {} evictions, {} failed, {} stale",

@@ -758,12 +758,7 @@ fn refill_behind_the_scan(extra: &[&str], deletes: usize, expect_entries: f64) {
         "0||",
     );
     // -1 until the daemon answers.
-    let gauge = |addr: &str, series: &str| {
-        try_http_get(addr, "/metrics")
-            .ok()
-            .and_then(|(_, body)| metric(&body, series))
-            .unwrap_or(-1.0)
-    };
+    let gauge = |addr: &str, series: &str| scrape(addr, series).unwrap_or(-1.0);
     assert!(
         eventually(Duration::from_secs(20), || gauge(
             &a.metrics_addr(),

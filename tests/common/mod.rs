@@ -365,6 +365,14 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// One series scraped from a daemon's metrics address now; `None` while
+/// it does not answer or lacks the series.
+pub fn scrape(addr: &str, series: &str) -> Option<f64> {
+    try_http_get(addr, "/metrics")
+        .ok()
+        .and_then(|(_, body)| metric(&body, series))
+}
+
 /// Metric names a PromQL text refers to (`rcache_*`, `process_*`).
 pub fn metric_names(promql: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
