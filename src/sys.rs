@@ -36,6 +36,34 @@ pub fn wall_ms() -> u64 {
     since_epoch.map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The wall clock as one node reads it for its versions. In a simulation
+/// the test can skew one node's clock and step it while it runs
+/// ([`sim::skew_next_clock`]).
+#[derive(Debug, Default)]
+pub struct WallClock {
+    #[cfg(feature = "simulation")]
+    skew_ms: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
+}
+
+impl WallClock {
+    pub fn new() -> WallClock {
+        WallClock {
+            #[cfg(feature = "simulation")]
+            skew_ms: sim::take_skew(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch on this node's clock.
+    pub fn now_ms(&self) -> u64 {
+        #[cfg(feature = "simulation")]
+        if let Some(skew) = &self.skew_ms {
+            return wall_ms()
+                .saturating_add_signed(skew.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        wall_ms()
+    }
+}
+
 /// A random number: from the process's randomness, or from the seed in a
 /// simulation.
 pub fn random_u64() -> u64 {
@@ -63,10 +91,25 @@ pub mod sim {
     //! another on the simulating thread, so the order of draws, and every
     //! number, is fixed by the seed; each thread has its own generator, so
     //! simulations on other threads do not disturb it.
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
+    use std::sync::atomic::AtomicI64;
+    use std::sync::Arc;
 
     thread_local! {
         static STATE: Cell<u64> = const { Cell::new(0) };
+        static SKEW: RefCell<Option<Arc<AtomicI64>>> = const { RefCell::new(None) };
+    }
+
+    /// The next [`super::WallClock`] made on this thread reads the
+    /// simulated wall clock plus `skew` milliseconds, which the test may
+    /// change while it runs (a clock stepped back). A host sets it right
+    /// before it builds its daemon.
+    pub fn skew_next_clock(skew: Arc<AtomicI64>) {
+        SKEW.with(|s| *s.borrow_mut() = Some(skew));
+    }
+
+    pub(crate) fn take_skew() -> Option<Arc<AtomicI64>> {
+        SKEW.with(|s| s.borrow_mut().take())
     }
 
     pub fn seed(seed: u64) {

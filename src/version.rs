@@ -49,6 +49,7 @@ pub fn plausible(version: u64) -> bool {
 #[derive(Debug)]
 pub struct Clock {
     node: u64,
+    wall: crate::sys::WallClock,
     /// The last version handed out, node bits cleared.
     last: AtomicU64,
 }
@@ -57,6 +58,7 @@ impl Clock {
     pub fn new(node: u16) -> Clock {
         Clock {
             node: u64::from(node) & NODE_MASK,
+            wall: crate::sys::WallClock::new(),
             last: AtomicU64::new(0),
         }
     }
@@ -72,7 +74,7 @@ impl Clock {
 
     /// A version larger than any this clock handed out or observed.
     pub fn next(&self) -> u64 {
-        let physical = wall_ms() << PHYSICAL_SHIFT;
+        let physical = self.wall.now_ms() << PHYSICAL_SHIFT;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let candidate = physical.max(last + (1 << NODE_BITS));

@@ -310,9 +310,17 @@ impl Router {
         let pair = &topology.pairs[slot.pair];
         let worker_timeout = self.worker_timeout();
         let mut order = [&pair[slot.first], &pair[1 - slot.first]];
-        // A worker that is up goes first; one believed down is still tried
-        // last, in case it is back before the probe noticed.
-        if order[0].health() != Health::Up && order[1].health() == Health::Up {
+        // A worker that is up goes first, then one that is behind (it may
+        // lack a few writes, and gets its hints first), then one loading;
+        // one believed down is still tried last, in case it is back before
+        // the probe noticed (it may have missed any number of writes).
+        let rank = |b: &Backend| match b.health() {
+            Health::Up => 0,
+            Health::Behind => 1,
+            Health::Loading => 2,
+            Health::Down => 3,
+        };
+        if rank(order[1]) < rank(order[0]) {
             order.swap(0, 1);
         }
         let mut last_error = None;

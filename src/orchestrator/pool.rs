@@ -944,6 +944,16 @@ async fn read_responses(
                         learn(next, &mut waiting, &mut expiry);
                     }
                     let now = Instant::now();
+                    // Answers come in order: the oldest request unanswered
+                    // past its deadline means nothing came back for a whole
+                    // `request_timeout`. Its caller marks the worker down;
+                    // the connection goes too, so the worker is reached on
+                    // a fresh one when a probe finds it back (one whose
+                    // bytes were lost, as across a partition or a peer that
+                    // restarted behind it, would never answer again).
+                    if waiting.front().is_some_and(|w| w.deadline <= now) {
+                        break Err(ClientError::Timeout(request_timeout));
+                    }
                     let mut next_deadline = now + request_timeout;
                     for w in waiting.iter_mut() {
                         if w.deadline > now {
@@ -1106,7 +1116,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_times_out_on_its_own_deadline_and_a_late_answer_is_dropped() {
+    async fn a_request_times_out_on_its_own_deadline_and_its_connection_is_dropped() {
         let (addr, answer) = worker_answering_on_demand().await;
         let timeout = Duration::from_millis(300);
         let b = Backend::start(addr, settings(timeout, Duration::from_secs(5)));
@@ -1129,33 +1139,65 @@ mod tests {
             took >= timeout && took < Duration::from_secs(5),
             "first took {took:?}"
         );
+        // Nothing came back for a whole request timeout: the connection is
+        // dropped, not waited on for `response_timeout` (5 s here). The
+        // second request, written to it, is retried once on a new
+        // connection, which this worker never answers.
         let (result, took) = second.await.expect("task");
-        assert!(matches!(result, Err(ClientError::Timeout(_))), "{result:?}");
+        assert!(result.is_err(), "{result:?}");
         assert!(
-            took >= timeout + Duration::from_millis(150),
-            "the second request timed out before its own deadline: {took:?}"
+            took < timeout + Duration::from_millis(150) + Duration::from_secs(1),
+            "the second request waited for the stalled connection: {took:?}"
         );
-        // The two late answers arrive now; they belong to the requests that
-        // timed out, and the next request gets its own.
-        answer.send(()).expect("worker");
-        answer.send(()).expect("worker");
-        let third = tokio::spawn({
+        // Answers now come on the dropped connection: nobody takes them.
+        let _ = answer.send(());
+        let _ = answer.send(());
+        assert_eq!(
+            b.metrics.latency.get_sample_count(),
+            0,
+            "no answer came in time"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_stops_answering_is_replaced_after_one_request_timeout() {
+        use crate::protocol::link::HELLO;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A worker that says hello on each connection and never answers
+        // (a connection whose bytes were lost, as across a partition).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (accepted_tx, mut accepted) = mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut hello = [0u8; 5];
+                if socket.read_exact(&mut hello).await.is_ok() {
+                    let _ = socket.write_all(HELLO).await;
+                }
+                let _ = accepted_tx.send(());
+                held.push(socket);
+            }
+        });
+        let timeout = Duration::from_millis(300);
+        // `response_timeout` is 10 s here: a link that waited that long of
+        // silence would not reconnect within the 3 s the test waits.
+        let b = Backend::start(addr, settings(timeout, Duration::from_secs(10)));
+        let result = b.call(Arc::new(Request::Ping)).await;
+        assert!(matches!(result, Err(ClientError::Timeout(_))), "{result:?}");
+        accepted.recv().await.expect("first connection");
+        let next = tokio::spawn({
             let b = b.clone();
             async move { b.call(Arc::new(Request::Ping)).await }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = tokio::time::timeout(Duration::from_secs(3), accepted.recv()).await;
         assert!(
-            !third.is_finished(),
-            "a late answer was taken for a later request"
+            matches!(second, Ok(Some(()))),
+            "the next request waited on the silent connection"
         );
-        answer.send(()).expect("worker");
-        let result = third.await.expect("task");
-        assert!(matches!(result, Ok(Response::Pong)), "{result:?}");
-        assert_eq!(
-            b.metrics.latency.get_sample_count(),
-            1,
-            "only the answer in time is measured"
-        );
+        next.abort();
     }
 
     #[tokio::test]
