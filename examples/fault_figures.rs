@@ -17,6 +17,11 @@
 //! 4. Single-copy window: a write acknowledged while the partner is down
 //!    lives on one worker only until the partner is back and has it: how
 //!    long after the partner's return that takes.
+//! 5. A full cache cut: two workers at 32 MiB holding what is left of
+//!    1,000,000 writes (both evict), one frozen for 10 s under writes: time
+//!    until the partners hold the same keys again
+//!    (`cargo run --release --example fault_figures full-cache` runs only
+//!    this one).
 //!
 //! Binaries are taken from the folder this example was built into
 //! (`target/release`).
@@ -102,6 +107,10 @@ impl Drop for Proc {
 }
 
 fn worker(port: u16, partner: u16, wait_ready: bool) -> Result<Proc> {
+    worker_with_memory(port, partner, wait_ready, "4GiB")
+}
+
+fn worker_with_memory(port: u16, partner: u16, wait_ready: bool, memory: &str) -> Result<Proc> {
     Proc::start(
         "rcache-worker",
         &[
@@ -110,7 +119,7 @@ fn worker(port: u16, partner: u16, wait_ready: bool) -> Result<Proc> {
             "--partner".into(),
             format!("127.0.0.1:{partner}"),
             "--max-memory".into(),
-            "4GiB".into(),
+            memory.into(),
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
         ],
@@ -384,13 +393,60 @@ fn catch_up_figures() -> Result<()> {
     Ok(())
 }
 
+/// A full cache (two workers at 32 MiB, 1,000,000 keys written through
+/// the orchestrator, so both evict), one worker frozen for 10 s under
+/// writes, as cut off from everyone: the time from SIGCONT until both
+/// partners hold the same keys and versions (equal digests).
+fn full_cache_partition_figures() -> Result<()> {
+    let (a, b, o) = (free_port()?, free_port()?, free_port()?);
+    let wa = worker_with_memory(a, b, true, "32MiB")?;
+    let _wb = worker_with_memory(b, a, true, "32MiB")?;
+    let _orch = orchestrator(o, &[a, b])?;
+    fill(o, 1_000_000)?;
+    let mut c = Conn::new(o)?;
+    wa.signal("-STOP");
+    let frozen = Instant::now();
+    let mut n = 0;
+    while frozen.elapsed() < Duration::from_secs(10) {
+        c.req(&format!("set||cut:{n}||{n}"))?;
+        n += 1;
+    }
+    wa.signal("-CONT");
+    let continued = Instant::now();
+    while digest(a)? != digest(b)? {
+        if continued.elapsed() > Duration::from_secs(120) {
+            return Err("no convergence within 120s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let entries = |port| -> Result<String> {
+        Ok(status(port)?
+            .split_whitespace()
+            .find(|f| f.starts_with("entries="))
+            .unwrap_or("")
+            .to_string())
+    };
+    println!(
+        "full cache: {n} writes during a 10s freeze; partners identical {:?} after SIGCONT ({} / {})",
+        continued.elapsed(),
+        entries(a)?,
+        entries(b)?
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     println!(
         "rcache fault figures ({} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    // `fault_figures full-cache` measures only the full-cache partition.
+    if std::env::args().nth(1).as_deref() == Some("full-cache") {
+        return full_cache_partition_figures();
+    }
     refill_figures()?;
     failover_figures()?;
     catch_up_figures()?;
+    full_cache_partition_figures()?;
     Ok(())
 }

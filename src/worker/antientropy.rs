@@ -181,7 +181,9 @@ fn apply_all(worker: &Worker, entries: &[Entry], admit: bool) -> (u32, Vec<Summa
         };
         match applied_here {
             Ok(Applied::Yes) => applied += 1,
-            Ok(Applied::NoRoom) => refused.push(Summary {
+            // Refused for room, or possibly an older copy of a key evicted
+            // here: the sender evicts it too.
+            Ok(Applied::NoRoom | Applied::Evicted(_)) => refused.push(Summary {
                 key: entry.key.clone(),
                 version: entry.version,
                 tombstone: entry.tombstone,

@@ -237,7 +237,9 @@ impl Worker {
                 let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
                 match self.store.set_when(&key, &value, ttl, version, when) {
                     Ok(Applied::Unmet) => Response::NotStored,
-                    Ok(Applied::Newer(version)) => Response::Newer { version },
+                    Ok(Applied::Newer(version) | Applied::Evicted(version)) => {
+                        Response::Newer { version }
+                    }
                     Ok(applied) => Response::Set {
                         applied: applied == Applied::Yes,
                     },
@@ -330,14 +332,24 @@ impl Service for Worker {
                 value,
                 ttl,
                 when,
-            } => match self
-                .store
-                .set_when(&key, &value, ttl, self.clock.next(), when)
-            {
-                Ok(Applied::Unmet) => Reply::NotStored,
-                Ok(_) => Reply::Done,
-                Err(e) => Reply::Error(Worker::store_error(e)),
-            },
+            } => {
+                let mut result = self
+                    .store
+                    .set_when(&key, &value, ttl, self.clock.next(), when);
+                // Below what this store evicted from the key's bucket: once
+                // more, stamped above it.
+                if let Ok(Applied::Evicted(evicted)) = result {
+                    self.clock.observe(evicted);
+                    result = self
+                        .store
+                        .set_when(&key, &value, ttl, self.clock.next(), when);
+                }
+                match result {
+                    Ok(Applied::Unmet) => Reply::NotStored,
+                    Ok(_) => Reply::Done,
+                    Err(e) => Reply::Error(Worker::store_error(e)),
+                }
+            }
             Command::Del { key } => match self.store.delete(&key, self.clock.next()) {
                 Ok(true) => Reply::Done,
                 Ok(false) => Reply::not_found(),

@@ -149,6 +149,11 @@ pub enum Applied {
     /// A repair brought a key the store lacks while it is near its memory
     /// limit: not stored (see [`Store::apply_repair`]).
     NoRoom,
+    /// A value for a key the store lacks, at a version no newer than one
+    /// this store evicted from the key's bucket (the version given): it may
+    /// be an older copy of a key evicted here, so it is not stored. A
+    /// write stamped again above that version is.
+    Evicted(u64),
     /// A conditional set found the key present (`NX`) or absent (`XX`).
     Unmet,
 }
@@ -426,6 +431,13 @@ struct Shard {
     stored_value_bytes: u64,
     /// The digest of this shard's buckets (see the module's Digests).
     digest: Vec<BucketDigest>,
+    /// Per bucket, the newest version this shard evicted (0: none). Eviction
+    /// keeps no record of the key, so a value older than this for a key the
+    /// shard lacks may be an older copy of one it evicted: such a value
+    /// (from the partner's repair, a late hint, a write stamped by a clock
+    /// behind) is refused, so the key reads as a miss, never as an older
+    /// value. 512 bytes a shard.
+    evicted: Vec<u64>,
 }
 
 impl Store {
@@ -437,6 +449,7 @@ impl Store {
                     oldest: NIL,
                     hand: NIL,
                     digest: vec![BucketDigest::default(); BUCKETS_PER_SHARD],
+                    evicted: vec![0; BUCKETS_PER_SHARD],
                     ..Shard::default()
                 })
             })
@@ -898,7 +911,7 @@ impl Store {
         if slot.version != version || slot.is(FLAG_TOMBSTONE) {
             return false;
         }
-        let freed = shard.remove(idx, &self.hasher);
+        let freed = shard.evict_slot(idx, &self.hasher);
         drop(shard);
         self.charged.fetch_sub(freed, Ordering::Relaxed);
         self.stats.evictions.fetch_add(1, Ordering::Relaxed);
@@ -1012,6 +1025,19 @@ impl Shard {
                     was_live,
                 };
             }
+            // No live value here (a tombstone, an expired entry): a value
+            // is as suspect as for a key the shard lacks.
+            if !was_live && new.flags & FLAG_TOMBSTONE == 0 {
+                if let Some(evicted) = self.evicted_above(key_hash, new.version) {
+                    return Put {
+                        applied: Applied::Evicted(evicted),
+                        added: 0,
+                        freed: 0,
+                        was_live,
+                    };
+                }
+            }
+            let slot = &self.slots[idx as usize];
             let freed = slot.charge(&self.arena);
             let old = slot.loc;
             self.account(idx, -1, key_hash);
@@ -1060,6 +1086,16 @@ impl Shard {
                 freed: 0,
                 was_live: false,
             };
+        }
+        if new.flags & FLAG_TOMBSTONE == 0 {
+            if let Some(evicted) = self.evicted_above(key_hash, new.version) {
+                return Put {
+                    applied: Applied::Evicted(evicted),
+                    added: 0,
+                    freed: 0,
+                    was_live: false,
+                };
+            }
         }
         if new.replace_only {
             return Put {
@@ -1241,7 +1277,30 @@ impl Shard {
             };
         }
         self.hand = self.slots[idx as usize].newer;
-        Some(self.remove(idx, hasher))
+        Some(self.evict_slot(idx, hasher))
+    }
+
+    /// The newest version evicted from `key_hash`'s bucket, if it is not
+    /// older than `version`.
+    fn evicted_above(&self, key_hash: u64, version: u64) -> Option<u64> {
+        let bucket = bucket_of_hash(key_hash) as usize % BUCKETS_PER_SHARD;
+        self.evicted
+            .get(bucket)
+            .copied()
+            .filter(|&evicted| evicted >= version && evicted > 0)
+    }
+
+    /// Removes a slot for room, remembering its version in its bucket's
+    /// eviction mark. Returns the bytes freed.
+    fn evict_slot(&mut self, idx: u32, hasher: &crate::sys::TableHasher) -> usize {
+        let slot = &self.slots[idx as usize];
+        let bucket = bucket_of_hash(crate::hash::key_hash(slot.key(&self.arena))) as usize
+            % BUCKETS_PER_SHARD;
+        let version = slot.version;
+        if let Some(mark) = self.evicted.get_mut(bucket) {
+            *mark = (*mark).max(version);
+        }
+        self.remove(idx, hasher)
     }
 
     /// An expired slot: an entry becomes a tombstone of its version until
@@ -1508,6 +1567,50 @@ mod tests {
         s.delete(b"t", 9).expect("delete");
         assert!(!s.evict_at(b"t", 9), "a tombstone stays");
         assert_eq!(s.stats.evictions.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_evicted_key_does_not_come_back_as_an_older_copy() {
+        let s = store(1 << 20);
+        s.set(b"k", &[b'a'; 100], None, 10).expect("set");
+        let mut i = 0u64;
+        while s.entry(b"k").is_some() {
+            s.set(format!("fill{i}").as_bytes(), &[b'x'; 100], None, 20 + i)
+                .expect("set");
+            i += 1;
+        }
+        let old = |tombstone| Entry {
+            key: Bytes::from_static(b"k"),
+            version: 5,
+            ttl_ms: 0,
+            tombstone,
+            compressed: false,
+            raw_len: 3,
+            data: Bytes::from_static(b"old"),
+        };
+        // An older copy, from a refill, a repair or a late write: refused.
+        for applied in [
+            s.apply(&old(false)),
+            s.apply_repair(&old(false)),
+            s.set(b"k", b"old", None, 5),
+        ] {
+            assert!(
+                matches!(applied, Ok(Applied::Evicted(v)) if v >= 10),
+                "{applied:?}"
+            );
+            assert!(s.entry(b"k").is_none());
+        }
+        // A tombstone brings nothing back; a write stamped above the mark
+        // is stored.
+        assert_eq!(s.apply(&old(true)), Ok(Applied::Yes));
+        let Ok(Applied::Evicted(mark)) = s.set(b"k", b"old", None, 6) else {
+            panic!("not refused");
+        };
+        assert_eq!(s.set(b"k", b"new", None, mark + 1), Ok(Applied::Yes));
+        assert_eq!(
+            s.get(b"k").map(|f| f.value),
+            Some(Bytes::from_static(b"new"))
+        );
     }
 
     #[test]
@@ -1927,8 +2030,11 @@ mod tests {
         });
         for i in 0..20_000u32 {
             let key = format!("key:{i:08}");
-            s.set(key.as_bytes(), &value, None, 1).expect("fits");
-            s2.set(key.as_bytes(), &value, None, 1).expect("fits");
+            // Each write newer than the last: one no newer than an evicted
+            // entry's version would be refused (`Applied::Evicted`).
+            let version = u64::from(i) + 1;
+            s.set(key.as_bytes(), &value, None, version).expect("fits");
+            s2.set(key.as_bytes(), &value, None, version).expect("fits");
             assert!(s2.usage().charged_bytes as usize <= max);
         }
         let usage = s2.usage();
