@@ -932,3 +932,74 @@ fn a_client_reads_its_own_writes_through_orchestrators_with_skewed_clocks() {
         assert_eq!(Client::connect(w).req("get||ordered"), "0||after");
     }
 }
+
+/// `SET NX` through an orchestrator whose clock runs 10 s behind, while
+/// the partner of the deciding worker is full and evicting (its eviction
+/// marks are ~10 s ahead of the orchestrator's versions). The partner
+/// refuses the decided value as possibly older than what it evicted; the
+/// orchestrator stamps it again and writes it to both, so anti-entropy
+/// does not drop it from both: every acknowledged `SET NX` stays readable
+/// on both workers.
+#[test]
+fn a_conditional_set_survives_a_partner_that_evicted_newer_versions() {
+    let Some(env) = skewed_clock("-10s") else {
+        return;
+    };
+    let [pa, pb, po] = free_ports::<3>();
+    let a = worker(pa, Some(pb), &["--anti-entropy-interval", "200ms"]);
+    let b = worker(
+        pb,
+        Some(pa),
+        &["--max-memory", "1MiB", "--anti-entropy-interval", "200ms"],
+    );
+    // B evicts all over: 20,000 incompressible 1 KiB values written to it
+    // directly (stamped by its own clock, 10 s ahead of the orchestrator's).
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let value: String = (0..1024)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect();
+    let mut direct = Client::connect(b.port);
+    pipelined(
+        &mut direct,
+        (0..20_000).map(|i| format!("set||fill{i}||{value}\n")),
+        "0||",
+    );
+    let _orch = orchestrator_skewed(po, &[pa, pb], &env);
+    let mut c = Client::connect(po);
+    // Keys A decides (the worker reads go to first).
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("nx{i}"))
+        .filter(|k| rcache::orchestrator::placement::locate(k.as_bytes(), 1).first == 0)
+        .take(20)
+        .collect();
+    for k in &keys {
+        let set = format!(
+            "*4\r\n$3\r\nSET\r\n${}\r\n{k}\r\n$3\r\nyes\r\n$2\r\nNX\r\n",
+            k.len()
+        );
+        c.send_raw(set.as_bytes());
+        assert_eq!(c.read_line().trim_end(), "+OK", "SET {k} NX");
+    }
+    // A few anti-entropy rounds later, both workers still hold every one.
+    let (mut ca, mut cb) = (Client::connect(a.port), Client::connect(b.port));
+    let held = |c: &mut Client| {
+        keys.iter()
+            .filter(|k| c.req(&format!("get||{k}")) == "0||yes")
+            .count()
+    };
+    let rounds =
+        |d: &Daemon| scrape(&d.metrics_addr(), "rcache_anti_entropy_rounds_total").unwrap_or(0.0);
+    let (ra, rb) = (rounds(&a), rounds(&b));
+    assert!(
+        eventually(Duration::from_secs(20), || rounds(&a) >= ra + 3.0
+            && rounds(&b) >= rb + 3.0),
+        "anti-entropy did not run"
+    );
+    assert_eq!(held(&mut ca), keys.len(), "on the deciding worker");
+    assert_eq!(held(&mut cb), keys.len(), "on its full partner");
+}

@@ -567,10 +567,22 @@ impl Router {
                 return Box::pin(self.write_decided(pair, 1 - decider, request, outcome)).await;
             }
         };
+        let key = match &outcome {
+            Request::Set { key, .. } => key.clone(),
+            _ => Bytes::new(),
+        };
         let outcome = Arc::new(outcome);
-        // The partner's answer does not change what was decided: a newer
-        // version there wins on both by anti-entropy, as any later write.
         match ask(other, &outcome, other.health() != Health::Down).await {
+            // The partner holds a newer version, or (holding no value) it
+            // evicted one that new from the key's bucket and would have
+            // anti-entropy drop the decided value from both: the decided
+            // value is stamped again above it and written to both, as any
+            // write that lost. (A concurrent newer write may lose to it.)
+            WriteOutcome::Stored(Response::Newer { version }) => {
+                self.clock.observe(version);
+                let again = Arc::new(outcome.restamped(self.clock.next()));
+                let _ = Box::pin(self.write_once(&key, &again)).await;
+            }
             WriteOutcome::Stored(_) => {}
             WriteOutcome::Refused(_) | WriteOutcome::Failed { .. } | WriteOutcome::NotAsked => {
                 other.missed_write(&outcome)

@@ -671,15 +671,28 @@ impl Backend {
     /// link, not one per request). A link that turns out closed before
     /// answering is retried once, within the same time: a link found
     /// closed reconnects for its next request.
+    ///
+    /// A request that was written before its connection closed may have
+    /// been applied: if its retry is never sent, the caller is told
+    /// `Closed` (outcome unknown), not the retry's "never sent".
     pub async fn call(&self, request: Arc<Request>) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.request_timeout;
         let mut retries = 1;
+        let mut written = false;
         loop {
-            let rx = self.enqueue(request.clone(), deadline)?;
+            let rx = match self.enqueue(request.clone(), deadline) {
+                Ok(rx) => rx,
+                Err(_) if written => return Err(ClientError::Closed),
+                Err(e) => return Err(e),
+            };
             // A dropped sender: the link dropped the request with its
             // connection.
             match rx.await.unwrap_or(Err(ClientError::Closed)) {
-                Err(ClientError::Closed) if retries > 0 => retries -= 1,
+                Err(ClientError::Closed) if retries > 0 => {
+                    retries -= 1;
+                    written = true;
+                }
+                Err(e) if written && e.never_sent() => return Err(ClientError::Closed),
                 result => return result,
             }
         }
@@ -1142,9 +1155,10 @@ mod tests {
         // Nothing came back for a whole request timeout: the connection is
         // dropped, not waited on for `response_timeout` (5 s here). The
         // second request, written to it, is retried once on a new
-        // connection, which this worker never answers.
+        // connection, which this worker never answers. It was written, so
+        // it may have been applied: the caller is not told "never sent".
         let (result, took) = second.await.expect("task");
-        assert!(result.is_err(), "{result:?}");
+        assert!(matches!(&result, Err(e) if !e.never_sent()), "{result:?}");
         assert!(
             took < timeout + Duration::from_millis(150) + Duration::from_secs(1),
             "the second request waited for the stalled connection: {took:?}"

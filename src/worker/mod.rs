@@ -190,6 +190,28 @@ impl Worker {
 
     /// A write's version too far ahead of this worker's clock: refused, so
     /// no peer can make a key immortal (see [`crate::version::plausible`]).
+    /// A client's set sent to this worker directly, stamped by its clock;
+    /// stamped again above what the store evicted from the key's bucket if
+    /// it came out no newer (`Applied::Evicted`).
+    fn set_direct(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        when: SetWhen,
+    ) -> Result<Applied, StoreError> {
+        let result = self
+            .store
+            .set_when(key, value, ttl, self.clock.next(), when);
+        if let Ok(Applied::Evicted(evicted)) = result {
+            self.clock.observe(evicted);
+            return self
+                .store
+                .set_when(key, value, ttl, self.clock.next(), when);
+        }
+        result
+    }
+
     fn implausible(version: u64) -> Option<Response> {
         (!crate::version::plausible(version)).then(|| {
             Response::Error(ErrorReply::new(
@@ -332,24 +354,11 @@ impl Service for Worker {
                 value,
                 ttl,
                 when,
-            } => {
-                let mut result = self
-                    .store
-                    .set_when(&key, &value, ttl, self.clock.next(), when);
-                // Below what this store evicted from the key's bucket: once
-                // more, stamped above it.
-                if let Ok(Applied::Evicted(evicted)) = result {
-                    self.clock.observe(evicted);
-                    result = self
-                        .store
-                        .set_when(&key, &value, ttl, self.clock.next(), when);
-                }
-                match result {
-                    Ok(Applied::Unmet) => Reply::NotStored,
-                    Ok(_) => Reply::Done,
-                    Err(e) => Reply::Error(Worker::store_error(e)),
-                }
-            }
+            } => match self.set_direct(&key, &value, ttl, when) {
+                Ok(Applied::Unmet) => Reply::NotStored,
+                Ok(_) => Reply::Done,
+                Err(e) => Reply::Error(Worker::store_error(e)),
+            },
             Command::Del { key } => match self.store.delete(&key, self.clock.next()) {
                 Ok(true) => Reply::Done,
                 Ok(false) => Reply::not_found(),
@@ -374,7 +383,7 @@ impl Service for Worker {
             }
             Command::MSet { entries } => {
                 for (key, value) in entries {
-                    if let Err(e) = self.store.set(&key, &value, None, self.clock.next()) {
+                    if let Err(e) = self.set_direct(&key, &value, None, SetWhen::Always) {
                         return Reply::Error(Worker::store_error(e));
                     }
                 }
