@@ -579,9 +579,18 @@ impl Router {
             // value is stamped again above it and written to both, as any
             // write that lost. (A concurrent newer write may lose to it.)
             WriteOutcome::Stored(Response::Newer { version }) => {
-                self.clock.observe(version);
-                let again = Arc::new(outcome.restamped(self.clock.next()));
-                let _ = Box::pin(self.write_once(&key, &again)).await;
+                // Only when the partner holds no value: a newer value there
+                // is a concurrent write, which rightly wins.
+                let held = other
+                    .call(Arc::new(Request::Meta { key: key.clone() }))
+                    .await;
+                if matches!(held, Ok(Response::NotFound)) {
+                    self.clock.observe(version);
+                    let again = outcome.restamped(self.clock.next());
+                    if Box::pin(self.write(&key, again.clone())).await.is_err() {
+                        other.missed_write(&again);
+                    }
+                }
             }
             WriteOutcome::Stored(_) => {}
             WriteOutcome::Refused(_) | WriteOutcome::Failed { .. } | WriteOutcome::NotAsked => {

@@ -680,11 +680,7 @@ impl Backend {
         let mut retries = 1;
         let mut written = false;
         loop {
-            let rx = match self.enqueue(request.clone(), deadline) {
-                Ok(rx) => rx,
-                Err(_) if written => return Err(ClientError::Closed),
-                Err(e) => return Err(e),
-            };
+            let rx = self.enqueue(request.clone(), deadline)?;
             // A dropped sender: the link dropped the request with its
             // connection.
             match rx.await.unwrap_or(Err(ClientError::Closed)) {
@@ -692,7 +688,13 @@ impl Backend {
                     retries -= 1;
                     written = true;
                 }
-                Err(e) if written && e.never_sent() => return Err(ClientError::Closed),
+                // (A full queue or a refusal keeps its own meaning.)
+                Err(
+                    ClientError::Unsent(_)
+                    | ClientError::NotConnected(_)
+                    | ClientError::Connect { .. }
+                    | ClientError::ConnectTimeout { .. },
+                ) if written => return Err(ClientError::Closed),
                 result => return result,
             }
         }

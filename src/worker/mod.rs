@@ -188,8 +188,6 @@ impl Worker {
         ErrorReply::new(ErrorCode::OutOfMemory, e.to_string())
     }
 
-    /// A write's version too far ahead of this worker's clock: refused, so
-    /// no peer can make a key immortal (see [`crate::version::plausible`]).
     /// A client's set sent to this worker directly, stamped by its clock;
     /// stamped again above what the store evicted from the key's bucket if
     /// it came out no newer (`Applied::Evicted`).
@@ -212,6 +210,8 @@ impl Worker {
         result
     }
 
+    /// A write's version too far ahead of this worker's clock: refused, so
+    /// no peer can make a key immortal (see [`crate::version::plausible`]).
     fn implausible(version: u64) -> Option<Response> {
         (!crate::version::plausible(version)).then(|| {
             Response::Error(ErrorReply::new(
