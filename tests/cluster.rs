@@ -970,7 +970,7 @@ fn a_conditional_set_survives_a_partner_that_evicted_newer_versions() {
         "0||",
     );
     let _orch = orchestrator_skewed(po, &[pa, pb], &env);
-    let mut c = Client::connect(po);
+    let mut c = Client::connect_resp(po);
     // Keys A decides (the worker reads go to first).
     let keys: Vec<String> = (0..)
         .map(|i| format!("nx{i}"))

@@ -275,6 +275,24 @@ impl Client {
         }
     }
 
+    /// A connection that speaks RESP from its first byte (in secure mode
+    /// it authenticates with a RESP `AUTH`, which chooses RESP).
+    #[allow(dead_code)]
+    pub fn connect_resp(port: u16) -> Client {
+        let (io, sock) = secure::dial_unauthenticated(&format!("127.0.0.1:{port}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut c = Client {
+            sock,
+            io: BufReader::new(io),
+        };
+        if secure::on() {
+            let token = secure::TOKEN;
+            c.send_raw(format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{token}\r\n", token.len()).as_bytes());
+            assert_eq!(c.read_line().trim_end(), "+OK", "AUTH");
+        }
+        c
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         let w = self.io.get_mut();
         w.write_all(bytes).and_then(|_| w.flush()).expect("write");
