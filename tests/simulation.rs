@@ -269,7 +269,7 @@ async fn schedule(scenario: Scenario, world: Rc<World>) -> turmoil::Result {
                 // anti-entropy repaired it. Hints for a worker that is back
                 // (a write it missed late) would be lost with nothing to
                 // tell the new process it is behind: a known limit
-                // (docs/fault-tolerance.md; seed 856 found it).
+                // (docs/fault-tolerance.md; seed 856 shows it).
                 match hints_beside(o, fault).await {
                     None => {
                         world.requests.borrow_mut().crash.push(o);
