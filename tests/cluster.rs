@@ -1003,3 +1003,96 @@ fn a_conditional_set_survives_a_partner_that_evicted_newer_versions() {
     assert_eq!(held(&mut ca), keys.len(), "on the deciding worker");
     assert_eq!(held(&mut cb), keys.len(), "on its full partner");
 }
+
+/// A key of a one-pair cluster that the orchestrator reads from the pair's
+/// first worker while both are up.
+fn key_read_first_from_worker_0() -> String {
+    (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| rcache::orchestrator::placement::locate(k.as_bytes(), 1).first == 0)
+        .unwrap_or_default()
+}
+
+/// Freezes `a` until `o` sees it down, overwrites `key` through `o`, ends
+/// `o` with `end_o` (its hints must not reach `a`), and thaws `a`: `a`
+/// keeps `old`, `b` holds `new`, and anti-entropy (1 h) does not run.
+fn a_misses_an_overwrite(
+    a: &Daemon,
+    b: &Daemon,
+    o: &mut Daemon,
+    key: &str,
+    end_o: fn(&mut Daemon),
+) {
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req(&format!("set||{key}||old")), "0||");
+    a.signal(libc::SIGSTOP);
+    assert!(
+        eventually(Duration::from_secs(5), || health_in_cluster(o.port, a.port)
+            == "down"),
+        "A never seen down"
+    );
+    assert_eq!(c.req(&format!("set||{key}||new")), "0||");
+    end_o(o);
+    a.signal(libc::SIGCONT);
+    // The scenario holds: A answers again and still holds the old value.
+    let mut direct = Client::connect(a.port);
+    assert_eq!(direct.req(&format!("get||{key}")), "0||old");
+    assert_eq!(
+        Client::connect(b.port).req(&format!("get||{key}")),
+        "0||new"
+    );
+}
+
+const FAST_PROBES: [&str; 4] = ["--worker-timeout", "300ms", "--health-interval", "100ms"];
+
+/// The orchestrator that saw a worker miss a write dies with the hint; the
+/// one started in its place reads from that worker first once it is back,
+/// yet never gets the old value: the partner that stored the write says
+/// so in its first probe, which the new process waits for before serving.
+#[test]
+fn an_orchestrator_started_after_a_worker_missed_a_write_reads_nothing_stale() {
+    let (a, b) = pair(&["--anti-entropy-interval", "1h"]);
+    let key = key_read_first_from_worker_0();
+    let mut o = orchestrator(&[a.port, b.port], &FAST_PROBES);
+    // The orchestrator dies with the hint for A.
+    a_misses_an_overwrite(&a, &b, &mut o, &key, Daemon::kill9);
+    let o2 = orchestrator(&[a.port, b.port], &FAST_PROBES);
+    assert_eq!(
+        Client::connect(o2.port).req(&format!("get||{key}")),
+        "0||new",
+        "a stale read through the new orchestrator"
+    );
+    assert_eq!(health_in_cluster(o2.port, a.port), "behind");
+    assert_eq!(health_in_cluster(o2.port, b.port), "up");
+}
+
+/// An orchestrator that never saw a worker down (its probes are patient,
+/// and it sent nothing meanwhile) learns from the partner's probe that the
+/// worker missed a write another orchestrator acknowledged, and reads from
+/// the partner from then on.
+#[test]
+fn an_orchestrator_that_never_saw_a_worker_down_learns_it_missed_a_write() {
+    let (a, b) = pair(&["--anti-entropy-interval", "1h"]);
+    let key = key_read_first_from_worker_0();
+    // It keeps no hints, so A gets the write from nobody.
+    let mut o = orchestrator_without_hints(&[a.port, b.port]);
+    let patient = orchestrator(
+        &[a.port, b.port],
+        &["--health-interval", "100ms", "--health-failures", "1000000"],
+    );
+    a_misses_an_overwrite(&a, &b, &mut o, &key, |_| {});
+    assert_eq!(health_in_cluster(patient.port, b.port), "up");
+    assert!(
+        eventually(Duration::from_secs(5), || health_in_cluster(
+            patient.port,
+            a.port
+        ) == "behind"),
+        "the patient orchestrator never saw A behind: {}",
+        health_in_cluster(patient.port, a.port)
+    );
+    assert_eq!(
+        Client::connect(patient.port).req(&format!("get||{key}")),
+        "0||new",
+        "a stale read through the orchestrator that never saw A down"
+    );
+}

@@ -58,6 +58,8 @@ fn main() {
                     let _ = reload.done.send(());
                 }
             });
+            let mut bound = bound;
+            bound.probe(ctx.shutdown.clone()).await;
             let pairs: Vec<String> = config.pairs.iter().map(|p| p.join(",")).collect();
             println!(
                 "rcache-orchestrator ready listen={} pairs={} metrics={metrics}",

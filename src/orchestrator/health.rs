@@ -94,6 +94,7 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                 incarnation,
                 synced,
                 complete,
+                partner_behind,
             }) => {
                 failures = 0;
                 let healthy = match state {
@@ -106,6 +107,7 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                 if backend.probed(healthy, incarnation, entries, synced) {
                     tokio::spawn(backend.clone().deliver_hints(settings.hint_timeout));
                 }
+                backend.probe_done(Some(partner_behind));
             }
             other => {
                 // A probe connection in an unknown state is not reused.
@@ -117,6 +119,7 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                     }
                     backend.set_health(Health::Down);
                 }
+                backend.probe_done(None);
             }
         }
     }

@@ -109,6 +109,22 @@ async fn ask(backend: &Backend, request: &Arc<Request>, wait: bool) -> WriteOutc
     }
 }
 
+/// Tells the worker that stored an acknowledged write its partner missed,
+/// before the client hears of it: every orchestrator's next probe of it
+/// then keeps reads off the partner until anti-entropy copied the write
+/// (this orchestrator's hints cover it too, but other orchestrators, and a
+/// later process of this one, do not hold them). A failure leaves only
+/// this orchestrator knowing; the write stands.
+async fn tell_missed(holder: &Backend) {
+    match holder.call(Arc::new(Request::Missed)).await {
+        Ok(Response::Noted) => {}
+        Ok(other) => {
+            tracing::debug!(worker = %holder.addr, answer = ?other, "missed-write notice refused")
+        }
+        Err(e) => tracing::debug!(worker = %holder.addr, error = %e, "missed-write notice failed"),
+    }
+}
+
 impl Router {
     pub fn new(config: &OrchestratorConfig) -> Router {
         let dial = Arc::new(ArcSwap::from_pointee(crate::client::Dial::from_server(
@@ -260,12 +276,12 @@ impl Router {
     pub fn describe(&self) -> String {
         let mut records = Vec::new();
         for (i, pair) in self.topology().pairs.iter().enumerate() {
-            for backend in pair {
+            for (j, backend) in pair.iter().enumerate() {
                 let v = backend.view();
                 records.push(format!(
                     "pair={i} worker={} health={} entries={} hints={} synced={}",
                     v.addr,
-                    v.health.name(),
+                    Backend::standing(pair, j).name(),
                     v.entries,
                     v.hints,
                     v.synced
@@ -309,12 +325,13 @@ impl Router {
         let slot = placement::locate(&key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
         let worker_timeout = self.worker_timeout();
-        let mut order = [&pair[slot.first], &pair[1 - slot.first]];
+        let mut order = [slot.first, 1 - slot.first];
         // A worker that is up goes first, then one that is behind (it may
-        // lack a few writes, and gets its hints first), then one loading;
-        // one believed down is still tried last, in case it is back before
-        // the probe noticed (it may have missed any number of writes).
-        let rank = |b: &Backend| match b.health() {
+        // lack a few writes, and gets its hints first; or its partner says
+        // it missed one), then one loading; one believed down is still
+        // tried last, in case it is back before the probe noticed (it may
+        // have missed any number of writes).
+        let rank = |i: usize| match Backend::standing(pair, i) {
             Health::Up => 0,
             Health::Behind => 1,
             Health::Loading => 2,
@@ -324,7 +341,7 @@ impl Router {
             order.swap(0, 1);
         }
         let mut last_error = None;
-        for (tried, backend) in order.into_iter().enumerate() {
+        for (tried, backend) in order.into_iter().map(|i| &pair[i]).enumerate() {
             // A worker that is not up may have missed writes: it gets its
             // hints before it serves a read, or the read could go back in
             // time (its partner is not up either, or it failed just now).
@@ -419,15 +436,13 @@ impl Router {
         } = &**request
         {
             if *when != SetWhen::Always {
-                let decider = &pair[slot.first];
-                let decider = if decider.health() != Health::Up
-                    && pair[1 - slot.first].health() == Health::Up
-                {
+                let up = |i: usize| Backend::standing(pair, i) == Health::Up;
+                let decider = if !up(slot.first) && up(1 - slot.first) {
                     1 - slot.first
                 } else {
                     slot.first
                 };
-                if pair[decider].health() == Health::Up {
+                if up(decider) {
                     let outcome = Request::Set {
                         version: *version,
                         ttl_ms: *ttl_ms,
@@ -496,9 +511,13 @@ impl Router {
             // condition held nowhere, else an unconditional set of the
             // same version.
             let changed = stored.iter().any(|r| !matches!(r, Response::NotStored));
-            for (missed, backend) in [(a_missed, &pair[0]), (b_missed, &pair[1])] {
-                if missed && changed {
-                    backend.missed_write(request);
+            if changed && (a_missed || b_missed) {
+                for (missed, backend) in [(a_missed, &pair[0]), (b_missed, &pair[1])] {
+                    if missed {
+                        backend.missed_write(request);
+                    } else {
+                        tell_missed(backend).await;
+                    }
                 }
             }
             return Ok(stored);
@@ -589,12 +608,14 @@ impl Router {
                     let again = outcome.restamped(self.clock.next());
                     if Box::pin(self.write(&key, again.clone())).await.is_err() {
                         other.missed_write(&again);
+                        tell_missed(first).await;
                     }
                 }
             }
             WriteOutcome::Stored(_) => {}
             WriteOutcome::Refused(_) | WriteOutcome::Failed { .. } | WriteOutcome::NotAsked => {
-                other.missed_write(&outcome)
+                other.missed_write(&outcome);
+                tell_missed(first).await;
             }
         }
         Ok(vec![decided])
@@ -853,6 +874,7 @@ pub struct Bound {
     pub local_addr: SocketAddr,
     pub router: Arc<Router>,
     config: OrchestratorConfig,
+    probes: Option<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Opens the client listener and starts the links to the workers.
@@ -864,13 +886,47 @@ pub async fn bind(config: OrchestratorConfig) -> std::io::Result<Bound> {
         local_addr,
         router: Arc::new(Router::new(&config)),
         config,
+        probes: None,
     })
 }
 
 impl Bound {
-    /// Serves clients until shutdown; probes workers meanwhile.
-    pub async fn run(self, shutdown: Shutdown) {
-        let probes = health::start(&self.router, shutdown.clone());
+    /// Starts the health probes and waits for every worker's first answer
+    /// (at most two `health_timeout`s: a connect and a STATUS), so the first
+    /// request already knows what each worker says of itself and of its
+    /// partner: a process started after a worker came back, whose former
+    /// self held the hints for it, reads nothing the worker missed.
+    pub async fn probe(&mut self, shutdown: Shutdown) {
+        if self.probes.is_some() {
+            return;
+        }
+        self.probes = Some(health::start(&self.router, shutdown));
+        let bound = 2 * self.config.health_timeout;
+        let backends: Vec<_> = self
+            .router
+            .topology()
+            .pairs
+            .iter()
+            .flat_map(|pair| pair.iter().cloned())
+            .collect();
+        let all = net::join_all(
+            backends
+                .iter()
+                .map(|b| async move { b.first_probe().await })
+                .collect(),
+        );
+        if tokio::time::timeout(bound, all).await.is_err() {
+            tracing::warn!(
+                "not every worker answered its first probe within {bound:?}; serving anyway"
+            );
+        }
+    }
+
+    /// Serves clients until shutdown; probes workers meanwhile (see
+    /// [`Bound::probe`], which this calls unless it was called already).
+    pub async fn run(mut self, shutdown: Shutdown) {
+        self.probe(shutdown.clone()).await;
+        let probes = self.probes.take().unwrap_or_default();
         net::serve(
             self.listener,
             net::Loops::current(),

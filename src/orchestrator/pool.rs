@@ -368,6 +368,13 @@ pub struct Backend {
     /// No longer in the orchestrator's pair list (a reload removed it): its
     /// probe stops, and its links close once the last request is done.
     retired: AtomicBool,
+    /// The worker's last probe said its partner missed a write stored
+    /// here (an orchestrator told it so): the partner serves no reads
+    /// while this worker can (see [`Backend::standing`]).
+    partner_behind: AtomicBool,
+    /// Set once a probe has answered or failed (see [`Backend::first_probe`]).
+    probed_once: AtomicBool,
+    probe_seen: tokio::sync::Notify,
 }
 
 impl Backend {
@@ -399,7 +406,57 @@ impl Backend {
             request_timeout: settings.request_timeout,
             metrics,
             retired: AtomicBool::new(false),
+            partner_behind: AtomicBool::new(false),
+            probed_once: AtomicBool::new(false),
+            probe_seen: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Records that a probe answered or failed, and what the worker said
+    /// of its partner (`None`: no answer).
+    pub fn probe_done(&self, partner_behind: Option<bool>) {
+        if let Some(behind) = partner_behind {
+            let was = self.partner_behind.swap(behind, Ordering::Relaxed);
+            if was != behind {
+                tracing::info!(
+                    worker = %self.addr,
+                    "the worker says its partner {}",
+                    if behind { "missed writes stored here: reads come here" } else { "has every write stored here" }
+                );
+            }
+        }
+        if !self.probed_once.swap(true, Ordering::Release) {
+            self.probe_seen.notify_waiters();
+        }
+    }
+
+    /// Returns once the first probe has answered or failed.
+    pub async fn first_probe(&self) {
+        let seen = self.probe_seen.notified();
+        if self.probed_once.load(Ordering::Acquire) {
+            return;
+        }
+        seen.await;
+    }
+
+    /// Whether the worker said (in its last probe) that its partner missed
+    /// a write stored on it.
+    pub fn says_partner_behind(&self) -> bool {
+        self.partner_behind.load(Ordering::Relaxed)
+    }
+
+    /// Worker `i`'s health as reads and conditional writes see it: one
+    /// that is up is `Behind` while its partner, up as well, says it missed
+    /// a write stored there (told by any orchestrator, so this one learns
+    /// of writes it did not see fail).
+    pub fn standing(pair: &[Arc<Backend>; 2], i: usize) -> Health {
+        let (me, partner) = (&pair[i], &pair[1 - i]);
+        let health = me.health();
+        if health == Health::Up && partner.health() == Health::Up && partner.says_partner_behind() {
+            Health::Behind
+        } else {
+            health
+        }
     }
 
     fn catchup(&self) -> std::sync::MutexGuard<'_, Catchup> {
@@ -1329,6 +1386,51 @@ mod tests {
             "{flushed:?}"
         );
         drop(delivery);
+    }
+
+    #[tokio::test]
+    async fn a_worker_whose_partner_says_it_missed_a_write_stands_behind() {
+        let pair = [backend(), backend()];
+        let standing = |i| Backend::standing(&pair, i);
+        assert_eq!((standing(0), standing(1)), (Health::Up, Health::Up));
+        pair[1].probe_done(Some(true));
+        assert_eq!((standing(0), standing(1)), (Health::Behind, Health::Up));
+        // Only while the partner that says so can serve: with it down (or
+        // itself behind) the worker's own health stands.
+        pair[1].set_health(Health::Down);
+        assert_eq!(standing(0), Health::Up);
+        pair[1].set_health(Health::Behind);
+        assert_eq!(standing(0), Health::Up);
+        pair[1].set_health(Health::Up);
+        // A failed probe keeps what it said last; a later answer clears it.
+        pair[1].probe_done(None);
+        assert_eq!(standing(0), Health::Behind);
+        pair[1].probe_done(Some(false));
+        assert_eq!(standing(0), Health::Up);
+        // Its own health comes first.
+        pair[1].probe_done(Some(true));
+        pair[0].set_health(Health::Loading);
+        assert_eq!(standing(0), Health::Loading);
+    }
+
+    #[tokio::test]
+    async fn the_first_probe_is_awaited_once() {
+        let b = backend();
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.first_probe().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        b.probe_done(None);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the first probe")
+            .expect("task");
+        // Later waits return at once.
+        tokio::time::timeout(Duration::from_secs(5), b.first_probe())
+            .await
+            .expect("already probed");
     }
 
     #[tokio::test]

@@ -48,7 +48,7 @@ use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
 /// protocol name and its version.
-pub const HELLO: &[u8; 5] = b"\xF0rcl\x05";
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x06";
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;
@@ -183,6 +183,10 @@ pub enum Request {
     Auth {
         token: Bytes,
     },
+    /// An orchestrator's notice that this worker's partner missed a write
+    /// this worker stored (answered `Noted`): STATUS says `partner_behind`
+    /// until an anti-entropy round that began after the notice completes.
+    Missed,
 }
 
 /// One bucket of a store's digest: a sum of its entries' fingerprints
@@ -230,17 +234,23 @@ pub enum Response {
     Pong,
     /// The link's token was accepted.
     Authenticated,
+    /// A `Missed` notice was recorded.
+    Noted,
     /// `incarnation` is drawn at each start: a change means a restart.
     /// `synced` counts the anti-entropy rounds this process completed.
     /// `complete` is false while the worker may lack data its partner
     /// holds (it started empty, or its refill broke off) and no
-    /// anti-entropy round has repaired it since.
+    /// anti-entropy round has repaired it since. `partner_behind`: an
+    /// orchestrator said the partner missed a write stored here
+    /// ([`Request::Missed`]) and no round that began after that has
+    /// completed, so reads should come here while this worker can serve.
     Status {
         state: WorkerState,
         entries: u64,
         incarnation: u64,
         synced: u64,
         complete: bool,
+        partner_behind: bool,
     },
     Digest(Vec<BucketDigest>),
     /// `complete` is false when the answer was cut to bound the frame.
@@ -296,6 +306,7 @@ mod op {
     pub const SET_IF: u8 = 11;
     pub const META: u8 = 12;
     pub const EXPIRE: u8 = 13;
+    pub const MISSED: u8 = 14;
 }
 
 mod status {
@@ -395,6 +406,7 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             out.put_slice(token);
         }
         Request::Status => out.put_u8(op::STATUS),
+        Request::Missed => out.put_u8(op::MISSED),
         Request::Refill => out.put_u8(op::REFILL),
         Request::Digest => out.put_u8(op::DIGEST),
         Request::Sync {
@@ -481,13 +493,14 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u8(status::OK);
             out.put_u8(*existed as u8);
         }
-        Response::Pong | Response::Authenticated => out.put_u8(status::OK),
+        Response::Pong | Response::Authenticated | Response::Noted => out.put_u8(status::OK),
         Response::Status {
             state,
             entries,
             incarnation,
             synced,
             complete,
+            partner_behind,
         } => {
             out.put_u8(status::OK);
             out.put_u8(*state as u8);
@@ -495,6 +508,7 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u64(*incarnation);
             out.put_u64(*synced);
             out.put_u8(u8::from(*complete));
+            out.put_u8(u8::from(*partner_behind));
         }
         Response::Digest(buckets) => {
             out.put_u8(status::OK);
@@ -728,6 +742,7 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
             Request::Auth { token }
         }
         op::STATUS => Request::Status,
+        op::MISSED => Request::Missed,
         op::REFILL => Request::Refill,
         op::DIGEST => Request::Digest,
         op::SYNC => {
@@ -798,6 +813,7 @@ pub fn decode_response(
             },
             RequestKind::Ping => Response::Pong,
             RequestKind::Auth => Response::Authenticated,
+            RequestKind::Missed => Response::Noted,
             RequestKind::Status => {
                 let state = WorkerState::from_u8(r.u8()?)
                     .ok_or(LinkError::Malformed("unknown worker state"))?;
@@ -807,6 +823,7 @@ pub fn decode_response(
                     incarnation: r.u64()?,
                     synced: r.u64()?,
                     complete: r.u8()? != 0,
+                    partner_behind: r.u8()? != 0,
                 }
             }
             RequestKind::Refill => return Err(LinkError::Malformed("OK in a refill stream")),
@@ -878,11 +895,12 @@ pub enum RequestKind {
     Digest,
     Sync,
     Apply,
+    Missed,
 }
 
 impl RequestKind {
     /// Every kind, for code that must try them all (decoders under test).
-    pub const ALL: [RequestKind; 12] = [
+    pub const ALL: [RequestKind; 13] = [
         RequestKind::Auth,
         RequestKind::Get,
         RequestKind::Set,
@@ -895,6 +913,7 @@ impl RequestKind {
         RequestKind::Digest,
         RequestKind::Sync,
         RequestKind::Apply,
+        RequestKind::Missed,
     ];
 }
 
@@ -923,6 +942,7 @@ impl Request {
             Request::Digest => RequestKind::Digest,
             Request::Sync { .. } => RequestKind::Sync,
             Request::Apply { .. } => RequestKind::Apply,
+            Request::Missed => RequestKind::Missed,
         }
     }
 }
@@ -980,6 +1000,7 @@ mod tests {
             Request::Ping,
             Request::Auth { token: b("s3cret") },
             Request::Status,
+            Request::Missed,
             Request::Refill,
             Request::Digest,
             Request::Sync {
@@ -1072,9 +1093,11 @@ mod tests {
                     incarnation: 77,
                     synced: 4,
                     complete: true,
+                    partner_behind: true,
                 },
                 RequestKind::Status,
             ),
+            (Response::Noted, RequestKind::Missed),
             (
                 Response::Digest(
                     (0..DIGEST_BUCKETS as u64)

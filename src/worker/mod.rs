@@ -71,6 +71,10 @@ pub struct Worker {
     /// Why this worker may lack data its partner holds, while it may (see
     /// [`refill`]); `None` once it is complete.
     incomplete: std::sync::Mutex<Option<String>>,
+    /// The partner missed a write stored here (an orchestrator said so)
+    /// until this many anti-entropy rounds have completed; see
+    /// [`Worker::note_partner_missed`].
+    partner_missed_until: AtomicU64,
     /// Listener settings; a reload may change them.
     pub live: LiveConfig,
     pub metrics: metrics::WorkerMetrics,
@@ -89,6 +93,7 @@ impl Worker {
             refill_expected: AtomicU64::new(0),
             refill_millis: AtomicU64::new(0),
             incomplete: std::sync::Mutex::new(None),
+            partner_missed_until: AtomicU64::new(0),
             live: LiveConfig::from_pointee(config.server.clone()),
             metrics: metrics::WorkerMetrics::new(),
             config,
@@ -146,6 +151,28 @@ impl Worker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records an orchestrator's notice that the partner missed a write
+    /// this worker stored. One round lock orders rounds in time, so the
+    /// round after the one that may be running when the notice arrives
+    /// began after it and copies that write: until it completes
+    /// (`rounds + 2`), STATUS says `partner_behind`.
+    pub fn note_partner_missed(&self) {
+        let until = self.anti_entropy.rounds() + 2;
+        let before = self.partner_missed_until.fetch_max(until, Ordering::AcqRel);
+        if before <= self.anti_entropy.rounds() {
+            tracing::info!(
+                partner = self.config.partner.as_deref().unwrap_or("-"),
+                "the partner missed a write stored here: orchestrators read here until anti-entropy repairs it"
+            );
+        }
+    }
+
+    /// Whether the partner may lack a write stored here (see
+    /// [`Worker::note_partner_missed`]).
+    pub fn partner_behind(&self) -> bool {
+        self.anti_entropy.rounds() < self.partner_missed_until.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_incomplete(&self, why: Option<String>) {
@@ -316,7 +343,12 @@ impl Worker {
                 incarnation: self.incarnation,
                 synced: self.anti_entropy.rounds(),
                 complete: self.incomplete().is_none(),
+                partner_behind: self.partner_behind(),
             },
+            Request::Missed => {
+                self.note_partner_missed();
+                Response::Noted
+            }
             Request::Refill | Request::Digest | Request::Sync { .. } | Request::Apply { .. } => {
                 Response::Error(ErrorReply::new(
                     ErrorCode::InvalidCommand,
@@ -640,7 +672,7 @@ fn link_op(request: &Request) -> Op {
         Request::Expire { .. } => Op::Expire,
         Request::Ping => Op::Ping,
         Request::Auth { .. } => Op::Auth,
-        Request::Status => Op::Status,
+        Request::Status | Request::Missed => Op::Status,
         Request::Refill => Op::Refill,
         Request::Digest | Request::Sync { .. } | Request::Apply { .. } => Op::AntiEntropy,
     }
@@ -841,5 +873,40 @@ mod tests {
             w.execute(set(now + 1000, b"newer")),
             Response::Set { applied: false }
         ));
+    }
+
+    fn says_partner_behind(w: &Worker) -> bool {
+        matches!(
+            w.execute(Request::Status),
+            Response::Status {
+                partner_behind: true,
+                ..
+            }
+        )
+    }
+
+    #[test]
+    fn a_missed_write_is_reported_until_a_round_that_began_after_it_completes() {
+        let w = worker();
+        assert!(!says_partner_behind(&w));
+        assert_eq!(w.execute(Request::Missed), Response::Noted);
+        assert!(says_partner_behind(&w));
+        // The round that may have been running at the notice does not
+        // count: it may have compared before the write was stored.
+        w.round_completed();
+        assert!(says_partner_behind(&w));
+        w.round_completed();
+        assert!(!says_partner_behind(&w));
+        // A later notice starts over; an earlier one never shortens it.
+        w.execute(Request::Missed);
+        w.round_completed();
+        w.execute(Request::Missed);
+        w.round_completed();
+        assert!(
+            says_partner_behind(&w),
+            "the second notice counts from its own time"
+        );
+        w.round_completed();
+        assert!(!says_partner_behind(&w));
     }
 }
