@@ -389,9 +389,18 @@ fn full_cache_loader(
                     .and_then(|(n, _)| n.parse().ok())
                     .unwrap_or(0);
                 if seq < s.acked || seq > s.attempted {
+                    let at = started.elapsed();
+                    // How both orchestrators see the workers right after,
+                    // for the first few (what explains a stale read).
+                    let views = if seen.stale.len() < 3 {
+                        let mut view = |i: usize| conns[i].req("cluster").unwrap_or_else(|e| e);
+                        format!("; views now: o0 [{}] o1 [{}]", view(0), view(1))
+                    } else {
+                        String::new()
+                    };
                     seen.stale.push(format!(
-                        "{key}: read write {seq} through orchestrator {via} after write {} ({}) was acknowledged (last attempted {}) at {:?}",
-                        s.acked, s.last, s.attempted, started.elapsed()
+                        "{key}: read write {seq} through orchestrator {via} after write {} ({}) was acknowledged (last attempted {}) at {at:?}{views}",
+                        s.acked, s.last, s.attempted
                     ));
                 }
             }
