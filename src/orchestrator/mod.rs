@@ -325,21 +325,7 @@ impl Router {
         let slot = placement::locate(&key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
         let worker_timeout = self.worker_timeout();
-        let mut order = [slot.first, 1 - slot.first];
-        // A worker that is up goes first, then one that is behind (it may
-        // lack a few writes, and gets its hints first; or its partner says
-        // it missed one), then one loading; one believed down is still
-        // tried last, in case it is back before the probe noticed (it may
-        // have missed any number of writes).
-        let rank = |i: usize| match Backend::standing(pair, i) {
-            Health::Up => 0,
-            Health::Behind => 1,
-            Health::Loading => 2,
-            Health::Down => 3,
-        };
-        if rank(order[1]) < rank(order[0]) {
-            order.swap(0, 1);
-        }
+        let order = Backend::read_order(pair, slot.first);
         let mut last_error = None;
         for (tried, backend) in order.into_iter().map(|i| &pair[i]).enumerate() {
             // A worker that is not up may have missed writes: it gets its
@@ -436,7 +422,7 @@ impl Router {
         } = &**request
         {
             if *when != SetWhen::Always {
-                let up = |i: usize| Backend::standing(pair, i) == Health::Up;
+                let up = |i: usize| Backend::can_decide(pair, i);
                 let decider = if !up(slot.first) && up(1 - slot.first) {
                     1 - slot.first
                 } else {
@@ -575,7 +561,7 @@ impl Router {
             // It never reached the decider: the partner decides (if it is
             // up; else nobody can).
             WriteOutcome::Failed { .. } | WriteOutcome::NotAsked => {
-                if other.health() != Health::Up {
+                if !Backend::can_decide(pair, 1 - decider) {
                     return Err(ErrorReply::new(
                         ErrorCode::Unavailable,
                         "no worker of the pair that is up could decide the condition",
@@ -892,15 +878,17 @@ pub async fn bind(config: OrchestratorConfig) -> std::io::Result<Bound> {
 
 impl Bound {
     /// Starts the health probes and waits for every worker's first answer
-    /// (at most two `health_timeout`s: a connect and a STATUS), so the first
-    /// request already knows what each worker says of itself and of its
-    /// partner: a process started after a worker came back, whose former
-    /// self held the hints for it, reads nothing the worker missed.
-    pub async fn probe(&mut self, shutdown: Shutdown) {
+    /// (at most two `health_timeout`s, probes failing meanwhile are tried
+    /// again each `health_interval`), so the first request already knows
+    /// what each worker says of itself and of its partner: a process
+    /// started after a worker came back, whose former self held the hints
+    /// for it, reads nothing the worker missed. A worker that has not
+    /// answered by then starts out down.
+    pub async fn probe(&mut self, mut shutdown: Shutdown) {
         if self.probes.is_some() {
             return;
         }
-        self.probes = Some(health::start(&self.router, shutdown));
+        self.probes = Some(health::start(&self.router, shutdown.clone()));
         let bound = 2 * self.config.health_timeout;
         let backends: Vec<_> = self
             .router
@@ -915,9 +903,25 @@ impl Bound {
                 .map(|b| async move { b.first_probe().await })
                 .collect(),
         );
-        if tokio::time::timeout(bound, all).await.is_err() {
+        let answered = tokio::select! {
+            answered = tokio::time::timeout(bound, all) => answered.is_ok(),
+            _ = shutdown.wait() => return,
+        };
+        if !answered {
+            // Unanswered, a worker is taken as down: it serves reads only
+            // once a probe reaches it and anti-entropy confirms it holds
+            // what it may have missed (this process holds no hints for it).
+            let silent: Vec<&str> = backends
+                .iter()
+                .filter(|b| !b.answered())
+                .map(|b| {
+                    b.set_health(Health::Down);
+                    b.addr.as_str()
+                })
+                .collect();
             tracing::warn!(
-                "not every worker answered its first probe within {bound:?}; serving anyway"
+                workers = ?silent,
+                "not every worker answered its first probe within {bound:?}: down until one does; serving"
             );
         }
     }

@@ -372,7 +372,7 @@ pub struct Backend {
     /// here (an orchestrator told it so): the partner serves no reads
     /// while this worker can (see [`Backend::standing`]).
     partner_behind: AtomicBool,
-    /// Set once a probe has answered or failed (see [`Backend::first_probe`]).
+    /// Set once a probe has answered (see [`Backend::first_probe`]).
     probed_once: AtomicBool,
     probe_seen: tokio::sync::Notify,
 }
@@ -425,12 +425,17 @@ impl Backend {
                 );
             }
         }
-        if !self.probed_once.swap(true, Ordering::Release) {
+        if partner_behind.is_some() && !self.probed_once.swap(true, Ordering::Release) {
             self.probe_seen.notify_waiters();
         }
     }
 
-    /// Returns once the first probe has answered or failed.
+    /// Whether a probe has answered yet.
+    pub fn answered(&self) -> bool {
+        self.probed_once.load(Ordering::Acquire)
+    }
+
+    /// Returns once a probe has answered.
     pub async fn first_probe(&self) {
         let seen = self.probe_seen.notified();
         if self.probed_once.load(Ordering::Acquire) {
@@ -445,18 +450,56 @@ impl Backend {
         self.partner_behind.load(Ordering::Relaxed)
     }
 
+    /// Whether worker `i`'s partner, reachable and serving reads (up, or
+    /// behind on writes of its own), says `i` missed a write stored there
+    /// (told by any orchestrator, so this one learns of writes it did not
+    /// see fail).
+    fn claimed_behind(pair: &[Arc<Backend>; 2], i: usize) -> bool {
+        let partner = &pair[1 - i];
+        matches!(partner.health(), Health::Up | Health::Behind) && partner.says_partner_behind()
+    }
+
     /// Worker `i`'s health as reads and conditional writes see it: one
-    /// that is up is `Behind` while its partner, up as well, says it missed
-    /// a write stored there (told by any orchestrator, so this one learns
-    /// of writes it did not see fail).
+    /// that is up is `Behind` while its partner claims it missed a write
+    /// (see [`Backend::claimed_behind`]).
     pub fn standing(pair: &[Arc<Backend>; 2], i: usize) -> Health {
-        let (me, partner) = (&pair[i], &pair[1 - i]);
-        let health = me.health();
-        if health == Health::Up && partner.health() == Health::Up && partner.says_partner_behind() {
+        let health = pair[i].health();
+        if health == Health::Up && Backend::claimed_behind(pair, i) {
             Health::Behind
         } else {
             health
         }
+    }
+
+    /// The order in which a read of a key whose first choice is `first`
+    /// tries the pair: a worker that is up goes first, then one that is
+    /// behind (it may lack a few writes, and gets its hints first; or its
+    /// partner says it missed one), then one loading; one believed down is
+    /// still tried last, in case it is back before the probe noticed (it
+    /// may have missed any number of writes). Between two of the same
+    /// standing, one that its partner says missed a write goes second.
+    pub fn read_order(pair: &[Arc<Backend>; 2], first: usize) -> [usize; 2] {
+        let rank = |i: usize| {
+            let standing = match Backend::standing(pair, i) {
+                Health::Up => 0,
+                Health::Behind => 1,
+                Health::Loading => 2,
+                Health::Down => 3,
+            };
+            (standing, Backend::claimed_behind(pair, i))
+        };
+        let (a, b) = (first, 1 - first);
+        if rank(b) < rank(a) {
+            [b, a]
+        } else {
+            [a, b]
+        }
+    }
+
+    /// Whether worker `i` may decide a conditional write for the pair: it
+    /// is up, and its partner does not say it missed a write.
+    pub fn can_decide(pair: &[Arc<Backend>; 2], i: usize) -> bool {
+        Backend::standing(pair, i) == Health::Up
     }
 
     fn catchup(&self) -> std::sync::MutexGuard<'_, Catchup> {
@@ -579,11 +622,11 @@ impl Backend {
             c.behind = true;
             c.unreached = true;
             c.awaiting_probe = false;
-            c.target = Some((incarnation, synced + CATCHUP_ROUNDS));
+            c.target = Some((incarnation, synced.saturating_add(CATCHUP_ROUNDS)));
         } else if c.behind {
             if c.awaiting_probe {
                 c.awaiting_probe = false;
-                c.target = Some((incarnation, synced + CATCHUP_ROUNDS));
+                c.target = Some((incarnation, synced.saturating_add(CATCHUP_ROUNDS)));
             } else if let Some((then, rounds)) = c.target {
                 if incarnation != then || synced >= rounds {
                     let how = if incarnation != then {
@@ -1395,13 +1438,25 @@ mod tests {
         assert_eq!((standing(0), standing(1)), (Health::Up, Health::Up));
         pair[1].probe_done(Some(true));
         assert_eq!((standing(0), standing(1)), (Health::Behind, Health::Up));
-        // Only while the partner that says so can serve: with it down (or
-        // itself behind) the worker's own health stands.
+        // Nor does it decide a conditional write (its own health is up).
+        assert!(!Backend::can_decide(&pair, 0));
+        assert!(Backend::can_decide(&pair, 1));
+        // Only while the partner that says so can serve reads: with it down
+        // or loading the worker's own health stands. A claimer that is
+        // behind itself still holds the write the worker lacks, and is read
+        // first when both are behind.
         pair[1].set_health(Health::Down);
         assert_eq!(standing(0), Health::Up);
-        pair[1].set_health(Health::Behind);
+        pair[1].set_health(Health::Loading);
         assert_eq!(standing(0), Health::Up);
+        pair[1].set_health(Health::Behind);
+        assert_eq!(standing(0), Health::Behind);
+        pair[0].set_health(Health::Behind);
+        assert_eq!(Backend::read_order(&pair, 0), [1, 0], "the claimer first");
+        assert_eq!(Backend::read_order(&pair, 1), [1, 0]);
+        pair[0].set_health(Health::Up);
         pair[1].set_health(Health::Up);
+        assert_eq!(Backend::read_order(&pair, 0), [1, 0]);
         // A failed probe keeps what it said last; a later answer clears it.
         pair[1].probe_done(None);
         assert_eq!(standing(0), Health::Behind);
@@ -1422,7 +1477,13 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
+        // A failed probe says nothing of the worker: still waiting.
         b.probe_done(None);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a failed probe is no answer");
+        assert!(!b.answered());
+        b.probe_done(Some(false));
+        assert!(b.answered());
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the first probe")

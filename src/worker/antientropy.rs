@@ -32,7 +32,9 @@
 //! Each worker takes part in one round at a time (the round lock), so its
 //! count of completed rounds (`synced` in STATUS) orders rounds in time:
 //! the orchestrator uses it to know that a round began after a write the
-//! worker missed, and so the worker holds that write now.
+//! worker missed, and so the worker holds that write now. A round counts
+//! only if it repaired everything it saw: one whose SYNC answer was cut at
+//! a refill chunk does not, on either side (the next round goes on).
 //!
 //! Under memory pressure partners evict different entries. A side near its
 //! memory limit does not add a key it lacks (see `Store::apply_repair`): it
@@ -226,6 +228,10 @@ pub struct Responder {
     /// The current batch's buckets and this side's summaries of them,
     /// sorted by key (one scan serves all the batch's windows).
     batch: Option<(Vec<u16>, Vec<Summary>)>,
+    /// One of this round's SYNC answers was cut at a refill chunk: the
+    /// initiator did not get every newer entry, so the round does not
+    /// count as completed (nor clears what waits on one).
+    cut: bool,
 }
 
 impl Responder {
@@ -244,7 +250,10 @@ impl Responder {
                 }
                 if self.guard.is_none() {
                     match worker.anti_entropy.try_lock() {
-                        Some(guard) => self.guard = Some(guard),
+                        Some(guard) => {
+                            self.guard = Some(guard);
+                            self.cut = false;
+                        }
                         None => return busy(),
                     }
                 }
@@ -265,7 +274,14 @@ impl Responder {
                     self.batch = Some((buckets, mine));
                 }
                 let mine = self.batch.as_ref().map_or(&[][..], |(_, m)| &m[..]);
-                sync(worker, window(mine, &after, &upto), summaries)
+                let answer = sync(worker, window(mine, &after, &upto), summaries);
+                if let Response::Synced {
+                    complete: false, ..
+                } = answer
+                {
+                    self.cut = true;
+                }
+                answer
             }
             Request::Apply {
                 last,
@@ -278,7 +294,9 @@ impl Responder {
                 evict_refused(worker, &evict);
                 let (count, refused) = apply_all(worker, &entries, false);
                 if last {
-                    worker.round_completed();
+                    if !self.cut {
+                        worker.round_completed();
+                    }
                     self.guard = None;
                     self.batch = None;
                 }

@@ -875,6 +875,69 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_round_whose_answer_was_cut_short_does_not_count() {
+        let w = worker();
+        // More than a refill chunk that the initiator lacks: the SYNC
+        // answer is cut, and the round repaired only part of it.
+        // (Values that do not compress: the chunk counts stored bytes.)
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..300u32 {
+            let value: Vec<u8> = (0..8 << 10)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let request = Request::Set {
+                version: w.clock.next(),
+                ttl_ms: 0,
+                key: Bytes::from(format!("key-{i}")),
+                value: Bytes::from(value),
+                when: SetWhen::Always,
+            };
+            assert!(matches!(
+                w.execute(request),
+                Response::Set { applied: true }
+            ));
+        }
+        w.execute(Request::Missed);
+        let mut responder = antientropy::Responder::default();
+        async fn round(w: &Worker, responder: &mut antientropy::Responder) -> bool {
+            assert!(matches!(
+                responder.handle(w, Request::Digest).await,
+                Response::Digest(_)
+            ));
+            let buckets = (0..crate::protocol::link::DIGEST_BUCKETS as u16).collect();
+            let sync = Request::Sync {
+                buckets,
+                after: Bytes::new(),
+                upto: Bytes::new(),
+                summaries: Vec::new(),
+            };
+            let synced = responder.handle(w, sync).await;
+            let Response::Synced { complete, .. } = synced else {
+                panic!("{synced:?}");
+            };
+            let apply = Request::Apply {
+                last: true,
+                entries: Vec::new(),
+                evict: Vec::new(),
+            };
+            responder.handle(w, apply).await;
+            complete
+        }
+        assert!(!round(&w, &mut responder).await, "the answer is cut");
+        assert!(!round(&w, &mut responder).await, "the answer is cut");
+        assert_eq!(w.anti_entropy.rounds(), 0, "no cut round counts");
+        assert!(
+            says_partner_behind(&w),
+            "the partner still lacks most of what it missed"
+        );
+    }
+
     fn says_partner_behind(w: &Worker) -> bool {
         matches!(
             w.execute(Request::Status),
