@@ -6,39 +6,43 @@
 //!                          └──────────────link──▶ worker B ─────┘
 //! ```
 //!
-//! Layers, top to bottom; each uses only the ones below it:
+//! Layers, top to bottom; each uses only the ones below it, never one
+//! beside it (`tests/layers.rs` holds the same table and fails on an
+//! import against it):
 //!
-//! | module | owns |
-//! |---|---|
-//! | `bin/` | argument parsing, exit codes: thin |
-//! | [`cli`] | the `rcache` command: get/set/del/ping, shell, `local` |
-//! | [`worker`] | listener, store (shards, SIEVE eviction, TTLs, lz4), refill |
-//! | [`orchestrator`] | listener, placement (key → pair), pool of links, health |
-//! | [`client`] | text client, link client |
-//! | [`metrics`] | Prometheus registries, the `/metrics` and `/health` endpoint |
-//! | [`net`] | accept loop, limits, shutdown, buffered connections, text driver |
-//! | [`protocol`] | text and link codecs: bytes ↔ types, no I/O |
-//!
-//! [`config`] (figment: defaults < file < env < flags) and [`daemon`]
-//! (logging, signals, systemd notifications, reload) are used from the top. [`version`] (hybrid logical
-//! clock), [`hash`] (the stable key hash) and [`zipf`] are leaf utilities;
-//! [`sys`] is the one door to sockets, the wall clock and randomness (a
-//! simulation swaps it).
+//! | layer | modules | own |
+//! |---|---|---|
+//! | 1 | `bin/` | argument parsing, exit codes: thin |
+//! | 2 | [`cli`], [`fuzzing`] | the `rcache` command (get/set, shell, `local`, bench); the fuzz entry points |
+//! | 3 | [`daemon`] | logging, signals, systemd notifications, reload |
+//! | 4 | [`config`] | figment: defaults < file < env < flags, validation |
+//! | 5 | [`orchestrator`], [`worker`] | the two services: router, placement, pool, health; store, refill, anti-entropy |
+//! | 6 | [`client`] | text client, link client, connection pool |
+//! | 7 | [`net`] | accept loop, limits, buffered connections, the client drivers |
+//! | 8 | [`metrics`] | Prometheus registries, the `/metrics` and `/health` endpoint |
+//! | 9 | [`protocol`] | text, RESP and link codecs: bytes ↔ types, no I/O |
+//! | 10 | [`tls`], [`auth`] | rustls configuration; the shared token |
+//! | 11 | [`version`], [`hash`], [`zipf`] | hybrid logical clock, stable key hash, skewed keys |
+//! | 12 | [`sys`], [`shutdown`] | the one door to sockets, the wall clock and randomness (a simulation swaps it); the shutdown signal |
 //!
 //! A request runs in a straight line: accept, decode a `Command`, execute it
 //! (the worker's store; or the orchestrator's router picks a pair and the
 //! pool forwards it), encode the `Reply`, write.
+
+#![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod fuzzing;
 pub mod hash;
 pub mod metrics;
 pub mod net;
 pub mod orchestrator;
 pub mod protocol;
+pub mod shutdown;
 pub mod sys;
 pub mod tls;
 pub mod version;

@@ -126,3 +126,13 @@ pub mod sim {
         })
     }
 }
+
+/// Names the address a bind failed on, and says so when the port is taken.
+pub fn bind_error(address: &str, e: std::io::Error) -> std::io::Error {
+    let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+        ": the port is taken by another process"
+    } else {
+        ""
+    };
+    std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{hint}"))
+}

@@ -7,7 +7,7 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::chaos::seed;
-use rcache::protocol::fuzzing::{link_stream, resp_stream, text_stream};
+use rcache::fuzzing::{link_stream, resp_stream, text_stream};
 use rcache::protocol::link::{encode_request, encode_response, Entry, Request, Response, Summary};
 use rcache::zipf::Rng;
 use std::path::Path;

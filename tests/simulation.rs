@@ -40,8 +40,8 @@
 
 use rcache::client::text::TextClient;
 use rcache::config::{RawOrchestrator, RawWorker};
-use rcache::net::shutdown_channel;
 use rcache::protocol::{Command, Reply, SetWhen};
+use rcache::shutdown::shutdown_channel;
 use rcache::{orchestrator, worker};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

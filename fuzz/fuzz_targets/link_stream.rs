@@ -1,3 +1,3 @@
 //! The link protocol (requests, responses, refill chunks applied to a store).
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rcache::protocol::fuzzing::link_stream(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rcache::fuzzing::link_stream(data));

@@ -1,3 +1,3 @@
 //! The text protocol decoder, fed arbitrary bytes in pieces.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rcache::protocol::fuzzing::text_stream(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rcache::fuzzing::text_stream(data));

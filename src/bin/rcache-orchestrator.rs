@@ -1,5 +1,7 @@
 //! `rcache-orchestrator`: the stateless proxy; see `rcache::orchestrator`.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use rcache::config::{self, OrchestratorOverrides, RawOrchestrator};
 use rcache::daemon::{self, notify, EXIT_OK, EXIT_RUNTIME};
@@ -39,7 +41,7 @@ fn main() {
                 }
             };
             let router = bound.router.clone();
-            let metrics = match rcache::metrics::spawn_or_exit(
+            let metrics = match rcache::daemon::spawn_metrics_or_exit(
                 &config.metrics_listen,
                 router.clone(),
                 ctx.shutdown.clone(),

@@ -1,5 +1,7 @@
 //! `rcache-worker`: stores entries in memory and serves them; see `rcache::worker`.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use rcache::config::{self, RawWorker};
 use rcache::daemon::{self, notify, EXIT_OK, EXIT_RUNTIME};
@@ -33,7 +35,7 @@ fn main() {
                 }
             };
             let worker = bound.worker.clone();
-            let metrics = match rcache::metrics::spawn_or_exit(
+            let metrics = match rcache::daemon::spawn_metrics_or_exit(
                 &config.metrics_listen,
                 worker.clone(),
                 ctx.shutdown.clone(),

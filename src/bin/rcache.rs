@@ -1,5 +1,7 @@
 //! `rcache`: the command-line client and `rcache local`; see `rcache::cli`.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 fn main() {

@@ -4,8 +4,8 @@
 
 use crate::config::units::Scalar;
 use crate::config::{RawOrchestrator, RawWorker};
-use crate::net::shutdown_channel;
 use crate::orchestrator;
+use crate::shutdown::shutdown_channel;
 use crate::worker;
 
 /// Worker pairs `rcache local` runs.

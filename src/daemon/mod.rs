@@ -5,7 +5,7 @@
 pub mod args;
 pub mod notify;
 
-use crate::net::ShutdownTrigger;
+use crate::shutdown::ShutdownTrigger;
 
 /// Exit statuses (systemd units use `RestartPreventExitStatus=2`).
 pub const EXIT_OK: i32 = 0;
@@ -70,7 +70,7 @@ pub struct Reload<C> {
 
 /// What a running daemon gets besides its config.
 pub struct Context<C> {
-    pub shutdown: crate::net::Shutdown,
+    pub shutdown: crate::shutdown::Shutdown,
     pub reloads: tokio::sync::mpsc::Receiver<Reload<C>>,
 }
 
@@ -140,7 +140,7 @@ where
         }
     };
     let code = runtime.block_on(async move {
-        let (trigger, shutdown) = crate::net::shutdown_channel();
+        let (trigger, shutdown) = crate::shutdown::shutdown_channel();
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
         let signals = Signals {
             name,
@@ -257,4 +257,19 @@ where
         };
         notify::reloaded(&outcome);
     }
+}
+
+/// [`crate::metrics::spawn`] for a daemon's `run`: logs a failure and gives
+/// the exit status.
+pub async fn spawn_metrics_or_exit(
+    address: &str,
+    exporter: std::sync::Arc<dyn crate::metrics::Exporter>,
+    shutdown: crate::shutdown::Shutdown,
+) -> Result<std::net::SocketAddr, i32> {
+    crate::metrics::spawn(address, exporter, shutdown)
+        .await
+        .map_err(|e| {
+            tracing::error!("{e}");
+            EXIT_RUNTIME
+        })
 }

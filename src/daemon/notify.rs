@@ -8,7 +8,7 @@
 //! the start timeout), `WATCHDOG=1` every half of `$WATCHDOG_USEC`,
 //! `RELOADING=1` … `READY=1` around a reload, `STOPPING=1` at shutdown.
 
-use crate::net::Shutdown;
+use crate::shutdown::Shutdown;
 use sd_notify::NotifyState;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! the process exits (`/health` says "stopping" during the drain).
 
 use super::{render, Exporter};
-use crate::net::Shutdown;
+use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

@@ -375,26 +375,14 @@ pub fn mirror(counter: &IntCounter, value: u64) {
 pub async fn spawn(
     address: &str,
     exporter: std::sync::Arc<dyn Exporter>,
-    shutdown: crate::net::Shutdown,
+    shutdown: crate::shutdown::Shutdown,
 ) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| crate::net::bind_error(&format!("{address} (metrics_listen)"), e))?;
+        .map_err(|e| crate::sys::bind_error(&format!("{address} (metrics_listen)"), e))?;
     let local = listener.local_addr()?;
     tokio::spawn(serve_http(listener, exporter, shutdown));
     Ok(local)
-}
-
-/// [`spawn`] for a daemon's `run`: logs a failure and gives the exit status.
-pub async fn spawn_or_exit(
-    address: &str,
-    exporter: std::sync::Arc<dyn Exporter>,
-    shutdown: crate::net::Shutdown,
-) -> Result<std::net::SocketAddr, i32> {
-    spawn(address, exporter, shutdown).await.map_err(|e| {
-        tracing::error!("{e}");
-        crate::daemon::EXIT_RUNTIME
-    })
 }
 
 /// The registry's content in the text exposition format.

@@ -15,14 +15,15 @@ use crate::metrics::{Op, Outcome, ServerMetrics, Tally};
 use crate::protocol::resp;
 use crate::protocol::text::{encode_reply, TextDecoder};
 use crate::protocol::{Command, ErrorCode, Limits, Reply};
-use crate::sys::{TcpListener, TcpStream};
+use crate::shutdown::Shutdown;
+use crate::sys::{bind_error, TcpListener, TcpStream};
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// How long in-flight connections may take to finish after shutdown begins.
@@ -62,39 +63,6 @@ impl Default for ServerConfig {
 /// every connection reads them again before each wait for a request.
 pub type LiveConfig = arc_swap::ArcSwap<ServerConfig>;
 
-/// Fires once; every clone sees it.
-#[derive(Debug)]
-pub struct ShutdownTrigger(watch::Sender<bool>);
-
-#[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger(tx), Shutdown(rx))
-}
-
-impl ShutdownTrigger {
-    pub fn trigger(&self) {
-        self.0.send_replace(true);
-    }
-
-    pub fn subscribe(&self) -> Shutdown {
-        Shutdown(self.0.subscribe())
-    }
-}
-
-impl Shutdown {
-    /// Resolves once shutdown has begun (or its trigger is gone).
-    pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|&stop| stop).await;
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
-    }
-}
-
 /// What a daemon does with each accepted connection; says why it ended.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
@@ -120,16 +88,6 @@ pub async fn bind(address: &str) -> io::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .map_err(|e| bind_error(address, e))
-}
-
-/// Names the address a bind failed on, and says so when the port is taken.
-pub fn bind_error(address: &str, e: io::Error) -> io::Error {
-    let hint = if e.kind() == io::ErrorKind::AddrInUse {
-        ": the port is taken by another process"
-    } else {
-        ""
-    };
-    io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{hint}"))
 }
 
 /// Accepts connections until shutdown, serving each on one of `loops`,

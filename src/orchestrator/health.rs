@@ -12,8 +12,8 @@
 use super::pool::{Backend, Health};
 use super::{OrchestratorConfig, Router};
 use crate::client::link::LinkConn;
-use crate::net::Shutdown;
 use crate::protocol::link::{Request, Response, WorkerState};
+use crate::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;

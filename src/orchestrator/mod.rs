@@ -18,9 +18,10 @@ pub mod metrics;
 pub mod placement;
 pub mod pool;
 
-use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service, Shutdown};
+use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service};
 use crate::protocol::link::{Request, Response};
 use crate::protocol::{Command, ErrorCode, ErrorReply, Reply, SetWhen};
+use crate::shutdown::Shutdown;
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
 use arc_swap::ArcSwap;
@@ -714,7 +715,7 @@ impl Service for Router {
                         }
                     }
                     if bytes > budget {
-                        return Reply::Error(crate::worker::reply_too_large(budget));
+                        return Reply::Error(ErrorReply::too_large(budget));
                     }
                 }
                 Reply::Values(values)

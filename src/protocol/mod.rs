@@ -9,7 +9,6 @@
 //! partners. Decoders are pure functions over buffers: "need more bytes" is
 //! `Ok(None)`, never an error, and no input makes them panic.
 
-pub mod fuzzing;
 pub mod link;
 pub mod resp;
 pub mod text;
@@ -187,6 +186,17 @@ impl Reply {
 
 /// Keys one multi-key command (`MGET`, `MSET`, `DEL`, `EXISTS`) may name.
 pub const MAX_KEYS_PER_COMMAND: usize = 10_000;
+
+impl ErrorReply {
+    /// The error for a multi-key read whose values would exceed `budget`
+    /// bytes (see [`max_reply_bytes`]).
+    pub fn too_large(budget: usize) -> ErrorReply {
+        ErrorReply::new(
+            ErrorCode::Parse,
+            format!("reply larger than {budget} bytes: ask for fewer keys"),
+        )
+    }
+}
 
 /// The largest reply a multi-key read (`MGET`) builds: beyond it the
 /// command fails instead of holding more values in memory.

@@ -47,12 +47,12 @@ use super::store::{Applied, BucketSet, Store, BUCKETS_PER_SHARD};
 use super::Worker;
 use crate::client::link::LinkConn;
 use crate::client::ClientError;
-use crate::net::Shutdown;
 use crate::protocol::link::{
     BucketDigest, Entry, Request, Response, Summary, WorkerState, DIGEST_BUCKETS,
     REFILL_CHUNK_BYTES,
 };
 use crate::protocol::{ErrorCode, ErrorReply};
+use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

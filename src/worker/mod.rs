@@ -15,12 +15,13 @@ pub mod refill;
 pub mod store;
 
 use crate::metrics::{Op, Outcome, Tally};
-use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service, Shutdown};
+use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service};
 use crate::protocol::link::{
     decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, WorkerState,
     HELLO, HELLO_FIRST_BYTE, REFILL_CHUNK_BYTES,
 };
 use crate::protocol::{Command, ErrorCode, ErrorReply, Reply, SetWhen};
+use crate::shutdown::Shutdown;
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
 use std::net::SocketAddr;
@@ -407,7 +408,7 @@ impl Service for Worker {
                     let value = self.store.get(key).map(|found| found.value);
                     bytes += value.as_ref().map_or(0, |v| v.len());
                     if bytes > budget {
-                        return Reply::Error(reply_too_large(budget));
+                        return Reply::Error(ErrorReply::too_large(budget));
                     }
                     values.push(value);
                 }
@@ -507,14 +508,6 @@ impl Service for Worker {
             }
         }
     }
-}
-
-/// An `MGET` whose values would exceed `budget` bytes.
-pub fn reply_too_large(budget: usize) -> ErrorReply {
-    ErrorReply::new(
-        ErrorCode::Parse,
-        format!("reply larger than {budget} bytes: ask for fewer keys"),
-    )
 }
 
 struct WorkerHandler {

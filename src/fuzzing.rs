@@ -4,9 +4,11 @@
 //! and keep its invariants (checked with asserts: a failed one is a bug the
 //! fuzzer reports).
 
-use super::link::{decode_request, decode_response, read_frame, Request, RequestKind, Response};
-use super::text::{encode_reply, TextDecoder};
-use super::{Command, Limits, Reply};
+use crate::protocol::link::{
+    decode_request, decode_response, read_frame, Request, RequestKind, Response,
+};
+use crate::protocol::text::{encode_reply, TextDecoder};
+use crate::protocol::{Command, Limits, Reply};
 use bytes::BytesMut;
 
 /// Cuts `data` the way a socket might deliver it: each piece's length
@@ -66,7 +68,7 @@ pub fn text_stream(data: &[u8]) {
 /// which must stay within its memory limit.
 pub fn link_stream(data: &[u8]) {
     let limits = limits();
-    let max = super::link::max_frame_bytes(&limits);
+    let max = crate::protocol::link::max_frame_bytes(&limits);
     let mut buf = BytesMut::from(data);
     let store = crate::worker::store::Store::new(crate::worker::store::StoreConfig {
         max_memory_bytes: 1 << 20,
@@ -76,7 +78,7 @@ pub fn link_stream(data: &[u8]) {
         if let Ok(request) = decode_request(frame.clone(), &limits) {
             // What decodes re-encodes to the same request.
             let mut again = BytesMut::new();
-            super::link::encode_request(&request, &mut again);
+            crate::protocol::link::encode_request(&request, &mut again);
             let reread = read_frame(&mut again, max)
                 .ok()
                 .flatten()
@@ -106,7 +108,7 @@ pub fn link_stream(data: &[u8]) {
 /// framing error ends the connection, so the rest starts a new one. The
 /// client's reply decoder is fed the raw bytes too.
 pub fn resp_stream(data: &[u8]) {
-    use super::resp::{self, Answer, RespDecoder, RespRequest, Version};
+    use crate::protocol::resp::{self, Answer, RespDecoder, RespRequest, Version};
     let limits = limits();
     let mut decoder = RespDecoder::new(limits);
     let max = decoder.max_request();
