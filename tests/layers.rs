@@ -132,8 +132,11 @@ fn uses(module: &[String], source: &str) -> BTreeSet<String> {
             depth += 1;
             tail = t;
         }
-        if depth >= module.len() {
-            found.insert(ident_at(tail).to_string());
+        // (Only names of top-level modules: `super::` inside an inline
+        // `mod tests` climbs one level less than the file suggests.)
+        let name = ident_at(tail);
+        if depth >= module.len() && layer_of(name).is_some() {
+            found.insert(name.to_string());
         }
     }
     found.retain(|m| !m.is_empty() && Some(m) != module.first());

@@ -914,11 +914,8 @@ impl Bound {
             // what it may have missed (this process holds no hints for it).
             let silent: Vec<&str> = backends
                 .iter()
-                .filter(|b| !b.answered())
-                .map(|b| {
-                    b.set_health(Health::Down);
-                    b.addr.as_str()
-                })
+                .filter(|b| b.down_unless_answered())
+                .map(|b| b.addr.as_str())
                 .collect();
             tracing::warn!(
                 workers = ?silent,

@@ -430,6 +430,19 @@ impl Backend {
         }
     }
 
+    /// Marks the worker down unless a probe has answered (checked under the
+    /// catch-up lock, which [`Backend::probed`] holds while it records an
+    /// answer, so an answer arriving now is not overwritten). Returns
+    /// whether it was marked down.
+    pub fn down_unless_answered(&self) -> bool {
+        let c = self.catchup();
+        if c.probed.is_some() {
+            return false;
+        }
+        self.set_health(Health::Down);
+        true
+    }
+
     /// Whether a probe has answered yet.
     pub fn answered(&self) -> bool {
         self.probed_once.load(Ordering::Acquire)
@@ -1492,6 +1505,19 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), b.first_probe())
             .await
             .expect("already probed");
+    }
+
+    #[tokio::test]
+    async fn only_a_worker_that_never_answered_starts_out_down() {
+        let silent = backend();
+        assert!(silent.down_unless_answered());
+        assert_eq!(silent.health(), Health::Down);
+        // An answer recorded before the check stands (even before its
+        // `probe_done`, which the probe calls after `probed`).
+        let answered = backend();
+        answered.probed(Health::Up, 1, 0, 0);
+        assert!(!answered.down_unless_answered());
+        assert_eq!(answered.health(), Health::Up);
     }
 
     #[tokio::test]

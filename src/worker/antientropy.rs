@@ -250,14 +250,12 @@ impl Responder {
                 }
                 if self.guard.is_none() {
                     match worker.anti_entropy.try_lock() {
-                        Some(guard) => {
-                            self.guard = Some(guard);
-                            self.cut = false;
-                        }
+                        Some(guard) => self.guard = Some(guard),
                         None => return busy(),
                     }
                 }
                 self.batch = None;
+                self.cut = false;
                 Response::Digest(digest(&worker.store).await)
             }
             Request::Sync {
