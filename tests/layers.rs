@@ -94,20 +94,23 @@ fn group_names(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// What follows each occurrence of `prefix` that starts a path (not
+/// preceded by an identifier character or one of `also`).
+fn after_each<'s>(code: &'s str, prefix: &'s str, also: char) -> impl Iterator<Item = &'s str> {
+    code.match_indices(prefix).filter_map(move |(i, _)| {
+        let preceded = code[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == also);
+        (!preceded).then(|| &code[i + prefix.len()..])
+    })
+}
+
 /// The crate's top-level modules a file refers to.
 fn uses(module: &[String], source: &str) -> BTreeSet<String> {
     let code = code(source);
     let mut found = BTreeSet::new();
-    let mut rest = code.as_str();
-    while let Some(i) = rest.find("crate::") {
-        let preceded = rest[..i]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
-        rest = &rest[i + "crate::".len()..];
-        if preceded {
-            continue;
-        }
+    for rest in after_each(&code, "crate::", '$') {
         if let Some(group) = rest.strip_prefix('{') {
             let end = group.find("};").unwrap_or(group.len());
             found.extend(group_names(&group[..end]));
@@ -116,18 +119,8 @@ fn uses(module: &[String], source: &str) -> BTreeSet<String> {
         }
     }
     // `super::` that climbs out of the top-level module names a sibling.
-    let mut rest = code.as_str();
-    while let Some(i) = rest.find("super::") {
-        let preceded = rest[..i]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
-        let mut tail = &rest[i..];
-        rest = &rest[i + "super::".len()..];
-        if preceded {
-            continue;
-        }
-        let mut depth = 0;
+    for mut tail in after_each(&code, "super::", ':') {
+        let mut depth = 1;
         while let Some(t) = tail.strip_prefix("super::") {
             depth += 1;
             tail = t;
