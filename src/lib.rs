@@ -19,11 +19,12 @@
 //! | 5 | [`orchestrator`], [`worker`] | the two services: router, placement, pool, health; store, refill, anti-entropy |
 //! | 6 | [`client`] | text client, link client, connection pool |
 //! | 7 | [`net`] | accept loop, limits, buffered connections, the client drivers |
-//! | 8 | [`metrics`] | Prometheus registries, the `/metrics` and `/health` endpoint |
-//! | 9 | [`protocol`] | text, RESP and link codecs: bytes ↔ types, no I/O |
-//! | 10 | [`tls`], [`auth`] | rustls configuration; the shared token |
-//! | 11 | [`version`], [`hash`], [`zipf`] | hybrid logical clock, stable key hash, skewed keys |
-//! | 12 | [`sys`], [`shutdown`] | the one door to sockets, the wall clock and randomness (a simulation swaps it); the shutdown signal |
+//! | 8 | [`command`] | the command table: route, writes and metrics label of each command; how each runs against a [`command::Keyspace`] |
+//! | 9 | [`metrics`] | Prometheus registries, the `/metrics` and `/health` endpoint |
+//! | 10 | [`protocol`] | text, RESP and link codecs: bytes ↔ types, no I/O |
+//! | 11 | [`tls`], [`auth`] | rustls configuration; the shared token |
+//! | 12 | [`version`], [`hash`], [`zipf`] | hybrid logical clock, stable key hash, skewed keys |
+//! | 13 | [`sys`], [`shutdown`], [`join`] | the one door to sockets, the wall clock and randomness (a simulation swaps it); the shutdown signal; running futures together on one task |
 //!
 //! A request runs in a straight line: accept, decode a `Command`, execute it
 //! (the worker's store; or the orchestrator's router picks a pair and the
@@ -34,10 +35,12 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod fuzzing;
 pub mod hash;
+pub mod join;
 pub mod metrics;
 pub mod net;
 pub mod orchestrator;

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The TTL the full-cache load gives the values it sets with one.
+const SETEX_TTL: Duration = Duration::from_secs(2);
+
 /// Two pairs on fresh ports: workers (0,1) and (2,3).
 fn two_pairs(extra: &[&str]) -> (Vec<Daemon>, Vec<(u16, u16)>) {
     let ports: Vec<u16> = free_ports::<4>().to_vec();
@@ -354,7 +357,10 @@ fn full_cache_loader(
             let value = format!("{}.{pad}", s.attempted);
             if rng.below(5) == 0 {
                 s.last = "setex";
-                (format!("setex||{key}||2||{value}"), true)
+                (
+                    format!("setex||{key}||{}||{value}", SETEX_TTL.as_secs()),
+                    true,
+                )
             } else {
                 s.last = "set";
                 (format!("set||{key}||{value}"), true)
@@ -485,6 +491,8 @@ fn a_full_cache_with_ttls_restarts_and_a_skewed_clock_serves_nothing_stale() {
         seen.failed.extend(v.failed);
         seen.stale.extend(v.stale);
     }
+    // Every request of the loaders was sent by now.
+    let stopped = Instant::now();
     let evictions: f64 = workers
         .iter()
         .map(|w| common::scrape(&w.metrics_addr(), "rcache_evictions_total").unwrap_or(0.0))
@@ -517,6 +525,11 @@ fn a_full_cache_with_ttls_restarts_and_a_skewed_clock_serves_nothing_stale() {
     // Healed: partners identical, and nothing older than acknowledged.
     let took = await_convergence(&loopback(&pairs), CONVERGE_TIMEOUT);
     println!("partners identical {took:?} after the load stopped");
+    // Values set with a TTL expire on their own, each partner at its own
+    // read: the keys are compared once the last of them has expired, so an
+    // expiry between the two reads is not taken for a difference.
+    let all_expired = stopped + SETEX_TTL + Duration::from_millis(200);
+    std::thread::sleep(all_expired.saturating_duration_since(Instant::now()));
     assert_eq!(
         Conn::new(restarted.addr()).req("ping").as_deref(),
         Ok("0||pong")

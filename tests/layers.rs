@@ -14,11 +14,12 @@ const LAYERS: &[&[&str]] = &[
     &["orchestrator", "worker"],
     &["client"],
     &["net"],
+    &["command"],
     &["metrics"],
     &["protocol"],
     &["tls", "auth"],
     &["version", "hash", "zipf"],
-    &["sys", "shutdown"],
+    &["sys", "shutdown", "join"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -2,7 +2,8 @@
 //! (connection limit, shutdown, drain), the buffered connection both sides
 //! use, and the text-protocol driver that both daemons run for clients.
 //!
-//! Nothing here knows what a command does: a [`Service`] executes it. The
+//! Nothing here knows what a command does: the command table
+//! ([`crate::command`]) runs it against the daemon's [`Keyspace`]. The
 //! stream type is generic so TLS wraps a socket without touching the drivers.
 
 pub mod loops;
@@ -11,6 +12,7 @@ pub mod stream;
 pub use loops::Loops;
 pub use stream::Stream;
 
+use crate::command::{self, Keyspace, Route};
 use crate::metrics::{Op, Outcome, ServerMetrics, Tally};
 use crate::protocol::resp;
 use crate::protocol::text::{encode_reply, TextDecoder};
@@ -70,17 +72,6 @@ pub trait Handler: Send + Sync + 'static {
         stream: TcpStream,
         shutdown: Shutdown,
     ) -> impl Future<Output = Closed> + Send;
-}
-
-/// Executes client commands (the worker's store, the orchestrator's router).
-pub trait Service: Send + Sync + 'static {
-    /// Whether pipelined commands should run concurrently (they wait on
-    /// other hosts) rather than one after another (they finish at once).
-    const CONCURRENT: bool;
-    /// What `HELLO` reports as the server's role.
-    const ROLE: &'static str;
-
-    fn call(&self, command: Command) -> impl Future<Output = Reply> + Send;
 }
 
 /// Binds `address` (`host:port`), naming the address when that fails.
@@ -307,16 +298,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// Serves a client on `conn` in the protocol its first byte chooses: RESP2
 /// when it is `*`, the text protocol otherwise. `conn.rbuf` may already
 /// hold bytes read while detecting the protocol.
-pub async fn serve_client<S, Svc>(
+pub async fn serve_client<S, K>(
     conn: &mut Conn<S>,
-    service: &Svc,
+    service: &K,
     live: &LiveConfig,
     metrics: &ServerMetrics,
     shutdown: &mut Shutdown,
 ) -> Closed
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    Svc: Service,
+    K: Keyspace,
 {
     if conn.rbuf.is_empty() {
         let idle = live.load().idle_timeout;
@@ -388,24 +379,24 @@ fn token_accepted(config: &ServerConfig, token: &[u8], metrics: &ServerMetrics) 
 
 /// Executes `commands` and returns their replies in order.
 ///
-/// A service whose commands wait on the network ([`Service::CONCURRENT`],
+/// A keyspace whose commands wait on the network ([`Keyspace::CONCURRENT`],
 /// the orchestrator) runs them concurrently, so a pipelining client keeps
 /// many requests in flight to the workers. Order is kept where it can be
 /// observed: a command that touches a key an earlier command of the batch
 /// touches, either of them writing, waits until the earlier ones are done.
-async fn execute<Svc: Service>(
-    service: &Svc,
+async fn execute<K: Keyspace>(
+    service: &K,
     commands: Vec<Command>,
     metrics: &ServerMetrics,
     tally: &mut Tally,
 ) -> Vec<Reply> {
     let mut replies = Vec::with_capacity(commands.len());
-    if !Svc::CONCURRENT || commands.len() == 1 {
+    if !K::CONCURRENT || commands.len() == 1 {
         // One clock reading per command: each ends where the next starts.
         let mut started = Instant::now();
         for command in commands {
-            let op = command_op(&command);
-            let reply = service.call(command).await;
+            let op = command::spec(&command).op;
+            let reply = command::run(service, command).await;
             let ended = Instant::now();
             tally.observe(metrics, op, reply_outcome(&reply), ended - started);
             started = ended;
@@ -432,14 +423,14 @@ async fn execute<Svc: Service>(
         let mut segment_whole = false;
         let mut segment = Vec::new();
         while let Some(next) = commands.peek() {
-            let writes = command_writes(next);
+            let spec = command::spec(next);
+            let writes = spec.writes;
             hashes.clear();
-            for_each_key(next, |k| {
-                hashes.push(std::hash::BuildHasher::hash_one(&hasher, k))
-            });
+            spec.route
+                .for_each_key(|k| hashes.push(std::hash::BuildHasher::hash_one(&hasher, k)));
             // A command about the whole store sees every write before it,
             // and a write after it waits for it.
-            let whole = matches!(next, Command::DbSize | Command::Info);
+            let whole = matches!(spec.route, Route::AllPairs);
             let conflict = (whole && segment_writes)
                 || (writes && segment_whole)
                 || hashes
@@ -491,90 +482,22 @@ impl std::hash::BuildHasher for PassThrough {
 }
 
 /// Runs `commands` concurrently; replies in order.
-async fn run_together<Svc: Service>(
-    service: &Svc,
+async fn run_together<K: Keyspace>(
+    service: &K,
     commands: Vec<Command>,
     metrics: &ServerMetrics,
     tally: &mut Tally,
 ) -> Vec<Reply> {
     let started = Instant::now();
-    let ops: Vec<Op> = commands.iter().map(command_op).collect();
-    let calls = commands.into_iter().map(|c| service.call(c)).collect();
-    join_all_then(calls, |i, reply, now| {
+    let ops: Vec<Op> = commands.iter().map(|c| command::spec(c).op).collect();
+    let calls = commands
+        .into_iter()
+        .map(|c| command::run(service, c))
+        .collect();
+    crate::join::join_all_then(calls, |i, reply, now| {
         tally.observe(metrics, ops[i], reply_outcome(reply), now - started);
     })
     .await
-}
-
-/// Runs `futures` concurrently on this task; their outputs in order.
-pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    join_all_then(futures, |_, _, _| {}).await
-}
-
-/// [`join_all`], calling `done(i, &output, now)` as each one finishes
-/// (`now`: one clock reading for all that finish in the same wake-up).
-async fn join_all_then<F: Future>(
-    futures: Vec<F>,
-    mut done: impl FnMut(usize, &F::Output, Instant),
-) -> Vec<F::Output> {
-    let mut running: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        let mut now = None;
-        for (i, future) in running.iter_mut().enumerate() {
-            if outputs[i].is_some() {
-                continue;
-            }
-            match future.as_mut().poll(cx) {
-                std::task::Poll::Ready(output) => {
-                    done(i, &output, *now.get_or_insert_with(Instant::now));
-                    outputs[i] = Some(output);
-                }
-                std::task::Poll::Pending => pending = true,
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
-/// Calls `f` with every key `command` touches.
-fn for_each_key(command: &Command, mut f: impl FnMut(&[u8])) {
-    match command {
-        Command::Get { key }
-        | Command::Ttl { key }
-        | Command::Set { key, .. }
-        | Command::Del { key }
-        | Command::Expire { key, .. } => f(key),
-        Command::MGet { keys } | Command::Exists { keys } | Command::DelMany { keys } => {
-            keys.iter().for_each(|k| f(k))
-        }
-        Command::MSet { entries } => entries.iter().for_each(|(k, _)| f(k)),
-        Command::Ping
-        | Command::Auth { .. }
-        | Command::Exit
-        | Command::Cluster
-        | Command::DbSize
-        | Command::Info => {}
-    }
-}
-
-/// Whether `command` writes the keys it touches.
-fn command_writes(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Set { .. }
-            | Command::Del { .. }
-            | Command::Expire { .. }
-            | Command::DelMany { .. }
-            | Command::MSet { .. }
-    )
 }
 
 /// A reply of a batch, in the order of the requests.
@@ -591,16 +514,16 @@ enum Slot<A> {
 /// The complete requests of each read are executed as one batch (see
 /// [`execute`]) and their replies written with one write (pipelining). A
 /// request in progress when shutdown begins completes and is answered.
-pub async fn serve_text<S, Svc>(
+pub async fn serve_text<S, K>(
     conn: &mut Conn<S>,
-    service: &Svc,
+    service: &K,
     live: &LiveConfig,
     metrics: &ServerMetrics,
     shutdown: &mut Shutdown,
 ) -> Closed
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    Svc: Service,
+    K: Keyspace,
 {
     let mut config = live.load_full();
     let mut decoder = TextDecoder::new(config.limits);
@@ -639,7 +562,7 @@ where
                         );
                         tally.observe(
                             metrics,
-                            command_op(&command),
+                            command::spec(&command).op,
                             Outcome::Error,
                             Duration::ZERO,
                         );
@@ -702,16 +625,16 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 /// Serves RESP2 on `conn`: the same batching as [`serve_text`], with
 /// Redis's replies. A framing error is answered and closes the connection
 /// (a RESP stream cannot be resynchronised); `QUIT` is answered `+OK`.
-pub async fn serve_resp<S, Svc>(
+pub async fn serve_resp<S, K>(
     conn: &mut Conn<S>,
-    service: &Svc,
+    service: &K,
     live: &LiveConfig,
     metrics: &ServerMetrics,
     shutdown: &mut Shutdown,
 ) -> Closed
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    Svc: Service,
+    K: Keyspace,
 {
     use resp::{Answer, RespRequest};
     let mut config = live.load_full();
@@ -787,7 +710,7 @@ where
                                 None => version,
                             };
                             let mut hello = BytesMut::new();
-                            resp::encode_hello(Svc::ROLE, version, &mut hello);
+                            resp::encode_hello(K::ROLE, version, &mut hello);
                             Answer::Raw(hello.freeze())
                         } else {
                             answer
@@ -866,27 +789,6 @@ fn answer_outcome(answer: &resp::Answer) -> Outcome {
     match answer {
         resp::Answer::Error(_) => Outcome::Error,
         _ => Outcome::Ok,
-    }
-}
-
-/// The metrics label of a client command.
-pub fn command_op(command: &Command) -> Op {
-    match command {
-        Command::Get { .. } => Op::Get,
-        Command::Set { .. } => Op::Set,
-        Command::Del { .. } => Op::Del,
-        Command::Ping => Op::Ping,
-        Command::Auth { .. } => Op::Auth,
-        Command::Exit => Op::Exit,
-        Command::Cluster => Op::Cluster,
-        Command::MGet { .. } => Op::MGet,
-        Command::MSet { .. } => Op::MSet,
-        Command::DelMany { .. } => Op::Del,
-        Command::Exists { .. } => Op::Exists,
-        Command::Expire { .. } => Op::Expire,
-        Command::Ttl { .. } => Op::Ttl,
-        Command::DbSize => Op::DbSize,
-        Command::Info => Op::Info,
     }
 }
 

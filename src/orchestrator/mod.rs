@@ -18,9 +18,11 @@ pub mod metrics;
 pub mod placement;
 pub mod pool;
 
-use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service};
+use crate::command::{Info, Keyspace};
+use crate::join::join_all;
+use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig};
 use crate::protocol::link::{Request, Response};
-use crate::protocol::{Command, ErrorCode, ErrorReply, Reply, SetWhen};
+use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen};
 use crate::shutdown::Shutdown;
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
@@ -290,18 +292,6 @@ impl Router {
             }
         }
         records.join(";")
-    }
-
-    async fn read(&self, key: Bytes) -> Reply {
-        match self.read_with(key.clone(), Request::Get { key }).await {
-            Ok(Response::Value { value, .. }) => Reply::Value(value),
-            Ok(Response::NotFound) => Reply::not_found(),
-            Ok(other) => Reply::error(
-                ErrorCode::Unavailable,
-                format!("unexpected answer {other:?}"),
-            ),
-            Err(e) => Reply::Error(e),
-        }
     }
 
     /// A key's version and remaining TTL, or `None` if it is missing.
@@ -608,7 +598,15 @@ impl Router {
         Ok(vec![decided])
     }
 
-    async fn set(&self, key: Bytes, value: Bytes, ttl: Option<Duration>, when: SetWhen) -> Reply {
+    /// Writes `key` to its pair: `false` when the condition `when` held on
+    /// neither worker.
+    async fn set(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+        when: SetWhen,
+    ) -> Result<bool, ErrorReply> {
         let request = Request::Set {
             version: self.clock.next(),
             ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
@@ -616,13 +614,8 @@ impl Router {
             value,
             when,
         };
-        match self.write(&key, request).await {
-            Ok(responses) if responses.iter().all(|r| matches!(r, Response::NotStored)) => {
-                Reply::NotStored
-            }
-            Ok(_) => Reply::Done,
-            Err(e) => Reply::Error(e),
-        }
+        let responses = self.write(&key, request).await?;
+        Ok(!responses.iter().all(|r| matches!(r, Response::NotStored)))
     }
 
     /// Deletes `key`: whether either worker had it.
@@ -669,166 +662,95 @@ impl Router {
                     format!("no worker of pair {i} answered ({last})"),
                 ))
             });
-        let counts = net::join_all(asks.collect()).await;
+        let counts = join_all(asks.collect()).await;
         counts.into_iter().sum()
     }
 }
 
-impl Service for Router {
+/// Clients: the command table against the cluster, each key at its pair.
+impl Keyspace for Router {
     const CONCURRENT: bool = true;
     const ROLE: &'static str = "orchestrator";
+    const FAN_OUT: usize = FAN_OUT;
 
-    async fn call(&self, command: Command) -> Reply {
-        match command {
-            Command::Get { key } => self.read(key).await,
-            Command::Set {
-                key,
-                value,
-                ttl,
-                when,
-            } => self.set(key, value, ttl, when).await,
-            Command::Del { key } => match self.delete(key).await {
-                Ok(true) => Reply::Done,
-                Ok(false) => Reply::not_found(),
-                Err(e) => Reply::Error(e),
-            },
-            Command::MGet { keys } => {
-                let budget = crate::protocol::max_reply_bytes(&self.live.load().limits);
-                let mut bytes = 0;
-                let mut values = Vec::with_capacity(keys.len());
-                for chunk in keys.chunks(FAN_OUT) {
-                    let reads = chunk.iter().map(|key| self.read(key.clone())).collect();
-                    for reply in net::join_all(reads).await {
-                        match reply {
-                            Reply::Value(v) => {
-                                bytes += v.len();
-                                values.push(Some(v));
-                            }
-                            Reply::Error(e) if e.code == ErrorCode::NotFound => values.push(None),
-                            Reply::Error(e) => return Reply::Error(e),
-                            other => {
-                                return Reply::error(
-                                    ErrorCode::Unavailable,
-                                    format!("unexpected answer {other:?}"),
-                                )
-                            }
-                        }
-                    }
-                    if bytes > budget {
-                        return Reply::Error(ErrorReply::too_large(budget));
-                    }
-                }
-                Reply::Values(values)
-            }
-            Command::MSet { entries } => {
-                for chunk in entries.chunks(FAN_OUT) {
-                    let writes = chunk
-                        .iter()
-                        .map(|(key, value)| {
-                            self.set(key.clone(), value.clone(), None, SetWhen::Always)
-                        })
-                        .collect();
-                    if let Some(e) = net::join_all(writes)
-                        .await
-                        .into_iter()
-                        .find(|r| matches!(r, Reply::Error(_)))
-                    {
-                        return e;
-                    }
-                }
-                Reply::Done
-            }
-            Command::DelMany { keys } => {
-                let mut existed = 0;
-                for chunk in keys.chunks(FAN_OUT) {
-                    let deletes = chunk.iter().map(|key| self.delete(key.clone())).collect();
-                    for outcome in net::join_all(deletes).await {
-                        match outcome {
-                            Ok(true) => existed += 1,
-                            Ok(false) => {}
-                            Err(e) => return Reply::Error(e),
-                        }
-                    }
-                }
-                Reply::Integer(existed)
-            }
-            Command::Exists { keys } => {
-                let mut present = 0;
-                for chunk in keys.chunks(FAN_OUT) {
-                    let lookups = chunk.iter().map(|key| self.meta(key.clone())).collect();
-                    for outcome in net::join_all(lookups).await {
-                        match outcome {
-                            Ok(Some(_)) => present += 1,
-                            Ok(None) => {}
-                            Err(e) => return Reply::Error(e),
-                        }
-                    }
-                }
-                Reply::Integer(present)
-            }
-            Command::Expire { key, ttl } => {
-                // The TTL goes to the value read now (see `Store::expire`):
-                // a write stamped meanwhile stays newer than the change.
-                let version = match self.meta(key.clone()).await {
-                    Ok(Some((version, _))) => version,
-                    Ok(None) => return Reply::Integer(0),
-                    Err(e) => return Reply::Error(e),
-                };
-                self.clock.observe(crate::version::after(version));
-                let request = Request::Expire {
-                    version,
-                    ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
-                    key: key.clone(),
-                };
-                match self.write(&key, request).await {
-                    Ok(responses) => Reply::Integer(
-                        responses
-                            .iter()
-                            .any(|r| matches!(r, Response::Del { existed: true }))
-                            as i64,
-                    ),
-                    Err(e) => Reply::Error(e),
-                }
-            }
-            Command::Ttl { key } => match self.meta(key).await {
-                Ok(None) => Reply::Integer(-2),
-                Ok(Some((_, 0))) => Reply::Integer(-1),
-                Ok(Some((_, ms))) => Reply::Integer(i64::try_from(ms).unwrap_or(i64::MAX)),
-                Err(e) => Reply::Error(e),
-            },
-            Command::DbSize => match self.db_size().await {
-                Ok(n) => Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
-                Err(e) => Reply::Error(e),
-            },
-            Command::Info => {
-                let topology = self.topology();
-                let up = topology
-                    .pairs
-                    .iter()
-                    .flatten()
-                    .filter(|b| b.health() == Health::Up)
-                    .count();
-                let keys = self.db_size().await.unwrap_or(0);
-                Reply::Value(
-                    crate::protocol::resp::info_text(
-                        Self::ROLE,
-                        &[
-                            ("rcache_pairs", topology.pairs.len().to_string()),
-                            ("rcache_workers_up", up.to_string()),
-                            (
-                                "connected_clients",
-                                self.metrics.server.connections_open.get().to_string(),
-                            ),
-                        ],
-                        keys,
-                    )
-                    .into(),
-                )
-            }
-            Command::Ping => Reply::Pong,
-            Command::Auth { .. } | Command::Exit => Reply::Done,
-            Command::Cluster => Reply::Value(self.describe().into()),
+    fn limits(&self) -> Limits {
+        self.live.load().limits
+    }
+
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ErrorReply> {
+        match self.read_with(key.clone(), Request::Get { key }).await? {
+            Response::Value { value, .. } => Ok(Some(value)),
+            Response::NotFound => Ok(None),
+            other => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("unexpected answer {other:?}"),
+            )),
         }
+    }
+
+    async fn set(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+        when: SetWhen,
+    ) -> Result<bool, ErrorReply> {
+        Router::set(self, key, value, ttl, when).await
+    }
+
+    async fn delete(&self, key: Bytes) -> Result<bool, ErrorReply> {
+        Router::delete(self, key).await
+    }
+
+    async fn ttl(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
+        Ok(self.meta(key).await?.map(|(_, ttl_ms)| ttl_ms))
+    }
+
+    async fn expire(&self, key: Bytes, ttl: Duration) -> Result<bool, ErrorReply> {
+        // The TTL goes to the value read now (see `Store::expire`): a write
+        // stamped meanwhile stays newer than the change.
+        let Some((version, _)) = self.meta(key.clone()).await? else {
+            return Ok(false);
+        };
+        self.clock.observe(crate::version::after(version));
+        let request = Request::Expire {
+            version,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            key: key.clone(),
+        };
+        let responses = self.write(&key, request).await?;
+        Ok(responses
+            .iter()
+            .any(|r| matches!(r, Response::Del { existed: true })))
+    }
+
+    async fn db_size(&self) -> Result<u64, ErrorReply> {
+        Router::db_size(self).await
+    }
+
+    async fn info(&self) -> Info {
+        let topology = self.topology();
+        let up = topology
+            .pairs
+            .iter()
+            .flatten()
+            .filter(|b| b.health() == Health::Up)
+            .count();
+        Info {
+            fields: vec![
+                ("rcache_pairs", topology.pairs.len().to_string()),
+                ("rcache_workers_up", up.to_string()),
+                (
+                    "connected_clients",
+                    self.metrics.server.connections_open.get().to_string(),
+                ),
+            ],
+            keys: Router::db_size(self).await.unwrap_or(0),
+        }
+    }
+
+    async fn describe(&self) -> String {
+        Router::describe(self)
     }
 }
 
@@ -898,7 +820,7 @@ impl Bound {
             .iter()
             .flat_map(|pair| pair.iter().cloned())
             .collect();
-        let all = net::join_all(
+        let all = join_all(
             backends
                 .iter()
                 .map(|b| async move { b.first_probe().await })

@@ -14,16 +14,18 @@ pub mod metrics;
 pub mod refill;
 pub mod store;
 
+use crate::command::{Info, Keyspace};
 use crate::metrics::{Op, Outcome, Tally};
-use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig, Service};
+use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig};
 use crate::protocol::link::{
     decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, WorkerState,
     HELLO, HELLO_FIRST_BYTE, REFILL_CHUNK_BYTES,
 };
-use crate::protocol::{Command, ErrorCode, ErrorReply, Reply, SetWhen};
+use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen};
 use crate::shutdown::Shutdown;
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -212,6 +214,15 @@ impl Worker {
         ErrorReply::new(ErrorCode::Loading, "loading: refilling from the partner")
     }
 
+    /// Refuses reads until the refill is done.
+    fn ready(&self) -> Result<(), ErrorReply> {
+        if self.state() == WorkerState::Ready {
+            Ok(())
+        } else {
+            Err(Worker::loading())
+        }
+    }
+
     fn store_error(e: StoreError) -> ErrorReply {
         ErrorReply::new(ErrorCode::OutOfMemory, e.to_string())
     }
@@ -360,153 +371,98 @@ impl Worker {
     }
 }
 
-/// Direct clients: the text protocol against the store, stamped with the
-/// worker's own clock.
-impl Service for Worker {
+/// Direct clients: the command table against the store, stamped with the
+/// worker's own clock. Reads (and conditional sets, which read) wait for
+/// the refill: until then they answer "loading".
+impl Keyspace for Worker {
     const CONCURRENT: bool = false;
     const ROLE: &'static str = "worker";
+    const FAN_OUT: usize = 1;
 
-    async fn call(&self, command: Command) -> Reply {
-        match command {
-            Command::Get { key } => {
-                if self.state() != WorkerState::Ready {
-                    return Reply::Error(Worker::loading());
-                }
-                match self.store.get(&key) {
-                    Some(found) => Reply::Value(found.value),
-                    None => Reply::not_found(),
-                }
-            }
-            Command::Set { when, .. }
-                if when != SetWhen::Always && self.state() != WorkerState::Ready =>
-            {
-                Reply::Error(Worker::loading())
-            }
-            Command::Set {
-                key,
-                value,
-                ttl,
-                when,
-            } => match self.set_direct(&key, &value, ttl, when) {
-                Ok(Applied::Unmet) => Reply::NotStored,
-                Ok(_) => Reply::Done,
-                Err(e) => Reply::Error(Worker::store_error(e)),
-            },
-            Command::Del { key } => match self.store.delete(&key, self.clock.next()) {
-                Ok(true) => Reply::Done,
-                Ok(false) => Reply::not_found(),
-                Err(e) => Reply::Error(Worker::store_error(e)),
-            },
-            Command::MGet { keys } => {
-                if self.state() != WorkerState::Ready {
-                    return Reply::Error(Worker::loading());
-                }
-                let budget = crate::protocol::max_reply_bytes(&self.live.load().limits);
-                let mut bytes = 0;
-                let mut values = Vec::with_capacity(keys.len());
-                for key in &keys {
-                    let value = self.store.get(key).map(|found| found.value);
-                    bytes += value.as_ref().map_or(0, |v| v.len());
-                    if bytes > budget {
-                        return Reply::Error(ErrorReply::too_large(budget));
-                    }
-                    values.push(value);
-                }
-                Reply::Values(values)
-            }
-            Command::MSet { entries } => {
-                for (key, value) in entries {
-                    if let Err(e) = self.set_direct(&key, &value, None, SetWhen::Always) {
-                        return Reply::Error(Worker::store_error(e));
-                    }
-                }
-                Reply::Done
-            }
-            Command::DelMany { keys } => {
-                let mut existed = 0;
-                for key in keys {
-                    match self.store.delete(&key, self.clock.next()) {
-                        Ok(true) => existed += 1,
-                        Ok(false) => {}
-                        Err(e) => return Reply::Error(Worker::store_error(e)),
-                    }
-                }
-                Reply::Integer(existed)
-            }
-            Command::Exists { keys } => {
-                if self.state() != WorkerState::Ready {
-                    return Reply::Error(Worker::loading());
-                }
-                let n = keys.iter().filter(|k| self.store.meta(k).is_some()).count();
-                Reply::Integer(n as i64)
-            }
-            Command::Expire { key, ttl } => {
-                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                if self.state() != WorkerState::Ready {
-                    return Reply::Error(Worker::loading());
-                }
-                Reply::Integer(self.store.expire(&key, ttl_ms, None) as i64)
-            }
-            Command::Ttl { key } => {
-                if self.state() != WorkerState::Ready {
-                    return Reply::Error(Worker::loading());
-                }
-                Reply::Integer(match self.store.meta(&key) {
-                    None => -2,
-                    Some((_, 0)) => -1,
-                    Some((_, ttl_ms)) => i64::try_from(ttl_ms).unwrap_or(i64::MAX),
-                })
-            }
-            Command::DbSize => Reply::Integer(i64::try_from(self.store.len()).unwrap_or(i64::MAX)),
-            Command::Info => {
-                let usage = self.store.usage();
-                Reply::Value(
-                    crate::protocol::resp::info_text(
-                        "worker",
-                        &[
-                            ("rcache_state", self.state().name().to_string()),
-                            (
-                                "connected_clients",
-                                self.metrics.server.connections_open.get().to_string(),
-                            ),
-                            ("used_memory", usage.charged_bytes.to_string()),
-                            ("maxmemory", self.store.max_memory().to_string()),
-                            ("maxmemory_policy", "sieve".to_string()),
-                        ],
-                        usage.entries,
-                    )
-                    .into(),
-                )
-            }
-            Command::Ping => Reply::Pong,
-            Command::Auth { .. } => Reply::Done,
-            Command::Exit => Reply::Done,
-            Command::Cluster => {
-                let usage = self.store.usage();
-                // The whole store's digest: partners holding the same
-                // versions of the same keys show the same number.
-                let digest = antientropy::digest(&self.store)
-                    .await
-                    .iter()
-                    .fold(0u64, |sum, b| sum.wrapping_add(b.hash));
-                Reply::Value(
-                    format!(
-                        "worker={} partner={} state={} complete={} entries={} tombstones={} \
-                         refilled={} synced={} repaired={} digest={digest:016x}",
-                        self.config.listen,
-                        self.config.partner.as_deref().unwrap_or("-"),
-                        self.state().name(),
-                        self.incomplete().is_none(),
-                        usage.entries,
-                        usage.tombstones,
-                        self.refilled.load(Ordering::Relaxed),
-                        self.anti_entropy.rounds(),
-                        self.anti_entropy.repaired(),
-                    )
-                    .into(),
-                )
-            }
+    fn limits(&self) -> Limits {
+        self.live.load().limits
+    }
+
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ErrorReply> {
+        self.ready()?;
+        Ok(self.store.get(&key).map(|found| found.value))
+    }
+
+    async fn set(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+        when: SetWhen,
+    ) -> Result<bool, ErrorReply> {
+        if when != SetWhen::Always {
+            self.ready()?;
         }
+        match self.set_direct(&key, &value, ttl, when) {
+            Ok(applied) => Ok(applied != Applied::Unmet),
+            Err(e) => Err(Worker::store_error(e)),
+        }
+    }
+
+    async fn delete(&self, key: Bytes) -> Result<bool, ErrorReply> {
+        self.store
+            .delete(&key, self.clock.next())
+            .map_err(Worker::store_error)
+    }
+
+    async fn ttl(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
+        self.ready()?;
+        Ok(self.store.meta(&key).map(|(_, ttl_ms)| ttl_ms))
+    }
+
+    async fn expire(&self, key: Bytes, ttl: Duration) -> Result<bool, ErrorReply> {
+        self.ready()?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        Ok(self.store.expire(&key, ttl_ms, None))
+    }
+
+    async fn db_size(&self) -> Result<u64, ErrorReply> {
+        Ok(self.store.len())
+    }
+
+    async fn info(&self) -> Info {
+        let usage = self.store.usage();
+        Info {
+            fields: vec![
+                ("rcache_state", self.state().name().to_string()),
+                (
+                    "connected_clients",
+                    self.metrics.server.connections_open.get().to_string(),
+                ),
+                ("used_memory", usage.charged_bytes.to_string()),
+                ("maxmemory", self.store.max_memory().to_string()),
+                ("maxmemory_policy", "sieve".to_string()),
+            ],
+            keys: usage.entries,
+        }
+    }
+
+    async fn describe(&self) -> String {
+        let usage = self.store.usage();
+        // The whole store's digest: partners holding the same versions of
+        // the same keys show the same number.
+        let digest = antientropy::digest(&self.store)
+            .await
+            .iter()
+            .fold(0u64, |sum, b| sum.wrapping_add(b.hash));
+        format!(
+            "worker={} partner={} state={} complete={} entries={} tombstones={} \
+             refilled={} synced={} repaired={} digest={digest:016x}",
+            self.config.listen,
+            self.config.partner.as_deref().unwrap_or("-"),
+            self.state().name(),
+            self.incomplete().is_none(),
+            usage.entries,
+            usage.tombstones,
+            self.refilled.load(Ordering::Relaxed),
+            self.anti_entropy.rounds(),
+            self.anti_entropy.repaired(),
+        )
     }
 }
 

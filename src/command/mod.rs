@@ -1,0 +1,203 @@
+//! The command table: for every [`Command`], how it routes (the daemon
+//! answers it alone, one key, many keys, every pair), whether it writes,
+//! its metrics label ([`spec`]), and how it runs ([`run`]) against a
+//! [`Keyspace`], the one thing each daemon provides: the worker's store or
+//! the orchestrator's router.
+//!
+//! Each family of commands has its own module ([`strings`], [`keys`],
+//! [`server`]) with one function per command; the two matches below are
+//! the table, one line per command. Decoding stays in [`crate::protocol`],
+//! executing batches in [`crate::net`].
+
+pub mod keys;
+pub mod server;
+pub mod strings;
+
+use crate::metrics::Op;
+use crate::protocol::{Command, ErrorReply, Limits, Reply, SetWhen};
+use bytes::Bytes;
+use std::future::Future;
+use std::time::Duration;
+
+/// What a daemon's commands run against. Misses are answers (`Ok(None)`,
+/// `Ok(false)`), not errors; an error is what the client is told.
+pub trait Keyspace: Send + Sync + 'static {
+    /// Whether the operations wait on other hosts, so the commands of a
+    /// pipeline (and the keys of a multi-key command) should run
+    /// concurrently rather than one after another.
+    const CONCURRENT: bool;
+    /// What `HELLO` and `INFO` report as the server's role.
+    const ROLE: &'static str;
+    /// Keys of one multi-key command in flight at once when
+    /// [`Keyspace::CONCURRENT`].
+    const FAN_OUT: usize;
+
+    /// The size limits in force (a reload may change them).
+    fn limits(&self) -> Limits;
+
+    /// A key's value.
+    fn get(&self, key: Bytes) -> impl Future<Output = Result<Option<Bytes>, ErrorReply>> + Send;
+
+    /// Stores `value`; `false` when the condition `when` did not hold.
+    fn set(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+        when: SetWhen,
+    ) -> impl Future<Output = Result<bool, ErrorReply>> + Send;
+
+    /// Deletes a key: whether it was there.
+    fn delete(&self, key: Bytes) -> impl Future<Output = Result<bool, ErrorReply>> + Send;
+
+    /// A present key's remaining time to live in milliseconds (0: none);
+    /// `None` when the key is missing.
+    fn ttl(&self, key: Bytes) -> impl Future<Output = Result<Option<u64>, ErrorReply>> + Send;
+
+    /// Gives a present key a time to live: whether it was there.
+    fn expire(
+        &self,
+        key: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, ErrorReply>> + Send;
+
+    /// Live entries: the store's, or the whole cluster's.
+    fn db_size(&self) -> impl Future<Output = Result<u64, ErrorReply>> + Send;
+
+    /// The `INFO` figures of this daemon and the keys it counts.
+    fn info(&self) -> impl Future<Output = Info> + Send;
+
+    /// The `CLUSTER` answer: the daemon's view of the cluster.
+    fn describe(&self) -> impl Future<Output = String> + Send;
+}
+
+/// What `INFO` reports beyond the server section.
+pub struct Info {
+    pub fields: Vec<(&'static str, String)>,
+    pub keys: u64,
+}
+
+/// How a command routes, whether it writes, and how it is counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'a> {
+    pub op: Op,
+    /// Whether it changes the keys it touches (or, for
+    /// [`Route::AllPairs`], any key).
+    pub writes: bool,
+    pub route: Route<'a>,
+}
+
+/// Where a command goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    /// The daemon answers it alone (`PING`, `CLUSTER`).
+    Local,
+    Key(&'a [u8]),
+    Keys(&'a [Bytes]),
+    /// Keys with their values (`MSET`).
+    Entries(&'a [(Bytes, Bytes)]),
+    /// Every pair (`DBSIZE`): it sees every write before it.
+    AllPairs,
+}
+
+impl Route<'_> {
+    /// Calls `f` with every key the command touches.
+    pub fn for_each_key(&self, mut f: impl FnMut(&[u8])) {
+        match self {
+            Route::Key(key) => f(key),
+            Route::Keys(keys) => keys.iter().for_each(|k| f(k)),
+            Route::Entries(entries) => entries.iter().for_each(|(k, _)| f(k)),
+            Route::Local | Route::AllPairs => {}
+        }
+    }
+}
+
+impl<'a> Spec<'a> {
+    const fn read(op: Op, route: Route<'a>) -> Spec<'a> {
+        Spec {
+            op,
+            writes: false,
+            route,
+        }
+    }
+
+    const fn write(op: Op, route: Route<'a>) -> Spec<'a> {
+        Spec {
+            op,
+            writes: true,
+            route,
+        }
+    }
+}
+
+/// The table's first half: how each command routes and is counted.
+pub fn spec(command: &Command) -> Spec<'_> {
+    use Route::{AllPairs, Entries, Key, Keys, Local};
+    match command {
+        Command::Get { key } => Spec::read(Op::Get, Key(key)),
+        Command::Set { key, .. } => Spec::write(Op::Set, Key(key)),
+        Command::MGet { keys } => Spec::read(Op::MGet, Keys(keys)),
+        Command::MSet { entries } => Spec::write(Op::MSet, Entries(entries)),
+        Command::Del { key } => Spec::write(Op::Del, Key(key)),
+        Command::DelMany { keys } => Spec::write(Op::Del, Keys(keys)),
+        Command::Exists { keys } => Spec::read(Op::Exists, Keys(keys)),
+        Command::Expire { key, .. } => Spec::write(Op::Expire, Key(key)),
+        Command::Ttl { key } => Spec::read(Op::Ttl, Key(key)),
+        Command::DbSize => Spec::read(Op::DbSize, AllPairs),
+        Command::Info => Spec::read(Op::Info, AllPairs),
+        Command::Ping => Spec::read(Op::Ping, Local),
+        Command::Auth { .. } => Spec::read(Op::Auth, Local),
+        Command::Exit => Spec::read(Op::Exit, Local),
+        Command::Cluster => Spec::read(Op::Cluster, Local),
+    }
+}
+
+/// The table's second half: runs `command` against `ks`.
+pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
+    match command {
+        Command::Get { key } => strings::get(ks, key).await,
+        Command::Set {
+            key,
+            value,
+            ttl,
+            when,
+        } => strings::set(ks, key, value, ttl, when).await,
+        Command::MGet { keys } => strings::mget(ks, keys).await,
+        Command::MSet { entries } => strings::mset(ks, entries).await,
+        Command::Del { key } => keys::del(ks, key).await,
+        Command::DelMany { keys } => keys::del_many(ks, keys).await,
+        Command::Exists { keys } => keys::exists(ks, keys).await,
+        Command::Expire { key, ttl } => keys::expire(ks, key, ttl).await,
+        Command::Ttl { key } => keys::ttl(ks, key).await,
+        Command::DbSize => keys::db_size(ks).await,
+        Command::Info => server::info(ks).await,
+        Command::Ping => server::ping(),
+        Command::Auth { .. } | Command::Exit => server::done(),
+        Command::Cluster => server::cluster(ks).await,
+    }
+}
+
+/// Runs `f` on each of `items` in order, passing each output to `sink`
+/// (which stops the walk with an error): [`Keyspace::FAN_OUT`] at a time
+/// concurrently when the keyspace waits on the network, one after another
+/// when it does not.
+async fn each<K, T, F, Fut, S>(items: &[T], f: F, mut sink: S) -> Result<(), ErrorReply>
+where
+    K: Keyspace,
+    F: Fn(&T) -> Fut,
+    Fut: Future,
+    S: FnMut(Fut::Output) -> Result<(), ErrorReply>,
+{
+    if K::CONCURRENT {
+        for chunk in items.chunks(K::FAN_OUT.max(1)) {
+            for output in crate::join::join_all(chunk.iter().map(&f).collect()).await {
+                sink(output)?;
+            }
+        }
+    } else {
+        for item in items {
+            sink(f(item).await)?;
+        }
+    }
+    Ok(())
+}
