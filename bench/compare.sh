@@ -17,8 +17,15 @@
 # Every run also records the CPU time per request of the load generator and
 # of the target's processes (/proc), so the table shows where the cycles go.
 #
+# With --baseline DIR (a directory holding another build's rcache-worker and
+# rcache-orchestrator, e.g. the previous commit's target/release), that
+# build runs beside this one as rcache-worker@base and
+# rcache-orchestrator@base, interleaved with the rest, and the table adds
+# this build's CPU per request against it.
+#
 # Results: bench/results/<time>/{results.csv,memory.csv,table.md,chart.svg}.
 # Usage: bench/compare.sh [--repeats N] [--requests N] [--entries N] [--out DIR]
+#                         [--baseline DIR]
 # (CI runs it small, as a smoke test: --repeats 1 --requests 5000 --entries 20000.)
 set -euo pipefail
 # Decimal points in every tool's output (bash's `time` follows the locale).
@@ -29,16 +36,23 @@ repeats=3
 requests_p1=200000     # requests per test at pipeline 1
 entries=1000000        # entries loaded for the memory comparison
 out=""
+baseline=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --repeats) repeats=$2; shift 2 ;;
     --requests) requests_p1=$2; shift 2 ;;
     --entries) entries=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    *) echo "usage: $0 [--repeats N] [--requests N] [--entries N] [--out DIR]" >&2; exit 2 ;;
+    --baseline) baseline=$2; shift 2 ;;
+    *) echo "usage: $0 [--repeats N] [--requests N] [--entries N] [--out DIR] [--baseline DIR]" >&2; exit 2 ;;
   esac
 done
 requests_p16=$((requests_p1 * 8))
+if [ -n "$baseline" ]; then
+  for b in rcache-worker rcache-orchestrator; do
+    [ -x "$baseline/$b" ] || { echo "error: $baseline/$b is missing" >&2; exit 2; }
+  done
+fi
 out=${out:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 
@@ -101,10 +115,10 @@ start_redis() { # start_redis <port>
   wait_port "$1"
 }
 
-start_worker() { # start_worker <port> [<partner port>]
+start_worker() { # start_worker <port> [<partner port>]  (bins=DIR: another build's)
   local args=(--listen "127.0.0.1:$1" --metrics-listen 127.0.0.1:0 --log-level warn)
   [ $# -gt 1 ] && args+=(--partner "127.0.0.1:$2")
-  "$bin/rcache-worker" "${args[@]}" >"$out/worker-$1.log" 2>&1 &
+  "${bins:-$bin}/rcache-worker" "${args[@]}" >"$out/worker-$1.log" 2>&1 &
   pids+=($!)
   wait_port "$1"
 }
@@ -147,6 +161,27 @@ wait_port "$orch_port"
 targets=("redis:$redis_port:$redis_pids:" "rcache-worker:$worker_port:$worker_pids:"
   "twemproxy:$tw_port:$tw_pids:$tw_backends"
   "rcache-orchestrator:$orch_port:$orch_pids:$orch_backends")
+
+if [ -n "$baseline" ]; then
+  read -r base_worker b1 b2 b3 b4 base_orch <<<"$(free_port 6)"
+  bins=$baseline start_worker "$base_worker"; base_worker_pids=${pids[-1]}
+  base_backends=""
+  bins=$baseline start_worker "$b1" "$b2"; base_backends="$base_backends ${pids[-1]}"
+  bins=$baseline start_worker "$b2" "$b1"; base_backends="$base_backends ${pids[-1]}"
+  bins=$baseline start_worker "$b3" "$b4"; base_backends="$base_backends ${pids[-1]}"
+  bins=$baseline start_worker "$b4" "$b3"; base_backends="$base_backends ${pids[-1]}"
+  "$baseline/rcache-orchestrator" --listen "127.0.0.1:$base_orch" --metrics-listen 127.0.0.1:0 \
+    --log-level warn 127.0.0.1 "$b1" 127.0.0.1 "$b2" 127.0.0.1 "$b3" 127.0.0.1 "$b4" \
+    >"$out/orchestrator-base.log" 2>&1 &
+  pids+=($!); base_orch_pids=$!
+  wait_port "$base_orch"
+  # Each next to its counterpart, so both meet the same moment of the machine.
+  targets=("redis:$redis_port:$redis_pids:" "rcache-worker:$worker_port:$worker_pids:"
+    "rcache-worker@base:$base_worker:$base_worker_pids:"
+    "twemproxy:$tw_port:$tw_pids:$tw_backends"
+    "rcache-orchestrator:$orch_port:$orch_pids:$orch_backends"
+    "rcache-orchestrator@base:$base_orch:$base_orch_pids:$base_backends")
+fi
 
 # CPU time (user + system) of processes, in clock ticks.
 cpu_ticks() {

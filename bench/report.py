@@ -17,13 +17,15 @@ rows = list(csv.DictReader(open(out / "results.csv")))
 memory = {r["target"]: r for r in csv.DictReader(open(out / "memory.csv"))}
 
 TARGETS = ["redis", "rcache-worker", "twemproxy", "rcache-orchestrator"]
+# Another build run beside this one (compare.sh --baseline).
+BASELINES = ["rcache-worker@base", "rcache-orchestrator@base"]
 PEER = {"rcache-worker": "redis", "rcache-orchestrator": "twemproxy"}
 TESTS = [("SET", "1"), ("GET", "1"), ("SET", "16"), ("GET", "16")]
 REPEATS = len({r["repeat"] for r in rows})
 
 median = {}
 cpu = {}
-for target in TARGETS:
+for target in TARGETS + BASELINES:
     for test, pipeline in TESTS:
         picked = [
             r
@@ -78,6 +80,22 @@ for test, pipeline in TESTS:
         behind = f" + {backend:.2f}" if target in ("twemproxy", "rcache-orchestrator") else ""
         cells.append(f"{server:.2f}{behind} (client {client:.2f})")
     print("| " + " | ".join(cells) + " |")
+
+if any(key[0] in BASELINES for key in cpu):
+    print(
+        "\nThis build against the baseline build: CPU time per request, µs "
+        "(median; the target and the workers behind it), and the ratio.\n"
+    )
+    print("| test | worker | baseline | ratio | orchestrator + workers | baseline | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for test, pipeline in TESTS:
+        cells = [f"{test} P{pipeline}"]
+        for target in ["rcache-worker", "rcache-orchestrator"]:
+            now = sum(cpu.get((target, test, pipeline), (0.0, 0.0, 0.0))[:2])
+            base = sum(cpu.get((target + "@base", test, pipeline), (0.0, 0.0, 0.0))[:2])
+            ratio = f"{now / base:.3f}" if base else "-"
+            cells += [f"{now:.2f}", f"{base:.2f}", ratio]
+        print("| " + " | ".join(cells) + " |")
 
 entries = int(next(iter(memory.values()))["entries"]) if memory else 0
 print(f"\nMemory: RSS growth for {entries:,} entries (16-byte keys, 100-byte values).\n")
