@@ -123,6 +123,21 @@ start_worker() { # start_worker <port> [<partner port>]  (bins=DIR: another buil
   wait_port "$1"
 }
 
+start_cluster() { # start_cluster <orchestrator port> <4 worker ports>  (bins=DIR as above)
+  # Sets cluster_front (the orchestrator's pid) and cluster_backends.
+  local orch=$1 a=$2 b=$3 c=$4 d=$5
+  cluster_backends=""
+  start_worker "$a" "$b"; cluster_backends="$cluster_backends ${pids[-1]}"
+  start_worker "$b" "$a"; cluster_backends="$cluster_backends ${pids[-1]}"
+  start_worker "$c" "$d"; cluster_backends="$cluster_backends ${pids[-1]}"
+  start_worker "$d" "$c"; cluster_backends="$cluster_backends ${pids[-1]}"
+  "${bins:-$bin}/rcache-orchestrator" --listen "127.0.0.1:$orch" --metrics-listen 127.0.0.1:0 \
+    --log-level warn 127.0.0.1 "$a" 127.0.0.1 "$b" 127.0.0.1 "$c" 127.0.0.1 "$d" \
+    >"$out/orchestrator-$orch.log" 2>&1 &
+  pids+=($!); cluster_front=$!
+  wait_port "$orch"
+}
+
 # --- start every target --------------------------------------------------
 read -r redis_port tw_a tw_b tw_port tw_stats worker_port w1 w2 w3 w4 orch_port mem_redis mem_worker \
   <<<"$(free_port 13)"
@@ -145,16 +160,8 @@ pids+=($!); tw_pids=$!
 wait_port "$tw_port"
 
 start_worker "$worker_port"; worker_pids=${pids[-1]}
-orch_backends=""
-start_worker "$w1" "$w2"; orch_backends="$orch_backends ${pids[-1]}"
-start_worker "$w2" "$w1"; orch_backends="$orch_backends ${pids[-1]}"
-start_worker "$w3" "$w4"; orch_backends="$orch_backends ${pids[-1]}"
-start_worker "$w4" "$w3"; orch_backends="$orch_backends ${pids[-1]}"
-"$bin/rcache-orchestrator" --listen "127.0.0.1:$orch_port" --metrics-listen 127.0.0.1:0 \
-  --log-level warn 127.0.0.1 "$w1" 127.0.0.1 "$w2" 127.0.0.1 "$w3" 127.0.0.1 "$w4" \
-  >"$out/orchestrator.log" 2>&1 &
-pids+=($!); orch_pids=$!
-wait_port "$orch_port"
+start_cluster "$orch_port" "$w1" "$w2" "$w3" "$w4"
+orch_pids=$cluster_front; orch_backends=$cluster_backends
 
 # name:port:the process clients talk to:the processes behind it (the CPU
 # time of both is measured)
@@ -165,16 +172,8 @@ targets=("redis:$redis_port:$redis_pids:" "rcache-worker:$worker_port:$worker_pi
 if [ -n "$baseline" ]; then
   read -r base_worker b1 b2 b3 b4 base_orch <<<"$(free_port 6)"
   bins=$baseline start_worker "$base_worker"; base_worker_pids=${pids[-1]}
-  base_backends=""
-  bins=$baseline start_worker "$b1" "$b2"; base_backends="$base_backends ${pids[-1]}"
-  bins=$baseline start_worker "$b2" "$b1"; base_backends="$base_backends ${pids[-1]}"
-  bins=$baseline start_worker "$b3" "$b4"; base_backends="$base_backends ${pids[-1]}"
-  bins=$baseline start_worker "$b4" "$b3"; base_backends="$base_backends ${pids[-1]}"
-  "$baseline/rcache-orchestrator" --listen "127.0.0.1:$base_orch" --metrics-listen 127.0.0.1:0 \
-    --log-level warn 127.0.0.1 "$b1" 127.0.0.1 "$b2" 127.0.0.1 "$b3" 127.0.0.1 "$b4" \
-    >"$out/orchestrator-base.log" 2>&1 &
-  pids+=($!); base_orch_pids=$!
-  wait_port "$base_orch"
+  bins=$baseline start_cluster "$base_orch" "$b1" "$b2" "$b3" "$b4"
+  base_orch_pids=$cluster_front; base_backends=$cluster_backends
   # Each next to its counterpart, so both meet the same moment of the machine.
   targets=("redis:$redis_port:$redis_pids:" "rcache-worker:$worker_port:$worker_pids:"
     "rcache-worker@base:$base_worker:$base_worker_pids:"

@@ -422,9 +422,11 @@ async fn execute<K: Keyspace>(
         // A command about the whole store (DBSIZE, INFO) is in the segment.
         let mut segment_whole = false;
         let mut segment = Vec::new();
+        // Their metrics labels, read with the rest of their specs.
+        let mut ops = Vec::new();
         while let Some(next) = commands.peek() {
             let spec = command::spec(next);
-            let writes = spec.writes;
+            let (writes, op) = (spec.writes, spec.op);
             hashes.clear();
             spec.route
                 .for_each_key(|k| hashes.push(std::hash::BuildHasher::hash_one(&hasher, k)));
@@ -446,9 +448,10 @@ async fn execute<K: Keyspace>(
             }
             if let Some(command) = commands.next() {
                 segment.push(command);
+                ops.push(op);
             }
         }
-        replies.extend(run_together(service, segment, metrics, tally).await);
+        replies.extend(run_together(service, segment, &ops, metrics, tally).await);
     }
     replies
 }
@@ -481,15 +484,15 @@ impl std::hash::BuildHasher for PassThrough {
     }
 }
 
-/// Runs `commands` concurrently; replies in order.
+/// Runs `commands` (labelled `ops`) concurrently; replies in order.
 async fn run_together<K: Keyspace>(
     service: &K,
     commands: Vec<Command>,
+    ops: &[Op],
     metrics: &ServerMetrics,
     tally: &mut Tally,
 ) -> Vec<Reply> {
     let started = Instant::now();
-    let ops: Vec<Op> = commands.iter().map(|c| command::spec(c).op).collect();
     let calls = commands
         .into_iter()
         .map(|c| command::run(service, c))

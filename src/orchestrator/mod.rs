@@ -597,6 +597,36 @@ impl Router {
         }
         Ok(vec![decided])
     }
+}
+
+/// Whether a worker of the pair said the key was there (a delete, an
+/// expire).
+fn existed(responses: &[Response]) -> bool {
+    responses
+        .iter()
+        .any(|r| matches!(r, Response::Del { existed: true }))
+}
+
+/// Clients: the command table against the cluster, each key at its pair.
+impl Keyspace for Router {
+    const CONCURRENT: bool = true;
+    const ROLE: &'static str = "orchestrator";
+    const FAN_OUT: usize = FAN_OUT;
+
+    fn limits(&self) -> Limits {
+        self.live.load().limits
+    }
+
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ErrorReply> {
+        match self.read_with(key.clone(), Request::Get { key }).await? {
+            Response::Value { value, .. } => Ok(Some(value)),
+            Response::NotFound => Ok(None),
+            other => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("unexpected answer {other:?}"),
+            )),
+        }
+    }
 
     /// Writes `key` to its pair: `false` when the condition `when` held on
     /// neither worker.
@@ -624,10 +654,26 @@ impl Router {
             version: self.clock.next(),
             key: key.clone(),
         };
-        let responses = self.write(&key, request).await?;
-        Ok(responses
-            .iter()
-            .any(|r| matches!(r, Response::Del { existed: true })))
+        Ok(existed(&self.write(&key, request).await?))
+    }
+
+    async fn ttl(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
+        Ok(self.meta(key).await?.map(|(_, ttl_ms)| ttl_ms))
+    }
+
+    async fn expire(&self, key: Bytes, ttl: Duration) -> Result<bool, ErrorReply> {
+        // The TTL goes to the value read now (see `Store::expire`): a write
+        // stamped meanwhile stays newer than the change.
+        let Some((version, _)) = self.meta(key.clone()).await? else {
+            return Ok(false);
+        };
+        self.clock.observe(crate::version::after(version));
+        let request = Request::Expire {
+            version,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            key: key.clone(),
+        };
+        Ok(existed(&self.write(&key, request).await?))
     }
 
     /// Live entries in the cluster: one worker's count per pair (an up one
@@ -665,68 +711,6 @@ impl Router {
         let counts = join_all(asks.collect()).await;
         counts.into_iter().sum()
     }
-}
-
-/// Clients: the command table against the cluster, each key at its pair.
-impl Keyspace for Router {
-    const CONCURRENT: bool = true;
-    const ROLE: &'static str = "orchestrator";
-    const FAN_OUT: usize = FAN_OUT;
-
-    fn limits(&self) -> Limits {
-        self.live.load().limits
-    }
-
-    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ErrorReply> {
-        match self.read_with(key.clone(), Request::Get { key }).await? {
-            Response::Value { value, .. } => Ok(Some(value)),
-            Response::NotFound => Ok(None),
-            other => Err(ErrorReply::new(
-                ErrorCode::Unavailable,
-                format!("unexpected answer {other:?}"),
-            )),
-        }
-    }
-
-    async fn set(
-        &self,
-        key: Bytes,
-        value: Bytes,
-        ttl: Option<Duration>,
-        when: SetWhen,
-    ) -> Result<bool, ErrorReply> {
-        Router::set(self, key, value, ttl, when).await
-    }
-
-    async fn delete(&self, key: Bytes) -> Result<bool, ErrorReply> {
-        Router::delete(self, key).await
-    }
-
-    async fn ttl(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
-        Ok(self.meta(key).await?.map(|(_, ttl_ms)| ttl_ms))
-    }
-
-    async fn expire(&self, key: Bytes, ttl: Duration) -> Result<bool, ErrorReply> {
-        // The TTL goes to the value read now (see `Store::expire`): a write
-        // stamped meanwhile stays newer than the change.
-        let Some((version, _)) = self.meta(key.clone()).await? else {
-            return Ok(false);
-        };
-        self.clock.observe(crate::version::after(version));
-        let request = Request::Expire {
-            version,
-            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
-            key: key.clone(),
-        };
-        let responses = self.write(&key, request).await?;
-        Ok(responses
-            .iter()
-            .any(|r| matches!(r, Response::Del { existed: true })))
-    }
-
-    async fn db_size(&self) -> Result<u64, ErrorReply> {
-        Router::db_size(self).await
-    }
 
     async fn info(&self) -> Info {
         let topology = self.topology();
@@ -745,7 +729,7 @@ impl Keyspace for Router {
                     self.metrics.server.connections_open.get().to_string(),
                 ),
             ],
-            keys: Router::db_size(self).await.unwrap_or(0),
+            keys: self.db_size().await.unwrap_or(0),
         }
     }
 
