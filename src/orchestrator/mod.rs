@@ -65,6 +65,17 @@ pub struct Topology {
     pub pairs: Vec<[Arc<Backend>; 2]>,
 }
 
+impl Topology {
+    /// Workers whose health is up.
+    pub fn workers_up(&self) -> usize {
+        self.pairs
+            .iter()
+            .flatten()
+            .filter(|b| b.health() == Health::Up)
+            .count()
+    }
+}
+
 /// Routes commands to worker pairs.
 pub struct Router {
     topology: ArcSwap<Topology>,
@@ -262,12 +273,7 @@ impl Router {
     pub fn status_line(&self) -> String {
         let topology = self.topology();
         let workers = topology.pairs.len() * 2;
-        let up = topology
-            .pairs
-            .iter()
-            .flatten()
-            .filter(|b| b.health() == Health::Up)
-            .count();
+        let up = topology.workers_up();
         format!(
             "serving {} pairs, {up} of {workers} workers up, {} connections",
             topology.pairs.len(),
@@ -714,12 +720,7 @@ impl Keyspace for Router {
 
     async fn info(&self) -> Info {
         let topology = self.topology();
-        let up = topology
-            .pairs
-            .iter()
-            .flatten()
-            .filter(|b| b.health() == Health::Up)
-            .count();
+        let up = topology.workers_up();
         Info {
             fields: vec![
                 ("rcache_pairs", topology.pairs.len().to_string()),
