@@ -84,12 +84,16 @@ pub async fn run(args: LocalArgs) -> i32 {
         return 1;
     }
     let mut tasks = Vec::new();
+    let (ready, mut readied) = tokio::sync::mpsc::channel::<()>(workers.len());
     for (i, w) in workers.into_iter().enumerate() {
         let metrics = addr(101 + i as u16);
         if let Err(e) = crate::metrics::spawn(&metrics, w.worker.clone(), shutdown.clone()).await {
             return port_taken(e);
         }
-        tasks.push(tokio::spawn(w.run(shutdown.clone(), |_| {})));
+        let ready = ready.clone();
+        tasks.push(tokio::spawn(w.run(shutdown.clone(), move |_| {
+            let _ = ready.try_send(());
+        })));
     }
     if let Err(e) =
         crate::metrics::spawn(&addr(100), orchestrator.router.clone(), shutdown.clone()).await
@@ -97,7 +101,29 @@ pub async fn run(args: LocalArgs) -> i32 {
         return port_taken(e);
     }
     let client = orchestrator.local_addr;
+    let router = orchestrator.router.clone();
     tasks.push(tokio::spawn(orchestrator.run(shutdown.clone())));
+    // The address is printed once a request would be served: every worker
+    // refilled and the orchestrator seeing each one take reads.
+    drop(ready);
+    let settled = async {
+        for _ in 0..2 * LOCAL_PAIRS {
+            if readied.recv().await.is_none() {
+                return;
+            }
+        }
+        while !router.topology().all_serving() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let mut stop = shutdown.clone();
+    tokio::select! {
+        _ = settled => {}
+        _ = stop.wait() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+            eprintln!("rcache local: the workers are not all serving after 30 s; starting anyway");
+        }
+    }
     let pairs: Vec<String> = pairs
         .iter()
         .map(|p| format!("({}, {})", p[0], p[1]))

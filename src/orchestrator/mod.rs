@@ -74,6 +74,15 @@ impl Topology {
             .filter(|b| b.health() == Health::Up)
             .count()
     }
+
+    /// Every worker takes reads (up, or behind with its partner to catch
+    /// up from): none loading or down.
+    pub fn all_serving(&self) -> bool {
+        self.pairs
+            .iter()
+            .flatten()
+            .all(|b| matches!(b.health(), Health::Up | Health::Behind))
+    }
 }
 
 /// Routes commands to worker pairs.
