@@ -13,7 +13,7 @@ pub mod keys;
 pub mod server;
 pub mod strings;
 
-use crate::metrics::Op;
+use crate::protocol::Op;
 use crate::protocol::{Command, ErrorReply, Limits, Reply, SetWhen};
 use bytes::Bytes;
 use std::future::Future;

@@ -14,6 +14,7 @@ pub mod http;
 
 pub use http::serve_http;
 
+use crate::protocol::{Op, Outcome};
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -35,97 +36,6 @@ pub trait Exporter: Send + Sync + 'static {
     /// `Ok` when ready to serve clients, or why not.
     fn health(&self) -> Result<(), String>;
 }
-
-/// Kinds of requests, as the `command` label names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Op {
-    Get,
-    Set,
-    Del,
-    Ping,
-    Auth,
-    Cluster,
-    Exit,
-    MGet,
-    MSet,
-    Exists,
-    Expire,
-    Ttl,
-    DbSize,
-    Info,
-    /// Connection housekeeping of Redis clients (`HELLO`, `SELECT`,
-    /// `CLIENT`, `CONFIG`, `COMMAND`, `ECHO`, `QUIT`).
-    Other,
-    /// Link requests between daemons.
-    Meta,
-    Status,
-    Refill,
-    AntiEntropy,
-    /// A request that could not be parsed.
-    Invalid,
-}
-
-impl Op {
-    const ALL: [Op; 20] = [
-        Op::Get,
-        Op::Set,
-        Op::Del,
-        Op::Ping,
-        Op::Auth,
-        Op::Cluster,
-        Op::Exit,
-        Op::MGet,
-        Op::MSet,
-        Op::Exists,
-        Op::Expire,
-        Op::Ttl,
-        Op::DbSize,
-        Op::Info,
-        Op::Other,
-        Op::Meta,
-        Op::Status,
-        Op::Refill,
-        Op::AntiEntropy,
-        Op::Invalid,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Get => "get",
-            Op::Set => "set",
-            Op::Del => "del",
-            Op::Ping => "ping",
-            Op::Auth => "auth",
-            Op::Cluster => "cluster",
-            Op::Exit => "exit",
-            Op::MGet => "mget",
-            Op::MSet => "mset",
-            Op::Exists => "exists",
-            Op::Expire => "expire",
-            Op::Ttl => "ttl",
-            Op::DbSize => "dbsize",
-            Op::Info => "info",
-            Op::Other => "other",
-            Op::Meta => "meta",
-            Op::Status => "status",
-            Op::Refill => "refill",
-            Op::AntiEntropy => "anti_entropy",
-            Op::Invalid => "invalid",
-        }
-    }
-}
-
-/// How a request ended, as the `result` label names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Outcome {
-    Ok = 0,
-    NotFound = 1,
-    Error = 2,
-}
-
-const OUTCOMES: [&str; 3] = ["ok", "not_found", "error"];
 
 /// Request and connection metrics both daemons keep.
 pub struct ServerMetrics {
@@ -296,7 +206,7 @@ impl<'a> Builder<'a> {
         ServerMetrics {
             requests: Op::ALL
                 .iter()
-                .map(|op| OUTCOMES.map(|o| requests.with_label_values(&[op.name(), o])))
+                .map(|op| Outcome::ALL.map(|o| requests.with_label_values(&[op.name(), o.name()])))
                 .collect(),
             durations: Op::ALL
                 .iter()

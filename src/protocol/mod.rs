@@ -9,9 +9,13 @@
 //! partners. Decoders are pure functions over buffers: "need more bytes" is
 //! `Ok(None)`, never an error, and no input makes them panic.
 
+pub mod dialect;
 pub mod link;
+mod op;
 pub mod resp;
 pub mod text;
+
+pub use op::{Op, Outcome};
 
 use bytes::Bytes;
 use std::borrow::Cow;
@@ -181,6 +185,15 @@ impl Reply {
 
     pub fn not_found() -> Reply {
         Reply::Error(ErrorReply::not_found())
+    }
+
+    /// How the request ended, as metrics label it.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Reply::Error(e) if e.code == ErrorCode::NotFound => Outcome::NotFound,
+            Reply::Error(_) => Outcome::Error,
+            _ => Outcome::Ok,
+        }
     }
 }
 

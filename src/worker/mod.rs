@@ -15,13 +15,14 @@ pub mod refill;
 pub mod store;
 
 use crate::command::{Info, Keyspace};
-use crate::metrics::{Op, Outcome, Tally};
+use crate::metrics::Tally;
 use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig};
 use crate::protocol::link::{
     decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, WorkerState,
     HELLO, HELLO_FIRST_BYTE, REFILL_CHUNK_BYTES,
 };
 use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen};
+use crate::protocol::{Op, Outcome};
 use crate::shutdown::Shutdown;
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
