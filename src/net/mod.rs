@@ -1,9 +1,9 @@
 //! Connections over any `AsyncRead + AsyncWrite` stream: the accept loop
 //! (connection limit, shutdown, drain) and TLS here, the buffered
-//! connection in [`conn`], and in [`session`] the one session loop that
+//! connection in `conn`, and in `session` the one session loop that
 //! every client protocol runs (a [`crate::protocol::dialect::Dialect`]
 //! picked once per connection from its first byte), executing pipelined
-//! batches as [`batch`] says.
+//! batches as `batch` says.
 //!
 //! Nothing here knows what a command does: the command table
 //! ([`crate::command`]) runs it against the daemon's

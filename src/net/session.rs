@@ -72,7 +72,7 @@ enum Slot<T, A> {
 /// every client protocol.
 ///
 /// The complete requests of each read are executed as one batch (see
-/// [`execute`]) and their replies written with one write (pipelining). A
+/// `execute` in `batch`) and their replies written with one write (pipelining). A
 /// request in progress when shutdown begins completes and is answered.
 /// Tokens are checked here ([`Gate`]); the dialect only words the answers.
 pub async fn serve_session<S, K, D>(

@@ -89,7 +89,7 @@ pub fn encode_answer(answer: &Answer, version: Version, out: &mut BytesMut) {
     }
 }
 
-/// Appends the reply to a [`RespRequest::Run`] in the shape Redis gives it.
+/// Appends the reply to a [`super::RespRequest::Run`] in the shape Redis gives it.
 pub fn encode_reply(reply: &Reply, shape: Shape, version: Version, out: &mut BytesMut) {
     match (reply, shape) {
         (Reply::Done, Shape::Stored) => out.put_slice(b":1\r\n"),
