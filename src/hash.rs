@@ -3,7 +3,8 @@
 //! independent of any crate's version, because two things depend on it
 //! agreeing across processes and releases: the orchestrator's placement of
 //! keys on pairs (`orchestrator::placement`, pinned by golden vectors there)
-//! and the anti-entropy buckets partners compare (`worker::antientropy`).
+//! and the anti-entropy buckets partners compare (`worker::antientropy`, cut
+//! here as [`digest_bucket`]).
 //! It is not keyed: it must never index a table that clients can flood.
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -17,6 +18,20 @@ pub fn key_hash(key: &[u8]) -> u64 {
         h = h.wrapping_mul(FNV_PRIME);
     }
     fmix64(h)
+}
+
+/// Anti-entropy compares partners bucket by bucket: a key's bucket is the
+/// top bits of its stable hash ([`key_hash`]).
+pub const DIGEST_BUCKETS: usize = 4096;
+
+/// The anti-entropy bucket of a key.
+pub fn digest_bucket(key: &[u8]) -> u16 {
+    bucket_of_hash(key_hash(key))
+}
+
+/// The anti-entropy bucket of a key whose stable hash is known.
+pub fn bucket_of_hash(key_hash: u64) -> u16 {
+    (key_hash >> (64 - DIGEST_BUCKETS.trailing_zeros())) as u16
 }
 
 /// The MurmurHash3 64-bit finalizer: every input bit flips about half of the

@@ -47,9 +47,9 @@ use super::store::{Applied, BucketSet, Store, BUCKETS_PER_SHARD};
 use super::Worker;
 use crate::client::link::LinkConn;
 use crate::client::ClientError;
+use crate::hash::DIGEST_BUCKETS;
 use crate::protocol::link::{
-    BucketDigest, Entry, Request, Response, Summary, WorkerState, DIGEST_BUCKETS,
-    REFILL_CHUNK_BYTES,
+    BucketDigest, Entry, Request, Response, Summary, WorkerState, REFILL_CHUNK_BYTES,
 };
 use crate::protocol::{ErrorCode, ErrorReply};
 use crate::shutdown::Shutdown;

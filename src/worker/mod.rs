@@ -860,7 +860,7 @@ mod tests {
                 responder.handle(w, Request::Digest).await,
                 Response::Digest(_)
             ));
-            let buckets = (0..crate::protocol::link::DIGEST_BUCKETS as u16).collect();
+            let buckets = (0..crate::hash::DIGEST_BUCKETS as u16).collect();
             let sync = Request::Sync {
                 buckets,
                 after: Bytes::new(),

@@ -8,7 +8,8 @@
 //!
 
 use super::{Store, BUCKETS_PER_SHARD, FLAG_FREE, FLAG_TOMBSTONE, SHARD_COUNT};
-use crate::protocol::link::{digest_bucket, BucketDigest, Entry, Summary, DIGEST_BUCKETS};
+use crate::hash::{digest_bucket, DIGEST_BUCKETS};
+use crate::protocol::link::{BucketDigest, Entry, Summary};
 use bytes::Bytes;
 
 /// A set of anti-entropy buckets.

@@ -14,7 +14,7 @@
 //! keys to slab indices with a `hashbrown::HashTable<u32>`, so the table
 //! itself costs 5 bytes per bucket. A slot holds where its key and stored
 //! value (after a compressed value's raw length) are packed in the shard's
-//! [`Arena`], the version, the expiry, key length and flags packed in one
+//! [`arena::Arena`], the version, the expiry, key length and flags packed in one
 //! word, and the SIEVE queue links: 32 bytes. The arena packs entries back to
 //! back in segments (no allocator header or rounding per entry) and
 //! compacts a segment when holes pass an eighth of the shard's segment
@@ -47,7 +47,8 @@
 //! a worker runs in the background.
 
 use super::arena;
-use crate::protocol::link::{bucket_of_hash, BucketDigest, Entry, DIGEST_BUCKETS};
+use crate::hash::{bucket_of_hash, DIGEST_BUCKETS};
+use crate::protocol::link::{BucketDigest, Entry};
 use crate::protocol::SetWhen;
 use bytes::Bytes;
 use std::hash::BuildHasher;

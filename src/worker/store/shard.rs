@@ -17,7 +17,8 @@ use super::slot::{pack_meta, NewSlot, Put, Slot};
 use super::{
     key_len, Applied, BUCKETS_PER_SHARD, FLAG_FREE, FLAG_TOMBSTONE, FLAG_VISITED, NEVER, NIL,
 };
-use crate::protocol::link::{bucket_of_hash, BucketDigest};
+use crate::hash::bucket_of_hash;
+use crate::protocol::link::BucketDigest;
 use crate::worker::arena::{Arena, NO_LOC};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;

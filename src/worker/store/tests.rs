@@ -51,7 +51,7 @@ fn an_expire_never_refuses_a_newer_set_and_travels_with_the_entry() {
 
 use super::digest::fingerprint;
 use super::*;
-use crate::protocol::link::digest_bucket;
+use crate::hash::digest_bucket;
 
 pub(super) fn store(max_memory_bytes: usize) -> Store {
     Store::new(StoreConfig {

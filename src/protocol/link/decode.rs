@@ -1,0 +1,353 @@
+//! Frames to requests and responses, every length checked before it is
+//! used.
+
+use super::{
+    op, status, BucketDigest, Entry, LinkError, Request, RequestKind, Response, Summary,
+    WorkerState, FLAG_COMPRESSED, FLAG_TOMBSTONE, MAX_TOKEN_BYTES,
+};
+use crate::hash::DIGEST_BUCKETS;
+use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen};
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Takes one frame body out of `buf` once it is complete.
+pub fn read_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, LinkError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(LinkError::FrameTooLarge { len, max });
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// A cursor over a frame body that fails instead of panicking.
+pub(super) struct Reader(Bytes);
+
+impl Reader {
+    pub(super) fn u8(&mut self) -> Result<u8, LinkError> {
+        if self.0.is_empty() {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.get_u8())
+    }
+
+    pub(super) fn u32(&mut self) -> Result<u32, LinkError> {
+        if self.0.len() < 4 {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.get_u32())
+    }
+
+    pub(super) fn u64(&mut self) -> Result<u64, LinkError> {
+        if self.0.len() < 8 {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.get_u64())
+    }
+
+    pub(super) fn bytes(&mut self, len: usize) -> Result<Bytes, LinkError> {
+        if self.0.len() < len {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.split_to(len))
+    }
+
+    pub(super) fn key(&mut self, limits: &Limits) -> Result<Bytes, LinkError> {
+        if self.0.len() < 2 {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        let len = self.0.get_u16() as usize;
+        if len == 0 {
+            return Err(LinkError::Malformed("empty key"));
+        }
+        if len > limits.max_key_bytes {
+            return Err(LinkError::Malformed("key over max_key_bytes"));
+        }
+        self.bytes(len)
+    }
+
+    pub(super) fn u16(&mut self) -> Result<u16, LinkError> {
+        if self.0.len() < 2 {
+            return Err(LinkError::Malformed("truncated"));
+        }
+        Ok(self.0.get_u16())
+    }
+
+    /// A count of items of at least `min_bytes` each: refused when the rest
+    /// of the frame cannot hold them, so no allocation exceeds the frame.
+    pub(super) fn count(&mut self, min_bytes: usize) -> Result<usize, LinkError> {
+        let count = self.u32()? as usize;
+        if count > self.0.len() / min_bytes {
+            return Err(LinkError::Malformed("count beyond the frame"));
+        }
+        Ok(count)
+    }
+
+    pub(super) fn summaries(&mut self, limits: &Limits) -> Result<Vec<Summary>, LinkError> {
+        // A summary takes at least 12 bytes.
+        let count = self.count(12)?;
+        let mut summaries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let flags = self.u8()?;
+            let version = self.u64()?;
+            summaries.push(Summary {
+                key: self.key(limits)?,
+                version,
+                tombstone: flags & FLAG_TOMBSTONE != 0,
+            });
+        }
+        Ok(summaries)
+    }
+
+    pub(super) fn entries(&mut self, limits: &Limits) -> Result<Vec<Entry>, LinkError> {
+        // Each entry takes at least 27 bytes.
+        let count = self.count(27)?;
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let flags = self.u8()?;
+            let version = self.u64()?;
+            let ttl_ms = self.u64()?;
+            let key = self.key(limits)?;
+            let raw_len = self.u32()?;
+            if raw_len as usize > limits.max_value_bytes {
+                return Err(LinkError::Malformed("value over max_value_bytes"));
+            }
+            let len = self.u32()? as usize;
+            let data = self.bytes(len)?;
+            entries.push(Entry {
+                key,
+                version,
+                ttl_ms,
+                tombstone: flags & FLAG_TOMBSTONE != 0,
+                compressed: flags & FLAG_COMPRESSED != 0,
+                raw_len,
+                data,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// A key or, with length 0, no bound.
+    pub(super) fn bound(&mut self, limits: &Limits) -> Result<Bytes, LinkError> {
+        if self.0.len() >= 2 && self.0[..2] == [0, 0] {
+            self.0.advance(2);
+            return Ok(Bytes::new());
+        }
+        self.key(limits)
+    }
+
+    pub(super) fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.0)
+    }
+
+    pub(super) fn end(self) -> Result<(), LinkError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(LinkError::Malformed("trailing bytes"))
+        }
+    }
+}
+
+pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkError> {
+    let mut r = Reader(frame);
+    let request = match r.u8()? {
+        op::GET => Request::Get {
+            key: r.key(limits)?,
+        },
+        code @ (op::SET | op::SET_IF) => {
+            let when = if code == op::SET {
+                SetWhen::Always
+            } else {
+                match r.u8()? {
+                    1 => SetWhen::Absent,
+                    2 => SetWhen::Present,
+                    _ => return Err(LinkError::Malformed("unknown set condition")),
+                }
+            };
+            let version = r.u64()?;
+            let ttl_ms = r.u64()?;
+            let key = r.key(limits)?;
+            let value = r.rest();
+            if value.len() > limits.max_value_bytes {
+                return Err(LinkError::Malformed("value over max_value_bytes"));
+            }
+            Request::Set {
+                version,
+                ttl_ms,
+                key,
+                value,
+                when,
+            }
+        }
+        op::META => Request::Meta {
+            key: r.key(limits)?,
+        },
+        op::EXPIRE => {
+            let version = r.u64()?;
+            let ttl_ms = r.u64()?;
+            Request::Expire {
+                version,
+                ttl_ms,
+                key: r.key(limits)?,
+            }
+        }
+        op::DEL => {
+            let version = r.u64()?;
+            Request::Del {
+                version,
+                key: r.key(limits)?,
+            }
+        }
+        op::PING => Request::Ping,
+        op::AUTH => {
+            let token = r.rest();
+            if token.len() > MAX_TOKEN_BYTES {
+                return Err(LinkError::Malformed("token over its maximum length"));
+            }
+            Request::Auth { token }
+        }
+        op::STATUS => Request::Status,
+        op::MISSED => Request::Missed,
+        op::REFILL => Request::Refill,
+        op::DIGEST => Request::Digest,
+        op::SYNC => {
+            let n = r.u16()? as usize;
+            if n > DIGEST_BUCKETS {
+                return Err(LinkError::Malformed("more buckets than a digest has"));
+            }
+            let mut buckets = Vec::with_capacity(n);
+            for _ in 0..n {
+                let b = r.u16()?;
+                if b as usize >= DIGEST_BUCKETS {
+                    return Err(LinkError::Malformed("bucket out of range"));
+                }
+                buckets.push(b);
+            }
+            let after = r.bound(limits)?;
+            let upto = r.bound(limits)?;
+            let summaries = r.summaries(limits)?;
+            Request::Sync {
+                buckets,
+                after,
+                upto,
+                summaries,
+            }
+        }
+        op::APPLY => Request::Apply {
+            last: r.u8()? != 0,
+            entries: r.entries(limits)?,
+            evict: r.summaries(limits)?,
+        },
+        _ => return Err(LinkError::Malformed("unknown op")),
+    };
+    r.end()?;
+    Ok(request)
+}
+
+/// Decodes a response to `request` (the op decides the OK body's shape).
+pub fn decode_response(
+    frame: Bytes,
+    request: RequestKind,
+    limits: &Limits,
+) -> Result<Response, LinkError> {
+    let mut r = Reader(frame);
+    let response = match r.u8()? {
+        status::OK => match request {
+            RequestKind::Get => {
+                let version = r.u64()?;
+                let ttl_ms = r.u64()?;
+                let value = r.rest();
+                if value.len() > limits.max_value_bytes {
+                    return Err(LinkError::Malformed("value over max_value_bytes"));
+                }
+                Response::Value {
+                    version,
+                    ttl_ms,
+                    value,
+                }
+            }
+            RequestKind::Set => Response::Set {
+                applied: r.u8()? != 0,
+            },
+            RequestKind::Del | RequestKind::Expire => Response::Del {
+                existed: r.u8()? != 0,
+            },
+            RequestKind::Meta => Response::Meta {
+                version: r.u64()?,
+                ttl_ms: r.u64()?,
+            },
+            RequestKind::Ping => Response::Pong,
+            RequestKind::Auth => Response::Authenticated,
+            RequestKind::Missed => Response::Noted,
+            RequestKind::Status => {
+                let state = WorkerState::from_u8(r.u8()?)
+                    .ok_or(LinkError::Malformed("unknown worker state"))?;
+                Response::Status {
+                    state,
+                    entries: r.u64()?,
+                    incarnation: r.u64()?,
+                    synced: r.u64()?,
+                    complete: r.u8()? != 0,
+                    partner_behind: r.u8()? != 0,
+                }
+            }
+            RequestKind::Refill => return Err(LinkError::Malformed("OK in a refill stream")),
+            RequestKind::Digest => {
+                let n = r.count(12)?;
+                if n != DIGEST_BUCKETS {
+                    return Err(LinkError::Malformed("digest of another size"));
+                }
+                let mut buckets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    buckets.push(BucketDigest {
+                        hash: r.u64()?,
+                        entries: r.u32()?,
+                    });
+                }
+                Response::Digest(buckets)
+            }
+            RequestKind::Sync => {
+                let complete = r.u8()? != 0;
+                let entries = r.entries(limits)?;
+                // A wanted key takes at least 3 bytes.
+                let n = r.count(3)?;
+                let mut wanted = Vec::with_capacity(n);
+                for _ in 0..n {
+                    wanted.push(r.key(limits)?);
+                }
+                Response::Synced {
+                    complete,
+                    entries,
+                    wanted,
+                }
+            }
+            RequestKind::Apply => Response::Applied {
+                count: r.u32()?,
+                refused: r.summaries(limits)?,
+            },
+        },
+        status::NOT_FOUND => Response::NotFound,
+        status::NOT_STORED if request == RequestKind::Set => Response::NotStored,
+        status::NEWER if matches!(request, RequestKind::Set | RequestKind::Del) => {
+            Response::Newer { version: r.u64()? }
+        }
+        status::ERROR => {
+            let code =
+                ErrorCode::from_u8(r.u8()?).ok_or(LinkError::Malformed("unknown error code"))?;
+            let message = String::from_utf8_lossy(&r.rest()).into_owned();
+            Response::Error(ErrorReply::new(code, message))
+        }
+        status::CHUNK if request == RequestKind::Refill => Response::Chunk(r.entries(limits)?),
+        status::END if request == RequestKind::Refill => Response::End { entries: r.u64()? },
+        _ => return Err(LinkError::Malformed("unknown status")),
+    };
+    r.end()?;
+    Ok(response)
+}

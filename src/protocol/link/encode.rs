@@ -1,0 +1,223 @@
+//! Requests and responses to frames.
+
+use super::{op, status, Entry, Request, Response, Summary, FLAG_COMPRESSED, FLAG_TOMBSTONE};
+use crate::protocol::SetWhen;
+use bytes::{BufMut, BytesMut};
+
+/// Writes a frame whose body `body` fills in; the length is patched after.
+pub(super) fn write_frame(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u32(0);
+    body(out);
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub(super) fn put_key(out: &mut BytesMut, key: &[u8]) {
+    // Keys are bounded by max_key_bytes, which config caps below u16::MAX.
+    out.put_u16(key.len() as u16);
+    out.put_slice(key);
+}
+
+pub fn encode_request(request: &Request, out: &mut BytesMut) {
+    write_frame(out, |out| match request {
+        Request::Get { key } => {
+            out.put_u8(op::GET);
+            put_key(out, key);
+        }
+        Request::Set {
+            version,
+            ttl_ms,
+            key,
+            value,
+            when,
+        } => {
+            out.reserve(value.len() + key.len() + 32);
+            match when {
+                SetWhen::Always => out.put_u8(op::SET),
+                SetWhen::Absent => {
+                    out.put_u8(op::SET_IF);
+                    out.put_u8(1);
+                }
+                SetWhen::Present => {
+                    out.put_u8(op::SET_IF);
+                    out.put_u8(2);
+                }
+            }
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
+            put_key(out, key);
+            out.put_slice(value);
+        }
+        Request::Del { version, key } => {
+            out.put_u8(op::DEL);
+            out.put_u64(*version);
+            put_key(out, key);
+        }
+        Request::Meta { key } => {
+            out.put_u8(op::META);
+            put_key(out, key);
+        }
+        Request::Expire {
+            version,
+            ttl_ms,
+            key,
+        } => {
+            out.put_u8(op::EXPIRE);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
+            put_key(out, key);
+        }
+        Request::Ping => out.put_u8(op::PING),
+        Request::Auth { token } => {
+            out.put_u8(op::AUTH);
+            out.put_slice(token);
+        }
+        Request::Status => out.put_u8(op::STATUS),
+        Request::Missed => out.put_u8(op::MISSED),
+        Request::Refill => out.put_u8(op::REFILL),
+        Request::Digest => out.put_u8(op::DIGEST),
+        Request::Sync {
+            buckets,
+            after,
+            upto,
+            summaries,
+        } => {
+            out.put_u8(op::SYNC);
+            out.put_u16(buckets.len() as u16);
+            for b in buckets {
+                out.put_u16(*b);
+            }
+            put_key(out, after);
+            put_key(out, upto);
+            out.put_u32(summaries.len() as u32);
+            put_summaries(out, summaries);
+        }
+        Request::Apply {
+            last,
+            entries,
+            evict,
+        } => {
+            out.put_u8(op::APPLY);
+            out.put_u8(*last as u8);
+            put_entries(out, entries);
+            out.put_u32(evict.len() as u32);
+            put_summaries(out, evict);
+        }
+    })
+}
+
+pub(super) fn put_summaries(out: &mut BytesMut, summaries: &[Summary]) {
+    for s in summaries {
+        out.put_u8(if s.tombstone { FLAG_TOMBSTONE } else { 0 });
+        out.put_u64(s.version);
+        put_key(out, &s.key);
+    }
+}
+
+pub(super) fn put_entries(out: &mut BytesMut, entries: &[Entry]) {
+    out.put_u32(entries.len() as u32);
+    for e in entries {
+        let flags = if e.tombstone { FLAG_TOMBSTONE } else { 0 }
+            | if e.compressed { FLAG_COMPRESSED } else { 0 };
+        out.put_u8(flags);
+        out.put_u64(e.version);
+        out.put_u64(e.ttl_ms);
+        put_key(out, &e.key);
+        out.put_u32(e.raw_len);
+        out.put_u32(e.data.len() as u32);
+        out.put_slice(&e.data);
+    }
+}
+
+pub fn encode_response(response: &Response, out: &mut BytesMut) {
+    write_frame(out, |out| match response {
+        Response::Value {
+            version,
+            ttl_ms,
+            value,
+        } => {
+            out.reserve(value.len() + 17);
+            out.put_u8(status::OK);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
+            out.put_slice(value);
+        }
+        Response::Set { applied } => {
+            out.put_u8(status::OK);
+            out.put_u8(*applied as u8);
+        }
+        Response::NotStored => out.put_u8(status::NOT_STORED),
+        Response::Newer { version } => {
+            out.put_u8(status::NEWER);
+            out.put_u64(*version);
+        }
+        Response::Meta { version, ttl_ms } => {
+            out.put_u8(status::OK);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
+        }
+        Response::Del { existed } => {
+            out.put_u8(status::OK);
+            out.put_u8(*existed as u8);
+        }
+        Response::Pong | Response::Authenticated | Response::Noted => out.put_u8(status::OK),
+        Response::Status {
+            state,
+            entries,
+            incarnation,
+            synced,
+            complete,
+            partner_behind,
+        } => {
+            out.put_u8(status::OK);
+            out.put_u8(*state as u8);
+            out.put_u64(*entries);
+            out.put_u64(*incarnation);
+            out.put_u64(*synced);
+            out.put_u8(u8::from(*complete));
+            out.put_u8(u8::from(*partner_behind));
+        }
+        Response::Digest(buckets) => {
+            out.put_u8(status::OK);
+            out.put_u32(buckets.len() as u32);
+            for b in buckets {
+                out.put_u64(b.hash);
+                out.put_u32(b.entries);
+            }
+        }
+        Response::Synced {
+            complete,
+            entries,
+            wanted,
+        } => {
+            out.put_u8(status::OK);
+            out.put_u8(*complete as u8);
+            put_entries(out, entries);
+            out.put_u32(wanted.len() as u32);
+            for key in wanted {
+                put_key(out, key);
+            }
+        }
+        Response::Applied { count, refused } => {
+            out.put_u8(status::OK);
+            out.put_u32(*count);
+            out.put_u32(refused.len() as u32);
+            put_summaries(out, refused);
+        }
+        Response::NotFound => out.put_u8(status::NOT_FOUND),
+        Response::Error(error) => {
+            out.put_u8(status::ERROR);
+            out.put_u8(error.code.as_u8());
+            out.put_slice(error.message.as_bytes());
+        }
+        Response::Chunk(entries) => {
+            out.put_u8(status::CHUNK);
+            put_entries(out, entries);
+        }
+        Response::End { entries } => {
+            out.put_u8(status::END);
+            out.put_u64(*entries);
+        }
+    })
+}

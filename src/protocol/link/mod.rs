@@ -1,0 +1,381 @@
+//! The link protocol: binary, versioned, pipelined framing between the
+//! orchestrator and the workers, and between partners (refill).
+//!
+//! A link opens with [`HELLO`] from the connecting side; the server answers
+//! with its own. Then every message is a frame: a big-endian `u32` body length
+//! and the body. Requests and responses are matched by order (pipelining).
+//! Every write carries the version the orchestrator stamped, so replicas can
+//! keep the newest (see `crate::version`). All integers are big-endian.
+//!
+//! ```text
+//! request  = op:u8 body
+//!   GET     1  key
+//!   SET     2  version:u64 ttl_ms:u64 key value(rest)      ttl_ms 0 = none
+//!   DEL     3  version:u64 key
+//!   PING    4
+//!   STATUS  5
+//!   REFILL  6                         the rest of the link carries the stream
+//!   DIGEST  7                         anti-entropy: start a round
+//!   SYNC    8  n:u16 bucket:u16* after:bound upto:bound m:u32 summary*
+//!   APPLY   9  last:u8 count:u32 entry* n:u32 summary*  (summaries: evict)
+//! response = status:u8 body
+//!   OK          0  op-specific (GET: version:u64 ttl_ms:u64 value(rest);
+//!                  SET: applied:u8; DEL: existed:u8;
+//!                  STATUS: state:u8 entries:u64 incarnation:u64 synced:u64
+//!                          complete:u8;
+//!                  DIGEST: n:u32 (hash:u64 entries:u32)*;
+//!                  SYNC: complete:u8 count:u32 entry* n:u32 key*;
+//!                  APPLY: applied:u32 n:u32 summary*   (refused for room))
+//!   NOT_FOUND   2
+//!   NOT_STORED  3                      (a conditional set's condition failed)
+//!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
+//!   ERROR     255  code:u8 message(rest)
+//!   CHUNK      10  count:u32 entry*   (refill stream)
+//!   END        11  entries:u64        (refill stream)
+//! key     = len:u16 bytes
+//! entry   = flags:u8 version:u64 ttl_ms:u64 key raw_len:u32 len:u32 data
+//! summary = flags:u8 version:u64 key
+//! bound   = len:u16 bytes              (len 0: unbounded)
+//! ```
+//!
+//! Decoding checks every length against the frame and the configured limits
+//! before it allocates or slices, so a hostile or corrupt peer gets an error,
+//! never a panic or a huge allocation.
+
+mod decode;
+mod encode;
+#[cfg(test)]
+mod tests;
+
+pub use decode::{decode_request, decode_response, read_frame};
+pub use encode::{encode_request, encode_response};
+
+use super::{ErrorReply, Limits, SetWhen};
+use bytes::Bytes;
+use thiserror::Error;
+
+/// First bytes of a link: a marker no text or RESP request starts with, the
+/// protocol name and its version.
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x06";
+
+/// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
+pub const HELLO_FIRST_BYTE: u8 = 0xF0;
+
+/// A refill chunk is cut once it holds this many bytes of entries.
+pub const REFILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// The longest `auth_token` (config validation refuses longer ones).
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
+/// Room in a frame beyond one key and one value.
+const FRAME_OVERHEAD_BYTES: usize = 4096;
+
+/// The largest frame a peer may send with these limits: a refill chunk plus
+/// one maximal entry that started just below the cut.
+pub fn max_frame_bytes(limits: &Limits) -> usize {
+    REFILL_CHUNK_BYTES + limits.max_key_bytes + limits.max_value_bytes + FRAME_OVERHEAD_BYTES
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LinkError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    #[error("peer is not an rcache link (bad hello)")]
+    BadHello,
+}
+
+/// Worker states as a link reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WorkerState {
+    /// Listening, deciding whether to refill.
+    Starting = 0,
+    /// Receiving its partner's data; takes writes, serves no reads.
+    Refilling = 1,
+    /// Serving everything.
+    Ready = 2,
+}
+
+impl WorkerState {
+    pub fn from_u8(v: u8) -> Option<WorkerState> {
+        match v {
+            0 => Some(WorkerState::Starting),
+            1 => Some(WorkerState::Refilling),
+            2 => Some(WorkerState::Ready),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Refilling => "refilling",
+            WorkerState::Ready => "ready",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Get {
+        key: Bytes,
+    },
+    Set {
+        version: u64,
+        ttl_ms: u64,
+        key: Bytes,
+        value: Bytes,
+        /// A conditional set is answered `NotStored` when its condition
+        /// does not hold.
+        when: SetWhen,
+    },
+    Del {
+        version: u64,
+        key: Bytes,
+    },
+    /// A live key's version and remaining TTL, without its value.
+    Meta {
+        key: Bytes,
+    },
+    /// Gives the entry a new TTL and the version after `version`
+    /// ([`crate::version::after`]: one logical tick, same node) if it holds
+    /// exactly `version` (the value the client's EXPIRE found); answered
+    /// `Del { existed }` (a live entry was there, changed or not).
+    Expire {
+        version: u64,
+        ttl_ms: u64,
+        key: Bytes,
+    },
+    Ping,
+    Status,
+    Refill,
+    /// Starts an anti-entropy round: the partner answers with its digest.
+    Digest,
+    /// The sender's summaries of every entry in `buckets` whose key lies in
+    /// the window `after < key <= upto` (an empty bound is open): the
+    /// partner answers with the entries of that window it holds newer and
+    /// the keys it wants.
+    Sync {
+        buckets: Vec<u16>,
+        after: Bytes,
+        upto: Bytes,
+        summaries: Vec<Summary>,
+    },
+    /// Entries the partner wanted; `last` ends the round. `evict` names
+    /// entries the sender was sent but refused for room (it is near its
+    /// memory limit and lacks them): the partner evicts each one it still
+    /// holds at that version, so a full pair converges on one set of keys.
+    Apply {
+        last: bool,
+        entries: Vec<Entry>,
+        evict: Vec<Summary>,
+    },
+    /// The cluster's `auth_token`: the first request on a link to a
+    /// daemon that has one.
+    Auth {
+        token: Bytes,
+    },
+    /// An orchestrator's notice that this worker's partner missed a write
+    /// this worker stored (answered `Noted`): STATUS says `partner_behind`
+    /// until an anti-entropy round that began after the notice completes.
+    Missed,
+}
+
+/// One bucket of a store's digest: a sum of its entries' fingerprints
+/// (key, version, kind), and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketDigest {
+    pub hash: u64,
+    pub entries: u32,
+}
+
+/// What anti-entropy compares of an entry: its key, version and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub key: Bytes,
+    pub version: u64,
+    pub tombstone: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Value {
+        version: u64,
+        ttl_ms: u64,
+        value: Bytes,
+    },
+    Set {
+        applied: bool,
+    },
+    /// A conditional set's condition did not hold.
+    NotStored,
+    /// A set or delete lost: the worker holds `version`, newer than the
+    /// write's (or equal, with content that wins the tie). The
+    /// orchestrator stamps the write again above it.
+    Newer {
+        version: u64,
+    },
+    Del {
+        existed: bool,
+    },
+    /// A live key's version and remaining TTL (0 = none).
+    Meta {
+        version: u64,
+        ttl_ms: u64,
+    },
+    Pong,
+    /// The link's token was accepted.
+    Authenticated,
+    /// A `Missed` notice was recorded.
+    Noted,
+    /// `incarnation` is drawn at each start: a change means a restart.
+    /// `synced` counts the anti-entropy rounds this process completed.
+    /// `complete` is false while the worker may lack data its partner
+    /// holds (it started empty, or its refill broke off) and no
+    /// anti-entropy round has repaired it since. `partner_behind`: an
+    /// orchestrator said the partner missed a write stored here
+    /// ([`Request::Missed`]) and no round that began after that has
+    /// completed, so reads should come here while this worker can serve.
+    Status {
+        state: WorkerState,
+        entries: u64,
+        incarnation: u64,
+        synced: u64,
+        complete: bool,
+        partner_behind: bool,
+    },
+    Digest(Vec<BucketDigest>),
+    /// `complete` is false when the answer was cut to bound the frame.
+    Synced {
+        complete: bool,
+        entries: Vec<Entry>,
+        wanted: Vec<Bytes>,
+    },
+    /// `refused`: entries not stored for room (the receiver lacked them
+    /// near its memory limit); the sender evicts them.
+    Applied {
+        count: u32,
+        refused: Vec<Summary>,
+    },
+    NotFound,
+    Error(ErrorReply),
+    Chunk(Vec<Entry>),
+    End {
+        entries: u64,
+    },
+}
+
+/// One stored entry as it travels in a refill: the stored form, compressed
+/// or not, so neither side recompresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Bytes,
+    pub version: u64,
+    /// Remaining time to live in milliseconds; 0 = none.
+    pub ttl_ms: u64,
+    pub tombstone: bool,
+    pub compressed: bool,
+    /// Length of the value once decompressed.
+    pub raw_len: u32,
+    pub data: Bytes,
+}
+
+const FLAG_TOMBSTONE: u8 = 1;
+const FLAG_COMPRESSED: u8 = 2;
+
+mod op {
+    pub const GET: u8 = 1;
+    pub const SET: u8 = 2;
+    pub const DEL: u8 = 3;
+    pub const PING: u8 = 4;
+    pub const STATUS: u8 = 5;
+    pub const REFILL: u8 = 6;
+    pub const DIGEST: u8 = 7;
+    pub const SYNC: u8 = 8;
+    pub const APPLY: u8 = 9;
+    pub const AUTH: u8 = 10;
+    /// A set with a condition byte: 1 = only if absent, 2 = only if present.
+    pub const SET_IF: u8 = 11;
+    pub const META: u8 = 12;
+    pub const EXPIRE: u8 = 13;
+    pub const MISSED: u8 = 14;
+}
+
+mod status {
+    pub const OK: u8 = 0;
+    pub const NOT_FOUND: u8 = 2;
+    pub const NOT_STORED: u8 = 3;
+    pub const NEWER: u8 = 4;
+    pub const ERROR: u8 = 255;
+    pub const CHUNK: u8 = 10;
+    pub const END: u8 = 11;
+}
+
+/// What a response answers, so its body can be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Auth,
+    Get,
+    Set,
+    Del,
+    Meta,
+    Expire,
+    Ping,
+    Status,
+    Refill,
+    Digest,
+    Sync,
+    Apply,
+    Missed,
+}
+
+impl RequestKind {
+    /// Every kind, for code that must try them all (decoders under test).
+    pub const ALL: [RequestKind; 13] = [
+        RequestKind::Auth,
+        RequestKind::Get,
+        RequestKind::Set,
+        RequestKind::Del,
+        RequestKind::Meta,
+        RequestKind::Expire,
+        RequestKind::Ping,
+        RequestKind::Status,
+        RequestKind::Refill,
+        RequestKind::Digest,
+        RequestKind::Sync,
+        RequestKind::Apply,
+        RequestKind::Missed,
+    ];
+}
+
+impl Request {
+    /// The same write stamped with `version` (a set or delete; any other
+    /// request as it is).
+    pub fn restamped(&self, version: u64) -> Request {
+        let mut request = self.clone();
+        if let Request::Set { version: v, .. } | Request::Del { version: v, .. } = &mut request {
+            *v = version;
+        }
+        request
+    }
+
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Get { .. } => RequestKind::Get,
+            Request::Set { .. } => RequestKind::Set,
+            Request::Del { .. } => RequestKind::Del,
+            Request::Meta { .. } => RequestKind::Meta,
+            Request::Expire { .. } => RequestKind::Expire,
+            Request::Ping => RequestKind::Ping,
+            Request::Auth { .. } => RequestKind::Auth,
+            Request::Status => RequestKind::Status,
+            Request::Refill => RequestKind::Refill,
+            Request::Digest => RequestKind::Digest,
+            Request::Sync { .. } => RequestKind::Sync,
+            Request::Apply { .. } => RequestKind::Apply,
+            Request::Missed => RequestKind::Missed,
+        }
+    }
+}

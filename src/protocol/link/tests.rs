@@ -1,0 +1,267 @@
+use super::*;
+use crate::hash::DIGEST_BUCKETS;
+use crate::protocol::ErrorCode;
+use bytes::BytesMut;
+
+fn limits() -> Limits {
+    Limits {
+        max_key_bytes: 64,
+        max_value_bytes: 1024,
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+#[test]
+fn requests_round_trip() {
+    let requests = [
+        Request::Get { key: b("k") },
+        Request::Set {
+            version: 7,
+            ttl_ms: 1500,
+            key: b("k"),
+            value: b("v\r\n\0"),
+            when: SetWhen::Always,
+        },
+        Request::Set {
+            version: 8,
+            ttl_ms: 0,
+            key: b("k"),
+            value: Bytes::new(),
+            when: SetWhen::Absent,
+        },
+        Request::Set {
+            version: 9,
+            ttl_ms: 5,
+            key: b("k"),
+            value: b("x"),
+            when: SetWhen::Present,
+        },
+        Request::Meta { key: b("m") },
+        Request::Expire {
+            version: 10,
+            ttl_ms: 2500,
+            key: b("e"),
+        },
+        Request::Del {
+            version: u64::MAX,
+            key: b("k"),
+        },
+        Request::Ping,
+        Request::Auth { token: b("s3cret") },
+        Request::Status,
+        Request::Missed,
+        Request::Refill,
+        Request::Digest,
+        Request::Sync {
+            buckets: vec![0, 17, (DIGEST_BUCKETS - 1) as u16],
+            after: Bytes::new(),
+            upto: b("m"),
+            summaries: vec![
+                Summary {
+                    key: b("a"),
+                    version: 9,
+                    tombstone: false,
+                },
+                Summary {
+                    key: b("b"),
+                    version: 10,
+                    tombstone: true,
+                },
+            ],
+        },
+        Request::Apply {
+            last: true,
+            entries: vec![Entry {
+                key: b("k"),
+                version: 3,
+                ttl_ms: 5,
+                tombstone: false,
+                compressed: false,
+                raw_len: 1,
+                data: b("v"),
+            }],
+            evict: vec![Summary {
+                key: b("gone"),
+                version: 4,
+                tombstone: false,
+            }],
+        },
+    ];
+    let mut buf = BytesMut::new();
+    for r in &requests {
+        encode_request(r, &mut buf);
+    }
+    for r in &requests {
+        let frame = read_frame(&mut buf, 4096)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(&decode_request(frame, &limits()).expect("decodes"), r);
+    }
+    assert_eq!(read_frame(&mut buf, 4096), Ok(None));
+}
+
+#[test]
+fn responses_round_trip() {
+    let entry = Entry {
+        key: b("k"),
+        version: 3,
+        ttl_ms: 0,
+        tombstone: false,
+        compressed: true,
+        raw_len: 300,
+        data: b("xyz"),
+    };
+    let cases = [
+        (
+            Response::Value {
+                version: 1,
+                ttl_ms: 2,
+                value: b("v"),
+            },
+            RequestKind::Get,
+        ),
+        (Response::Set { applied: true }, RequestKind::Set),
+        (Response::NotStored, RequestKind::Set),
+        (Response::Newer { version: 42 }, RequestKind::Set),
+        (Response::Newer { version: 43 }, RequestKind::Del),
+        (
+            Response::Meta {
+                version: 3,
+                ttl_ms: 0,
+            },
+            RequestKind::Meta,
+        ),
+        (Response::Del { existed: true }, RequestKind::Expire),
+        (Response::Del { existed: false }, RequestKind::Del),
+        (Response::Pong, RequestKind::Ping),
+        (Response::Authenticated, RequestKind::Auth),
+        (
+            Response::Status {
+                state: WorkerState::Refilling,
+                entries: 9,
+                incarnation: 77,
+                synced: 4,
+                complete: true,
+                partner_behind: true,
+            },
+            RequestKind::Status,
+        ),
+        (Response::Noted, RequestKind::Missed),
+        (
+            Response::Digest(
+                (0..DIGEST_BUCKETS as u64)
+                    .map(|i| BucketDigest {
+                        hash: i * 31,
+                        entries: i as u32,
+                    })
+                    .collect(),
+            ),
+            RequestKind::Digest,
+        ),
+        (
+            Response::Synced {
+                complete: false,
+                entries: vec![entry.clone()],
+                wanted: vec![b("w1"), b("w2")],
+            },
+            RequestKind::Sync,
+        ),
+        (
+            Response::Applied {
+                count: 12,
+                refused: vec![Summary {
+                    key: b("full"),
+                    version: 7,
+                    tombstone: false,
+                }],
+            },
+            RequestKind::Apply,
+        ),
+        (Response::NotFound, RequestKind::Get),
+        (
+            Response::Error(ErrorReply::new(ErrorCode::Loading, "refilling")),
+            RequestKind::Get,
+        ),
+        (
+            Response::Chunk(vec![
+                entry.clone(),
+                Entry {
+                    tombstone: true,
+                    ..entry
+                },
+            ]),
+            RequestKind::Refill,
+        ),
+        (Response::End { entries: 2 }, RequestKind::Refill),
+    ];
+    let mut buf = BytesMut::new();
+    for (r, _) in &cases {
+        encode_response(r, &mut buf);
+    }
+    for (r, kind) in &cases {
+        let frame = read_frame(&mut buf, 1 << 20)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            &decode_response(frame, *kind, &limits()).expect("decodes"),
+            r
+        );
+    }
+}
+
+#[test]
+fn oversized_and_truncated_frames_are_errors() {
+    let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+    assert!(matches!(
+        read_frame(&mut buf, 4096),
+        Err(LinkError::FrameTooLarge { .. })
+    ));
+    let mut buf = BytesMut::from(&[0, 0, 0, 5, 1][..]);
+    assert_eq!(read_frame(&mut buf, 4096), Ok(None));
+    for frame in [
+        &b""[..],
+        b"\x01",
+        b"\x01\x00",
+        b"\x01\x00\x05ab",
+        b"\x02\x00",
+        b"\x09",
+        b"\x04x",
+    ] {
+        assert!(
+            decode_request(Bytes::copy_from_slice(frame), &limits()).is_err(),
+            "{frame:?}"
+        );
+    }
+    // A chunk claiming a million entries in a few bytes is refused before allocating.
+    let frame = Bytes::from_static(b"\x0a\x00\x0f\x42\x40abc");
+    assert!(decode_response(frame, RequestKind::Refill, &limits()).is_err());
+}
+
+#[test]
+fn random_frames_never_panic() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let kinds = RequestKind::ALL;
+    for _ in 0..50_000 {
+        let len = (next() % 48) as usize;
+        let mut frame: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if let Some(first) = frame.first_mut() {
+            *first %= 13;
+        }
+        let frame = Bytes::from(frame);
+        let _ = decode_request(frame.clone(), &limits());
+        let _ = decode_response(
+            frame,
+            kinds[(next() % kinds.len() as u64) as usize],
+            &limits(),
+        );
+    }
+}
