@@ -1,0 +1,105 @@
+//! The worker as the command table sees it: its store, stamped with its
+//! clock, reads refused while it refills.
+
+use super::store::Applied;
+use super::{antientropy, Worker};
+use crate::command::{Info, Keyspace};
+use crate::protocol::{ErrorReply, Limits, SetWhen};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Direct clients: the command table against the store, stamped with the
+/// worker's own clock. Reads (and conditional sets, which read) wait for
+/// the refill: until then they answer "loading".
+impl Keyspace for Worker {
+    const CONCURRENT: bool = false;
+    const ROLE: &'static str = "worker";
+    const FAN_OUT: usize = 1;
+
+    fn limits(&self) -> Limits {
+        self.live.load().limits
+    }
+
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ErrorReply> {
+        self.ready()?;
+        Ok(self.store.get(&key).map(|found| found.value))
+    }
+
+    async fn set(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+        when: SetWhen,
+    ) -> Result<bool, ErrorReply> {
+        if when != SetWhen::Always {
+            self.ready()?;
+        }
+        match self.set_direct(&key, &value, ttl, when) {
+            Ok(applied) => Ok(applied != Applied::Unmet),
+            Err(e) => Err(Worker::store_error(e)),
+        }
+    }
+
+    async fn delete(&self, key: Bytes) -> Result<bool, ErrorReply> {
+        self.store
+            .delete(&key, self.clock.next())
+            .map_err(Worker::store_error)
+    }
+
+    async fn ttl(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
+        self.ready()?;
+        Ok(self.store.meta(&key).map(|(_, ttl_ms)| ttl_ms))
+    }
+
+    async fn expire(&self, key: Bytes, ttl: Duration) -> Result<bool, ErrorReply> {
+        self.ready()?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        Ok(self.store.expire(&key, ttl_ms, None))
+    }
+
+    async fn db_size(&self) -> Result<u64, ErrorReply> {
+        Ok(self.store.len())
+    }
+
+    async fn info(&self) -> Info {
+        let usage = self.store.usage();
+        Info {
+            fields: vec![
+                ("rcache_state", self.state().name().to_string()),
+                (
+                    "connected_clients",
+                    self.metrics.server.connections_open.get().to_string(),
+                ),
+                ("used_memory", usage.charged_bytes.to_string()),
+                ("maxmemory", self.store.max_memory().to_string()),
+                ("maxmemory_policy", "sieve".to_string()),
+            ],
+            keys: usage.entries,
+        }
+    }
+
+    async fn describe(&self) -> String {
+        let usage = self.store.usage();
+        // The whole store's digest: partners holding the same versions of
+        // the same keys show the same number.
+        let digest = antientropy::digest(&self.store)
+            .await
+            .iter()
+            .fold(0u64, |sum, b| sum.wrapping_add(b.hash));
+        format!(
+            "worker={} partner={} state={} complete={} entries={} tombstones={} \
+             refilled={} synced={} repaired={} digest={digest:016x}",
+            self.config.listen,
+            self.config.partner.as_deref().unwrap_or("-"),
+            self.state().name(),
+            self.incomplete().is_none(),
+            usage.entries,
+            usage.tombstones,
+            self.refilled.load(Ordering::Relaxed),
+            self.anti_entropy.rounds(),
+            self.anti_entropy.repaired(),
+        )
+    }
+}

@@ -1,0 +1,177 @@
+use super::*;
+use bytes::Bytes;
+
+fn worker() -> Worker {
+    let worker = Worker::new(WorkerConfig {
+        listen: "127.0.0.1:0".into(),
+        partner: None,
+        metrics_listen: "127.0.0.1:0".into(),
+        server: Default::default(),
+        store: Default::default(),
+        anti_entropy_interval: Duration::from_secs(2),
+        refill_wait: Duration::from_secs(10),
+        connection_loops: 1,
+    });
+    worker.set_state(WorkerState::Ready);
+    worker
+}
+
+fn set(version: u64, value: &'static [u8]) -> Request {
+    Request::Set {
+        version,
+        ttl_ms: 0,
+        key: Bytes::from_static(b"k"),
+        value: Bytes::from_static(value),
+        when: SetWhen::Always,
+    }
+}
+
+#[test]
+fn a_version_far_ahead_of_the_clock_is_refused() {
+    let w = worker();
+    for request in [
+        set(u64::MAX, b"immortal"),
+        Request::Del {
+            version: u64::MAX,
+            key: Bytes::from_static(b"k"),
+        },
+    ] {
+        let answer = w.execute(request);
+        assert!(
+            matches!(&answer, Response::Error(e) if e.message.contains("ahead of this worker's clock")),
+            "{answer:?}"
+        );
+    }
+    // Nothing was stored, and the worker's clock did not jump: its own
+    // next write is an ordinary one.
+    assert!(w.store.get(b"k").is_none());
+    assert!(crate::version::plausible(w.clock.next()));
+}
+
+#[test]
+fn a_write_that_loses_says_which_version_won() {
+    let w = worker();
+    let now = w.clock.next();
+    assert!(matches!(
+        w.execute(set(now + 1000, b"newer")),
+        Response::Set { applied: true }
+    ));
+    assert_eq!(
+        w.execute(set(now, b"older")),
+        Response::Newer {
+            version: now + 1000
+        }
+    );
+    assert_eq!(
+        w.execute(Request::Del {
+            version: now,
+            key: Bytes::from_static(b"k")
+        }),
+        Response::Newer {
+            version: now + 1000
+        }
+    );
+    // The same write again is not a loss.
+    assert!(matches!(
+        w.execute(set(now + 1000, b"newer")),
+        Response::Set { applied: false }
+    ));
+}
+
+#[tokio::test]
+async fn a_round_whose_answer_was_cut_short_does_not_count() {
+    let w = worker();
+    // More than a refill chunk that the initiator lacks: the SYNC
+    // answer is cut, and the round repaired only part of it.
+    // (Values that do not compress: the chunk counts stored bytes.)
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..300u32 {
+        let value: Vec<u8> = (0..8 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let request = Request::Set {
+            version: w.clock.next(),
+            ttl_ms: 0,
+            key: Bytes::from(format!("key-{i}")),
+            value: Bytes::from(value),
+            when: SetWhen::Always,
+        };
+        assert!(matches!(
+            w.execute(request),
+            Response::Set { applied: true }
+        ));
+    }
+    w.execute(Request::Missed);
+    let mut responder = antientropy::Responder::default();
+    async fn round(w: &Worker, responder: &mut antientropy::Responder) -> bool {
+        assert!(matches!(
+            responder.handle(w, Request::Digest).await,
+            Response::Digest(_)
+        ));
+        let buckets = (0..crate::hash::DIGEST_BUCKETS as u16).collect();
+        let sync = Request::Sync {
+            buckets,
+            after: Bytes::new(),
+            upto: Bytes::new(),
+            summaries: Vec::new(),
+        };
+        let synced = responder.handle(w, sync).await;
+        let Response::Synced { complete, .. } = synced else {
+            panic!("{synced:?}");
+        };
+        let apply = Request::Apply {
+            last: true,
+            entries: Vec::new(),
+            evict: Vec::new(),
+        };
+        responder.handle(w, apply).await;
+        complete
+    }
+    assert!(!round(&w, &mut responder).await, "the answer is cut");
+    assert!(!round(&w, &mut responder).await, "the answer is cut");
+    assert_eq!(w.anti_entropy.rounds(), 0, "no cut round counts");
+    assert!(
+        says_partner_behind(&w),
+        "the partner still lacks most of what it missed"
+    );
+}
+
+fn says_partner_behind(w: &Worker) -> bool {
+    matches!(
+        w.execute(Request::Status),
+        Response::Status {
+            partner_behind: true,
+            ..
+        }
+    )
+}
+
+#[test]
+fn a_missed_write_is_reported_until_a_round_that_began_after_it_completes() {
+    let w = worker();
+    assert!(!says_partner_behind(&w));
+    assert_eq!(w.execute(Request::Missed), Response::Noted);
+    assert!(says_partner_behind(&w));
+    // The round that may have been running at the notice does not
+    // count: it may have compared before the write was stored.
+    w.round_completed();
+    assert!(says_partner_behind(&w));
+    w.round_completed();
+    assert!(!says_partner_behind(&w));
+    // A later notice starts over; an earlier one never shortens it.
+    w.execute(Request::Missed);
+    w.round_completed();
+    w.execute(Request::Missed);
+    w.round_completed();
+    assert!(
+        says_partner_behind(&w),
+        "the second notice counts from its own time"
+    );
+    w.round_completed();
+    assert!(!says_partner_behind(&w));
+}
