@@ -1,0 +1,145 @@
+//! The router as the command table sees it.
+
+use super::pool::{Backend, Health};
+use super::{Router, FAN_OUT};
+use crate::command::{Info, Keyspace};
+use crate::join::join_all;
+use crate::protocol::link::{Request, Response};
+use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether a worker of the pair said the key was there (a delete, an
+/// expire).
+fn existed(responses: &[Response]) -> bool {
+    responses
+        .iter()
+        .any(|r| matches!(r, Response::Del { existed: true }))
+}
+
+/// Clients: the command table against the cluster, each key at its pair.
+impl Keyspace for Router {
+    const CONCURRENT: bool = true;
+    const ROLE: &'static str = "orchestrator";
+    const FAN_OUT: usize = FAN_OUT;
+
+    fn limits(&self) -> Limits {
+        self.live.load().limits
+    }
+
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ErrorReply> {
+        match self.read_with(key.clone(), Request::Get { key }).await? {
+            Response::Value { value, .. } => Ok(Some(value)),
+            Response::NotFound => Ok(None),
+            other => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("unexpected answer {other:?}"),
+            )),
+        }
+    }
+
+    /// Writes `key` to its pair: `false` when the condition `when` held on
+    /// neither worker.
+    async fn set(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+        when: SetWhen,
+    ) -> Result<bool, ErrorReply> {
+        let request = Request::Set {
+            version: self.clock.next(),
+            ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+            key: key.clone(),
+            value,
+            when,
+        };
+        let responses = self.write(&key, request).await?;
+        Ok(!responses.iter().all(|r| matches!(r, Response::NotStored)))
+    }
+
+    /// Deletes `key`: whether either worker had it.
+    async fn delete(&self, key: Bytes) -> Result<bool, ErrorReply> {
+        let request = Request::Del {
+            version: self.clock.next(),
+            key: key.clone(),
+        };
+        Ok(existed(&self.write(&key, request).await?))
+    }
+
+    async fn ttl(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
+        Ok(self.meta(key).await?.map(|(_, ttl_ms)| ttl_ms))
+    }
+
+    async fn expire(&self, key: Bytes, ttl: Duration) -> Result<bool, ErrorReply> {
+        // The TTL goes to the value read now (see `Store::expire`): a write
+        // stamped meanwhile stays newer than the change.
+        let Some((version, _)) = self.meta(key.clone()).await? else {
+            return Ok(false);
+        };
+        self.clock.observe(crate::version::after(version));
+        let request = Request::Expire {
+            version,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            key: key.clone(),
+        };
+        Ok(existed(&self.write(&key, request).await?))
+    }
+
+    /// Live entries in the cluster: one worker's count per pair (an up one
+    /// when there is one), asked now.
+    async fn db_size(&self) -> Result<u64, ErrorReply> {
+        let topology = self.topology();
+        let asks = topology
+            .pairs
+            .iter()
+            .enumerate()
+            .map(|(i, pair)| async move {
+                // An up worker first, then one not known to be down.
+                let rank = |b: &Arc<Backend>| match b.health() {
+                    Health::Up => 0,
+                    Health::Behind | Health::Loading => 1,
+                    Health::Down => 2,
+                };
+                let mut order = [&pair[0], &pair[1]];
+                if rank(order[1]) < rank(order[0]) {
+                    order.swap(0, 1);
+                }
+                let mut last = String::new();
+                for backend in order {
+                    match backend.call(Arc::new(Request::Status)).await {
+                        Ok(Response::Status { entries, .. }) => return Ok(entries),
+                        Ok(other) => last = format!("unexpected answer {other:?}"),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!("no worker of pair {i} answered ({last})"),
+                ))
+            });
+        let counts = join_all(asks.collect()).await;
+        counts.into_iter().sum()
+    }
+
+    async fn info(&self) -> Info {
+        let topology = self.topology();
+        let up = topology.workers_up();
+        Info {
+            fields: vec![
+                ("rcache_pairs", topology.pairs.len().to_string()),
+                ("rcache_workers_up", up.to_string()),
+                (
+                    "connected_clients",
+                    self.metrics.server.connections_open.get().to_string(),
+                ),
+            ],
+            keys: self.db_size().await.unwrap_or(0),
+        }
+    }
+
+    async fn describe(&self) -> String {
+        Router::describe(self)
+    }
+}
