@@ -24,7 +24,7 @@
 //! | 10 | [`protocol`] | text, RESP and link codecs: bytes ↔ types, no I/O |
 //! | 11 | [`tls`], [`auth`] | rustls configuration; the shared token |
 //! | 12 | [`version`], [`hash`], [`zipf`] | hybrid logical clock, stable key hash, skewed keys |
-//! | 13 | [`sys`], [`shutdown`], [`join`] | the one door to sockets, the wall clock and randomness (a simulation swaps it); the shutdown signal; running futures together on one task |
+//! | 13 | [`sys`], [`shutdown`], [`join`], [`defaults`] | the one door to sockets, the wall clock and randomness (a simulation swaps it); the shutdown signal; running futures together on one task; every default setting, once |
 //!
 //! A request runs in a straight line: accept, decode a `Command`, execute it
 //! (the worker's store; or the orchestrator's router picks a pair and the
@@ -38,6 +38,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod daemon;
+pub mod defaults;
 pub mod fuzzing;
 pub mod hash;
 pub mod join;

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     &["tls", "auth"],
     &["version", "hash", "zipf"],
-    &["sys", "shutdown", "join"],
+    &["sys", "shutdown", "join", "defaults"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -6,6 +6,7 @@
 
 pub mod units;
 
+use crate::defaults;
 use crate::net::ServerConfig;
 use crate::orchestrator::OrchestratorConfig;
 use crate::protocol::Limits;
@@ -16,7 +17,7 @@ use figment::Figment;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use units::{check_address, parse_duration, parse_size, Scalar};
+use units::{check_address, duration_text, parse_duration, parse_size, size_text, Scalar};
 
 pub const ENV_PREFIX: &str = "RCACHE_";
 
@@ -105,21 +106,21 @@ pub struct RawWorker {
 impl Default for RawWorker {
     fn default() -> RawWorker {
         RawWorker {
-            listen: "127.0.0.1:7001".into(),
-            metrics_listen: "127.0.0.1:7101".into(),
+            listen: defaults::WORKER_LISTEN.into(),
+            metrics_listen: defaults::WORKER_METRICS_LISTEN.into(),
             partner: None,
-            idle_timeout: "300s".into(),
-            max_connections: 10_000,
-            max_key_bytes: Scalar::Int(1024),
-            max_value_bytes: "8MiB".into(),
-            tombstone_ttl: "1h".into(),
-            max_memory: "1GiB".into(),
-            compression: "lz4".into(),
-            compress_min_bytes: Scalar::Int(128),
-            anti_entropy_interval: "2s".into(),
-            refill_wait: "10s".into(),
-            threads: 0,
-            log_level: "info".into(),
+            idle_timeout: duration_text(defaults::IDLE_TIMEOUT),
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_key_bytes: Scalar::Int(defaults::MAX_KEY_BYTES),
+            max_value_bytes: size_text(defaults::MAX_VALUE_BYTES),
+            tombstone_ttl: duration_text(defaults::TOMBSTONE_TTL),
+            max_memory: size_text(defaults::MAX_MEMORY),
+            compression: defaults::COMPRESSION.into(),
+            compress_min_bytes: Scalar::Int(defaults::COMPRESS_MIN_BYTES),
+            anti_entropy_interval: duration_text(defaults::ANTI_ENTROPY_INTERVAL),
+            refill_wait: duration_text(defaults::REFILL_WAIT),
+            threads: defaults::WORKER_THREADS,
+            log_level: defaults::LOG_LEVEL.into(),
             auth_token: None,
             tls: None,
         }
@@ -152,20 +153,20 @@ pub struct RawOrchestrator {
 impl Default for RawOrchestrator {
     fn default() -> RawOrchestrator {
         RawOrchestrator {
-            listen: "127.0.0.1:7000".into(),
-            metrics_listen: "127.0.0.1:7100".into(),
-            idle_timeout: "300s".into(),
-            max_connections: 10_000,
-            max_key_bytes: Scalar::Int(1024),
-            max_value_bytes: "8MiB".into(),
-            worker_timeout: "1s".into(),
-            health_interval: "500ms".into(),
-            health_timeout: "500ms".into(),
-            health_failures: 2,
-            max_hint_bytes: "64MiB".into(),
+            listen: defaults::ORCHESTRATOR_LISTEN.into(),
+            metrics_listen: defaults::ORCHESTRATOR_METRICS_LISTEN.into(),
+            idle_timeout: duration_text(defaults::IDLE_TIMEOUT),
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_key_bytes: Scalar::Int(defaults::MAX_KEY_BYTES),
+            max_value_bytes: size_text(defaults::MAX_VALUE_BYTES),
+            worker_timeout: duration_text(defaults::WORKER_TIMEOUT),
+            health_interval: duration_text(defaults::HEALTH_INTERVAL),
+            health_timeout: duration_text(defaults::HEALTH_TIMEOUT),
+            health_failures: defaults::HEALTH_FAILURES,
+            max_hint_bytes: size_text(defaults::MAX_HINT_BYTES),
             workers: Vec::new(),
-            threads: 1,
-            log_level: "info".into(),
+            threads: defaults::ORCHESTRATOR_THREADS,
+            log_level: defaults::LOG_LEVEL.into(),
             auth_token: None,
             tls: None,
         }

@@ -89,6 +89,32 @@ pub fn parse_size(value: &Scalar) -> Result<u64, String> {
         .ok_or_else(|| "size out of range".to_string())
 }
 
+/// A duration as a config file writes it: whole hours, seconds or
+/// milliseconds (`1h`, `300s`, `500ms`).
+pub fn duration_text(d: Duration) -> Scalar {
+    let ms = d.as_millis();
+    Scalar::Str(if ms > 0 && ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    })
+}
+
+/// A size as a config file writes it: whole GiB or MiB (`1GiB`, `8MiB`),
+/// else bytes.
+pub fn size_text(bytes: u64) -> Scalar {
+    const MIB: u64 = 1 << 20;
+    if bytes > 0 && bytes % (MIB << 10) == 0 {
+        Scalar::Str(format!("{}GiB", bytes / (MIB << 10)))
+    } else if bytes > 0 && bytes % MIB == 0 {
+        Scalar::Str(format!("{}MiB", bytes / MIB))
+    } else {
+        Scalar::Int(bytes)
+    }
+}
+
 /// Checks a `host:port` address without resolving it (that happens when
 /// connecting, so DNS names follow their records).
 pub fn check_address(address: &str) -> Result<(), String> {

@@ -21,6 +21,7 @@ pub use loops::Loops;
 pub use session::{serve_client, serve_session};
 pub use stream::Stream;
 
+use crate::defaults;
 use crate::metrics::ServerMetrics;
 use crate::protocol::{ErrorCode, Limits, Reply};
 use crate::shutdown::Shutdown;
@@ -52,8 +53,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
-            idle_timeout: Duration::from_secs(300),
-            max_connections: 10_000,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            max_connections: defaults::MAX_CONNECTIONS as usize,
             limits: Limits::default(),
             auth: None,
             tls: crate::tls::Tls::default(),

@@ -17,6 +17,7 @@ pub mod text;
 
 pub use op::{Op, Outcome};
 
+use crate::defaults;
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::time::Duration;
@@ -227,8 +228,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_key_bytes: 1024,
-            max_value_bytes: 8 << 20,
+            max_key_bytes: defaults::MAX_KEY_BYTES as usize,
+            max_value_bytes: defaults::MAX_VALUE_BYTES as usize,
         }
     }
 }

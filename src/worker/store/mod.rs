@@ -47,6 +47,7 @@
 //! a worker runs in the background.
 
 use super::arena;
+use crate::defaults;
 use crate::hash::{bucket_of_hash, DIGEST_BUCKETS};
 use crate::protocol::link::{BucketDigest, Entry};
 use crate::protocol::SetWhen;
@@ -106,10 +107,10 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> StoreConfig {
         StoreConfig {
-            max_memory_bytes: 1 << 30,
+            max_memory_bytes: defaults::MAX_MEMORY as usize,
             compression: true,
-            compress_min_bytes: 128,
-            tombstone_ttl: Duration::from_secs(3600),
+            compress_min_bytes: defaults::COMPRESS_MIN_BYTES as usize,
+            tombstone_ttl: defaults::TOMBSTONE_TTL,
         }
     }
 }

@@ -1,0 +1,32 @@
+//! Every default setting, once: the config files' defaults (SPEC) and the
+//! defaults of the components they configure are these values.
+
+use std::time::Duration;
+
+pub const WORKER_LISTEN: &str = "127.0.0.1:7001";
+pub const WORKER_METRICS_LISTEN: &str = "127.0.0.1:7101";
+pub const ORCHESTRATOR_LISTEN: &str = "127.0.0.1:7000";
+pub const ORCHESTRATOR_METRICS_LISTEN: &str = "127.0.0.1:7100";
+
+/// A connection with nothing complete for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const MAX_CONNECTIONS: u64 = 10_000;
+pub const MAX_KEY_BYTES: u64 = 1024;
+pub const MAX_VALUE_BYTES: u64 = 8 << 20;
+pub const LOG_LEVEL: &str = "info";
+
+pub const MAX_MEMORY: u64 = 1 << 30;
+pub const COMPRESSION: &str = "lz4";
+pub const COMPRESS_MIN_BYTES: u64 = 128;
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(2);
+pub const REFILL_WAIT: Duration = Duration::from_secs(10);
+/// Worker connection threads: 0 is one per core.
+pub const WORKER_THREADS: u64 = 0;
+
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(1);
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+pub const HEALTH_FAILURES: u64 = 2;
+pub const MAX_HINT_BYTES: u64 = 64 << 20;
+pub const ORCHESTRATOR_THREADS: u64 = 1;
