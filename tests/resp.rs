@@ -118,6 +118,29 @@ fn a_worker_answers_resp_directly() {
         Value::Array(Some(vec![bulk("v\r\n\0"), Value::Bulk(None), bulk("w")]))
     );
     assert_eq!(r.call(&["DEL", "k", "k2", "nope"]), Value::Integer(2));
+    // An absolute expiry counts from the worker's wall clock.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let at = (now_ms + 100_000).to_string();
+    assert_eq!(r.call(&["SET", "at", "v", "PXAT", &at]), ok());
+    match r.call(&["PTTL", "at"]) {
+        Value::Integer(ms) => assert!((90_000..=100_000).contains(&ms), "PTTL {ms}"),
+        other => panic!("PTTL answered {other:?}"),
+    }
+    let at = (now_ms / 1000 + 100).to_string();
+    assert_eq!(r.call(&["SET", "at", "v", "EXAT", &at]), ok());
+    match r.call(&["TTL", "at"]) {
+        Value::Integer(s) => assert!((90..=100).contains(&s), "TTL {s}"),
+        other => panic!("TTL answered {other:?}"),
+    }
+    // A moment already past leaves the shortest TTL: a millisecond.
+    assert_eq!(r.call(&["SET", "at", "v", "PXAT", "1"]), ok());
+    match r.call(&["PTTL", "at"]) {
+        Value::Integer(ms) => assert!(ms == -2 || (0..=1).contains(&ms), "PTTL {ms}"),
+        other => panic!("PTTL answered {other:?}"),
+    }
     // The text protocol still works on the same port.
     let mut t = Client::connect(w.port);
     if secure::on() {

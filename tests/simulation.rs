@@ -40,7 +40,7 @@
 
 use rcache::client::text::TextClient;
 use rcache::config::{RawOrchestrator, RawWorker};
-use rcache::protocol::{Command, Reply, SetWhen};
+use rcache::protocol::{Command, Expiry, Reply, SetWhen};
 use rcache::shutdown::shutdown_channel;
 use rcache::{orchestrator, worker};
 use std::cell::{Cell, RefCell};
@@ -586,7 +586,7 @@ async fn client(id: usize, scenario: Scenario, world: Rc<World>) -> turmoil::Res
             Command::Set {
                 key: key(id, k),
                 value: value(format!("c{id}v{op}"), &mut rng, scenario.pressure),
-                ttl,
+                ttl: ttl.map(Expiry::In),
                 when: SetWhen::Always,
             }
         } else if roll < 12 {
@@ -597,7 +597,7 @@ async fn client(id: usize, scenario: Scenario, world: Rc<World>) -> turmoil::Res
         let expect = match &command {
             Command::Set {
                 value,
-                ttl: Some(ttl),
+                ttl: Some(Expiry::In(ttl)),
                 ..
             } => Some(Expect::Expiring(value.to_vec(), Instant::now() + *ttl)),
             Command::Set { value, .. } => Some(Expect::Value(value.to_vec())),

@@ -6,7 +6,7 @@ pub mod bench;
 pub mod local;
 
 use crate::client::{Client, Error};
-use crate::protocol::{Command, Reply, SetWhen};
+use crate::protocol::{Command, Expiry, Reply, SetWhen};
 use bytes::Bytes;
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -87,7 +87,7 @@ pub async fn run(mut cli: Cli) -> i32 {
         Some(CliCommand::Set { key, value, ttl }) => Command::Set {
             key: key.into(),
             value: value.into(),
-            ttl: ttl.map(Duration::from_secs),
+            ttl: ttl.map(|s| Expiry::In(Duration::from_secs(s))),
             when: SetWhen::Always,
         },
         Some(CliCommand::Del { key }) => Command::Del { key: key.into() },
@@ -280,7 +280,7 @@ fn parse_shell_line(line: &str) -> Option<Result<Command, String>> {
             Ok(Command::Set {
                 key,
                 value: Bytes::copy_from_slice(value.trim_start().as_bytes()),
-                ttl: Some(Duration::from_secs(ttl)),
+                ttl: Some(Expiry::In(Duration::from_secs(ttl))),
                 when: SetWhen::Always,
             })
         }),
@@ -377,7 +377,7 @@ mod tests {
             Some(Ok(Command::Set {
                 key: "k".into(),
                 value: "v".into(),
-                ttl: Some(Duration::from_secs(5)),
+                ttl: Some(Expiry::In(Duration::from_secs(5))),
                 when: SetWhen::Always,
             }))
         );

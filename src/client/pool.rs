@@ -37,7 +37,7 @@
 
 use super::text::TextClient;
 use super::ClientError;
-use crate::protocol::{Command, ErrorCode, ErrorReply, Reply, SetWhen};
+use crate::protocol::{Command, ErrorCode, ErrorReply, Expiry, Reply, SetWhen};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -199,7 +199,7 @@ impl Client {
         let command = Command::Set {
             key: Bytes::copy_from_slice(key),
             value: Bytes::copy_from_slice(value),
-            ttl,
+            ttl: ttl.map(Expiry::In),
             when: SetWhen::Always,
         };
         match self.request(&command).await? {

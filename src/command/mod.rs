@@ -161,7 +161,10 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
             value,
             ttl,
             when,
-        } => strings::set(ks, key, value, ttl, when).await,
+        } => {
+            let ttl = ttl.map(|e| e.ttl(crate::sys::wall_ms()));
+            strings::set(ks, key, value, ttl, when).await
+        }
         Command::MGet { keys } => strings::mget(ks, keys).await,
         Command::MSet { entries } => strings::mset(ks, entries).await,
         Command::Del { key } => keys::del(ks, key).await,

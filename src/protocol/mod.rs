@@ -31,7 +31,7 @@ pub enum Command {
     Set {
         key: Bytes,
         value: Bytes,
-        ttl: Option<Duration>,
+        ttl: Option<Expiry>,
         /// Store only if the key is absent (`NX`) or present (`XX`).
         when: SetWhen,
     },
@@ -95,6 +95,30 @@ pub enum Reply {
     /// One value per key of an `MGET`; `None` for a missing key.
     Values(Vec<Option<Bytes>>),
     Error(ErrorReply),
+}
+
+/// The longest time to live a command may set: ten years.
+pub const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// When an entry a command writes expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// This long after the command runs (`EX`, `PX`, `setex`).
+    In(Duration),
+    /// At this moment of the wall clock, in milliseconds since the Unix
+    /// epoch (`EXAT`, `PXAT`): the command layer reads the clock.
+    At(u64),
+}
+
+impl Expiry {
+    /// The time to live left when the wall clock reads `now_ms`. A moment
+    /// already past leaves the shortest one, a millisecond.
+    pub fn ttl(self, now_ms: u64) -> Duration {
+        match self {
+            Expiry::In(ttl) => ttl,
+            Expiry::At(at) => Duration::from_millis(at.saturating_sub(now_ms).clamp(1, MAX_TTL_MS)),
+        }
+    }
 }
 
 /// When a [`Command::Set`] stores.

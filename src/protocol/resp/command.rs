@@ -3,7 +3,7 @@
 
 use super::frame::parse_i64;
 use super::{Answer, RespRequest, Shape};
-use crate::protocol::{Command, Limits, SetWhen};
+use crate::protocol::{Command, Expiry, Limits, SetWhen};
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::time::Duration;
@@ -69,7 +69,7 @@ fn check_value(value: &Bytes, limits: &Limits) -> Result<(), RespRequest> {
 }
 
 /// Longest accepted TTL: ten years, as in the text protocol.
-const MAX_TTL_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
+const MAX_TTL_MS: i64 = crate::protocol::MAX_TTL_MS as i64;
 
 /// Parses an expiry in `unit_ms` units; `Err` is the reply to give.
 fn parse_expiry(arg: &[u8], unit_ms: i64, command: &str) -> Result<i64, RespRequest> {
@@ -167,7 +167,7 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
             run(Command::Set {
                 key: args[0].clone(),
                 value: args[2].clone(),
-                ttl: Some(Duration::from_millis(ms as u64)),
+                ttl: Some(Expiry::In(Duration::from_millis(ms as u64))),
                 when: SetWhen::Always,
             })
         }
@@ -336,7 +336,7 @@ fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest
     let (key, value) = (key.clone(), value.clone());
     check_key(&key, limits)?;
     check_value(&value, limits)?;
-    let mut ttl_ms: Option<i64> = None;
+    let mut ttl: Option<Expiry> = None;
     let mut when = SetWhen::Always;
     let mut i = 0;
     while i < options.len() {
@@ -344,14 +344,14 @@ fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest
         match option.as_slice() {
             b"nx" if when == SetWhen::Always => when = SetWhen::Absent,
             b"xx" if when == SetWhen::Always => when = SetWhen::Present,
-            b"ex" | b"px" | b"exat" | b"pxat" if ttl_ms.is_none() => {
+            b"ex" | b"px" | b"exat" | b"pxat" if ttl.is_none() => {
                 let Some(arg) = options.get(i + 1) else {
                     return Err(syntax_error());
                 };
                 i += 1;
-                let ms = match option.as_slice() {
-                    b"ex" => parse_expiry(arg, 1000, "set")?,
-                    b"px" => parse_expiry(arg, 1, "set")?,
+                ttl = Some(match option.as_slice() {
+                    b"ex" => Expiry::In(relative(parse_expiry(arg, 1000, "set")?)?),
+                    b"px" => Expiry::In(relative(parse_expiry(arg, 1, "set")?)?),
                     absolute => {
                         let unit = if absolute == b"exat" { 1000 } else { 1 };
                         let at = parse_i64(arg)
@@ -361,15 +361,9 @@ fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest
                         if at <= 0 {
                             return Err(error("ERR invalid expire time in 'set' command"));
                         }
-                        // A moment in the past leaves the shortest TTL:
-                        // the entry is gone at once, as in Redis.
-                        (at - unix_ms()).clamp(1, MAX_TTL_MS)
+                        Expiry::At(at as u64)
                     }
-                };
-                if ms <= 0 {
-                    return Err(error("ERR invalid expire time in 'set' command"));
-                }
-                ttl_ms = Some(ms);
+                });
             }
             b"keepttl" | b"get" => {
                 return Err(error(format!(
@@ -385,17 +379,19 @@ fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest
         Command::Set {
             key,
             value,
-            ttl: ttl_ms.map(|ms| Duration::from_millis(ms as u64)),
+            ttl,
             when,
         },
         Shape::Plain,
     ))
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// A relative expiry of `SET`, which must be positive.
+fn relative(ms: i64) -> Result<Duration, RespRequest> {
+    if ms <= 0 {
+        return Err(error("ERR invalid expire time in 'set' command"));
+    }
+    Ok(Duration::from_millis(ms as u64))
 }
 
 fn parse_hello(args: &[Bytes]) -> RespRequest {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::{Command, ErrorCode, Limits, Reply, SetWhen};
+use crate::protocol::{Command, ErrorCode, Expiry, Limits, Reply, SetWhen};
 use bytes::{BufMut, BytesMut};
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ fn commands_decode_byte_by_byte() {
                 Command::Set {
                     key: b("k"),
                     value: b("v\r\n\0"),
-                    ttl: Some(Duration::from_secs(10)),
+                    ttl: Some(Expiry::In(Duration::from_secs(10))),
                     when: SetWhen::Absent,
                 },
                 Shape::Plain
@@ -230,5 +230,40 @@ fn client_decoder_reads_every_reply_type() {
                 Value::Array(Some(vec![]))
             ])),
         ]
+    );
+}
+
+#[test]
+fn exat_and_pxat_decode_to_a_moment_the_command_layer_resolves() {
+    let set_at = |option: &str, at: &str| {
+        let mut buf = request(&["SET", "k", "v", option, at]);
+        match RespDecoder::new(limits()).decode(&mut buf) {
+            Ok(Some(RespRequest::Run(Command::Set { ttl, .. }, _))) => ttl,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        set_at("PXAT", "1700000000123"),
+        Some(Expiry::At(1_700_000_000_123))
+    );
+    assert_eq!(
+        set_at("exat", "1700000000"),
+        Some(Expiry::At(1_700_000_000_000))
+    );
+    let at = Expiry::At(10_000);
+    assert_eq!(at.ttl(4_000), Duration::from_millis(6_000));
+    assert_eq!(
+        at.ttl(20_000),
+        Duration::from_millis(1),
+        "a past moment: the shortest TTL"
+    );
+    let far = Expiry::At(u64::MAX);
+    assert_eq!(
+        far.ttl(0),
+        Duration::from_millis(crate::protocol::MAX_TTL_MS)
+    );
+    assert_eq!(
+        Expiry::In(Duration::from_secs(3)).ttl(99),
+        Duration::from_secs(3)
     );
 }

@@ -2,7 +2,7 @@
 //! lines in.
 
 use super::{find, SEP};
-use crate::protocol::{Command, ErrorCode, ErrorReply, Reply, SetWhen};
+use crate::protocol::{Command, ErrorCode, ErrorReply, Expiry, Reply, SetWhen};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Encodes `command` as a request line (for clients). Fails when a field
@@ -39,7 +39,13 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
             check(value, "value", true)?;
             match ttl {
                 None => put_fields(out, &[b"set", key, value]),
-                Some(ttl) => {
+                Some(Expiry::At(_)) => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Parse,
+                        "an expiry at a moment cannot travel in the text protocol: send a TTL",
+                    ))
+                }
+                Some(Expiry::In(ttl)) => {
                     let secs = ttl.as_secs().max(1).to_string();
                     put_fields(out, &[b"setex", key, secs.as_bytes(), value]);
                 }

@@ -12,7 +12,7 @@ mod tests;
 pub use client::{encode_command, parse_reply};
 
 use super::dialect::{Answered, Decoded, Dialect, Gate};
-use super::{Command, ErrorCode, ErrorReply, Limits, Op, Outcome, Reply, SetWhen};
+use super::{Command, ErrorCode, ErrorReply, Expiry, Limits, Op, Outcome, Reply, SetWhen};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::time::Duration;
 
@@ -136,7 +136,7 @@ pub fn parse_line(line: Bytes, limits: &Limits) -> Result<Command, ErrorReply> {
             Ok(Command::Set {
                 key,
                 value,
-                ttl: Some(ttl),
+                ttl: Some(Expiry::In(ttl)),
                 when: SetWhen::Always,
             })
         }

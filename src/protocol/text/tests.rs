@@ -50,7 +50,7 @@ fn decodes_every_command() {
             Ok(Command::Set {
                 key: b("k"),
                 value: b("v"),
-                ttl: Some(Duration::from_secs(10)),
+                ttl: Some(Expiry::In(Duration::from_secs(10))),
                 when: SetWhen::Always,
             }),
             Ok(Command::Ping),
@@ -184,7 +184,7 @@ fn commands_round_trip_through_the_encoder() {
         Command::Set {
             key: b("k"),
             value: b("v"),
-            ttl: Some(Duration::from_secs(7)),
+            ttl: Some(Expiry::In(Duration::from_secs(7))),
             when: SetWhen::Always,
         },
         Command::Del { key: b("k") },
