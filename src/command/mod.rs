@@ -162,7 +162,7 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
             ttl,
             when,
         } => {
-            let ttl = ttl.map(|e| e.ttl(crate::sys::wall_ms()));
+            let ttl = ttl.map(|e| e.ttl(crate::sys::wall_ms));
             strings::set(ks, key, value, ttl, when).await
         }
         Command::MGet { keys } => strings::mget(ks, keys).await,

@@ -111,12 +111,15 @@ pub enum Expiry {
 }
 
 impl Expiry {
-    /// The time to live left when the wall clock reads `now_ms`. A moment
-    /// already past leaves the shortest one, a millisecond.
-    pub fn ttl(self, now_ms: u64) -> Duration {
+    /// The time to live left; `wall_ms` reads the wall clock (milliseconds
+    /// since the epoch), only for a moment. A moment already past leaves
+    /// the shortest one, a millisecond.
+    pub fn ttl(self, wall_ms: impl FnOnce() -> u64) -> Duration {
         match self {
             Expiry::In(ttl) => ttl,
-            Expiry::At(at) => Duration::from_millis(at.saturating_sub(now_ms).clamp(1, MAX_TTL_MS)),
+            Expiry::At(at) => {
+                Duration::from_millis(at.saturating_sub(wall_ms()).clamp(1, MAX_TTL_MS))
+            }
         }
     }
 }

@@ -251,19 +251,19 @@ fn exat_and_pxat_decode_to_a_moment_the_command_layer_resolves() {
         Some(Expiry::At(1_700_000_000_000))
     );
     let at = Expiry::At(10_000);
-    assert_eq!(at.ttl(4_000), Duration::from_millis(6_000));
+    assert_eq!(at.ttl(|| 4_000), Duration::from_millis(6_000));
     assert_eq!(
-        at.ttl(20_000),
+        at.ttl(|| 20_000),
         Duration::from_millis(1),
         "a past moment: the shortest TTL"
     );
     let far = Expiry::At(u64::MAX);
     assert_eq!(
-        far.ttl(0),
+        far.ttl(|| 0),
         Duration::from_millis(crate::protocol::MAX_TTL_MS)
     );
     assert_eq!(
-        Expiry::In(Duration::from_secs(3)).ttl(99),
+        Expiry::In(Duration::from_secs(3)).ttl(|| unreachable!("a relative TTL reads no clock")),
         Duration::from_secs(3)
     );
 }

@@ -198,7 +198,7 @@ fn check_value(value: Bytes, limits: &Limits) -> Result<Bytes, ErrorReply> {
 }
 
 /// Longest accepted TTL: ten years, so `now + ttl` never overflows.
-const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+const MAX_TTL_SECS: u64 = super::MAX_TTL_MS / 1000;
 
 fn parse_ttl(field: &[u8]) -> Result<Duration, ErrorReply> {
     let bad = || parse_error("ttl must be a whole number of seconds > 0");
