@@ -27,12 +27,12 @@ impl Window {
         self.0
     }
 
-    /// Sizes the next batch after one whose replies took `bytes`.
-    pub(super) fn observe(&mut self, replies: &[Reply]) {
+    /// Sizes the next batch after one whose replies took `bytes` each.
+    pub(super) fn observe<R>(&mut self, replies: &[R], bytes: impl Fn(&R) -> usize) {
         if replies.is_empty() {
             return;
         }
-        let bytes: usize = replies.iter().map(reply_bytes).sum();
+        let bytes: usize = replies.iter().map(bytes).sum();
         let average = (bytes / replies.len()).max(1);
         let fits = (WRITE_HIGH_WATER_BYTES / average).clamp(1, Window::MAX);
         // Grow gradually, shrink at once.
@@ -41,7 +41,7 @@ impl Window {
 }
 
 /// About what a reply takes in memory and on the wire.
-fn reply_bytes(reply: &Reply) -> usize {
+pub(super) fn reply_bytes(reply: &Reply) -> usize {
     16 + match reply {
         Reply::Value(v) => v.len(),
         Reply::Values(values) => values.iter().flatten().map(|v| v.len() + 16).sum(),

@@ -1,13 +1,14 @@
 //! Connections over any `AsyncRead + AsyncWrite` stream: the accept loop
 //! (connection limit, shutdown, drain) and TLS here, the buffered
 //! connection in `conn`, and in `session` the one session loop that
-//! every client protocol runs (a [`crate::protocol::dialect::Dialect`]
-//! picked once per connection from its first byte), executing pipelined
-//! batches as `batch` says.
+//! every protocol runs (a [`crate::protocol::dialect::Dialect`] picked
+//! once per connection from its first byte, and the daemon's
+//! [`Executor`]), executing pipelined client batches as `batch` says.
 //!
 //! Nothing here knows what a command does: the command table
 //! ([`crate::command`]) runs it against the daemon's
-//! [`crate::command::Keyspace`]. The stream type is generic so TLS wraps a
+//! [`crate::command::Keyspace`], and a worker's links run on its own
+//! executor. The stream type is generic so TLS wraps a
 //! socket without touching the session loop.
 
 mod batch;
@@ -18,7 +19,7 @@ pub mod stream;
 
 pub use conn::{write_flushed, Closed, Conn};
 pub use loops::Loops;
-pub use session::{serve_client, serve_session};
+pub use session::{serve_client, serve_session, Executor};
 pub use stream::Stream;
 
 use crate::defaults;

@@ -1,14 +1,15 @@
-//! A client protocol as the session loop sees it.
+//! A protocol as the session loop sees it.
 //!
 //! A [`Dialect`] turns the bytes of one connection into what the loop does
 //! with them ([`Decoded`]) and writes replies back in its own wording: the
-//! text protocol ([`super::text::TextDialect`]) and RESP
-//! ([`super::resp::RespDialect`]) each implement it once, and `net` runs any
+//! text protocol ([`super::text::TextDialect`]), RESP
+//! ([`super::resp::RespDialect`]) and the link protocol between daemons
+//! ([`super::link::LinkDialect`]) each implement it once, and `net` runs any
 //! of them with the same read / decode / execute / encode / write loop,
 //! which owns the connection's authentication ([`Gate`]) and checks tokens.
-//! A dialect never executes a command and never sees a secret.
+//! A dialect never executes a request and never sees a secret.
 
-use super::{Command, Op, Outcome, Reply};
+use super::{Op, Outcome};
 use bytes::{Bytes, BytesMut};
 
 /// Whether a connection may run commands yet.
@@ -28,14 +29,18 @@ impl Gate {
 
 /// What the next complete request of a connection asks for.
 #[derive(Debug)]
-pub enum Decoded<T, A> {
+pub enum Decoded<R, T, A> {
     /// No complete request in the buffer yet.
     Incomplete,
-    /// Execute the command; its reply is encoded with the tag.
-    Run(Command, T),
-    /// A command sent before the connection is open: the loop labels it
+    /// Execute the request; its reply is encoded with the tag.
+    Run(R, T),
+    /// A request sent before the connection is open: the loop labels it
     /// and answers [`Dialect::refused`].
-    Refused(Command),
+    Refused(R),
+    /// The protocol's opening exchange (the link hello), which is not a
+    /// request and is not counted: write the answer, or close the
+    /// connection when there is none (an unknown hello).
+    Greeting(Option<A>),
     /// Answered without executing anything.
     Answer(Answered<A>),
     /// A token to check (`AUTH`, `HELLO … AUTH`), or none (`HELLO`): the
@@ -70,25 +75,34 @@ impl<A> Answered<A> {
     }
 }
 
-/// One client protocol: decoding requests, encoding replies.
+/// One protocol: decoding requests, encoding replies.
 pub trait Dialect: Send {
+    /// What a decoded request is (a client [`super::Command`], a link
+    /// [`super::link::Request`]).
+    type Request: Send;
+    /// What executing a request gives back.
+    type Reply: Send;
     /// What encoding a command's reply needs to know about its request.
     type Tag: Copy + Send;
     /// A reply given without executing anything.
     type Answer: Send;
 
     /// Takes the next complete request out of `buf`.
-    fn decode(&mut self, buf: &mut BytesMut, gate: &Gate) -> Decoded<Self::Tag, Self::Answer>;
+    fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        gate: &Gate,
+    ) -> Decoded<Self::Request, Self::Tag, Self::Answer>;
 
     /// The answer to the [`Decoded::Credential`] just decoded: `accepted`
     /// says whether its token opens the connection (`None`: it carried
     /// none). Updates `gate`.
     fn credential(&mut self, accepted: Option<bool>, gate: &mut Gate) -> Answered<Self::Answer>;
 
-    /// The answer to a [`Decoded::Refused`] command whose label is `op`.
+    /// The answer to a [`Decoded::Refused`] request whose label is `op`.
     fn refused(&self, op: Op) -> Answered<Self::Answer>;
 
-    fn encode_reply(&self, reply: &Reply, tag: Self::Tag, out: &mut BytesMut);
+    fn encode_reply(&self, reply: &Self::Reply, tag: Self::Tag, out: &mut BytesMut);
 
     fn encode_answer(&self, answer: &Self::Answer, out: &mut BytesMut);
 }

@@ -3,15 +3,16 @@
 //! and streams refills.
 
 use super::{antientropy, Worker};
-use crate::metrics::Tally;
-use crate::net::{self, Closed, Conn, Handler, ServerConfig};
+use crate::metrics::{ServerMetrics, Tally};
+use crate::net::{self, Closed, Conn, Executor, Handler};
 use crate::protocol::link::{
-    decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, WorkerState,
-    HELLO, HELLO_FIRST_BYTE, REFILL_CHUNK_BYTES,
+    encode_response, LinkDialect, LinkReply, Request, Response, WorkerState, HELLO_FIRST_BYTE,
+    REFILL_CHUNK_BYTES,
 };
-use crate::protocol::{ErrorCode, ErrorReply, Op, Outcome};
+use crate::protocol::{Op, Outcome};
 use crate::shutdown::Shutdown;
 use crate::sys::TcpStream;
+use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -52,85 +53,72 @@ impl Handler for WorkerHandler {
     }
 }
 
-/// Serves the link protocol: pipelined requests, answered in order, and
-/// refill streams.
+/// The link side of a worker: requests from the orchestrator and the
+/// partner, the anti-entropy rounds a partner opens, and refill streams.
+struct Links<'w> {
+    worker: &'w Worker,
+    responder: antientropy::Responder,
+    /// The refill being streamed, once its first chunk was asked for.
+    refill: Option<Refill>,
+}
+
+/// Where a refill stream is: a bounded chunk at a time, so memory stays
+/// bounded on both sides and the shard locks are held only while copying
+/// a chunk; the socket's backpressure paces the scan.
+struct Refill {
+    shard: usize,
+    cursor: Option<usize>,
+    sent: u64,
+    started: Instant,
+}
+
+/// Serves the link protocol on `conn` (pipelined requests, answered in
+/// order, and refill streams) with the session loop of every protocol.
 pub(super) async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     worker: &Worker,
     shutdown: &mut Shutdown,
 ) -> Closed {
-    let mut config = worker.live.load_full();
-    let mut deadline = Instant::now() + config.idle_timeout;
-    while conn.rbuf.len() < HELLO.len() {
-        if let Err(c) = conn.fill(deadline, shutdown).await {
-            return c;
-        }
-    }
-    if conn.rbuf[..HELLO.len()] != HELLO[..] {
-        // Another protocol version or garbage: framing cannot be trusted.
-        tracing::info!("closing a link with an unknown hello");
-        return Closed::Eof;
-    }
-    let _ = conn.rbuf.split_to(HELLO.len());
-    conn.wbuf.extend_from_slice(HELLO);
-    let max = max_frame_bytes(&config.limits);
-    let mut responder = antientropy::Responder::default();
-    let mut authenticated = config.auth.is_none();
+    let dialect = LinkDialect::new(worker.live.load().limits);
+    let links = Links {
+        worker,
+        responder: antientropy::Responder::default(),
+        refill: None,
+    };
     let metrics = &worker.metrics.server;
-    let mut tally = Tally::default();
-    loop {
+    net::serve_session(conn, dialect, links, &worker.live, metrics, shutdown).await
+}
+
+impl Executor for Links<'_> {
+    type Request = Request;
+    type Reply = LinkReply;
+
+    fn op(&self, request: &Request) -> Op {
+        request.op()
+    }
+
+    async fn execute(
+        &mut self,
+        requests: Vec<Request>,
+        metrics: &ServerMetrics,
+        tally: &mut Tally,
+    ) -> Vec<LinkReply> {
+        let mut replies = Vec::with_capacity(requests.len());
         // One clock reading per request: each ends where the next starts.
         let mut started = Instant::now();
-        loop {
-            let frame = match read_frame(&mut conn.rbuf, max) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "closing a link that sent a bad frame");
-                    return Closed::Eof;
-                }
-            };
-            let request = decode_request(frame, &config.limits);
-            if !authenticated {
-                // A link must present the cluster's token first; a peer
-                // without it is a stranger and is hung up on.
-                let ok = matches!(
-                    (&request, &config.auth),
-                    (Ok(Request::Auth { token }), Some(secret)) if secret.matches(token)
-                );
-                if !ok {
-                    metrics.auth_failures.inc();
-                    tally.observe(metrics, Op::Auth, Outcome::Error, started.elapsed());
-                    tally.flush();
-                    tracing::warn!("closing a link that did not present the cluster's token");
-                    let error = ErrorReply::new(ErrorCode::Auth, "authentication required");
-                    encode_response(&Response::Error(error), &mut conn.wbuf);
-                    let _ = conn.flush(config.idle_timeout).await;
-                    return Closed::Eof;
-                }
-                authenticated = true;
-            }
-            let (op, response) = match request {
-                Ok(Request::Refill) => {
-                    // The stream flushes what was answered before it.
-                    tally.flush();
-                    if let Err(c) = stream_refill(conn, worker, &config).await {
-                        return c;
-                    }
-                    let ended = Instant::now();
-                    tally.observe(metrics, Op::Refill, Outcome::Ok, ended - started);
-                    started = ended;
-                    deadline = ended + config.idle_timeout;
+        for request in requests {
+            let op = request.op();
+            let response = match request {
+                Request::Refill if self.worker.state() == WorkerState::Ready => {
+                    // Counted once streamed.
+                    replies.push(LinkReply::Streamed);
                     continue;
                 }
-                Ok(request @ (Request::Digest | Request::Sync { .. } | Request::Apply { .. })) => {
-                    (Op::AntiEntropy, responder.handle(worker, request).await)
+                Request::Refill => Response::Error(Worker::loading()),
+                request @ (Request::Digest | Request::Sync { .. } | Request::Apply { .. }) => {
+                    self.responder.handle(self.worker, request).await
                 }
-                Ok(request) => (link_op(&request), worker.execute(request)),
-                Err(e) => {
-                    let error = ErrorReply::new(ErrorCode::Parse, e.to_string());
-                    (Op::Invalid, Response::Error(error))
-                }
+                request => self.worker.execute(request),
             };
             let outcome = match &response {
                 Response::NotFound => Outcome::NotFound,
@@ -140,75 +128,85 @@ pub(super) async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
             let ended = Instant::now();
             tally.observe(metrics, op, outcome, ended - started);
             started = ended;
-            deadline = ended + config.idle_timeout;
-            encode_response(&response, &mut conn.wbuf);
+            replies.push(LinkReply::Response(response));
         }
-        // Counted before the answers go out.
-        tally.flush();
-        if let Err(c) = conn.flush(config.idle_timeout).await {
-            return c;
+        replies
+    }
+
+    fn reply_bytes(reply: &LinkReply) -> usize {
+        match reply {
+            LinkReply::Response(Response::Value { value, .. }) => 32 + value.len(),
+            LinkReply::Response(Response::Synced { entries, .. }) => entries
+                .iter()
+                .map(|e| 48 + e.key.len() + e.data.len())
+                .sum(),
+            // A stream is written as it goes, not held.
+            _ => 32,
         }
-        config = worker.live.load_full();
+    }
+
+    fn stream(
+        &mut self,
+        reply: &LinkReply,
+        out: &mut BytesMut,
+        metrics: &ServerMetrics,
+        tally: &mut Tally,
+    ) -> bool {
+        if !matches!(reply, LinkReply::Streamed) {
+            return false;
+        }
+        let store = &self.worker.store;
+        let refill = self.refill.get_or_insert_with(|| Refill {
+            shard: 0,
+            cursor: Some(0),
+            sent: 0,
+            started: Instant::now(),
+        });
+        let mut chunk = Vec::new();
+        while refill.shard < store.shard_count() {
+            let Some(cursor) = refill.cursor else {
+                refill.shard += 1;
+                refill.cursor = Some(0);
+                continue;
+            };
+            refill.cursor = store.scan(refill.shard, cursor, REFILL_CHUNK_BYTES, &mut chunk);
+            if !chunk.is_empty() {
+                refill.sent += chunk.len() as u64;
+                encode_response(&Response::Chunk(chunk), out);
+                return true;
+            }
+        }
+        let Some(refill) = self.refill.take() else {
+            return false;
+        };
+        encode_response(
+            &Response::End {
+                entries: refill.sent,
+            },
+            out,
+        );
+        let elapsed = refill.started.elapsed();
+        tally.observe(metrics, Op::Refill, Outcome::Ok, elapsed);
+        tracing::info!(
+            entries = refill.sent,
+            ?elapsed,
+            "served a refill to the partner"
+        );
+        // A new process of the partner holds all of this one now, and
+        // nothing of its own: whatever this worker lacked is gone from the
+        // pair.
+        self.worker
+            .completed("a new process of the partner refilled from it");
+        false
+    }
+
+    fn wait_until(&self, idle: Instant) -> Instant {
         // An initiator that goes quiet mid-round must not hold this
         // worker's round lock for a whole idle timeout.
-        let wait_until = if responder.in_round() {
-            deadline.min(Instant::now() + antientropy::ROUND_TIMEOUT)
+        if self.responder.in_round() {
+            idle.min(Instant::now() + antientropy::ROUND_TIMEOUT)
         } else {
-            deadline
-        };
-        if let Err(c) = conn.fill(wait_until, shutdown).await {
-            return c;
+            idle
         }
     }
-}
-
-pub(super) fn link_op(request: &Request) -> Op {
-    match request {
-        Request::Get { .. } => Op::Get,
-        Request::Set { .. } => Op::Set,
-        Request::Del { .. } => Op::Del,
-        Request::Meta { .. } => Op::Meta,
-        Request::Expire { .. } => Op::Expire,
-        Request::Ping => Op::Ping,
-        Request::Auth { .. } => Op::Auth,
-        Request::Status | Request::Missed => Op::Status,
-        Request::Refill => Op::Refill,
-        Request::Digest | Request::Sync { .. } | Request::Apply { .. } => Op::AntiEntropy,
-    }
-}
-
-/// Streams every entry to a partner that is refilling, a bounded chunk at a
-/// time; the socket's backpressure paces the scan, so memory stays bounded
-/// on both sides and the shard locks are held only while copying a chunk.
-pub(super) async fn stream_refill<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    worker: &Worker,
-    config: &ServerConfig,
-) -> Result<(), Closed> {
-    if worker.state() != WorkerState::Ready {
-        encode_response(&Response::Error(Worker::loading()), &mut conn.wbuf);
-        return Ok(());
-    }
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut chunk = Vec::new();
-    for shard in 0..worker.store.shard_count() {
-        let mut cursor = Some(0);
-        while let Some(c) = cursor {
-            chunk.clear();
-            cursor = worker.store.scan(shard, c, REFILL_CHUNK_BYTES, &mut chunk);
-            if chunk.is_empty() {
-                continue;
-            }
-            sent += chunk.len() as u64;
-            encode_response(&Response::Chunk(std::mem::take(&mut chunk)), &mut conn.wbuf);
-            conn.flush(config.idle_timeout).await?;
-        }
-    }
-    encode_response(&Response::End { entries: sent }, &mut conn.wbuf);
-    tracing::info!(entries = sent, elapsed = ?started.elapsed(), "served a refill to the partner");
-    // A new process of the partner holds all of this one now, and nothing
-    // of its own: whatever this worker lacked is gone from the pair.
-    worker.completed("a new process of the partner refilled from it");
-    Ok(())
 }

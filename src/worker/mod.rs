@@ -344,7 +344,7 @@ impl Worker {
                 }
             }
             Request::Ping => Response::Pong,
-            // Checked by `serve_link` before anything else.
+            // Checked by the session loop (`net::serve_session`), never executed.
             Request::Auth { .. } => Response::Authenticated,
             Request::Status => Response::Status {
                 state: self.state(),

@@ -43,11 +43,13 @@
 //! never a panic or a huge allocation.
 
 mod decode;
+mod dialect;
 mod encode;
 #[cfg(test)]
 mod tests;
 
 pub use decode::{decode_request, decode_response, read_frame};
+pub use dialect::{LinkAnswer, LinkDialect, LinkReply};
 pub use encode::{encode_request, encode_response};
 
 use super::{ErrorReply, Limits, SetWhen};

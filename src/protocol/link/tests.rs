@@ -265,3 +265,75 @@ fn random_frames_never_panic() {
         );
     }
 }
+
+/// The link dialect: the hello first, then frames; before the token only
+/// AUTH is taken, anything else is one error and a hang-up.
+#[test]
+fn the_link_dialect_greets_then_gates_frames_on_the_token() {
+    use crate::protocol::dialect::{Decoded, Dialect, Gate};
+    use crate::protocol::Op;
+    let mut dialect = LinkDialect::new(limits());
+    let mut gate = Gate {
+        required: true,
+        authenticated: false,
+    };
+    let mut buf = BytesMut::from(&HELLO[..3]);
+    assert!(matches!(
+        dialect.decode(&mut buf, &gate),
+        Decoded::Incomplete
+    ));
+    buf.extend_from_slice(&HELLO[3..]);
+    encode_request(&Request::Ping, &mut buf);
+    encode_request(&Request::Auth { token: b("secret") }, &mut buf);
+    encode_request(&Request::Status, &mut buf);
+    assert!(matches!(
+        dialect.decode(&mut buf, &gate),
+        Decoded::Greeting(Some(LinkAnswer::Hello))
+    ));
+    // A request before the token is refused, and the refusal closes.
+    let Decoded::Refused(Request::Ping) = dialect.decode(&mut buf, &gate) else {
+        panic!("PING before AUTH was not refused");
+    };
+    let refused = dialect.refused(Op::Ping);
+    assert!(refused.close);
+    assert!(matches!(
+        refused.answer,
+        Some(LinkAnswer::Response(Response::Error(ref e))) if e.code == ErrorCode::Auth
+    ));
+    let Decoded::Credential(Some(token)) = dialect.decode(&mut buf, &gate) else {
+        panic!("AUTH was not a credential");
+    };
+    assert_eq!(token, b("secret"));
+    // A wrong token hangs up; a right one opens the gate.
+    assert!(dialect.credential(Some(false), &mut gate.clone()).close);
+    let accepted = dialect.credential(Some(true), &mut gate);
+    assert!(!accepted.close && gate.open());
+    assert!(matches!(
+        dialect.decode(&mut buf, &gate),
+        Decoded::Run(Request::Status, ())
+    ));
+    assert!(matches!(
+        dialect.decode(&mut buf, &gate),
+        Decoded::Incomplete
+    ));
+
+    // Another hello (another version, or not a link at all) closes at once.
+    let mut other = LinkDialect::new(limits());
+    let mut buf = BytesMut::from(&b"\xF0rcl\x05"[..]);
+    assert!(matches!(
+        other.decode(&mut buf, &gate),
+        Decoded::Greeting(None)
+    ));
+    // A frame over the limit closes without an answer.
+    let mut other = LinkDialect::new(limits());
+    let mut buf = BytesMut::from(&HELLO[..]);
+    buf.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        other.decode(&mut buf, &gate),
+        Decoded::Greeting(Some(_))
+    ));
+    let Decoded::Answer(answered) = other.decode(&mut buf, &gate) else {
+        panic!("an oversized frame was not answered");
+    };
+    assert!(answered.close && answered.answer.is_none());
+}

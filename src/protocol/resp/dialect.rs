@@ -7,7 +7,7 @@
 use super::{encode_answer, encode_hello, encode_reply, Answer, RespDecoder, RespRequest};
 use super::{Shape, Version};
 use crate::protocol::dialect::{Answered, Decoded, Dialect, Gate};
-use crate::protocol::{Limits, Op, Outcome, Reply};
+use crate::protocol::{Command, Limits, Op, Outcome, Reply};
 use bytes::BytesMut;
 
 /// What Redis says to a command before `AUTH` on a connection that needs it.
@@ -57,10 +57,16 @@ impl RespDialect {
 }
 
 impl Dialect for RespDialect {
+    type Request = Command;
+    type Reply = Reply;
     type Tag = (Shape, Version);
     type Answer = (Answer, Version);
 
-    fn decode(&mut self, buf: &mut BytesMut, gate: &Gate) -> Decoded<Self::Tag, Self::Answer> {
+    fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        gate: &Gate,
+    ) -> Decoded<Command, Self::Tag, Self::Answer> {
         let request = match self.decoder.decode(buf) {
             Ok(None) => return Decoded::Incomplete,
             Ok(Some(request)) => request,

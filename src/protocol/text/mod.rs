@@ -294,10 +294,12 @@ impl TextDialect {
 }
 
 impl Dialect for TextDialect {
+    type Request = Command;
+    type Reply = Reply;
     type Tag = ();
     type Answer = Reply;
 
-    fn decode(&mut self, buf: &mut BytesMut, gate: &Gate) -> Decoded<(), Reply> {
+    fn decode(&mut self, buf: &mut BytesMut, gate: &Gate) -> Decoded<Command, (), Reply> {
         match self.decoder.decode(buf) {
             Ok(None) => Decoded::Incomplete,
             Ok(Some(Command::Exit)) => Decoded::Answer(Answered {

@@ -1,0 +1,157 @@
+//! The link protocol as the session loop sees it: the hello, then frames,
+//! the first of which must carry the cluster's token when the daemon has
+//! one. A peer that sends anything else first is a stranger: it gets one
+//! error and is hung up on, since nothing it sends after can be trusted.
+
+use super::{
+    decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, HELLO,
+};
+use crate::protocol::dialect::{Answered, Decoded, Dialect, Gate};
+use crate::protocol::{ErrorCode, ErrorReply, Limits, Op, Outcome};
+use bytes::{Buf, BytesMut};
+
+/// What a link server writes without executing anything.
+#[derive(Debug)]
+pub enum LinkAnswer {
+    /// Its own [`HELLO`], answering the peer's.
+    Hello,
+    Response(Response),
+}
+
+/// What executing a link request gives back.
+#[derive(Debug)]
+pub enum LinkReply {
+    Response(Response),
+    /// A refill, which the executor writes itself as a stream of
+    /// [`Response::Chunk`]s and a [`Response::End`].
+    Streamed,
+}
+
+/// The server side of a link.
+#[derive(Debug)]
+pub struct LinkDialect {
+    limits: Limits,
+    max_frame: usize,
+    /// The peer's hello was read.
+    greeted: bool,
+}
+
+impl LinkDialect {
+    pub fn new(limits: Limits) -> LinkDialect {
+        LinkDialect {
+            limits,
+            max_frame: max_frame_bytes(&limits),
+            greeted: false,
+        }
+    }
+
+    fn hang_up(&self) -> Answered<LinkAnswer> {
+        tracing::warn!("closing a link that did not present the cluster's token");
+        let error = ErrorReply::new(ErrorCode::Auth, "authentication required");
+        Answered::new(
+            LinkAnswer::Response(Response::Error(error)),
+            Op::Auth,
+            Outcome::Error,
+        )
+        .closing()
+    }
+}
+
+impl Request {
+    /// The metrics label of a link request.
+    pub fn op(&self) -> Op {
+        match self {
+            Request::Get { .. } => Op::Get,
+            Request::Set { .. } => Op::Set,
+            Request::Del { .. } => Op::Del,
+            Request::Meta { .. } => Op::Meta,
+            Request::Expire { .. } => Op::Expire,
+            Request::Ping => Op::Ping,
+            Request::Auth { .. } => Op::Auth,
+            Request::Status | Request::Missed => Op::Status,
+            Request::Refill => Op::Refill,
+            Request::Digest | Request::Sync { .. } | Request::Apply { .. } => Op::AntiEntropy,
+        }
+    }
+}
+
+impl Dialect for LinkDialect {
+    type Request = Request;
+    type Reply = LinkReply;
+    type Tag = ();
+    type Answer = LinkAnswer;
+
+    fn decode(&mut self, buf: &mut BytesMut, gate: &Gate) -> Decoded<Request, (), LinkAnswer> {
+        if !self.greeted {
+            if buf.len() < HELLO.len() {
+                return Decoded::Incomplete;
+            }
+            if buf[..HELLO.len()] != HELLO[..] {
+                // Another protocol version or garbage: framing cannot be
+                // trusted.
+                tracing::info!("closing a link with an unknown hello");
+                return Decoded::Greeting(None);
+            }
+            buf.advance(HELLO.len());
+            self.greeted = true;
+            return Decoded::Greeting(Some(LinkAnswer::Hello));
+        }
+        let frame = match read_frame(buf, self.max_frame) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Decoded::Incomplete,
+            Err(e) => {
+                tracing::warn!(error = %e, "closing a link that sent a bad frame");
+                return Decoded::Answer(Answered {
+                    answer: None,
+                    op: Op::Invalid,
+                    outcome: Outcome::Error,
+                    close: true,
+                });
+            }
+        };
+        match decode_request(frame, &self.limits) {
+            Ok(Request::Auth { token }) => Decoded::Credential(Some(token)),
+            Ok(request) if !gate.open() => Decoded::Refused(request),
+            Ok(request) => Decoded::Run(request, ()),
+            Err(_) if !gate.open() => Decoded::Answer(self.hang_up()),
+            Err(e) => {
+                let error = ErrorReply::new(ErrorCode::Parse, e.to_string());
+                Decoded::Answer(Answered::new(
+                    LinkAnswer::Response(Response::Error(error)),
+                    Op::Invalid,
+                    Outcome::Error,
+                ))
+            }
+        }
+    }
+
+    fn credential(&mut self, accepted: Option<bool>, gate: &mut Gate) -> Answered<LinkAnswer> {
+        if accepted != Some(true) {
+            gate.authenticated = false;
+            return self.hang_up();
+        }
+        gate.authenticated = true;
+        Answered::new(
+            LinkAnswer::Response(Response::Authenticated),
+            Op::Auth,
+            Outcome::Ok,
+        )
+    }
+
+    fn refused(&self, _: Op) -> Answered<LinkAnswer> {
+        self.hang_up()
+    }
+
+    fn encode_reply(&self, reply: &LinkReply, _: (), out: &mut BytesMut) {
+        if let LinkReply::Response(response) = reply {
+            encode_response(response, out);
+        }
+    }
+
+    fn encode_answer(&self, answer: &LinkAnswer, out: &mut BytesMut) {
+        match answer {
+            LinkAnswer::Hello => out.extend_from_slice(HELLO),
+            LinkAnswer::Response(response) => encode_response(response, out),
+        }
+    }
+}
