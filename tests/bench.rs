@@ -21,7 +21,7 @@ fn counted(metrics: &str, command: &str) -> f64 {
 
 #[test]
 fn bench_reports_what_the_server_served() {
-    let w = worker(free_port(), None, &[]);
+    let w = solo(&[]);
     let csv = log_dir().join(format!("bench-{}.csv", w.port));
     let _ = std::fs::remove_file(&csv);
     for (protocol, pipeline) in [("resp", "1"), ("text", "8")] {

@@ -437,11 +437,7 @@ fn a_full_cache_with_ttls_restarts_and_a_skewed_clock_serves_nothing_stale() {
     if behind.is_none() {
         println!("NOTE: the second orchestrator runs with the true clock (no libfaketime)");
     }
-    let o2 = common::orchestrator_skewed(
-        common::free_port(),
-        &worker_ports,
-        behind.as_deref().unwrap_or(&[]),
-    );
+    let o2 = common::orchestrator_skewed(&worker_ports, behind.as_deref().unwrap_or(&[]));
     let (stop, ops) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),

@@ -286,7 +286,7 @@ fn idle_connections_are_closed_and_busy_ones_kept() {
 
 #[test]
 fn connections_beyond_the_limit_get_an_error() {
-    let w = worker(free_port(), None, &["--max-connections", "2"]);
+    let w = solo(&["--max-connections", "2"]);
     let mut c1 = Client::connect(w.port);
     let mut c2 = Client::connect(w.port);
     assert_eq!(c1.req("ping"), "0||pong");
@@ -895,8 +895,7 @@ fn a_client_reads_its_own_writes_through_orchestrators_with_skewed_clocks() {
     };
     let (a, b) = pair(&[]);
     let o1 = orchestrator(&[a.port, b.port], &[]);
-    let p2 = free_port();
-    let o2 = orchestrator_skewed(p2, &[a.port, b.port], &behind);
+    let o2 = orchestrator_skewed(&[a.port, b.port], &behind);
     let (mut c1, mut c2) = (Client::connect(o1.port), Client::connect(o2.port));
     for i in 0..100 {
         let key = format!("k{i}");
@@ -924,7 +923,7 @@ fn a_client_reads_its_own_writes_through_orchestrators_with_skewed_clocks() {
     drop((c1, c2, o2));
     assert_eq!(Client::connect(o1.port).req("set||ordered||before"), "0||");
     drop(o1);
-    let o = orchestrator_skewed(free_port(), &[a.port, b.port], &behind);
+    let o = orchestrator_skewed(&[a.port, b.port], &behind);
     let mut c = Client::connect(o.port);
     assert_eq!(c.req("set||ordered||after"), "0||");
     assert_eq!(c.req("get||ordered"), "0||after");
@@ -945,7 +944,7 @@ fn a_conditional_set_survives_a_partner_that_evicted_newer_versions() {
     let Some(env) = skewed_clock("-10s") else {
         return;
     };
-    let [pa, pb, po] = free_ports::<3>();
+    let [pa, pb] = free_ports();
     let a = worker(pa, Some(pb), &["--anti-entropy-interval", "200ms"]);
     let b = worker(
         pb,
@@ -969,8 +968,8 @@ fn a_conditional_set_survives_a_partner_that_evicted_newer_versions() {
         (0..20_000).map(|i| format!("set||fill{i}||{value}\n")),
         "0||",
     );
-    let _orch = orchestrator_skewed(po, &[pa, pb], &env);
-    let mut c = Client::connect_resp(po);
+    let orch = orchestrator_skewed(&[pa, pb], &env);
+    let mut c = Client::connect_resp(orch.port);
     // Keys A decides (the worker reads go to first).
     let keys: Vec<String> = (0..)
         .map(|i| format!("nx{i}"))

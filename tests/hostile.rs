@@ -125,7 +125,7 @@ fn a_100mb_line_without_a_newline_never_sits_in_memory() {
 
 #[test]
 fn a_client_that_never_reads_cannot_make_the_server_buffer_without_bound() {
-    let w = worker(free_port(), None, &["--idle-timeout", "2s"]);
+    let w = solo(&["--idle-timeout", "2s"]);
     let intact = known_data(w.port);
     let big = "x".repeat(512 * 1024);
     let mut c = Client::connect(w.port);
@@ -247,7 +247,7 @@ fn garbage_truncated_frames_and_invalid_utf8_hurt_nothing() {
 #[test]
 fn a_write_flood_keeps_the_worker_within_max_memory() {
     let limit = 8u64 << 20;
-    let w = worker(free_port(), None, &["--max-memory", "8MiB"]);
+    let w = solo(&["--max-memory", "8MiB"]);
     let mut rng = rcache::zipf::Rng::new(11);
     let mut s = TcpStream::connect(w.addr()).expect("connect");
     let reader = s.try_clone().expect("clone");

@@ -13,7 +13,7 @@
 mod common;
 
 use common::chaos::{await_convergence, check, seed, Load};
-use common::{free_port, Daemon};
+use common::Daemon;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -181,19 +181,18 @@ fn a_worker_cut_off_for_10s_converges_after_the_cut_heals() {
     let mut w2 = net.worker(2, 1);
     w1.wait_ready();
     w2.wait_ready();
-    let port = free_port();
     let o = Daemon::spawn(
-        &format!("orchestrator-{port}"),
+        "orchestrator",
         env!("CARGO_BIN_EXE_rcache-orchestrator"),
         &[
             "--listen".to_string(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".to_string(),
             net.node_ip(1),
             WORKER_PORT.to_string(),
             net.node_ip(2),
             WORKER_PORT.to_string(),
         ],
-        port,
+        0,
     );
     let load = Load::start(&[o.port], 4, 300, seed);
     load.progress(1_000);

@@ -103,7 +103,7 @@ fn err(line: &str) -> Value {
 
 #[test]
 fn a_worker_answers_resp_directly() {
-    let w = worker(free_port(), None, &[]);
+    let w = solo(&[]);
     let mut r = Resp::connect(w.port);
     assert_eq!(r.call(&["PING"]), Value::Status("PONG".into()));
     assert_eq!(r.call(&["SET", "k", "v\r\n\0"]), ok());
@@ -151,7 +151,7 @@ fn a_worker_answers_resp_directly() {
 
 #[test]
 fn hello_3_switches_to_resp3_replies() {
-    let w = worker(free_port(), None, &[]);
+    let w = solo(&[]);
     let mut r = Resp::connect(w.port);
     r.send(&["HELLO", "3"]);
     match r.read() {
@@ -397,7 +397,7 @@ fn auth_over_resp() {
     if secure::skip("this test sets its own token") {
         return;
     }
-    let w = worker(free_port(), None, &["--auth-token", "sesame"]);
+    let w = solo(&["--auth-token", "sesame"]);
     let mut r = Resp::connect(w.port);
     assert_eq!(
         r.call(&["GET", "k"]),
@@ -431,7 +431,7 @@ fn auth_over_resp() {
 
 #[test]
 fn framing_errors_close_only_the_offender() {
-    let w = worker(free_port(), None, &["--idle-timeout", "2s"]);
+    let w = solo(&["--idle-timeout", "2s"]);
     let mut good = Resp::connect(w.port);
     assert_eq!(good.call(&["SET", "kept", "yes"]), ok());
     let cases: &[(&[u8], &str)] = &[

@@ -204,9 +204,8 @@ fn write_config(path: &Path, text: &str) {
 #[test]
 fn a_worker_notifies_systemd_and_reloads_its_config() {
     // A partner with data, so READY=1 must wait for the refill.
-    let pa = free_port();
-    let pb = free_port();
-    let a = worker(pa, None, &[]);
+    let a = solo(&[]);
+    let (pa, pb) = (a.port, free_port());
     let mut c = Client::connect(a.port);
     for i in 0..500 {
         assert_eq!(c.req(&format!("set||key{i}||value{i}")), "0||");

@@ -1,6 +1,12 @@
-//! Test harness: starts the real binaries on free loopback ports, waits for
-//! their ready line, talks TCP, and stops them with SIGTERM (asserting a
-//! clean exit) when dropped. Logs go to files, printed when a test fails.
+//! Test harness: starts the real binaries on loopback, waits for their
+//! ready line, talks TCP, and stops them with SIGTERM (asserting a clean
+//! exit) when dropped. Logs go to files, printed when a test fails.
+//!
+//! A daemon nobody has to know the address of before it starts (an
+//! orchestrator, a worker without a partner) binds port 0 and the harness
+//! reads the bound port from its ready line. Partners must name each other
+//! before either starts, and a restart must come back on the same address,
+//! so pairs and restarted daemons take ports from [`free_ports`].
 
 #![allow(dead_code)]
 
@@ -77,7 +83,9 @@ impl Daemon {
         port: u16,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let log = log_dir().join(format!("{name}-{}.log", port));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = log_dir().join(format!("{name}-{n}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut args = args.to_vec();
         let is_daemon = std::iter::once(bin)
@@ -122,17 +130,26 @@ impl Daemon {
             .unwrap_or_else(|| panic!("{} has not reported its metrics address", self.name))
     }
 
-    /// Waits for the ready line (a worker prints it once refilled).
+    /// Waits for the ready line (a worker prints it once refilled) and
+    /// takes the bound client port and metrics address from it.
     pub fn wait_ready(&mut self) {
         let Some(rx) = self.stdout.take() else {
             return;
         };
         match rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) if line.contains(" ready ") => {
-                self.metrics = line
-                    .split_whitespace()
-                    .find_map(|f| f.strip_prefix("metrics="))
-                    .map(str::to_string);
+                let field = |key: &str| {
+                    line.split_whitespace()
+                        .find_map(|f| f.strip_prefix(key))
+                        .map(str::to_string)
+                };
+                self.metrics = field("metrics=");
+                if let Some(port) = field("listen=")
+                    .and_then(|a| a.rsplit_once(':').map(|(_, p)| p.to_string()))
+                    .and_then(|p| p.parse().ok())
+                {
+                    self.port = port;
+                }
             }
             other => {
                 let log = self.log_text();
@@ -228,6 +245,11 @@ pub fn worker_starting(port: u16, partner: Option<u16>, extra: &[&str]) -> Daemo
     )
 }
 
+/// A worker without a partner, on a port the kernel picks.
+pub fn solo(extra: &[&str]) -> Daemon {
+    worker(0, None, extra)
+}
+
 /// A pair of partner workers on fresh ports, started together (the first
 /// keeps trying to reach the second while it starts).
 pub fn pair(extra: &[&str]) -> (Daemon, Daemon) {
@@ -239,8 +261,9 @@ pub fn pair(extra: &[&str]) -> (Daemon, Daemon) {
     (wa, wb)
 }
 
+/// An orchestrator on a port the kernel picks.
 pub fn orchestrator(workers: &[u16], extra: &[&str]) -> Daemon {
-    orchestrator_on(free_port(), workers, extra)
+    orchestrator_on(0, workers, extra)
 }
 
 pub fn orchestrator_on(port: u16, workers: &[u16], extra: &[&str]) -> Daemon {
@@ -589,18 +612,19 @@ pub fn skewed_clock(offset: &str) -> Option<Vec<(&'static str, String)>> {
 }
 
 /// An orchestrator whose wall clock is `offset` off (see [`skewed_clock`]).
-pub fn orchestrator_skewed(port: u16, workers: &[u16], env: &[(&'static str, String)]) -> Daemon {
-    let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+/// An orchestrator on a port the kernel picks, its clock skewed by `env`.
+pub fn orchestrator_skewed(workers: &[u16], env: &[(&'static str, String)]) -> Daemon {
+    let mut args = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
     for w in workers {
         args.push("127.0.0.1".into());
         args.push(w.to_string());
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut d = Daemon::start_with_env(
-        &format!("orchestrator-skewed-{port}"),
+        "orchestrator-skewed",
         env!("CARGO_BIN_EXE_rcache-orchestrator"),
         &args,
-        port,
+        0,
         &env,
     );
     d.wait_ready();
