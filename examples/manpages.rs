@@ -24,8 +24,8 @@ fn main() -> std::io::Result<()> {
 /// (file name, roff text) for each program.
 fn rcache_man_pages() -> Vec<(String, Vec<u8>)> {
     [
-        rcache::daemon::args::WorkerArgs::command(),
-        rcache::daemon::args::OrchestratorArgs::command(),
+        rcache::daemon::args::WorkerArgs::cli(),
+        rcache::daemon::args::OrchestratorArgs::cli(),
         rcache::cli::Cli::command(),
     ]
     .into_iter()

@@ -31,8 +31,8 @@ fn tool(program: &str, args: &[&str]) -> Option<std::process::Output> {
 fn man_pages_match_the_programs() {
     use clap::CommandFactory;
     for cmd in [
-        rcache::daemon::args::WorkerArgs::command(),
-        rcache::daemon::args::OrchestratorArgs::command(),
+        rcache::daemon::args::WorkerArgs::cli(),
+        rcache::daemon::args::OrchestratorArgs::cli(),
         rcache::cli::Cli::command(),
     ] {
         let name = format!("{}.1", cmd.get_name());

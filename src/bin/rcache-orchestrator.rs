@@ -2,12 +2,11 @@
 
 #![forbid(unsafe_code)]
 
-use clap::Parser;
 use rcache::config::{self, OrchestratorOverrides, RawOrchestrator};
 use rcache::daemon::{self, notify, EXIT_OK, EXIT_RUNTIME};
 
 fn main() {
-    let args = rcache::daemon::args::OrchestratorArgs::parse();
+    let args = rcache::daemon::args::OrchestratorArgs::from_command_line();
     let file = args.common.config.clone();
     let flags = args.flags.clone();
     let tls = args.tls.clone();

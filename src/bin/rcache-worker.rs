@@ -2,13 +2,12 @@
 
 #![forbid(unsafe_code)]
 
-use clap::Parser;
 use rcache::config::{self, RawWorker};
 use rcache::daemon::{self, notify, EXIT_OK, EXIT_RUNTIME};
 use rcache::protocol::link::WorkerState;
 
 fn main() {
-    let args = rcache::daemon::args::WorkerArgs::parse();
+    let args = rcache::daemon::args::WorkerArgs::from_command_line();
     let file = args.common.config.clone();
     let flags = args.flags.clone();
     let tls = args.tls.clone();

@@ -35,35 +35,35 @@ macro_rules! flag_struct {
 flag_struct!(
     /// One flag per worker config key.
     WorkerFlags {
-        /// Text/RESP protocol address [default: 127.0.0.1:7001]
+        /// Text/RESP protocol address
         listen: String,
-        /// Metrics and health HTTP address [default: 127.0.0.1:7101]
+        /// Metrics and health HTTP address
         metrics_listen: String,
         /// Address of the partner worker
         partner: String,
-        /// Close connections idle this long [default: 300s]
+        /// Close connections idle this long
         idle_timeout: String,
-        /// Refuse connections beyond this many [default: 10000]
+        /// Refuse connections beyond this many
         max_connections: u64,
-        /// Longest key [default: 1024]
+        /// Longest key
         max_key_bytes: String,
-        /// Longest value [default: 8MiB]
+        /// Longest value
         max_value_bytes: String,
-        /// How long a delete is remembered [default: 1h]
+        /// How long a delete is remembered
         tombstone_ttl: String,
-        /// Memory for stored entries; beyond it entries are evicted [default: 1GiB]
+        /// Memory for stored entries; beyond it entries are evicted
         max_memory: String,
-        /// "lz4" or "none" [default: lz4]
+        /// "lz4" or "none"
         compression: String,
-        /// Values shorter than this are stored as they are [default: 128]
+        /// Values shorter than this are stored as they are
         compress_min_bytes: String,
-        /// How often partners compare their stores and repair differences [default: 2s]
+        /// How often partners compare their stores and repair differences
         anti_entropy_interval: String,
-        /// How long a starting worker keeps trying to reach an unreachable partner before it starts empty [default: 10s]
+        /// How long a starting worker keeps trying to reach an unreachable partner before it starts empty
         refill_wait: String,
-        /// Connection loops (threads) serving clients and links; 0 = one per CPU core, 1 = one thread for everything [default: 0]
+        /// Connection loops (threads) serving clients and links; 0 = one per CPU core, 1 = one thread for everything
         threads: u64,
-        /// error, warn, info, debug or trace [default: info]
+        /// error, warn, info, debug or trace
         log_level: String,
         /// Clients must `auth||<token>` first; links present it too (prefer RCACHE_AUTH_TOKEN: flags show in ps)
         auth_token: String,
@@ -73,31 +73,31 @@ flag_struct!(
 flag_struct!(
     /// One flag per orchestrator config key (`workers` come as arguments).
     OrchestratorFlags {
-        /// Text/RESP protocol address [default: 127.0.0.1:7000]
+        /// Text/RESP protocol address
         listen: String,
-        /// Metrics and health HTTP address [default: 127.0.0.1:7100]
+        /// Metrics and health HTTP address
         metrics_listen: String,
-        /// Close client connections idle this long [default: 300s]
+        /// Close client connections idle this long
         idle_timeout: String,
-        /// Refuse connections beyond this many [default: 10000]
+        /// Refuse connections beyond this many
         max_connections: u64,
-        /// Longest key [default: 1024]
+        /// Longest key
         max_key_bytes: String,
-        /// Longest value [default: 8MiB]
+        /// Longest value
         max_value_bytes: String,
-        /// Longest wait for one worker before its partner is asked [default: 1s]
+        /// Longest wait for one worker before its partner is asked
         worker_timeout: String,
-        /// How often workers are probed [default: 500ms]
+        /// How often workers are probed
         health_interval: String,
-        /// Longest wait for a probe's answer [default: 500ms]
+        /// Longest wait for a probe's answer
         health_timeout: String,
-        /// Failed probes in a row before a worker counts as down [default: 2]
+        /// Failed probes in a row before a worker counts as down
         health_failures: u64,
-        /// Writes queued per unreachable worker for hinted handoff, in bytes [default: 64MiB]
+        /// Writes queued per unreachable worker for hinted handoff, in bytes
         max_hint_bytes: String,
-        /// Threads serving requests; 1 = single-threaded, 0 = one per CPU core [default: 1]
+        /// Threads serving requests; 1 = single-threaded, 0 = one per CPU core
         threads: u64,
-        /// error, warn, info, debug or trace [default: info]
+        /// error, warn, info, debug or trace
         log_level: String,
         /// Clients must `auth||<token>` first; links present it too (prefer RCACHE_AUTH_TOKEN: flags show in ps)
         auth_token: String,
