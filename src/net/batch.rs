@@ -50,7 +50,8 @@ pub(super) fn reply_bytes(reply: &Reply) -> usize {
     }
 }
 
-/// Executes `commands` and returns their replies in order.
+/// Executes `commands` (leaving it empty) and appends their replies to
+/// `replies` in order.
 ///
 /// A keyspace whose commands wait on the network ([`Keyspace::CONCURRENT`],
 /// the orchestrator) runs them concurrently, so a pipelining client keeps
@@ -59,23 +60,24 @@ pub(super) fn reply_bytes(reply: &Reply) -> usize {
 /// touches, either of them writing, waits until the earlier ones are done.
 pub(super) async fn execute<K: Keyspace>(
     service: &K,
-    commands: Vec<Command>,
+    clock: &mut Instant,
+    commands: &mut Vec<Command>,
+    replies: &mut Vec<Reply>,
     metrics: &ServerMetrics,
     tally: &mut Tally,
-) -> Vec<Reply> {
-    let mut replies = Vec::with_capacity(commands.len());
+) {
+    replies.reserve(commands.len());
     if !K::CONCURRENT || commands.len() == 1 {
         // One clock reading per command: each ends where the next starts.
-        let mut started = Instant::now();
-        for command in commands {
+        for command in commands.drain(..) {
             let op = command::spec(&command).op;
             let reply = command::run(service, command).await;
             let ended = Instant::now();
-            tally.observe(metrics, op, reply.outcome(), ended - started);
-            started = ended;
+            tally.observe(metrics, op, reply.outcome(), ended - *clock);
+            *clock = ended;
             replies.push(reply);
         }
-        return replies;
+        return;
     }
     // Keys are told apart by a 64-bit hash of their bytes (seeded per
     // batch, so clients cannot aim collisions): two keys with the same hash
@@ -85,7 +87,7 @@ pub(super) async fn execute<K: Keyspace>(
     // Sized once for the batch and reused by every segment.
     let mut touched: hashbrown::HashMap<u64, bool, PassThrough> =
         hashbrown::HashMap::with_capacity_and_hasher(commands.len(), PassThrough(0));
-    let mut commands = commands.into_iter().peekable();
+    let mut commands = commands.drain(..).peekable();
     while commands.peek().is_some() {
         // One segment: commands that do not conflict with each other.
         // Keys touched so far (by hash), and whether one of the commands
@@ -126,7 +128,6 @@ pub(super) async fn execute<K: Keyspace>(
         }
         replies.extend(run_together(service, segment, &ops, metrics, tally).await);
     }
-    replies
 }
 
 /// A hasher for keys that are hashes already.

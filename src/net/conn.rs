@@ -71,14 +71,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Writes out the buffered replies once they pass the high-water mark
-    /// (mid-batch, so large replies never pile up).
-    pub async fn flush_if_full(&mut self, timeout: Duration) -> Result<(), Closed> {
-        if self.wbuf.len() >= WRITE_HIGH_WATER_BYTES {
-            self.flush(timeout).await
-        } else {
-            Ok(())
-        }
+    /// The buffered replies passed the high-water mark: they are written
+    /// out mid-batch, so large replies never pile up.
+    pub fn full(&self) -> bool {
+        self.wbuf.len() >= WRITE_HIGH_WATER_BYTES
     }
 
     /// Writes out everything buffered; a peer that does not read for

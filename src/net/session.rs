@@ -26,18 +26,33 @@ pub trait Executor: Send {
     /// The metrics label of a request (one refused before it runs).
     fn op(&self, request: &Self::Request) -> Op;
 
-    /// Executes a batch of requests and returns their replies in order,
-    /// counting each in `tally`. What a client can observe happens in the
-    /// order it asked for.
+    /// Executes a batch of requests (leaving `requests` empty) and appends
+    /// their replies to `replies` in order, counting each in `tally`. What
+    /// a client can observe happens in the order it asked for. The loop
+    /// keeps both buffers from batch to batch.
+    ///
+    /// `clock` is when the batch's first request was read or the request
+    /// before it ended; an executor that runs requests in turn times each
+    /// from it and moves it to where the request ended (one clock reading
+    /// per request).
     fn execute(
         &mut self,
-        requests: Vec<Self::Request>,
+        clock: &mut Instant,
+        requests: &mut Vec<Self::Request>,
+        replies: &mut Vec<Self::Reply>,
         metrics: &ServerMetrics,
         tally: &mut Tally,
-    ) -> impl Future<Output = Vec<Self::Reply>> + Send;
+    ) -> impl Future<Output = ()> + Send;
 
     /// About what a reply takes in memory and on the wire.
     fn reply_bytes(reply: &Self::Reply) -> usize;
+
+    /// Requests run one at a time, each answered before the next is
+    /// decoded, rather than in batches: for an executor whose requests
+    /// finish in memory (a worker's), where nothing gains from running
+    /// them together and each reply's value is encoded and freed at once
+    /// instead of a batch of them held.
+    const ONE_AT_A_TIME: bool = false;
 
     /// Writes the next part of a reply too large for one write (a refill
     /// stream) after its encoding: `true` while more is to come, so the
@@ -73,16 +88,20 @@ impl<K: Keyspace> Executor for Clients<'_, K> {
 
     fn execute(
         &mut self,
-        commands: Vec<Command>,
+        clock: &mut Instant,
+        commands: &mut Vec<Command>,
+        replies: &mut Vec<Reply>,
         metrics: &ServerMetrics,
         tally: &mut Tally,
-    ) -> impl Future<Output = Vec<Reply>> + Send {
-        execute(self.0, commands, metrics, tally)
+    ) -> impl Future<Output = ()> + Send {
+        execute(self.0, clock, commands, replies, metrics, tally)
     }
 
     fn reply_bytes(reply: &Reply) -> usize {
         reply_bytes(reply)
     }
+
+    const ONE_AT_A_TIME: bool = !K::CONCURRENT;
 }
 
 /// Serves a client on `conn` in the protocol its first byte chooses: RESP2
@@ -132,6 +151,17 @@ fn token_accepted(config: &ServerConfig, token: &[u8], metrics: &ServerMetrics) 
     }
 }
 
+/// Empties `batch`, giving back its memory when it grew past what most
+/// batches take (a long pipeline's batch is not kept for the connection's
+/// life).
+fn keep_small<T>(batch: &mut Vec<T>) {
+    const KEPT: usize = 32;
+    batch.clear();
+    if batch.capacity() > KEPT {
+        batch.shrink_to(KEPT);
+    }
+}
+
 /// A reply of a batch, in the order of the requests.
 enum Slot<T, A> {
     /// The reply to the batch's n-th executed command, encoded with its tag.
@@ -165,15 +195,26 @@ where
     let mut config = live.load_full();
     let mut gate = Gate::default();
     let mut last_request = Instant::now();
+    // When the last read returned or the last request ended.
+    let mut clock = last_request;
     let mut window = Window::new();
     let mut tally = Tally::default();
+    // A batch's requests, replies and their order, kept from batch to
+    // batch (no allocation per batch) up to a small size.
+    let mut slots: Vec<Slot<D::Tag, D::Answer>> = Vec::new();
+    let mut requests = Vec::new();
+    let mut replies = Vec::new();
     loop {
         let mut close = false;
+        let mut served = false;
+        let mut executed = false;
         gate.required = config.auth.is_some();
         loop {
-            let mut slots: Vec<Slot<D::Tag, D::Answer>> = Vec::new();
-            let mut requests = Vec::new();
-            while slots.len() < window.size() && !close {
+            keep_small(&mut slots);
+            keep_small(&mut requests);
+            keep_small(&mut replies);
+            let size = if X::ONE_AT_A_TIME { 1 } else { window.size() };
+            while slots.len() < size && !close {
                 let answered = match dialect.decode(&mut conn.rbuf, &gate) {
                     Decoded::Incomplete => break,
                     Decoded::Run(request, tag) => {
@@ -213,37 +254,57 @@ where
             if slots.is_empty() {
                 break;
             }
-            let replies = if requests.is_empty() {
-                Vec::new()
-            } else {
-                executor.execute(requests, metrics, &mut tally).await
-            };
-            // Counted before the replies go out: a client that has its
-            // reply sees its request in the metrics.
-            tally.flush();
-            window.observe(&replies, X::reply_bytes);
-            last_request = Instant::now();
-            for slot in &slots {
+            served = true;
+            if !requests.is_empty() {
+                executed = true;
+                executor
+                    .execute(&mut clock, &mut requests, &mut replies, metrics, &mut tally)
+                    .await;
+            }
+            if !X::ONE_AT_A_TIME {
+                window.observe(&replies, X::reply_bytes);
+            }
+            for slot in slots.drain(..) {
                 match slot {
                     Slot::Run(i, tag) => {
-                        let reply = &replies[*i];
-                        dialect.encode_reply(reply, *tag, &mut conn.wbuf);
-                        while executor.stream(reply, &mut conn.wbuf, metrics, &mut tally) {
-                            if let Err(closed) = conn.flush(config.idle_timeout).await {
-                                return closed;
+                        let reply = &replies[i];
+                        dialect.encode_reply(reply, tag, &mut conn.wbuf);
+                        if executor.stream(reply, &mut conn.wbuf, metrics, &mut tally) {
+                            loop {
+                                tally.flush();
+                                if let Err(closed) = conn.flush(config.idle_timeout).await {
+                                    return closed;
+                                }
+                                if !executor.stream(reply, &mut conn.wbuf, metrics, &mut tally) {
+                                    break;
+                                }
                             }
+                            // The next request is not timed from before
+                            // the stream.
+                            clock = Instant::now();
                         }
                     }
-                    Slot::Ready(answer) => dialect.encode_answer(answer, &mut conn.wbuf),
+                    Slot::Ready(answer) => dialect.encode_answer(&answer, &mut conn.wbuf),
                 }
-                if let Err(closed) = conn.flush_if_full(config.idle_timeout).await {
-                    return closed;
+                if conn.full() {
+                    // Counted before the replies go out: a client that
+                    // has its reply sees its request in the metrics.
+                    tally.flush();
+                    if let Err(closed) = conn.flush(config.idle_timeout).await {
+                        return closed;
+                    }
                 }
             }
             if close {
                 break;
             }
         }
+        if executed {
+            last_request = clock;
+        } else if served {
+            last_request = Instant::now();
+        }
+        tally.flush();
         if let Err(closed) = conn.flush(config.idle_timeout).await {
             return closed;
         }
@@ -256,5 +317,6 @@ where
         if let Err(closed) = conn.fill(wait_until, shutdown).await {
             return closed;
         }
+        clock = Instant::now();
     }
 }
