@@ -154,6 +154,9 @@ pub fn spec(command: &Command) -> Spec<'_> {
 
 /// The table's second half: runs `command` against `ks`.
 pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
+    // The future of a command is as large as the largest it may be, and a
+    // pipelined batch holds and moves one per command: the commands about
+    // many keys or every pair run boxed, so a GET's or a SET's stays small.
     match command {
         Command::Get { key } => strings::get(ks, key).await,
         Command::Set {
@@ -165,18 +168,18 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
             let ttl = ttl.map(|e| e.ttl(crate::sys::wall_ms));
             strings::set(ks, key, value, ttl, when).await
         }
-        Command::MGet { keys } => strings::mget(ks, keys).await,
-        Command::MSet { entries } => strings::mset(ks, entries).await,
+        Command::MGet { keys } => Box::pin(strings::mget(ks, keys)).await,
+        Command::MSet { entries } => Box::pin(strings::mset(ks, entries)).await,
         Command::Del { key } => keys::del(ks, key).await,
-        Command::DelMany { keys } => keys::del_many(ks, keys).await,
-        Command::Exists { keys } => keys::exists(ks, keys).await,
+        Command::DelMany { keys } => Box::pin(keys::del_many(ks, keys)).await,
+        Command::Exists { keys } => Box::pin(keys::exists(ks, keys)).await,
         Command::Expire { key, ttl } => keys::expire(ks, key, ttl).await,
         Command::Ttl { key } => keys::ttl(ks, key).await,
-        Command::DbSize => keys::db_size(ks).await,
-        Command::Info => server::info(ks).await,
+        Command::DbSize => Box::pin(keys::db_size(ks)).await,
+        Command::Info => Box::pin(server::info(ks)).await,
         Command::Ping => server::ping(),
         Command::Auth { .. } | Command::Exit => server::done(),
-        Command::Cluster => server::cluster(ks).await,
+        Command::Cluster => Box::pin(server::cluster(ks)).await,
     }
 }
 
