@@ -10,6 +10,9 @@ pub const ORCHESTRATOR_METRICS_LISTEN: &str = "127.0.0.1:7100";
 
 /// A connection with nothing complete for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection's first request, and any request once its first byte has
+/// arrived, must be complete within this (slow senders).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: u64 = 10_000;
 pub const MAX_KEY_BYTES: u64 = 1024;
 pub const MAX_VALUE_BYTES: u64 = 8 << 20;

@@ -113,8 +113,10 @@ pub fn resp_stream(data: &[u8]) {
     let mut decoder = RespDecoder::new(limits);
     let max = decoder.max_request();
     let mut buf = BytesMut::new();
+    let mut arrived = 0usize;
     for piece in pieces(data, 13, 89) {
         buf.extend_from_slice(piece);
+        arrived += piece.len();
         loop {
             match decoder.decode(&mut buf) {
                 Ok(None) => break,
@@ -149,6 +151,13 @@ pub fn resp_stream(data: &[u8]) {
             buf.len() <= max,
             "the decoder kept {} bytes (limit {max})",
             buf.len()
+        );
+        // The buffer grows with what arrived, never with a length a header
+        // announces.
+        assert!(
+            buf.capacity() <= 4 * arrived + 64,
+            "{} bytes reserved after {arrived} arrived",
+            buf.capacity()
         );
     }
     let mut replies = BytesMut::from(data);

@@ -367,3 +367,181 @@ fn hints_for_a_frozen_worker_stay_within_max_hint_bytes() {
     );
     b.signal(libc::SIGCONT);
 }
+
+/// Opens `count` connections that each declare `declared` bytes and send
+/// `sent` of them without authenticating, all held open; returns them.
+fn strangers(port: u16, count: usize, header: &[u8], sent: usize) -> Vec<TcpStream> {
+    let body = vec![b'x'; sent];
+    (0..count)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_write_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            // The daemon may hang up part way (that is the point): a
+            // failed write is what a stranger gets.
+            let _ = s.write_all(header).and_then(|_| s.write_all(&body));
+            s
+        })
+        .collect()
+}
+
+/// What a stranger's connection reads until the daemon closes it.
+fn read_to_close(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// An authenticated client's round trip, RESP.
+fn authenticated_set_get(port: u16, token: &str, key: &str) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let request = format!(
+        "*2\r\n$4\r\nAUTH\r\n${}\r\n{token}\r\n*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n",
+        token.len(),
+        key.len(),
+        key.len()
+    );
+    c.write_all(request.as_bytes()).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"$1\r\nv\r\n") {
+        let n = c
+            .read(&mut buf)
+            .expect("an answer while strangers hold connections");
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"+OK\r\n+OK\r\n$1\r\nv\r\n");
+}
+
+#[test]
+fn strangers_declaring_8mib_bulks_cannot_grow_a_worker() {
+    const TOKEN: &str = "a-long-cluster-secret";
+    let w = solo(&["--auth-token", TOKEN]);
+    let before = rss(&w.metrics_addr());
+    // 1,000 connections, each declaring an 8 MiB value and sending 4 MiB
+    // of it before any AUTH: 4 GB if the worker buffered what it is sent.
+    let header = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$8388608\r\n";
+    let mut held = strangers(w.port, 1000, header, 4 << 20);
+    authenticated_set_get(w.port, TOKEN, "during");
+    let during = rss(&w.metrics_addr());
+    println!(
+        "worker RSS {:.1} MB before, {:.1} MB with 1,000 strangers each declaring 8 MiB",
+        before / 1e6,
+        during / 1e6
+    );
+    assert!(during < before + 64e6, "RSS grew from {before} to {during}");
+    // Each is told why, as Redis tells it, and hung up on.
+    for s in held.iter_mut().take(3) {
+        let answer = read_to_close(s);
+        assert!(
+            answer.starts_with("-ERR Protocol error: unauthenticated bulk length"),
+            "{answer:?}"
+        );
+    }
+    authenticated_set_get(w.port, TOKEN, "after");
+}
+
+#[test]
+fn an_unauthenticated_text_line_or_link_frame_is_bounded_too() {
+    const TOKEN: &str = "a-long-cluster-secret";
+    let w = solo(&["--auth-token", TOKEN]);
+    let before = rss(&w.metrics_addr());
+    // A text SET of 4 MiB before auth, and a link hello followed by a
+    // frame header announcing 8 MiB and 4 MiB of it: 200 of each.
+    let mut text = strangers(w.port, 200, b"set||k||", 4 << 20);
+    // The link hello (version 6), then a frame header.
+    let mut frame = b"\xF0rcl\x06".to_vec();
+    frame.extend_from_slice(&(8u32 << 20).to_be_bytes());
+    let mut links = strangers(w.port, 200, &frame, 4 << 20);
+    authenticated_set_get(w.port, TOKEN, "during");
+    let during = rss(&w.metrics_addr());
+    println!(
+        "worker RSS {:.1} MB before, {:.1} MB with 400 strangers each sending 4 MiB",
+        before / 1e6,
+        during / 1e6
+    );
+    assert!(during < before + 64e6, "RSS grew from {before} to {during}");
+    let answer = read_to_close(&mut text[0]);
+    assert!(answer.starts_with("9||"), "{answer:?}");
+    let _ = read_to_close(&mut links[0]);
+    authenticated_set_get(w.port, TOKEN, "after");
+}
+
+/// Whether the daemon closed `s` (EOF or a reset; bytes before the close
+/// are read past), rather than leaving it open (nothing within 200 ms).
+fn closed_by_daemon(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn slowloris_connections_are_closed_after_request_timeout() {
+    // idle_timeout stays at its 300 s default: only request_timeout can
+    // close a connection that trickles bytes and completes nothing.
+    let w = solo(&["--request-timeout", "1s"]);
+    let intact = known_data(w.port);
+    let started = Instant::now();
+    let mut strangers: Vec<(TcpStream, Instant, bool)> = Vec::new();
+    let mut max_open = 0.0f64;
+    // 50 new connections a second for 4 s: half trickle a request that
+    // never ends (one byte every 100 ms), half send nothing at all.
+    while started.elapsed() < Duration::from_secs(4) {
+        let tick = Instant::now();
+        let s = TcpStream::connect(("127.0.0.1", w.port)).expect("connect");
+        let trickles = strangers.len() % 2 == 0;
+        strangers.push((s, tick, trickles));
+        for (s, _, trickles) in strangers.iter_mut() {
+            if *trickles {
+                let _ = s.write_all(b"s");
+            }
+        }
+        if strangers.len() % 25 == 0 {
+            let open = metric(
+                &http_get(&w.metrics_addr(), "/metrics").1,
+                "rcache_connections_open",
+            )
+            .unwrap_or(0.0);
+            max_open = max_open.max(open);
+            let mut c = Client::connect(w.port);
+            assert_eq!(c.req("ping"), "0||pong", "others are served meanwhile");
+        }
+        std::thread::sleep(Duration::from_millis(20).saturating_sub(tick.elapsed()));
+    }
+    println!(
+        "{} slow connections in {:?}; at most {max_open} open at once",
+        strangers.len(),
+        started.elapsed()
+    );
+    // At 50/s and closed after 1 s, about 50 are open at any moment (and
+    // 200 would be, had none been closed).
+    assert!(max_open <= 120.0, "{max_open} open at once");
+    let now = Instant::now();
+    for (s, opened, trickles) in strangers.iter_mut() {
+        if now - *opened > Duration::from_secs(2) {
+            assert!(
+                closed_by_daemon(s),
+                "a connection opened {:?} ago (trickling: {trickles}) is still open",
+                now - *opened
+            );
+        }
+    }
+    intact();
+}

@@ -43,6 +43,8 @@ flag_struct!(
         partner: String,
         /// Close connections idle this long
         idle_timeout: String,
+        /// A connection's first request, and any request once begun, must be complete within this
+        request_timeout: String,
         /// Refuse connections beyond this many
         max_connections: u64,
         /// Longest key
@@ -79,6 +81,8 @@ flag_struct!(
         metrics_listen: String,
         /// Close client connections idle this long
         idle_timeout: String,
+        /// A connection's first request, and any request once begun, must be complete within this
+        request_timeout: String,
         /// Refuse connections beyond this many
         max_connections: u64,
         /// Longest key

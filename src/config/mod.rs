@@ -88,6 +88,7 @@ impl RawConfig for RawWorker {
         "metrics_listen",
         "partner",
         "idle_timeout",
+        "request_timeout",
         "max_connections",
         "max_key_bytes",
         "max_value_bytes",
@@ -102,7 +103,13 @@ impl RawConfig for RawWorker {
         "auth_token",
         "tls",
     ];
-    const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "max_memory", "log_level", "tls"];
+    const LIVE_KEYS: &'static [&'static str] = &[
+        "idle_timeout",
+        "request_timeout",
+        "max_memory",
+        "log_level",
+        "tls",
+    ];
 
     /// One: the worker's runtime accepts connections and runs its
     /// background tasks; `threads` connection loops of their own serve the
@@ -117,6 +124,7 @@ impl RawConfig for RawOrchestrator {
         "listen",
         "metrics_listen",
         "idle_timeout",
+        "request_timeout",
         "max_connections",
         "max_key_bytes",
         "max_value_bytes",
@@ -131,7 +139,13 @@ impl RawConfig for RawOrchestrator {
         "auth_token",
         "tls",
     ];
-    const LIVE_KEYS: &'static [&'static str] = &["idle_timeout", "workers", "log_level", "tls"];
+    const LIVE_KEYS: &'static [&'static str] = &[
+        "idle_timeout",
+        "request_timeout",
+        "workers",
+        "log_level",
+        "tls",
+    ];
 
     fn runtime_threads(&self) -> usize {
         usize::try_from(self.threads).unwrap_or(usize::MAX)

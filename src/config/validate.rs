@@ -89,9 +89,15 @@ impl Problems {
     }
 }
 
+/// The raw timeouts both daemons take.
+pub(super) struct Timeouts<'a> {
+    pub(super) idle: &'a Scalar,
+    pub(super) request: &'a Scalar,
+}
+
 pub(super) fn server(
     p: &mut Problems,
-    idle_timeout: &Scalar,
+    timeouts: Timeouts<'_>,
     max_connections: u64,
     max_key_bytes: &Scalar,
     max_value_bytes: &Scalar,
@@ -137,7 +143,12 @@ pub(super) fn server(
     ServerConfig {
         auth,
         tls,
-        idle_timeout: p.duration("idle_timeout", idle_timeout, Duration::from_millis(10)),
+        idle_timeout: p.duration("idle_timeout", timeouts.idle, Duration::from_millis(10)),
+        request_timeout: p.duration(
+            "request_timeout",
+            timeouts.request,
+            Duration::from_millis(10),
+        ),
         max_connections: max_connections.max(1) as usize,
         limits: Limits {
             max_key_bytes: p.size("max_key_bytes", max_key_bytes, 1, MAX_KEY_BYTES_LIMIT) as usize,
@@ -164,7 +175,10 @@ impl RawWorker {
         }
         let server = server(
             &mut p,
-            &self.idle_timeout,
+            Timeouts {
+                idle: &self.idle_timeout,
+                request: &self.request_timeout,
+            },
             self.max_connections,
             &self.max_key_bytes,
             &self.max_value_bytes,
@@ -225,7 +239,10 @@ impl RawOrchestrator {
         p.address("metrics_listen", &self.metrics_listen);
         let server = server(
             &mut p,
-            &self.idle_timeout,
+            Timeouts {
+                idle: &self.idle_timeout,
+                request: &self.request_timeout,
+            },
             self.max_connections,
             &self.max_key_bytes,
             &self.max_value_bytes,

@@ -12,7 +12,7 @@ use serde::Serialize;
     name = "rcache-worker",
     version,
     about = "rcache worker: holds entries in memory; partners hold the same data",
-    after_help = "Signals: SIGHUP reloads the config (idle_timeout, max_memory and log_level \
+    after_help = "Signals: SIGHUP reloads the config (idle_timeout, request_timeout, max_memory and log_level \
                   change live), SIGTERM finishes in-flight requests and exits 0. Exit status 2: \
                   the config is invalid."
 )]
@@ -32,7 +32,7 @@ pub struct WorkerArgs {
     about = "rcache orchestrator: routes every client request to its worker pair",
     after_help = "Workers come as <ip 1> <port 1> ... <ip n> <port n>; workers 1 and 2 are \
                   partners, then 3 and 4, ... (or the `workers` config key). Signals: SIGHUP \
-                  reloads the config (workers, idle_timeout and log_level change live), SIGTERM finishes in-flight requests and exits 0. Exit status 2: the \
+                  reloads the config (workers, idle_timeout, request_timeout and log_level change live), SIGTERM finishes in-flight requests and exits 0. Exit status 2: the \
                   config is invalid."
 )]
 pub struct OrchestratorArgs {

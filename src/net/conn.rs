@@ -1,7 +1,8 @@
 //! A stream with its read and write buffers, and why a connection ended.
 
+use crate::protocol::dialect::UNAUTHENTICATED_BYTES;
 use crate::shutdown::Shutdown;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +29,8 @@ pub enum Closed {
     Idle,
     /// The daemon is shutting down.
     Shutdown,
+    /// The read buffer reached its limit without a complete request.
+    Full,
     Io(io::Error),
 }
 
@@ -36,14 +39,32 @@ pub struct Conn<S> {
     pub io: S,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
+    /// The most `rbuf` may hold: reads stop there. The buffer grows with
+    /// what has arrived (never with a length a request announces).
+    pub limit: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// A connection this side opened: what it reads is bounded by what it
+    /// asked for.
     pub fn new(io: S) -> Conn<S> {
         Conn {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             wbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            limit: usize::MAX,
+        }
+    }
+
+    /// A connection a listener accepted: until the session loop says who
+    /// is on the other end, it holds at most [`UNAUTHENTICATED_BYTES`]
+    /// (and nothing is allocated for replies before the first one).
+    pub fn accepted(io: S) -> Conn<S> {
+        Conn {
+            io,
+            rbuf: BytesMut::with_capacity(UNAUTHENTICATED_BYTES),
+            wbuf: BytesMut::new(),
+            limit: UNAUTHENTICATED_BYTES,
         }
     }
 
@@ -60,10 +81,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                }
     }
 
-    /// Reads more bytes, giving up at `deadline`.
+    /// Reads more bytes, up to [`Conn::limit`] buffered, giving up at
+    /// `deadline`. With the buffer at its limit there is nothing to read
+    /// into: the caller decides what a full buffer means.
     pub async fn fill_until(&mut self, deadline: Instant) -> Result<usize, Closed> {
-        self.rbuf.reserve(READ_CHUNK_BYTES);
-        match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.rbuf)).await {
+        let room = self.limit.saturating_sub(self.rbuf.len());
+        if room == 0 {
+            return Err(Closed::Full);
+        }
+        self.rbuf.reserve(READ_CHUNK_BYTES.min(room));
+        let mut into = (&mut self.rbuf).limit(room);
+        match tokio::time::timeout_at(deadline, self.io.read_buf(&mut into)).await {
             Err(_) => Err(Closed::Idle),
             Ok(Ok(0)) => Err(Closed::Eof),
             Ok(Ok(n)) => Ok(n),

@@ -19,7 +19,7 @@ pub mod stream;
 
 pub use conn::{write_flushed, Closed, Conn};
 pub use loops::Loops;
-pub use session::{serve_client, serve_session, Executor};
+pub use session::{first_request_deadline, serve_client, serve_session, Executor};
 pub use stream::Stream;
 
 use crate::defaults;
@@ -43,6 +43,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub idle_timeout: Duration,
+    /// A connection's first request, and any request once its first byte
+    /// has arrived, must be complete within this.
+    pub request_timeout: Duration,
     pub max_connections: usize,
     pub limits: Limits,
     /// When set, a connection must present this token before anything else.
@@ -55,6 +58,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             idle_timeout: defaults::IDLE_TIMEOUT,
+            request_timeout: defaults::REQUEST_TIMEOUT,
             max_connections: defaults::MAX_CONNECTIONS as usize,
             limits: Limits::default(),
             auth: None,

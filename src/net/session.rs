@@ -7,7 +7,7 @@ use super::batch::{execute, reply_bytes, Window};
 use super::{Closed, Conn, LiveConfig, ServerConfig};
 use crate::command::{self, Keyspace};
 use crate::metrics::{ServerMetrics, Tally};
-use crate::protocol::dialect::{Decoded, Dialect, Gate};
+use crate::protocol::dialect::{Decoded, Dialect, Gate, UNAUTHENTICATED_BYTES};
 use crate::protocol::resp::{self, RespDialect};
 use crate::protocol::text::TextDialect;
 use crate::protocol::{Command, Op, Reply};
@@ -119,8 +119,8 @@ where
     K: Keyspace,
 {
     if conn.rbuf.is_empty() {
-        let idle = live.load().idle_timeout;
-        if let Err(closed) = conn.fill(Instant::now() + idle, shutdown).await {
+        let first = first_request_deadline(&live.load());
+        if let Err(closed) = conn.fill(first, shutdown).await {
             return closed;
         }
     }
@@ -132,6 +132,11 @@ where
         let dialect = TextDialect::new(limits);
         serve_session(conn, dialect, Clients(service), live, metrics, shutdown).await
     }
+}
+
+/// The latest moment a new connection's first bytes may arrive.
+pub fn first_request_deadline(config: &ServerConfig) -> Instant {
+    Instant::now() + config.idle_timeout.min(config.request_timeout)
 }
 
 /// Whether `token` opens a connection under `config` (a daemon without a
@@ -193,10 +198,21 @@ where
     D: Dialect<Request = X::Request, Reply = X::Reply>,
 {
     let mut config = live.load_full();
-    let mut gate = Gate::default();
+    let mut gate = Gate {
+        required: config.auth.is_some(),
+        authenticated: false,
+    };
     let mut last_request = Instant::now();
-    // When the last read returned or the last request ended.
-    let mut clock = last_request;
+    let opened = last_request;
+    // When the last read returned, and when the last read returned or the
+    // last request ended.
+    let mut read_at = opened;
+    let mut clock = opened;
+    // Something was answered: the first request is no longer awaited.
+    let mut answered_any = false;
+    // When the first byte of the request in the buffer arrived (at the
+    // latest): it must be complete within `request_timeout`.
+    let mut partial_since: Option<Instant> = None;
     let mut window = Window::new();
     let mut tally = Tally::default();
     // A batch's requests, replies and their order, kept from batch to
@@ -208,7 +224,6 @@ where
         let mut close = false;
         let mut served = false;
         let mut executed = false;
-        gate.required = config.auth.is_some();
         loop {
             keep_small(&mut slots);
             keep_small(&mut requests);
@@ -216,6 +231,12 @@ where
             let size = if X::ONE_AT_A_TIME { 1 } else { window.size() };
             while slots.len() < size && !close {
                 let answered = match dialect.decode(&mut conn.rbuf, &gate) {
+                    // A stranger gets a small buffer, not a request's worth.
+                    Decoded::Incomplete
+                        if !gate.open() && conn.rbuf.len() >= UNAUTHENTICATED_BYTES =>
+                    {
+                        dialect.too_large_unauthenticated()
+                    }
                     Decoded::Incomplete => break,
                     Decoded::Run(request, tag) => {
                         slots.push(Slot::Run(requests.len(), tag));
@@ -304,6 +325,15 @@ where
         } else if served {
             last_request = Instant::now();
         }
+        answered_any |= served;
+        partial_since = if conn.rbuf.is_empty() {
+            None
+        } else if served {
+            // What is left began in the last read, after what was served.
+            Some(read_at)
+        } else {
+            partial_since.or(Some(read_at))
+        };
         tally.flush();
         if let Err(closed) = conn.flush(config.idle_timeout).await {
             return closed;
@@ -313,10 +343,26 @@ where
             return Closed::Eof;
         }
         config = live.load_full();
-        let wait_until = executor.wait_until(last_request + config.idle_timeout);
+        gate.required = config.auth.is_some();
+        conn.limit = if gate.open() {
+            usize::MAX
+        } else {
+            UNAUTHENTICATED_BYTES
+        };
+        // A slow sender (slowloris) is closed once its first request or a
+        // begun one takes longer than `request_timeout`, however often
+        // its bytes trickle in.
+        let mut wait_until = executor.wait_until(last_request + config.idle_timeout);
+        if !answered_any {
+            wait_until = wait_until.min(opened + config.request_timeout);
+        }
+        if let Some(since) = partial_since {
+            wait_until = wait_until.min(since + config.request_timeout);
+        }
         if let Err(closed) = conn.fill(wait_until, shutdown).await {
             return closed;
         }
-        clock = Instant::now();
+        read_at = Instant::now();
+        clock = read_at;
     }
 }

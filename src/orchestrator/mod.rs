@@ -169,6 +169,7 @@ impl Router {
     pub fn reload(&self, new: &OrchestratorConfig) {
         let mut server = ServerConfig::clone(&self.live.load());
         server.idle_timeout = new.server.idle_timeout;
+        server.request_timeout = new.server.request_timeout;
         // Certificates read again: new connections and links use them.
         server.tls = new.server.tls.clone();
         self.settings
@@ -272,7 +273,7 @@ impl Handler for ClientHandler {
             Ok(s) => s,
             Err(closed) => return closed,
         };
-        let mut conn = Conn::new(stream);
+        let mut conn = Conn::accepted(stream);
         net::serve_client(
             &mut conn,
             &**router,

@@ -12,6 +12,14 @@
 use super::{Op, Outcome};
 use bytes::{Bytes, BytesMut};
 
+/// The most a connection holds before its token opens it: enough for
+/// `AUTH` or `HELLO 3 AUTH default <token> SETNAME <name>` with the longest
+/// token ([`super::link::MAX_TOKEN_BYTES`]), and for the link hello and its
+/// token frame. A stranger that sends more without a complete request is
+/// answered [`Dialect::too_large_unauthenticated`] and hung up on; what it
+/// declares it will send is never reserved.
+pub const UNAUTHENTICATED_BYTES: usize = 4096;
+
 /// Whether a connection may run commands yet.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gate {
@@ -101,6 +109,11 @@ pub trait Dialect: Send {
 
     /// The answer to a [`Decoded::Refused`] request whose label is `op`.
     fn refused(&self, op: Op) -> Answered<Self::Answer>;
+
+    /// The answer to a connection that needs a token and sent
+    /// [`UNAUTHENTICATED_BYTES`] without a complete request; it closes
+    /// the connection.
+    fn too_large_unauthenticated(&self) -> Answered<Self::Answer>;
 
     fn encode_reply(&self, reply: &Self::Reply, tag: Self::Tag, out: &mut BytesMut);
 

@@ -28,10 +28,10 @@ impl Handler for WorkerHandler {
             Ok(s) => s,
             Err(closed) => return closed,
         };
-        let mut conn = Conn::new(stream);
+        let mut conn = Conn::accepted(stream);
         // The first byte tells the protocol: a link hello, or a text request.
-        let idle = worker.live.load().idle_timeout;
-        if let Err(closed) = conn.fill(Instant::now() + idle, &mut shutdown).await {
+        let first = net::first_request_deadline(&worker.live.load());
+        if let Err(closed) = conn.fill(first, &mut shutdown).await {
             return closed;
         }
         let closed = if conn.rbuf.first() == Some(&HELLO_FIRST_BYTE) {

@@ -115,6 +115,7 @@ impl Worker {
     pub fn reload(&self, new: &WorkerConfig) {
         let mut server = ServerConfig::clone(&self.live.load());
         server.idle_timeout = new.server.idle_timeout;
+        server.request_timeout = new.server.request_timeout;
         // Certificates read again: new connections use them.
         server.tls = new.server.tls.clone();
         self.live.store(Arc::new(server));

@@ -19,7 +19,7 @@ pub fn read_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, LinkE
         return Err(LinkError::FrameTooLarge { len, max });
     }
     if buf.len() < 4 + len {
-        buf.reserve(4 + len - buf.len());
+        // The buffer grows with what arrives, not with the header's length.
         return Ok(None);
     }
     buf.advance(4);

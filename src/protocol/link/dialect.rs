@@ -142,6 +142,10 @@ impl Dialect for LinkDialect {
         self.hang_up()
     }
 
+    fn too_large_unauthenticated(&self) -> Answered<LinkAnswer> {
+        self.hang_up()
+    }
+
     fn encode_reply(&self, reply: &LinkReply, _: (), out: &mut BytesMut) {
         if let LinkReply::Response(response) = reply {
             encode_response(response, out);

@@ -14,6 +14,9 @@ use bytes::BytesMut;
 pub const NOAUTH: &str = "NOAUTH Authentication required.";
 /// What Redis says to a wrong token.
 pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+/// What Redis says to a bulk longer than it lets a connection without a
+/// token send.
+const UNAUTHENTICATED_BULK: &str = "ERR Protocol error: unauthenticated bulk length";
 /// What Redis says to a `HELLO` without a token on a connection that needs one.
 const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, \
                             otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
@@ -121,6 +124,11 @@ impl Dialect for RespDialect {
         let mut hello = BytesMut::new();
         encode_hello(self.role, self.version, &mut hello);
         self.answered(Answer::Raw(hello.freeze()), Op::Other)
+    }
+
+    fn too_large_unauthenticated(&self) -> Answered<Self::Answer> {
+        // Redis's words for a stranger's long bulk.
+        self.error(UNAUTHENTICATED_BULK, Op::Invalid).closing()
     }
 
     fn refused(&self, _: Op) -> Answered<Self::Answer> {

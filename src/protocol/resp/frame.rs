@@ -115,9 +115,9 @@ impl RespDecoder {
                     ));
                 }
                 if buf.len() < end + 2 {
-                    // Room for the whole argument, so it arrives without
-                    // the buffer growing step by step.
-                    buf.reserve(end + 2 - buf.len());
+                    // The buffer grows with what arrives, never with what a
+                    // header announces (a stranger's 8 MiB bulk costs
+                    // nothing until its bytes are here).
                     self.partial = Some(partial);
                     return Ok(None);
                 }

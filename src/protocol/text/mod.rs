@@ -337,6 +337,14 @@ impl Dialect for TextDialect {
         Answered::new(Reply::Error(error), op, Outcome::Error)
     }
 
+    fn too_large_unauthenticated(&self) -> Answered<Reply> {
+        let error = ErrorReply::new(
+            ErrorCode::Auth,
+            "request too large before authentication: send auth||<token> first",
+        );
+        Answered::new(Reply::Error(error), Op::Invalid, Outcome::Error).closing()
+    }
+
     fn encode_reply(&self, reply: &Reply, _: (), out: &mut BytesMut) {
         encode_reply(reply, out)
     }
