@@ -14,6 +14,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// arrived, must be complete within this (slow senders).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: u64 = 10_000;
+/// Connections one source address may hold open at once.
+pub const MAX_CONNECTIONS_PER_SOURCE: u64 = 1_000;
 pub const MAX_KEY_BYTES: u64 = 1024;
 pub const MAX_VALUE_BYTES: u64 = 8 << 20;
 pub const LOG_LEVEL: &str = "info";

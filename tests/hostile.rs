@@ -421,7 +421,13 @@ fn authenticated_set_get(port: u16, token: &str, key: &str) {
 #[test]
 fn strangers_declaring_8mib_bulks_cannot_grow_a_worker() {
     const TOKEN: &str = "a-long-cluster-secret";
-    let w = solo(&["--auth-token", TOKEN]);
+    // Every stranger comes from 127.0.0.1, as the test does.
+    let w = solo(&[
+        "--auth-token",
+        TOKEN,
+        "--max-connections-per-source",
+        "2000",
+    ]);
     let before = rss(&w.metrics_addr());
     // 1,000 connections, each declaring an 8 MiB value and sending 4 MiB
     // of it before any AUTH: 4 GB if the worker buffered what it is sent.
@@ -543,5 +549,42 @@ fn slowloris_connections_are_closed_after_request_timeout() {
             );
         }
     }
+    intact();
+}
+
+#[test]
+fn one_source_address_cannot_hold_more_than_its_share() {
+    let w = solo(&["--max-connections-per-source", "20"]);
+    let intact = known_data(w.port);
+    let open = || {
+        metric(
+            &http_get(&w.metrics_addr(), "/metrics").1,
+            "rcache_connections_open",
+        )
+    };
+    // The writer's connection is gone before the 20 are opened.
+    assert!(eventually(Duration::from_secs(5), || open() == Some(0.0)));
+    let mut held: Vec<Client> = (0..20).map(|_| Client::connect(w.port)).collect();
+    for c in held.iter_mut() {
+        assert_eq!(c.req("ping"), "0||pong");
+    }
+    // The 21st from the same address is refused with the error line and
+    // closed; the 20 keep being served.
+    let mut extra = Client::connect(w.port);
+    assert_eq!(extra.req("ping"), "8||too many connections");
+    assert!(extra.closed_within(Duration::from_secs(5)));
+    for c in held.iter_mut() {
+        assert_eq!(c.req("ping"), "0||pong", "a held connection stopped");
+    }
+    let wm = http_get(&w.metrics_addr(), "/metrics").1;
+    assert_eq!(metric(&wm, "rcache_connections_rejected_total"), Some(1.0));
+    // A connection that closes gives its place back.
+    drop(held.pop());
+    assert!(eventually(Duration::from_secs(5), || {
+        let mut c = Client::connect(w.port);
+        c.req("ping") == "0||pong"
+    }));
+    drop(held);
+    assert!(eventually(Duration::from_secs(5), || open() == Some(0.0)));
     intact();
 }

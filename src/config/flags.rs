@@ -47,6 +47,8 @@ flag_struct!(
         request_timeout: String,
         /// Refuse connections beyond this many
         max_connections: u64,
+        /// Refuse connections beyond this many from one source address
+        max_connections_per_source: u64,
         /// Longest key
         max_key_bytes: String,
         /// Longest value
@@ -85,6 +87,8 @@ flag_struct!(
         request_timeout: String,
         /// Refuse connections beyond this many
         max_connections: u64,
+        /// Refuse connections beyond this many from one source address
+        max_connections_per_source: u64,
         /// Longest key
         max_key_bytes: String,
         /// Longest value

@@ -98,7 +98,7 @@ pub(super) struct Timeouts<'a> {
 pub(super) fn server(
     p: &mut Problems,
     timeouts: Timeouts<'_>,
-    max_connections: u64,
+    connections: [u64; 2],
     max_key_bytes: &Scalar,
     max_value_bytes: &Scalar,
     auth_token: Option<&str>,
@@ -115,8 +115,12 @@ pub(super) fn server(
             }
         },
     };
+    let [max_connections, max_per_source] = connections;
     if max_connections == 0 {
         p.push("max_connections", 0, "must be at least 1");
+    }
+    if max_per_source == 0 {
+        p.push("max_connections_per_source", 0, "must be at least 1");
     }
     let auth = auth_token.and_then(|token| {
         let why = if token.is_empty() {
@@ -150,6 +154,7 @@ pub(super) fn server(
             Duration::from_millis(10),
         ),
         max_connections: max_connections.max(1) as usize,
+        max_connections_per_source: max_per_source.max(1) as usize,
         limits: Limits {
             max_key_bytes: p.size("max_key_bytes", max_key_bytes, 1, MAX_KEY_BYTES_LIMIT) as usize,
             max_value_bytes: p.size("max_value_bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)
@@ -179,7 +184,7 @@ impl RawWorker {
                 idle: &self.idle_timeout,
                 request: &self.request_timeout,
             },
-            self.max_connections,
+            [self.max_connections, self.max_connections_per_source],
             &self.max_key_bytes,
             &self.max_value_bytes,
             self.auth_token.as_deref(),
@@ -243,7 +248,7 @@ impl RawOrchestrator {
                 idle: &self.idle_timeout,
                 request: &self.request_timeout,
             },
-            self.max_connections,
+            [self.max_connections, self.max_connections_per_source],
             &self.max_key_bytes,
             &self.max_value_bytes,
             self.auth_token.as_deref(),

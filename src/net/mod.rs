@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// has arrived, must be complete within this.
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one source address may hold open at once.
+    pub max_connections_per_source: usize,
     pub limits: Limits,
     /// When set, a connection must present this token before anything else.
     pub auth: Option<crate::auth::Secret>,
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             idle_timeout: defaults::IDLE_TIMEOUT,
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_connections: defaults::MAX_CONNECTIONS as usize,
+            max_connections_per_source: defaults::MAX_CONNECTIONS_PER_SOURCE as usize,
             limits: Limits::default(),
             auth: None,
             tls: crate::tls::Tls::default(),
@@ -89,24 +92,27 @@ pub async fn bind(address: &str) -> io::Result<TcpListener> {
 
 /// Accepts connections until shutdown, serving each on one of `loops`,
 /// then waits up to [`DRAIN_TIMEOUT`] for the open ones to finish what they
-/// are doing.
+/// are doing. Past `max_connections` open, or `max_per_source` from one
+/// address, a connection is refused on the spot (one error line, no task).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     loops: Loops,
     handler: Arc<H>,
     max_connections: usize,
+    max_per_source: usize,
     metrics: Arc<ServerMetrics>,
     mut shutdown: Shutdown,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let sources = Arc::new(Sources::default());
     loop {
         let accepted = tokio::select! {
         biased;
                    _ = shutdown.wait() => break,
                    accepted = listener.accept() => accepted,
                };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -118,7 +124,12 @@ pub async fn serve<H: Handler>(
         metrics.connections_accepted.inc();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics.connections_rejected.inc();
-            tokio::spawn(refuse(stream));
+            refuse(stream);
+            continue;
+        };
+        let Some(from) = Sources::admit(&sources, peer.ip(), max_per_source) else {
+            metrics.connections_rejected.inc();
+            refuse(stream);
             continue;
         };
         let handler = handler.clone();
@@ -130,6 +141,7 @@ pub async fn serve<H: Handler>(
                 open.metrics.connections_reaped.inc();
             }
             drop(open);
+            drop(from);
             drop(permit);
         });
     }
@@ -200,13 +212,53 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Tells a connection over the limit why it is closed.
-async fn refuse(mut stream: TcpStream) {
+/// Tells a connection over a limit why it is closed, with one
+/// non-blocking write (the line fits any socket buffer), and closes it: a
+/// flood of refused connections costs no task and no timer.
+fn refuse(stream: TcpStream) {
     let mut out = BytesMut::new();
     crate::protocol::text::encode_reply(
         &Reply::error(ErrorCode::TooManyConnections, "too many connections"),
         &mut out,
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
-    let _ = stream.shutdown().await;
+    let _ = stream.try_write(&out);
+}
+
+/// Connections open per source address.
+#[derive(Default)]
+struct Sources(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl Sources {
+    /// Counts a connection from `ip` while the guard lives, unless `ip`
+    /// holds `max` already.
+    fn admit(sources: &Arc<Sources>, ip: std::net::IpAddr, max: usize) -> Option<FromSource> {
+        let mut open = sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(FromSource {
+            sources: sources.clone(),
+            ip,
+        })
+    }
+}
+
+/// One open connection of a source.
+struct FromSource {
+    sources: Arc<Sources>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for FromSource {
+    fn drop(&mut self) {
+        let mut open = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }

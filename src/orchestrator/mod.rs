@@ -366,6 +366,7 @@ impl Bound {
                 router: self.router.clone(),
             }),
             self.config.server.max_connections,
+            self.config.server.max_connections_per_source,
             self.router.metrics.server.clone(),
             shutdown,
         )

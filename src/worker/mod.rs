@@ -406,6 +406,7 @@ impl Bound {
                 worker: worker.clone(),
             }),
             worker.config.server.max_connections,
+            worker.config.server.max_connections_per_source,
             worker.metrics.server.clone(),
             shutdown.clone(),
         ));
