@@ -164,3 +164,95 @@ fn the_cli_sends_the_token_and_configs_never_print_it() {
     );
     assert!(!err.contains("two"));
 }
+
+/// With `cluster_token` set, the clients' token opens client sessions
+/// only: a link that presents it is refused with a clear error and
+/// counted, and only the daemons' token opens a link (a REFILL, a write
+/// of any version, the anti-entropy lock).
+#[test]
+fn a_client_token_cannot_open_a_link() {
+    use rcache::auth::Secret;
+    use rcache::client::{link::LinkConn, ClientError, Dial};
+    use rcache::protocol::link::{Request, Response};
+    const CLUSTER: &str = "daemons only";
+    let t = [
+        with_token(TOKEN),
+        vec!["--cluster-token".into(), CLUSTER.into()],
+    ]
+    .concat();
+    let (a, b) = pair(&args(&t));
+    let o = orchestrator(&[a.port, b.port], &args(&t));
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req(&format!("auth||{TOKEN}")), "0||");
+    for i in 0..50 {
+        assert_eq!(c.req(&format!("set||key{i}||value{i}")), "0||");
+    }
+    assert_eq!(c.req("get||key7"), "0||value7");
+    // A worker's client sessions take the clients' token, not the daemons'.
+    let mut w = Client::connect(a.port);
+    assert_eq!(w.req(&format!("auth||{CLUSTER}")), "9||invalid token");
+    assert_eq!(w.req(&format!("auth||{TOKEN}")), "0||");
+    assert_eq!(w.req("get||key7"), "0||value7");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let timeout = Duration::from_secs(5);
+    let dial = |token: &str| Dial {
+        token: Some(Secret::new(token.as_bytes())),
+        ..Dial::default()
+    };
+    runtime.block_on(async {
+        match LinkConn::connect(&a.addr(), &dial(TOKEN), timeout).await {
+            Err(ClientError::Refused { reason, .. }) => assert!(
+                reason.contains("this is the clients' auth_token: links need the cluster_token"),
+                "{reason}"
+            ),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("the clients' token opened a link"),
+        }
+        match LinkConn::connect(&a.addr(), &dial("guess"), timeout).await {
+            Err(ClientError::Refused { reason, .. }) => {
+                assert!(reason.contains("authentication required"), "{reason}")
+            }
+            other => panic!("a wrong token: {:?}", other.err()),
+        }
+        let mut link = LinkConn::connect(&a.addr(), &dial(CLUSTER), timeout)
+            .await
+            .expect("the daemons' token opens a link");
+        match link.call(&Request::Status, timeout).await {
+            Ok(Response::Status { entries, .. }) => assert_eq!(entries, 50),
+            other => panic!("STATUS answered {other:?}"),
+        }
+    });
+    let wm = http_get(&a.metrics_addr(), "/metrics").1;
+    assert_eq!(
+        metric(&wm, "rcache_link_client_tokens_total"),
+        Some(1.0),
+        "{wm}"
+    );
+    assert!(metric(&wm, "rcache_auth_failures_total").unwrap_or(0.0) >= 3.0);
+    assert!(a.log_text().contains("presented the clients' auth_token"));
+
+    // An orchestrator that has only the clients' token cannot reach the
+    // workers: its requests fail and write nothing.
+    let half = orchestrator(&[a.port, b.port], &args(&with_token(TOKEN)));
+    assert!(half
+        .log_text()
+        .contains("auth_token is set but cluster_token is not"));
+    let mut h = Client::connect(half.port);
+    assert_eq!(h.req(&format!("auth||{TOKEN}")), "0||");
+    let reply = h.req("set||key7||overwritten");
+    assert!(reply.starts_with("6||"), "{reply}");
+    assert_eq!(c.req("get||key7"), "0||value7");
+    // A worker started later refills from its partner over the daemons' link.
+    let pc = free_port();
+    let late = worker(pc, Some(a.port), &args(&t));
+    assert!(
+        late.log_text().contains("refilled from the partner")
+            && late.log_text().contains("entries=50"),
+        "{}",
+        late.log_text()
+    );
+}

@@ -26,12 +26,7 @@ fn main() {
         load,
         RawOrchestrator::validate,
         |config, mut ctx| async move {
-            if config.server.auth.is_some() && config.server.tls.client.is_none() {
-                tracing::warn!(
-                    "auth_token is set but tls.ca is not: this daemon sends the token in the clear \
-                     on its links; set [tls] ca (and cert/key) to encrypt them"
-                );
-            }
+            daemon::warn_about_tokens(&config.server);
             let bound = match rcache::orchestrator::bind(config.clone()).await {
                 Ok(b) => b,
                 Err(e) => {

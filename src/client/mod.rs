@@ -61,7 +61,8 @@ impl ClientError {
 }
 
 /// How a daemon opens links to others: the frame limits it accepts, and
-/// the cluster's token to present when it has one.
+/// the daemons' token (`cluster_token`, or `auth_token`) to present when
+/// it has one.
 #[derive(Debug, Clone, Default)]
 pub struct Dial {
     pub limits: crate::protocol::Limits,
@@ -75,7 +76,7 @@ impl Dial {
     pub fn from_server(server: &crate::net::ServerConfig) -> Dial {
         Dial {
             limits: server.limits,
-            token: server.auth.clone(),
+            token: server.cluster.clone(),
             tls: server.tls.client.clone(),
         }
     }

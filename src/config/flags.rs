@@ -69,8 +69,10 @@ flag_struct!(
         threads: u64,
         /// error, warn, info, debug or trace
         log_level: String,
-        /// Clients must `auth||<token>` first; links present it too (prefer RCACHE_AUTH_TOKEN: flags show in ps)
+        /// Clients must `auth||<token>` first; links present it too unless cluster_token is set (prefer RCACHE_AUTH_TOKEN: flags show in ps)
         auth_token: String,
+        /// The daemons' own token: links present it and a worker's links require it, so auth_token cannot open one (prefer RCACHE_CLUSTER_TOKEN)
+        cluster_token: String,
     }
 );
 
@@ -107,8 +109,10 @@ flag_struct!(
         threads: u64,
         /// error, warn, info, debug or trace
         log_level: String,
-        /// Clients must `auth||<token>` first; links present it too (prefer RCACHE_AUTH_TOKEN: flags show in ps)
+        /// Clients must `auth||<token>` first; links present it too unless cluster_token is set (prefer RCACHE_AUTH_TOKEN: flags show in ps)
         auth_token: String,
+        /// The daemons' own token: links present it and a worker's links require it, so auth_token cannot open one (prefer RCACHE_CLUSTER_TOKEN)
+        cluster_token: String,
     }
 );
 

@@ -102,6 +102,7 @@ impl RawConfig for RawWorker {
         "threads",
         "log_level",
         "auth_token",
+        "cluster_token",
         "tls",
     ];
     const LIVE_KEYS: &'static [&'static str] = &[
@@ -139,6 +140,7 @@ impl RawConfig for RawOrchestrator {
         "threads",
         "log_level",
         "auth_token",
+        "cluster_token",
         "tls",
     ];
     const LIVE_KEYS: &'static [&'static str] = &[
@@ -188,8 +190,10 @@ pub fn to_toml(raw: &impl Serialize) -> String {
         Ok(v) => v,
         Err(e) => return format!("# cannot render config: {e}\n"),
     };
-    if let Some(token) = value.get_mut("auth_token") {
-        *token = toml::Value::String("<redacted>".into());
+    for secret in ["auth_token", "cluster_token"] {
+        if let Some(token) = value.get_mut(secret) {
+            *token = toml::Value::String("<redacted>".into());
+        }
     }
     toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
 }

@@ -54,6 +54,8 @@ pub struct RawWorker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
 }
 
@@ -78,6 +80,7 @@ impl Default for RawWorker {
             threads: defaults::WORKER_THREADS,
             log_level: defaults::LOG_LEVEL.into(),
             auth_token: None,
+            cluster_token: None,
             tls: None,
         }
     }
@@ -105,6 +108,8 @@ pub struct RawOrchestrator {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
 }
 
@@ -128,6 +133,7 @@ impl Default for RawOrchestrator {
             threads: defaults::ORCHESTRATOR_THREADS,
             log_level: defaults::LOG_LEVEL.into(),
             auth_token: None,
+            cluster_token: None,
             tls: None,
         }
     }

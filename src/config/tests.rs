@@ -22,11 +22,13 @@ fn key_lists_match_the_structs() {
     // None by default, so not serialized.
     worker.push("partner".into());
     worker.push("auth_token".into());
+    worker.push("cluster_token".into());
     worker.push("tls".into());
     worker.sort();
     assert_eq!(worker, sorted(RawWorker::KEYS));
     let mut orchestrator = keys::<RawOrchestrator>();
     orchestrator.push("auth_token".into());
+    orchestrator.push("cluster_token".into());
     orchestrator.push("tls".into());
     orchestrator.sort();
     assert_eq!(orchestrator, sorted(RawOrchestrator::KEYS));
@@ -159,4 +161,56 @@ fn orchestrator_pairs() {
     let e = raw.validate().expect_err("bad pairs");
     assert_eq!(e.problems.len(), 2, "{e}");
     assert!(RawOrchestrator::default().validate().is_err(), "no workers");
+}
+
+/// Links take `cluster_token` when it is set and `auth_token` when it is
+/// not; the two may not be the same secret.
+#[test]
+fn links_take_the_cluster_token_or_else_the_auth_token() {
+    let with = |auth: Option<&str>, cluster: Option<&str>| RawWorker {
+        auth_token: auth.map(String::from),
+        cluster_token: cluster.map(String::from),
+        ..RawWorker::default()
+    };
+    let (c, _) = with(Some("clients"), None).validate().expect("valid");
+    assert!(c
+        .server
+        .cluster
+        .as_ref()
+        .is_some_and(|s| s.matches(b"clients")));
+    assert!(!c.server.roles);
+    let (c, _) = with(Some("clients"), Some("daemons"))
+        .validate()
+        .expect("valid");
+    assert!(c
+        .server
+        .auth
+        .as_ref()
+        .is_some_and(|s| s.matches(b"clients")));
+    assert!(c
+        .server
+        .cluster
+        .as_ref()
+        .is_some_and(|s| s.matches(b"daemons")));
+    assert!(c.server.roles);
+    let (c, _) = with(None, Some("daemons")).validate().expect("valid");
+    assert!(c.server.auth.is_none() && c.server.roles);
+    let (c, _) = with(None, None).validate().expect("valid");
+    assert!(c.server.cluster.is_none() && !c.server.roles);
+    let e = with(Some("same"), Some("same"))
+        .validate()
+        .expect_err("same token");
+    let text = e.to_string();
+    assert!(
+        text.contains("cluster_token") && text.contains("must differ"),
+        "{text}"
+    );
+    assert!(!text.contains("same\""), "the token is echoed: {text}");
+    let e = with(None, Some("")).validate().expect_err("empty");
+    assert!(e.to_string().contains("cluster_token"), "{e}");
+    let printed = to_toml(&with(Some("clients"), Some("daemons")));
+    assert!(
+        !printed.contains("daemons") && !printed.contains("clients"),
+        "{printed}"
+    );
 }

@@ -101,7 +101,7 @@ pub(super) fn server(
     connections: [u64; 2],
     max_key_bytes: &Scalar,
     max_value_bytes: &Scalar,
-    auth_token: Option<&str>,
+    tokens: [Option<&str>; 2],
     tls: Option<&RawTls>,
 ) -> ServerConfig {
     let tls = match tls.map(RawTls::files) {
@@ -122,29 +122,20 @@ pub(super) fn server(
     if max_per_source == 0 {
         p.push("max_connections_per_source", 0, "must be at least 1");
     }
-    let auth = auth_token.and_then(|token| {
-        let why = if token.is_empty() {
-            Some("must not be empty (leave the key out for no authentication)".to_string())
-        } else if token.len() > crate::protocol::link::MAX_TOKEN_BYTES {
-            Some(format!(
-                "longer than {} bytes",
-                crate::protocol::link::MAX_TOKEN_BYTES
-            ))
-        } else if token.contains(['\n', '\r']) {
-            Some("must not contain line breaks".to_string())
-        } else {
-            None
-        };
-        match why {
-            // The value itself is a secret: never echoed.
-            Some(why) => {
-                p.push("auth_token", "<redacted>", why);
-                None
-            }
-            None => Some(crate::auth::Secret::new(token.as_bytes())),
-        }
-    });
+    let [auth_token, cluster_token] = tokens;
+    let auth = auth_token.and_then(|token| secret(p, "auth_token", token));
+    let cluster = cluster_token.and_then(|token| secret(p, "cluster_token", token));
+    if auth_token.is_some() && auth_token == cluster_token {
+        p.push(
+            "cluster_token",
+            "<redacted>",
+            "must differ from auth_token (clients hold auth_token; only daemons may hold cluster_token)",
+        );
+    }
+    let roles = cluster.is_some();
     ServerConfig {
+        cluster: cluster.or_else(|| auth.clone()),
+        roles,
         auth,
         tls,
         idle_timeout: p.duration("idle_timeout", timeouts.idle, Duration::from_millis(10)),
@@ -160,6 +151,29 @@ pub(super) fn server(
             max_value_bytes: p.size("max_value_bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)
                 as usize,
         },
+    }
+}
+
+/// A token key's secret, or its problem (the value itself never echoed).
+fn secret(p: &mut Problems, key: &str, token: &str) -> Option<crate::auth::Secret> {
+    let why = if token.is_empty() {
+        Some("must not be empty (leave the key out for no authentication)".to_string())
+    } else if token.len() > crate::protocol::link::MAX_TOKEN_BYTES {
+        Some(format!(
+            "longer than {} bytes",
+            crate::protocol::link::MAX_TOKEN_BYTES
+        ))
+    } else if token.contains(['\n', '\r']) {
+        Some("must not contain line breaks".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => {
+            p.push(key, "<redacted>", why);
+            None
+        }
+        None => Some(crate::auth::Secret::new(token.as_bytes())),
     }
 }
 
@@ -187,7 +201,7 @@ impl RawWorker {
             [self.max_connections, self.max_connections_per_source],
             &self.max_key_bytes,
             &self.max_value_bytes,
-            self.auth_token.as_deref(),
+            [self.auth_token.as_deref(), self.cluster_token.as_deref()],
             self.tls.as_ref(),
         );
         let compression = match self.compression.as_str() {
@@ -251,7 +265,7 @@ impl RawOrchestrator {
             [self.max_connections, self.max_connections_per_source],
             &self.max_key_bytes,
             &self.max_value_bytes,
-            self.auth_token.as_deref(),
+            [self.auth_token.as_deref(), self.cluster_token.as_deref()],
             self.tls.as_ref(),
         );
         let worker_timeout = p.duration(

@@ -18,6 +18,24 @@ pub type LogLevelHandle = tracing_subscriber::reload::Handle<
     tracing_subscriber::Registry,
 >;
 
+/// Says at start what the daemon's tokens leave open: a token sent in
+/// the clear on links, and links that the clients' token opens.
+pub fn warn_about_tokens(server: &crate::net::ServerConfig) {
+    if server.cluster.is_some() && server.tls.client.is_none() {
+        tracing::warn!(
+            "a token is set but tls.ca is not: this daemon sends it in the clear on its links; \
+             set [tls] ca (and cert/key) to encrypt them"
+        );
+    }
+    if server.auth.is_some() && !server.roles {
+        tracing::warn!(
+            "auth_token is set but cluster_token is not: links take auth_token, so any client \
+             holding it can open a link (refill a whole worker, write any version); set \
+             cluster_token on every daemon to keep links to daemons"
+        );
+    }
+}
+
 /// Logs go to stderr, where journald picks them up. The level can change
 /// later through the returned handle (a reload).
 pub fn init_logging(level: tracing::Level) -> Option<LogLevelHandle> {

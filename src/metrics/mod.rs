@@ -46,6 +46,7 @@ pub struct ServerMetrics {
     pub connections_rejected: IntCounter,
     pub connections_reaped: IntCounter,
     pub auth_failures: IntCounter,
+    pub link_client_tokens: IntCounter,
 }
 
 impl ServerMetrics {
@@ -219,15 +220,19 @@ impl<'a> Builder<'a> {
             ),
             connections_rejected: self.counter(
                 "rcache_connections_rejected_total",
-                "Connections refused because max_connections were open",
+                "Connections refused because max_connections, or max_connections_per_source from their address, were open",
             ),
             connections_reaped: self.counter(
                 "rcache_connections_reaped_total",
-                "Connections closed for staying idle past idle_timeout",
+                "Connections closed for staying idle past idle_timeout, or for not completing a request within request_timeout",
             ),
             auth_failures: self.counter(
                 "rcache_auth_failures_total",
                 "Wrong tokens presented (clients with auth||, daemons on links)",
+            ),
+            link_client_tokens: self.counter(
+                "rcache_link_client_tokens_total",
+                "Links refused because they presented the clients' auth_token where the cluster_token is required",
             ),
         }
     }

@@ -50,8 +50,15 @@ pub struct ServerConfig {
     /// Connections one source address may hold open at once.
     pub max_connections_per_source: usize,
     pub limits: Limits,
-    /// When set, a connection must present this token before anything else.
+    /// When set, a client connection must present this token before
+    /// anything else (`auth_token`).
     pub auth: Option<crate::auth::Secret>,
+    /// The daemons' token: links present it, and a link must present it
+    /// before anything else (`cluster_token`, or `auth_token` without one).
+    pub cluster: Option<crate::auth::Secret>,
+    /// `cluster_token` is set: clients' and daemons' tokens differ, and a
+    /// link that presents the clients' is told so.
+    pub roles: bool,
     /// The listener's TLS and the links' (see [`crate::tls`]).
     pub tls: crate::tls::Tls,
 }
@@ -65,6 +72,8 @@ impl Default for ServerConfig {
             max_connections_per_source: defaults::MAX_CONNECTIONS_PER_SOURCE as usize,
             limits: Limits::default(),
             auth: None,
+            cluster: None,
+            roles: false,
             tls: crate::tls::Tls::default(),
         }
     }

@@ -7,7 +7,7 @@ use super::batch::{execute, reply_bytes, Window};
 use super::{Closed, Conn, LiveConfig, ServerConfig};
 use crate::command::{self, Keyspace};
 use crate::metrics::{ServerMetrics, Tally};
-use crate::protocol::dialect::{Decoded, Dialect, Gate, UNAUTHENTICATED_BYTES};
+use crate::protocol::dialect::{Decoded, Dialect, Gate, Holder, UNAUTHENTICATED_BYTES};
 use crate::protocol::resp::{self, RespDialect};
 use crate::protocol::text::TextDialect;
 use crate::protocol::{Command, Op, Reply};
@@ -139,21 +139,46 @@ pub fn first_request_deadline(config: &ServerConfig) -> Instant {
     Instant::now() + config.idle_timeout.min(config.request_timeout)
 }
 
-/// Whether `token` opens a connection under `config` (a daemon without a
-/// token accepts any, SPEC).
-fn token_accepted(config: &ServerConfig, token: &[u8], metrics: &ServerMetrics) -> bool {
-    match &config.auth {
-        None => true,
-        Some(secret)
-            if token.len() <= crate::protocol::link::MAX_TOKEN_BYTES && secret.matches(token) =>
-        {
-            true
-        }
-        Some(_) => {
-            metrics.auth_failures.inc();
-            false
-        }
+/// The token that opens a connection of `holder`'s protocol, if any.
+fn secret(config: &ServerConfig, holder: Holder) -> Option<&crate::auth::Secret> {
+    match holder {
+        Holder::Client => config.auth.as_ref(),
+        Holder::Daemon => config.cluster.as_ref(),
     }
+}
+
+/// What a presented token is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Accepted,
+    Wrong,
+    /// The clients' token on a daemons' protocol (a link) when the
+    /// daemons have a token of their own.
+    ClientToken,
+}
+
+/// Whether `token` opens a connection of `holder`'s protocol under
+/// `config` (a daemon without a token accepts any, SPEC).
+fn check_token(
+    config: &ServerConfig,
+    holder: Holder,
+    token: &[u8],
+    metrics: &ServerMetrics,
+) -> Verdict {
+    let Some(secret) = secret(config, holder) else {
+        return Verdict::Accepted;
+    };
+    let readable = token.len() <= crate::protocol::link::MAX_TOKEN_BYTES;
+    if readable && secret.matches(token) {
+        return Verdict::Accepted;
+    }
+    metrics.auth_failures.inc();
+    let client_token = config.auth.as_ref().is_some_and(|a| a.matches(token));
+    if holder == Holder::Daemon && config.roles && readable && client_token {
+        metrics.link_client_tokens.inc();
+        return Verdict::ClientToken;
+    }
+    Verdict::Wrong
 }
 
 /// Empties `batch`, giving back its memory when it grew past what most
@@ -199,7 +224,7 @@ where
 {
     let mut config = live.load_full();
     let mut gate = Gate {
-        required: config.auth.is_some(),
+        required: secret(&config, D::HOLDER).is_some(),
         authenticated: false,
     };
     let mut last_request = Instant::now();
@@ -262,8 +287,11 @@ where
                     }
                     Decoded::Answer(answered) => answered,
                     Decoded::Credential(token) => {
-                        let accepted = token.map(|t| token_accepted(&config, &t, metrics));
-                        dialect.credential(accepted, &mut gate)
+                        match token.map(|t| check_token(&config, D::HOLDER, &t, metrics)) {
+                            Some(Verdict::ClientToken) => dialect.client_credential(&mut gate),
+                            verdict => dialect
+                                .credential(verdict.map(|v| v == Verdict::Accepted), &mut gate),
+                        }
                     }
                 };
                 tally.observe(metrics, answered.op, answered.outcome, Duration::ZERO);
@@ -343,7 +371,7 @@ where
             return Closed::Eof;
         }
         config = live.load_full();
-        gate.required = config.auth.is_some();
+        gate.required = secret(&config, D::HOLDER).is_some();
         conn.limit = if gate.open() {
             usize::MAX
         } else {

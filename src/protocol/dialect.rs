@@ -20,10 +20,19 @@ use bytes::{Bytes, BytesMut};
 /// declares it will send is never reserved.
 pub const UNAUTHENTICATED_BYTES: usize = 4096;
 
+/// Who speaks a protocol, and so which token opens its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Clients: `auth_token`.
+    Client,
+    /// Daemons on links: `cluster_token` (or `auth_token` without one).
+    Daemon,
+}
+
 /// Whether a connection may run commands yet.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gate {
-    /// The daemon has a token (`auth_token`).
+    /// The daemon has a token for this protocol's [`Holder`].
     pub required: bool,
     /// This connection presented it.
     pub authenticated: bool,
@@ -95,6 +104,9 @@ pub trait Dialect: Send {
     /// A reply given without executing anything.
     type Answer: Send;
 
+    /// Whose token opens a connection of this protocol.
+    const HOLDER: Holder = Holder::Client;
+
     /// Takes the next complete request out of `buf`.
     fn decode(
         &mut self,
@@ -106,6 +118,13 @@ pub trait Dialect: Send {
     /// says whether its token opens the connection (`None`: it carried
     /// none). Updates `gate`.
     fn credential(&mut self, accepted: Option<bool>, gate: &mut Gate) -> Answered<Self::Answer>;
+
+    /// The answer to a daemon's protocol (a link) that presented the
+    /// clients' token where the daemons' is required: refused like a
+    /// wrong token unless the dialect says more.
+    fn client_credential(&mut self, gate: &mut Gate) -> Answered<Self::Answer> {
+        self.credential(Some(false), gate)
+    }
 
     /// The answer to a [`Decoded::Refused`] request whose label is `op`.
     fn refused(&self, op: Op) -> Answered<Self::Answer>;

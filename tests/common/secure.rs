@@ -1,7 +1,7 @@
 //! Secure mode (`RCACHE_TEST_SECURE=1`): every daemon the harness starts
-//! speaks TLS only, with mutual TLS and an `auth_token`, and every harness
-//! connection does the TLS handshake (with a client certificate) and sends
-//! `auth||<token>` first. CI runs the cluster and chaos suites once more in
+//! speaks TLS only, with mutual TLS, an `auth_token` and a `cluster_token`
+//! of its own for links, and every harness connection does the TLS
+//! handshake (with a client certificate) and sends `auth||<token>` first. CI runs the cluster and chaos suites once more in
 //! this mode; tests that check plaintext or raw bytes themselves say they
 //! are skipped in it.
 
@@ -12,6 +12,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub const TOKEN: &str = "secure-mode-token";
+/// The daemons' token on links, which clients never hold.
+pub const CLUSTER_TOKEN: &str = "secure-mode-cluster-token";
 
 pub fn on() -> bool {
     std::env::var("RCACHE_TEST_SECURE").as_deref() == Ok("1")
@@ -36,6 +38,8 @@ pub fn daemon_args() -> Vec<String> {
     [
         "--auth-token",
         TOKEN,
+        "--cluster-token",
+        CLUSTER_TOKEN,
         "--tls-cert",
         &p.cert,
         "--tls-key",

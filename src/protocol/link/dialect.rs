@@ -6,7 +6,7 @@
 use super::{
     decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, HELLO,
 };
-use crate::protocol::dialect::{Answered, Decoded, Dialect, Gate};
+use crate::protocol::dialect::{Answered, Decoded, Dialect, Gate, Holder};
 use crate::protocol::{ErrorCode, ErrorReply, Limits, Op, Outcome};
 use bytes::{Buf, BytesMut};
 
@@ -81,6 +81,8 @@ impl Dialect for LinkDialect {
     type Tag = ();
     type Answer = LinkAnswer;
 
+    const HOLDER: Holder = Holder::Daemon;
+
     fn decode(&mut self, buf: &mut BytesMut, gate: &Gate) -> Decoded<Request, (), LinkAnswer> {
         if !self.greeted {
             if buf.len() < HELLO.len() {
@@ -136,6 +138,23 @@ impl Dialect for LinkDialect {
             Op::Auth,
             Outcome::Ok,
         )
+    }
+
+    fn client_credential(&mut self, gate: &mut Gate) -> Answered<LinkAnswer> {
+        gate.authenticated = false;
+        tracing::warn!(
+            "closing a link that presented the clients' auth_token: links need the cluster_token"
+        );
+        let error = ErrorReply::new(
+            ErrorCode::Auth,
+            "this is the clients' auth_token: links need the cluster_token",
+        );
+        Answered::new(
+            LinkAnswer::Response(Response::Error(error)),
+            Op::Auth,
+            Outcome::Error,
+        )
+        .closing()
     }
 
     fn refused(&self, _: Op) -> Answered<LinkAnswer> {
