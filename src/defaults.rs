@@ -25,6 +25,8 @@ pub const COMPRESSION: &str = "lz4";
 pub const COMPRESS_MIN_BYTES: u64 = 128;
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest one anti-entropy round holds a responder's round lock.
+pub const ANTI_ENTROPY_LEASE: Duration = Duration::from_secs(600);
 pub const REFILL_WAIT: Duration = Duration::from_secs(10);
 /// Worker connection threads: 0 is one per core.
 pub const WORKER_THREADS: u64 = 0;

@@ -256,3 +256,86 @@ fn a_client_token_cannot_open_a_link() {
         late.log_text()
     );
 }
+
+/// A round holds a worker's anti-entropy lock for `anti_entropy_lease`
+/// at most, however often its initiator sends: a holder that keeps
+/// sending DIGEST (each well within the 10 s a responder waits for the
+/// next message) is cut off at the lease and another link gets the lock;
+/// one that goes silent is hung up on at the lease.
+#[test]
+fn the_anti_entropy_lock_has_a_lease() {
+    use rcache::client::{link::LinkConn, ClientError};
+    use rcache::protocol::link::{Request, Response};
+    use std::time::Instant;
+    let w = solo(&["--anti-entropy-lease", "1s"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let timeout = Duration::from_secs(5);
+    let dial = secure::link_dial();
+    runtime.block_on(async {
+        let connect = || async {
+            LinkConn::connect(&w.addr(), &dial, timeout)
+                .await
+                .expect("link")
+        };
+        let (mut holder, mut other) = (connect().await, connect().await);
+        let taken = Instant::now();
+        match holder.call(&Request::Digest, timeout).await {
+            Ok(Response::Digest(_)) => {}
+            other => panic!("DIGEST answered {other:?}"),
+        }
+        match other.call(&Request::Digest, timeout).await {
+            Ok(Response::Error(e)) => assert!(e.to_string().contains("busy"), "{e}"),
+            answer => panic!("a second round while one runs: {answer:?}"),
+        }
+        let cut_off = loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                taken.elapsed() < Duration::from_secs(5),
+                "the holder kept the lock for 5 s with a 1 s lease"
+            );
+            // Cut off at the lease: hung up on while it waited for the
+            // next message, or that message answered with the reason.
+            match holder.call(&Request::Digest, timeout).await {
+                Ok(Response::Digest(_)) => continue,
+                Ok(Response::Error(e)) => {
+                    assert!(e.to_string().contains("anti_entropy_lease"), "{e}");
+                    break taken.elapsed();
+                }
+                Err(ClientError::Closed) => break taken.elapsed(),
+                answer => panic!("DIGEST answered {answer:?}"),
+            }
+        };
+        eprintln!("cut off after {cut_off:?}");
+        assert!(cut_off >= Duration::from_secs(1), "{cut_off:?}");
+        match other.call(&Request::Digest, timeout).await {
+            Ok(Response::Digest(_)) => {}
+            answer => panic!("the lock was not given back: {answer:?}"),
+        }
+        // `other` now holds it and goes silent: hung up on at the lease.
+        let silent = Instant::now();
+        match other.call(&Request::Ping, Duration::from_secs(5)).await {
+            Ok(Response::Pong) => {}
+            answer => panic!("PING answered {answer:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            other.call(&Request::Ping, timeout).await.is_err(),
+            "a silent holder's link outlived its lease"
+        );
+        assert!(silent.elapsed() < Duration::from_secs(5));
+        let mut third = connect().await;
+        match third.call(&Request::Digest, timeout).await {
+            Ok(Response::Digest(_)) => {}
+            answer => panic!("the silent holder kept the lock: {answer:?}"),
+        }
+    });
+    let wm = http_get(&w.metrics_addr(), "/metrics").1;
+    assert_eq!(
+        metric(&wm, "rcache_anti_entropy_leases_expired_total"),
+        Some(2.0),
+        "{wm}"
+    );
+}

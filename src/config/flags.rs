@@ -63,6 +63,8 @@ flag_struct!(
         compress_min_bytes: String,
         /// How often partners compare their stores and repair differences
         anti_entropy_interval: String,
+        /// Longest one anti-entropy round of the partner may hold this worker's round lock
+        anti_entropy_lease: String,
         /// How long a starting worker keeps trying to reach an unreachable partner before it starts empty
         refill_wait: String,
         /// Connection loops (threads) serving clients and links; 0 = one per CPU core, 1 = one thread for everything

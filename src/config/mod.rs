@@ -98,6 +98,7 @@ impl RawConfig for RawWorker {
         "compression",
         "compress_min_bytes",
         "anti_entropy_interval",
+        "anti_entropy_lease",
         "refill_wait",
         "threads",
         "log_level",

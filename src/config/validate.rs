@@ -229,6 +229,11 @@ impl RawWorker {
             &self.anti_entropy_interval,
             Duration::from_millis(50),
         );
+        let anti_entropy_lease = p.duration(
+            "anti_entropy_lease",
+            &self.anti_entropy_lease,
+            Duration::from_millis(100),
+        );
         let refill_wait = p.duration("refill_wait", &self.refill_wait, Duration::ZERO);
         p.threads(self.threads);
         let level = p.log_level(&self.log_level);
@@ -240,6 +245,7 @@ impl RawWorker {
                 server,
                 store,
                 anti_entropy_interval,
+                anti_entropy_lease,
                 refill_wait,
                 connection_loops: match self.threads {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -62,6 +62,12 @@ struct Links<'w> {
     refill: Option<Refill>,
 }
 
+impl Drop for Links<'_> {
+    fn drop(&mut self) {
+        self.responder.close(self.worker);
+    }
+}
+
 /// Where a refill stream is: a bounded chunk at a time, so memory stays
 /// bounded on both sides and the shard locks are held only while copying
 /// a chunk; the socket's backpressure paces the scan.
@@ -205,11 +211,13 @@ impl Executor for Links<'_> {
 
     fn wait_until(&self, idle: Instant) -> Instant {
         // An initiator that goes quiet mid-round must not hold this
-        // worker's round lock for a whole idle timeout.
-        if self.responder.in_round() {
-            idle.min(Instant::now() + antientropy::ROUND_TIMEOUT)
-        } else {
-            idle
+        // worker's round lock for a whole idle timeout, nor one that
+        // keeps talking past the round's lease.
+        match self.responder.lease_ends() {
+            Some(ends) => idle
+                .min(Instant::now() + antientropy::ROUND_TIMEOUT)
+                .min(ends),
+            None => idle,
         }
     }
 }

@@ -33,6 +33,7 @@ pub struct WorkerMetrics {
     ae_sent: IntCounter,
     ae_sent_bytes: IntCounter,
     ae_evicted: IntCounter,
+    ae_leases_expired: IntCounter,
 }
 
 impl Default for WorkerMetrics {
@@ -124,6 +125,10 @@ impl WorkerMetrics {
                 "rcache_anti_entropy_evicted_total",
                 "Entries evicted because the partner, near its memory limit, refused them",
             ),
+            ae_leases_expired: b.counter(
+                "rcache_anti_entropy_leases_expired_total",
+                "Rounds of the partner cut off for holding this worker's round lock past anti_entropy_lease",
+            ),
             registry,
         }
     }
@@ -176,6 +181,7 @@ impl Exporter for Worker {
         mirror(&m.ae_sent, self.anti_entropy.sent());
         mirror(&m.ae_sent_bytes, self.anti_entropy.sent_bytes());
         mirror(&m.ae_evicted, self.anti_entropy.evicted());
+        mirror(&m.ae_leases_expired, self.anti_entropy.leases_expired());
     }
 
     /// 503 until the worker serves reads, and while it is incomplete: a
@@ -205,6 +211,7 @@ mod tests {
             server: Default::default(),
             store: Default::default(),
             anti_entropy_interval: std::time::Duration::from_secs(2),
+            anti_entropy_lease: crate::defaults::ANTI_ENTROPY_LEASE,
             refill_wait: std::time::Duration::from_secs(10),
             connection_loops: 1,
         });

@@ -46,6 +46,9 @@ pub struct WorkerConfig {
     pub store: StoreConfig,
     /// How often partners compare their stores (anti-entropy).
     pub anti_entropy_interval: Duration,
+    /// The longest one round of the partner holds this worker's round
+    /// lock, however often it sends (see [`antientropy::Responder`]).
+    pub anti_entropy_lease: Duration,
     /// How long a starting worker retries a partner it cannot reach before
     /// it starts empty (see [`refill`]).
     pub refill_wait: Duration,

@@ -9,6 +9,7 @@ fn worker() -> Worker {
         server: Default::default(),
         store: Default::default(),
         anti_entropy_interval: Duration::from_secs(2),
+        anti_entropy_lease: crate::defaults::ANTI_ENTROPY_LEASE,
         refill_wait: Duration::from_secs(10),
         connection_loops: 1,
     });

@@ -131,3 +131,16 @@ pub fn library_client<S: Into<String>>(
         builder
     }
 }
+
+/// How a test opens a link as a daemon would: in secure mode with TLS and
+/// the daemons' token.
+pub fn link_dial() -> rcache::client::Dial {
+    if !on() {
+        return rcache::client::Dial::default();
+    }
+    rcache::client::Dial {
+        token: Some(rcache::auth::Secret::new(CLUSTER_TOKEN.as_bytes())),
+        tls: Some(client_tls()),
+        ..rcache::client::Dial::default()
+    }
+}

@@ -29,7 +29,10 @@
 //! every difference (last writer wins), so a round never puts older data
 //! over newer, on either side. Expired entries are left out of summaries.
 //!
-//! Each worker takes part in one round at a time (the round lock), so its
+//! Each worker takes part in one round at a time (the round lock: a
+//! responder holds it for a round at most `anti_entropy_lease` from its
+//! DIGEST, however often the initiator sends, and at most
+//! [`ROUND_TIMEOUT`] without hearing from it), so its
 //! count of completed rounds (`synced` in STATUS) orders rounds in time:
 //! the orchestrator uses it to know that a round began after a write the
 //! worker missed, and so the worker holds that write now. A round counts
@@ -74,7 +77,8 @@ pub const SYNC_BATCH_MAX_ENTRIES: usize = 4 * SYNC_BATCH_ENTRIES;
 pub const SYNC_WINDOW_BYTES: usize = REFILL_CHUNK_BYTES / 2;
 
 /// Longest wait for one answer within a round, and the longest a responder
-/// holds its round lock without hearing from the initiator.
+/// holds its round lock without hearing from the initiator (however often
+/// it hears, a round holds it at most `anti_entropy_lease`).
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A worker's anti-entropy state.
@@ -90,6 +94,8 @@ pub struct AntiEntropy {
     sent_bytes: AtomicU64,
     /// Entries evicted because the partner refused them for room.
     evicted: AtomicU64,
+    /// Responder rounds cut off at their lease.
+    leases_expired: AtomicU64,
     last_round: Mutex<Option<Instant>>,
 }
 
@@ -114,6 +120,10 @@ impl AntiEntropy {
         self.evicted.load(Ordering::Relaxed)
     }
 
+    pub fn leases_expired(&self) -> u64 {
+        self.leases_expired.load(Ordering::Relaxed)
+    }
+
     fn count_sent(&self, entries: &[Entry], summaries: usize) {
         let bytes: usize = entries
             .iter()
@@ -134,6 +144,10 @@ impl AntiEntropy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|t| t.elapsed() < period)
+    }
+
+    pub(super) fn lease_expired(&self) {
+        self.leases_expired.fetch_add(1, Ordering::Relaxed);
     }
 
     fn try_lock(&self) -> Option<OwnedMutexGuard<()>> {

@@ -9,6 +9,7 @@ use crate::worker::Worker;
 use bytes::Bytes;
 use std::collections::HashMap;
 use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
 
 pub(super) fn busy() -> Response {
     Response::Error(ErrorReply::new(
@@ -20,7 +21,9 @@ pub(super) fn busy() -> Response {
 /// The responder's side of rounds on one link.
 #[derive(Default)]
 pub struct Responder {
-    guard: Option<OwnedMutexGuard<()>>,
+    /// The round lock while a round is open on this link, and when its
+    /// lease ends.
+    guard: Option<(OwnedMutexGuard<()>, Instant)>,
     /// The current batch's buckets and this side's summaries of them,
     /// sorted by key (one scan serves all the batch's windows).
     batch: Option<(Vec<u16>, Vec<Summary>)>,
@@ -31,14 +34,46 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Whether a round is open on this link (the link then waits at most
-    /// [`ROUND_TIMEOUT`] for the initiator's next message).
-    pub fn in_round(&self) -> bool {
-        self.guard.is_some()
+    /// When the open round's lease ends, while a round is open on this
+    /// link (the link then waits at most [`ROUND_TIMEOUT`] for the
+    /// initiator's next message, and not past the lease).
+    pub fn lease_ends(&self) -> Option<Instant> {
+        self.guard.as_ref().map(|(_, ends)| *ends)
+    }
+
+    /// Counts the open round as cut off if the link closes past its
+    /// lease (the link waits for the initiator's next message only until
+    /// the lease ends).
+    pub fn close(&mut self, worker: &Worker) {
+        if self.lease_ends().is_some_and(|ends| Instant::now() >= ends) {
+            cut_off(worker);
+        }
+        self.guard = None;
+    }
+
+    /// Ends the open round if it outlived its lease, counting it; the
+    /// initiator is told so.
+    fn expired(&mut self, worker: &Worker) -> Option<Response> {
+        let ends = self.lease_ends()?;
+        if Instant::now() < ends {
+            return None;
+        }
+        self.guard = None;
+        self.batch = None;
+        let lease = cut_off(worker);
+        Some(Response::Error(ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!(
+                "anti-entropy round cut off: it held the round lock past anti_entropy_lease ({lease:?}); send DIGEST to start another"
+            ),
+        )))
     }
 
     /// Answers DIGEST, SYNC and APPLY.
     pub async fn handle(&mut self, worker: &Worker, request: Request) -> Response {
+        if let Some(cut_off) = self.expired(worker) {
+            return cut_off;
+        }
         match request {
             Request::Digest => {
                 if worker.state() != WorkerState::Ready {
@@ -46,7 +81,10 @@ impl Responder {
                 }
                 if self.guard.is_none() {
                     match worker.anti_entropy.try_lock() {
-                        Some(guard) => self.guard = Some(guard),
+                        Some(guard) => {
+                            let ends = Instant::now() + worker.config().anti_entropy_lease;
+                            self.guard = Some((guard, ends));
+                        }
                         None => return busy(),
                     }
                 }
@@ -102,6 +140,17 @@ impl Responder {
             )),
         }
     }
+}
+
+/// Counts and logs a round cut off at its lease; returns the lease.
+fn cut_off(worker: &Worker) -> std::time::Duration {
+    worker.anti_entropy.lease_expired();
+    let lease = worker.config().anti_entropy_lease;
+    tracing::warn!(
+        ?lease,
+        "cut off an anti-entropy round of the partner that held the round lock past anti_entropy_lease"
+    );
+    lease
 }
 
 pub(super) fn no_round() -> Response {
