@@ -16,6 +16,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: u64 = 10_000;
 /// Connections one source address may hold open at once.
 pub const MAX_CONNECTIONS_PER_SOURCE: u64 = 1_000;
+/// `max_request_buffers`: sized to the machine by [`request_buffers`].
+pub const MAX_REQUEST_BUFFERS: &str = "auto";
 pub const MAX_KEY_BYTES: u64 = 1024;
 pub const MAX_VALUE_BYTES: u64 = 8 << 20;
 pub const LOG_LEVEL: &str = "info";
@@ -37,3 +39,22 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 pub const HEALTH_FAILURES: u64 = 2;
 pub const MAX_HINT_BYTES: u64 = 64 << 20;
 pub const ORCHESTRATOR_THREADS: u64 = 1;
+
+/// `max_request_buffers = "auto"`: an eighth of the machine's memory (1 GiB
+/// where it cannot be read), and never less than
+/// [`min_request_buffers`].
+pub fn request_buffers(limits: &crate::protocol::Limits) -> usize {
+    let memory = crate::sys::physical_memory().unwrap_or(8 << 30);
+    usize::try_from(memory / 8)
+        .unwrap_or(usize::MAX)
+        .max(min_request_buffers(limits))
+}
+
+/// The smallest `max_request_buffers`: room for the largest request (a
+/// RESP request at its limit, or a link frame) as its buffer grows by
+/// doubling.
+pub fn min_request_buffers(limits: &crate::protocol::Limits) -> usize {
+    let largest = crate::protocol::resp::max_request_bytes(limits)
+        .max(crate::protocol::link::max_frame_bytes(limits));
+    largest.saturating_mul(2)
+}

@@ -64,6 +64,14 @@ impl WallClock {
     }
 }
 
+/// The machine's memory (`MemTotal` of `/proc/meminfo`), in bytes.
+pub fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// A random number: from the process's randomness, or from the seed in a
 /// simulation.
 pub fn random_u64() -> u64 {

@@ -588,3 +588,100 @@ fn one_source_address_cannot_hold_more_than_its_share() {
     assert!(eventually(Duration::from_secs(5), || open() == Some(0.0)));
     intact();
 }
+
+/// Opens `count` connections in parallel that each authenticate, declare
+/// an 8 MiB value and send `sent` bytes of it, all held open; a write
+/// that the daemon stops reading gives up after two seconds.
+fn half_sent_values(port: u16, token: &str, count: usize, sent: usize) -> Vec<TcpStream> {
+    let body = std::sync::Arc::new(vec![b'x'; sent]);
+    let head = format!(
+        "*2\r\n$4\r\nAUTH\r\n${}\r\n{token}\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$8388608\r\n",
+        token.len()
+    );
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (body, head) = (body.clone(), head.clone());
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.set_write_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                let _ = s
+                    .write_all(head.as_bytes())
+                    .and_then(|_| s.write_all(&body));
+                s
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("writer"))
+        .collect()
+}
+
+/// A client's SET of the largest value the limits allow, RESP.
+fn set_8mib(port: u16, token: &str) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let head = format!(
+        "*2\r\n$4\r\nAUTH\r\n${}\r\n{token}\r\n*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$8388608\r\n",
+        token.len()
+    );
+    c.write_all(head.as_bytes()).expect("write");
+    c.write_all(&vec![b'v'; 8 << 20]).expect("write");
+    c.write_all(b"\r\n").expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.iter().filter(|&&b| b == b'\n').count() < 2 {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Authenticated clients are bounded too: what their connections buffer
+/// beyond 64 KiB each comes from one budget per daemon
+/// (`max_request_buffers`), and past it their reads wait instead of the
+/// daemon growing. 150 clients each declaring an 8 MiB value and sending
+/// 6 MiB of it would make a daemon hold about 1.2 GB.
+#[test]
+fn half_sent_values_cannot_grow_a_daemon_past_max_request_buffers() {
+    const TOKEN: &str = "a-long-client-secret";
+    let limit = ["--max-request-buffers", "64MiB", "--auth-token", TOKEN];
+    let (a, b) = pair(&limit);
+    let o = orchestrator(&[a.port, b.port], &limit);
+    for (name, d) in [("worker", &a), ("orchestrator", &o)] {
+        let before = rss(&d.metrics_addr());
+        let held = half_sent_values(d.port, TOKEN, 150, 6 << 20);
+        authenticated_set_get(d.port, TOKEN, "during");
+        let metrics = http_get(&d.metrics_addr(), "/metrics").1;
+        let during = metric(&metrics, "process_resident_memory_bytes").expect("rss");
+        let buffered = metric(&metrics, "rcache_request_buffer_bytes").expect("gauge");
+        let waits = metric(&metrics, "rcache_request_buffer_waits_total").expect("counter");
+        println!(
+            "{name} RSS {:.1} MB before, {:.1} MB with 150 clients each sending 6 MiB of an \
+             8 MiB value; {:.1} MB of the 64 MiB budget taken, {waits} reads waited",
+            before / 1e6,
+            during / 1e6,
+            buffered / 1e6,
+        );
+        assert!(buffered <= 64.0 * 1024.0 * 1024.0, "{buffered}");
+        assert!(waits >= 1.0, "no read waited: {metrics}");
+        assert!(
+            during < before + 128e6,
+            "RSS grew from {before} to {during}"
+        );
+        drop(held);
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let m = http_get(&d.metrics_addr(), "/metrics").1;
+                metric(&m, "rcache_request_buffer_bytes") == Some(0.0)
+            }),
+            "{name}: closed connections did not give the budget back"
+        );
+        // The largest value the limits allow still fits.
+        assert_eq!(set_8mib(d.port, TOKEN), "+OK\r\n+OK\r\n", "{name}");
+    }
+}

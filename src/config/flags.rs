@@ -49,6 +49,8 @@ flag_struct!(
         max_connections: u64,
         /// Refuse connections beyond this many from one source address
         max_connections_per_source: u64,
+        /// What connections' read buffers may hold together beyond 64 KiB each ("auto": an eighth of memory); reads wait past it
+        max_request_buffers: String,
         /// Longest key
         max_key_bytes: String,
         /// Longest value
@@ -93,6 +95,8 @@ flag_struct!(
         max_connections: u64,
         /// Refuse connections beyond this many from one source address
         max_connections_per_source: u64,
+        /// What connections' read buffers may hold together beyond 64 KiB each ("auto": an eighth of memory); reads wait past it
+        max_request_buffers: String,
         /// Longest key
         max_key_bytes: String,
         /// Longest value

@@ -52,6 +52,7 @@ pub struct RawWorker {
     pub refill_wait: Scalar,
     pub threads: u64,
     pub log_level: String,
+    pub max_request_buffers: Scalar,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +82,7 @@ impl Default for RawWorker {
             refill_wait: duration_text(defaults::REFILL_WAIT),
             threads: defaults::WORKER_THREADS,
             log_level: defaults::LOG_LEVEL.into(),
+            max_request_buffers: defaults::MAX_REQUEST_BUFFERS.into(),
             auth_token: None,
             cluster_token: None,
             tls: None,
@@ -107,6 +109,7 @@ pub struct RawOrchestrator {
     pub workers: Vec<Vec<String>>,
     pub threads: u64,
     pub log_level: String,
+    pub max_request_buffers: Scalar,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +137,7 @@ impl Default for RawOrchestrator {
             workers: Vec::new(),
             threads: defaults::ORCHESTRATOR_THREADS,
             log_level: defaults::LOG_LEVEL.into(),
+            max_request_buffers: defaults::MAX_REQUEST_BUFFERS.into(),
             auth_token: None,
             cluster_token: None,
             tls: None,

@@ -214,3 +214,20 @@ fn links_take_the_cluster_token_or_else_the_auth_token() {
         "{printed}"
     );
 }
+
+#[test]
+fn max_request_buffers_is_auto_or_room_for_the_largest_request() {
+    let with = |value: &str| RawOrchestrator {
+        workers: vec![vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]],
+        max_request_buffers: value.into(),
+        ..RawOrchestrator::default()
+    };
+    let least = crate::defaults::min_request_buffers(&Limits::default());
+    let (auto, _) = with("auto").validate().expect("auto");
+    assert!(auto.server.max_request_buffers >= least);
+    let (set, _) = with("64MiB").validate().expect("64MiB");
+    assert_eq!(set.server.max_request_buffers, 64 << 20);
+    let e = with("1MiB").validate().expect_err("too small for an 8 MiB value");
+    assert!(e.to_string().contains("max_request_buffers"), "{e}");
+    assert!(e.to_string().contains("twice the largest request"), "{e}");
+}

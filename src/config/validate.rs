@@ -95,12 +95,18 @@ pub(super) struct Timeouts<'a> {
     pub(super) request: &'a Scalar,
 }
 
+/// The raw sizes both daemons take.
+pub(super) struct Sizes<'a> {
+    pub(super) request_buffers: &'a Scalar,
+    pub(super) key: &'a Scalar,
+    pub(super) value: &'a Scalar,
+}
+
 pub(super) fn server(
     p: &mut Problems,
     timeouts: Timeouts<'_>,
     connections: [u64; 2],
-    max_key_bytes: &Scalar,
-    max_value_bytes: &Scalar,
+    sizes: Sizes<'_>,
     tokens: [Option<&str>; 2],
     tls: Option<&RawTls>,
 ) -> ServerConfig {
@@ -133,6 +139,27 @@ pub(super) fn server(
         );
     }
     let roles = cluster.is_some();
+    let limits = Limits {
+        max_key_bytes: p.size("max_key_bytes", sizes.key, 1, MAX_KEY_BYTES_LIMIT) as usize,
+        max_value_bytes: p.size("max_value_bytes", sizes.value, 1, MAX_VALUE_BYTES_LIMIT) as usize,
+    };
+    let max_request_buffers = match sizes.request_buffers {
+        Scalar::Str(auto) if auto == "auto" => crate::defaults::request_buffers(&limits),
+        size => {
+            let least = crate::defaults::min_request_buffers(&limits) as u64;
+            let bytes = p.size("max_request_buffers", size, 0, u64::MAX);
+            if bytes < least {
+                p.push(
+                    "max_request_buffers",
+                    size,
+                    format!(
+                        "must be at least {least} bytes (twice the largest request the key and value limits allow), or \"auto\""
+                    ),
+                );
+            }
+            usize::try_from(bytes).unwrap_or(usize::MAX)
+        }
+    };
     ServerConfig {
         cluster: cluster.or_else(|| auth.clone()),
         roles,
@@ -146,11 +173,8 @@ pub(super) fn server(
         ),
         max_connections: max_connections.max(1) as usize,
         max_connections_per_source: max_per_source.max(1) as usize,
-        limits: Limits {
-            max_key_bytes: p.size("max_key_bytes", max_key_bytes, 1, MAX_KEY_BYTES_LIMIT) as usize,
-            max_value_bytes: p.size("max_value_bytes", max_value_bytes, 1, MAX_VALUE_BYTES_LIMIT)
-                as usize,
-        },
+        max_request_buffers,
+        limits,
     }
 }
 
@@ -199,8 +223,11 @@ impl RawWorker {
                 request: &self.request_timeout,
             },
             [self.max_connections, self.max_connections_per_source],
-            &self.max_key_bytes,
-            &self.max_value_bytes,
+            Sizes {
+                request_buffers: &self.max_request_buffers,
+                key: &self.max_key_bytes,
+                value: &self.max_value_bytes,
+            },
             [self.auth_token.as_deref(), self.cluster_token.as_deref()],
             self.tls.as_ref(),
         );
@@ -269,8 +296,11 @@ impl RawOrchestrator {
                 request: &self.request_timeout,
             },
             [self.max_connections, self.max_connections_per_source],
-            &self.max_key_bytes,
-            &self.max_value_bytes,
+            Sizes {
+                request_buffers: &self.max_request_buffers,
+                key: &self.max_key_bytes,
+                value: &self.max_value_bytes,
+            },
             [self.auth_token.as_deref(), self.cluster_token.as_deref()],
             self.tls.as_ref(),
         );

@@ -47,6 +47,9 @@ pub struct ServerMetrics {
     pub connections_reaped: IntCounter,
     pub auth_failures: IntCounter,
     pub link_client_tokens: IntCounter,
+    pub request_buffers: IntGauge,
+    pub request_buffers_limit: IntGauge,
+    pub request_buffer_waits: IntCounter,
 }
 
 impl ServerMetrics {
@@ -233,6 +236,18 @@ impl<'a> Builder<'a> {
             link_client_tokens: self.counter(
                 "rcache_link_client_tokens_total",
                 "Links refused because they presented the clients' auth_token where the cluster_token is required",
+            ),
+            request_buffers: self.gauge(
+                "rcache_request_buffer_bytes",
+                "Bytes of connections' read buffers beyond 64 KiB each, taken from max_request_buffers",
+            ),
+            request_buffers_limit: self.gauge(
+                "rcache_request_buffer_limit_bytes",
+                "max_request_buffers: the most connections' read buffers may hold beyond 64 KiB each",
+            ),
+            request_buffer_waits: self.counter(
+                "rcache_request_buffer_waits_total",
+                "Reads that waited because max_request_buffers was spent",
             ),
         }
     }

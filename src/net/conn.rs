@@ -1,9 +1,11 @@
 //! A stream with its read and write buffers, and why a connection ended.
 
+use super::budget::{Charge, ReadBudget, BASE_BYTES};
 use crate::protocol::dialect::UNAUTHENTICATED_BYTES;
 use crate::shutdown::Shutdown;
 use bytes::{BufMut, BytesMut};
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -42,6 +44,9 @@ pub struct Conn<S> {
     /// The most `rbuf` may hold: reads stop there. The buffer grows with
     /// what has arrived (never with a length a request announces).
     pub limit: usize,
+    /// What `rbuf` holds of the daemon's [`ReadBudget`] (accepted
+    /// connections only).
+    charge: Option<Charge>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -53,18 +58,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             wbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             limit: usize::MAX,
+            charge: None,
         }
     }
 
     /// A connection a listener accepted: until the session loop says who
     /// is on the other end, it holds at most [`UNAUTHENTICATED_BYTES`]
-    /// (and nothing is allocated for replies before the first one).
-    pub fn accepted(io: S) -> Conn<S> {
+    /// (and nothing is allocated for replies before the first one); its
+    /// read buffer grows past [`BASE_BYTES`] only with room in `budget`.
+    pub fn accepted(io: S, budget: &Arc<ReadBudget>) -> Conn<S> {
         Conn {
             io,
             rbuf: BytesMut::with_capacity(UNAUTHENTICATED_BYTES),
             wbuf: BytesMut::new(),
             limit: UNAUTHENTICATED_BYTES,
+            charge: Some(Charge::new(budget.clone())),
         }
     }
 
@@ -89,7 +97,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if room == 0 {
             return Err(Closed::Full);
         }
-        self.rbuf.reserve(READ_CHUNK_BYTES.min(room));
+        let want = READ_CHUNK_BYTES.min(room);
+        if let Some(charge) = &mut self.charge {
+            // A big request taken out gives its memory back first.
+            shrink(&mut self.rbuf);
+            charge.settle(self.rbuf.capacity());
+            let (len, capacity) = (self.rbuf.len(), self.rbuf.capacity());
+            if capacity - len < want {
+                // `reserve` grows a buffer to at most this: doubling it,
+                // or a fresh allocation of its original size (at most
+                // 64 KiB in `bytes`).
+                let grown = (2 * capacity).max(len + want).max(BASE_BYTES);
+                if !charge.reserve(grown, deadline).await {
+                    return Err(Closed::Idle);
+                }
+            }
+        }
+        self.rbuf.reserve(want);
+        if let Some(charge) = &mut self.charge {
+            charge.settle(self.rbuf.capacity());
+        }
         let mut into = (&mut self.rbuf).limit(room);
         match tokio::time::timeout_at(deadline, self.io.read_buf(&mut into)).await {
             Err(_) => Err(Closed::Idle),
@@ -123,5 +150,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Replaces a read buffer grown well past [`BASE_BYTES`] that now holds
+/// little with one of ordinary size (the big allocation is freed, or once
+/// the requests cut from it are).
+fn shrink(rbuf: &mut BytesMut) {
+    if rbuf.capacity() > 4 * BASE_BYTES && rbuf.len() <= BASE_BYTES / 2 {
+        let mut fresh = BytesMut::with_capacity(READ_CHUNK_BYTES.max(rbuf.len()));
+        fresh.extend_from_slice(rbuf);
+        *rbuf = fresh;
     }
 }

@@ -12,11 +12,13 @@
 //! socket without touching the session loop.
 
 mod batch;
+pub mod budget;
 mod conn;
 pub mod loops;
 mod session;
 pub mod stream;
 
+pub use budget::ReadBudget;
 pub use conn::{write_flushed, Closed, Conn};
 pub use loops::Loops;
 pub use session::{first_request_deadline, serve_client, serve_session, Executor};
@@ -49,6 +51,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Connections one source address may hold open at once.
     pub max_connections_per_source: usize,
+    /// What accepted connections' read buffers may hold together beyond
+    /// [`budget::BASE_BYTES`] each (read at start).
+    pub max_request_buffers: usize,
     pub limits: Limits,
     /// When set, a client connection must present this token before
     /// anything else (`auth_token`).
@@ -70,6 +75,7 @@ impl Default for ServerConfig {
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_connections: defaults::MAX_CONNECTIONS as usize,
             max_connections_per_source: defaults::MAX_CONNECTIONS_PER_SOURCE as usize,
+            max_request_buffers: defaults::request_buffers(&Limits::default()),
             limits: Limits::default(),
             auth: None,
             cluster: None,

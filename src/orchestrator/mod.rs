@@ -97,6 +97,8 @@ pub struct Router {
     /// Client listener settings; a reload may change them.
     pub live: LiveConfig,
     pub metrics: metrics::OrchestratorMetrics,
+    /// What client connections' read buffers may hold together.
+    pub budget: Arc<net::ReadBudget>,
 }
 
 impl Router {
@@ -130,6 +132,7 @@ impl Router {
             probing: std::sync::Mutex::new(None),
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
+            budget: net::ReadBudget::new(config.server.max_request_buffers, &metrics.server),
             metrics,
         }
     }
@@ -273,7 +276,7 @@ impl Handler for ClientHandler {
             Ok(s) => s,
             Err(closed) => return closed,
         };
-        let mut conn = Conn::accepted(stream);
+        let mut conn = Conn::accepted(stream, &router.budget);
         net::serve_client(
             &mut conn,
             &**router,

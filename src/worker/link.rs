@@ -28,7 +28,7 @@ impl Handler for WorkerHandler {
             Ok(s) => s,
             Err(closed) => return closed,
         };
-        let mut conn = Conn::accepted(stream);
+        let mut conn = Conn::accepted(stream, &worker.budget);
         // The first byte tells the protocol: a link hello, or a text request.
         let first = net::first_request_deadline(&worker.live.load());
         if let Err(closed) = conn.fill(first, &mut shutdown).await {

@@ -81,11 +81,16 @@ pub struct Worker {
     /// Listener settings; a reload may change them.
     pub live: LiveConfig,
     pub metrics: metrics::WorkerMetrics,
+    /// What connections' read buffers may hold together.
+    pub budget: Arc<crate::net::ReadBudget>,
     config: WorkerConfig,
 }
 
 impl Worker {
     pub fn new(config: WorkerConfig) -> Worker {
+        let metrics = metrics::WorkerMetrics::new();
+        let budget =
+            crate::net::ReadBudget::new(config.server.max_request_buffers, &metrics.server);
         Worker {
             store: Store::new(config.store.clone()),
             state: AtomicU8::new(WorkerState::Starting as u8),
@@ -98,7 +103,8 @@ impl Worker {
             incomplete: std::sync::Mutex::new(None),
             partner_missed_until: AtomicU64::new(0),
             live: LiveConfig::from_pointee(config.server.clone()),
-            metrics: metrics::WorkerMetrics::new(),
+            metrics,
+            budget,
             config,
         }
     }
