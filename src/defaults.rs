@@ -50,11 +50,16 @@ pub fn request_buffers(limits: &crate::protocol::Limits) -> usize {
         .max(min_request_buffers(limits))
 }
 
-/// The smallest `max_request_buffers`: room for the largest request (a
-/// RESP request at its limit, or a link frame) as its buffer grows by
-/// doubling.
+/// The smallest `max_request_buffers`: one [`request_claim`].
 pub fn min_request_buffers(limits: &crate::protocol::Limits) -> usize {
+    request_claim(limits)
+}
+
+/// What a connection claims of `max_request_buffers` to buffer more than
+/// 64 KiB: room for the largest request (a RESP request at its limit, or
+/// a link frame) and a read past it, as its buffer grows by doubling.
+pub fn request_claim(limits: &crate::protocol::Limits) -> usize {
     let largest = crate::protocol::resp::max_request_bytes(limits)
         .max(crate::protocol::link::max_frame_bytes(limits));
-    largest.saturating_mul(2)
+    largest.saturating_add(64 << 10).saturating_mul(2)
 }

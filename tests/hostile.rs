@@ -685,3 +685,134 @@ fn half_sent_values_cannot_grow_a_daemon_past_max_request_buffers() {
         assert_eq!(set_8mib(d.port, TOKEN), "+OK\r\n+OK\r\n", "{name}");
     }
 }
+
+/// The 99th percentile of `samples`.
+fn p99(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+/// One client's GETs, timed, until `stop` is set (at least `least`).
+fn timed_gets(port: u16, least: usize, stop: &std::sync::atomic::AtomicBool) -> Vec<Duration> {
+    let mut c = Client::connect(port);
+    let mut samples = Vec::new();
+    while samples.len() < least || !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let key = format!("k{:05}", samples.len() % 10_000);
+        let started = Instant::now();
+        let answer = c.req(&format!("get||{key}"));
+        samples.push(started.elapsed());
+        assert!(answer.starts_with("0||val"), "{answer}");
+        if samples.len() > 200_000 {
+            break;
+        }
+    }
+    samples
+}
+
+/// A RESP command of `name` on `keys` keys named `<prefix>00000`... .
+fn multi_key(name: &str, prefix: char, keys: usize) -> Vec<u8> {
+    let mut out = format!("*{}\r\n${}\r\n{name}\r\n", keys + 1, name.len()).into_bytes();
+    for i in 0..keys {
+        out.extend_from_slice(format!("$6\r\n{prefix}{i:05}\r\n").as_bytes());
+    }
+    out
+}
+
+/// What another client's GETs see while one client pipelines `count`
+/// copies of `command`, whose replies end `lines` lines each: their p99,
+/// their count, and how long the pipeline took.
+fn gets_during(
+    port: u16,
+    command: Vec<u8>,
+    count: usize,
+    lines: usize,
+) -> (Duration, usize, Duration) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut during, attack) = std::thread::scope(|s| {
+        let attacker = s.spawn(|| {
+            let mut sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            sock.set_read_timeout(Some(Duration::from_secs(60)))
+                .expect("timeout");
+            let started = Instant::now();
+            let mut writer = sock.try_clone().expect("clone");
+            let sending = std::thread::spawn(move || {
+                for _ in 0..count {
+                    writer.write_all(&command).expect("pipeline");
+                }
+            });
+            // Values hold no line breaks: the replies are complete at
+            // this many.
+            let (mut got, expected) = (0usize, count * lines);
+            let mut buf = vec![0u8; 1 << 16];
+            while got < expected {
+                let n = sock.read(&mut buf).expect("replies");
+                assert!(n > 0, "closed after {got} of {expected} lines");
+                got += buf[..n].iter().filter(|&&b| b == b'\n').count();
+            }
+            sending.join().expect("sender");
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            started.elapsed()
+        });
+        let during = timed_gets(port, 200, &stop);
+        (during, attacker.join().expect("attacker"))
+    });
+    let answered = during.len();
+    (p99(&mut during), answered, attack)
+}
+
+/// One client pipelining multi-key commands (256 MGETs of 10,000 keys, or
+/// 25,600 of 100: 2.56 M keys, 36 MB of replies either way; 128 DELs of
+/// 10,000 keys) does not starve another client, of the orchestrator or of
+/// a worker with one connection thread: its GETs are all answered, at
+/// least 1,000 of them while the pipeline runs, with a p99 within 200
+/// times (and at least 10 ms) of what it is with the daemon to itself.
+#[test]
+fn a_client_pipelining_multi_key_commands_does_not_starve_others() {
+    if secure::skip("raw plaintext pipelines") {
+        return;
+    }
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &[]);
+    // A worker with one connection loop: every connection shares it.
+    let w = solo(&["--threads", "1"]);
+    for (name, port) in [("orchestrator", o.port), ("worker", w.port)] {
+        let mut loader = Client::connect_resp(port);
+        let mut mset = Vec::new();
+        for chunk in (0..10_000).collect::<Vec<_>>().chunks(1000) {
+            mset.clear();
+            mset.extend_from_slice(
+                format!("*{}\r\n$4\r\nMSET\r\n", 1 + 2 * chunk.len()).as_bytes(),
+            );
+            for i in chunk {
+                mset.extend_from_slice(format!("$6\r\nk{i:05}\r\n$8\r\nval{i:05}\r\n").as_bytes());
+            }
+            loader.send_raw(&mset);
+            assert_eq!(loader.read_line().trim_end(), "+OK");
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let alone = p99(&mut timed_gets(port, 3000, &stop));
+        // MGET replies: "*<keys>", then "$8" and the value per key.
+        let shapes = [
+            ("MGET", 'k', 256, 10_000, 1 + 2 * 10_000),
+            ("MGET", 'k', 25_600, 100, 1 + 2 * 100),
+            ("DEL", 'd', 128, 10_000, 1),
+        ];
+        for (command, prefix, count, keys, lines) in shapes {
+            let pipeline = multi_key(command, prefix, keys);
+            let (shared, answered, attack) = gets_during(port, pipeline, count, lines);
+            println!(
+                "{name}: GET p99 {alone:?} alone, {shared:?} over {answered} GETs while \
+                 another client's {count} pipelined {keys}-key {command}s took {attack:?}"
+            );
+            let bound = (alone * 200).max(Duration::from_millis(10));
+            assert!(
+                shared <= bound,
+                "{name}: p99 {shared:?} past {bound:?} (200 times {alone:?}, at least 10 ms)"
+            );
+            assert!(
+                answered >= 1000,
+                "{name}: {answered} GETs answered in {attack:?}"
+            );
+        }
+    }
+}

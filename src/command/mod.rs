@@ -203,6 +203,11 @@ where
     } else {
         for item in items {
             sink(f(item).await)?;
+            // The keys of one command finish in memory without waiting:
+            // a 10,000-key command gives the other connections of its
+            // thread their turn now and then (every 128 keys or so, with
+            // the rest of the task's budget).
+            tokio::task::coop::consume_budget().await;
         }
     }
     Ok(())

@@ -227,7 +227,9 @@ fn max_request_buffers_is_auto_or_room_for_the_largest_request() {
     assert!(auto.server.max_request_buffers >= least);
     let (set, _) = with("64MiB").validate().expect("64MiB");
     assert_eq!(set.server.max_request_buffers, 64 << 20);
-    let e = with("1MiB").validate().expect_err("too small for an 8 MiB value");
+    let e = with("1MiB")
+        .validate()
+        .expect_err("too small for an 8 MiB value");
     assert!(e.to_string().contains("max_request_buffers"), "{e}");
     assert!(e.to_string().contains("twice the largest request"), "{e}");
 }

@@ -239,7 +239,7 @@ impl<'a> Builder<'a> {
             ),
             request_buffers: self.gauge(
                 "rcache_request_buffer_bytes",
-                "Bytes of connections' read buffers beyond 64 KiB each, taken from max_request_buffers",
+                "Bytes of max_request_buffers claimed by connections buffering a request over 64 KiB",
             ),
             request_buffers_limit: self.gauge(
                 "rcache_request_buffer_limit_bytes",

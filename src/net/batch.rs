@@ -55,7 +55,8 @@ pub(super) fn reply_bytes(reply: &Reply) -> usize {
 ///
 /// A keyspace whose commands wait on the network ([`Keyspace::CONCURRENT`],
 /// the orchestrator) runs them concurrently, so a pipelining client keeps
-/// many requests in flight to the workers. Order is kept where it can be
+/// many requests in flight to the workers, about [`Keyspace::FAN_OUT`]
+/// keys at most (a segment ends there). Order is kept where it can be
 /// observed: a command that touches a key an earlier command of the batch
 /// touches, either of them writing, waits until the earlier ones are done.
 pub(super) async fn execute<K: Keyspace>(
@@ -97,6 +98,8 @@ pub(super) async fn execute<K: Keyspace>(
         // A command about the whole store (DBSIZE, INFO) is in the segment.
         let mut segment_whole = false;
         let mut segment = Vec::new();
+        // Keys the segment's commands touch.
+        let mut keys = 0usize;
         // Their metrics labels, read with the rest of their specs.
         let mut ops = Vec::new();
         while let Some(next) = commands.peek() {
@@ -113,9 +116,16 @@ pub(super) async fn execute<K: Keyspace>(
                 || hashes
                     .iter()
                     .any(|h| touched.get(h).is_some_and(|&w| w || writes));
-            if conflict && !segment.is_empty() {
+            // One connection keeps about FAN_OUT keys in flight (one
+            // multi-key command runs FAN_OUT at a time itself): a pipeline
+            // of multi-key commands queues no more at the workers' links
+            // than one of them, so other connections' requests are not
+            // queued behind all of it.
+            let crowded = keys + hashes.len().max(1) > K::FAN_OUT;
+            if (conflict || crowded) && !segment.is_empty() {
                 break;
             }
+            keys += hashes.len().max(1);
             segment_writes |= writes;
             segment_whole |= whole;
             for &h in &hashes {

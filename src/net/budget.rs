@@ -1,14 +1,18 @@
 //! The daemon's budget for buffered request bytes (`max_request_buffers`).
 //!
 //! Each accepted connection may buffer [`BASE_BYTES`] of requests on its
-//! own (a pipeline of ordinary requests never leaves it); a read buffer
-//! that grows past that takes the growth from the one budget of the
-//! daemon before it grows, and gives it back when it shrinks again (after
-//! the big request is taken out of it) or the connection closes. With the
-//! budget spent, reads that need more wait for another connection to give
-//! some back, until the connection's own deadline: a flood of huge or
-//! half-sent requests pauses reading, it cannot make the daemon run out
-//! of memory.
+//! own (a pipeline of ordinary requests never leaves it). A read buffer
+//! about to grow past that first claims room for the largest request the
+//! limits allow (as its buffer grows by doubling) from the one budget of
+//! the daemon, and gives the claim back when the buffer is back to the
+//! base (the big request taken out of it) or the connection closes. A
+//! claim is whole or nothing, so connections never hold part of what they
+//! need while waiting for the rest: whoever holds a claim can finish its
+//! request, and no set of waiting connections can deadlock. With the
+//! budget spent, reads that need a claim wait for one until the
+//! connection's own deadline (a slow holder is closed at
+//! `request_timeout`): a flood of huge or half-sent requests pauses
+//! reading, it cannot make the daemon run out of memory.
 
 use crate::metrics::ServerMetrics;
 use prometheus::{IntCounter, IntGauge};
@@ -23,6 +27,8 @@ pub const BASE_BYTES: usize = 64 * 1024;
 /// A daemon's budget for read buffers beyond [`BASE_BYTES`] each.
 pub struct ReadBudget {
     limit: usize,
+    /// What one connection claims to grow past the base.
+    claim: usize,
     used: AtomicUsize,
     freed: Notify,
     gauge: IntGauge,
@@ -30,11 +36,13 @@ pub struct ReadBudget {
 }
 
 impl ReadBudget {
-    /// A budget of `limit` bytes, reported in `metrics`.
-    pub fn new(limit: usize, metrics: &ServerMetrics) -> Arc<ReadBudget> {
+    /// A budget of `limit` bytes in claims of `claim` bytes, reported in
+    /// `metrics`.
+    pub fn new(limit: usize, claim: usize, metrics: &ServerMetrics) -> Arc<ReadBudget> {
         metrics.request_buffers_limit.set(limit as i64);
         Arc::new(ReadBudget {
             limit,
+            claim,
             used: AtomicUsize::new(0),
             freed: Notify::new(),
             gauge: metrics.request_buffers.clone(),
@@ -104,8 +112,8 @@ impl ReadBudget {
     }
 }
 
-/// What one connection's read buffer holds of the budget; given back
-/// when dropped.
+/// What one connection's read buffer holds of the budget: nothing, or a
+/// claim (more, should the buffer outgrow it); given back when dropped.
 pub struct Charge {
     budget: Arc<ReadBudget>,
     bytes: usize,
@@ -116,30 +124,31 @@ impl Charge {
         Charge { budget, bytes: 0 }
     }
 
-    /// Makes sure a buffer of `capacity` may grow to `grown`: takes what
-    /// that needs beyond [`BASE_BYTES`] and what is held, waiting until
-    /// `deadline` at most (false: it passed first).
+    /// Makes sure a buffer may grow to `grown` bytes: past
+    /// [`BASE_BYTES`], with a claim, waiting for one until `deadline` at
+    /// most (false: it passed first).
     pub async fn reserve(&mut self, grown: usize, deadline: Instant) -> bool {
-        let need = grown.saturating_sub(BASE_BYTES).saturating_sub(self.bytes);
-        if need == 0 {
+        if grown <= BASE_BYTES || self.bytes > 0 {
             return true;
         }
-        if !self.budget.take(need, deadline).await {
+        let claim = self.budget.claim;
+        if !self.budget.take(claim, deadline).await {
             return false;
         }
-        self.bytes += need;
+        self.bytes = claim;
         true
     }
 
-    /// Holds exactly what a buffer of `capacity` needs: gives back the rest.
+    /// Follows a buffer of `capacity`: the claim is given back once it is
+    /// within the base again, and grows (past the limit if it must: never
+    /// expected) should the buffer outgrow it.
     pub fn settle(&mut self, capacity: usize) {
-        let should = capacity.saturating_sub(BASE_BYTES);
-        if should < self.bytes {
-            self.budget.give(self.bytes - should);
-        } else if should > self.bytes {
-            self.budget.force(should - self.bytes);
+        if capacity <= BASE_BYTES {
+            self.budget.give(std::mem::take(&mut self.bytes));
+        } else if capacity > self.bytes {
+            self.budget.force(capacity - self.bytes);
+            self.bytes = capacity;
         }
-        self.bytes = should;
     }
 }
 
@@ -154,36 +163,47 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    const CLAIM: usize = 1 << 20;
+
     fn budget(limit: usize) -> Arc<ReadBudget> {
         let registry = prometheus::Registry::new();
         let metrics = crate::metrics::Builder::new(&registry).server("worker");
-        ReadBudget::new(limit, &metrics)
+        ReadBudget::new(limit, CLAIM, &metrics)
     }
 
     #[tokio::test]
-    async fn growth_beyond_the_base_waits_for_room() {
-        let b = budget(1 << 20);
+    async fn growth_past_the_base_waits_for_a_whole_claim() {
+        let b = budget(2 * CLAIM);
         let soon = || Instant::now() + Duration::from_millis(50);
         let mut one = Charge::new(b.clone());
         assert!(one.reserve(BASE_BYTES, soon()).await, "the base is free");
         assert_eq!(b.used(), 0);
-        assert!(one.reserve(BASE_BYTES + (1 << 20), soon()).await);
-        assert_eq!(b.used(), 1 << 20);
+        assert!(one.reserve(BASE_BYTES + 1, soon()).await);
+        assert_eq!(b.used(), CLAIM);
+        assert!(
+            one.reserve(4 * BASE_BYTES, soon()).await,
+            "within its claim"
+        );
+        assert_eq!(b.used(), CLAIM);
         let mut two = Charge::new(b.clone());
-        assert!(!two.reserve(BASE_BYTES + 1, soon()).await, "spent");
-        // Giving back wakes a waiter.
+        assert!(two.reserve(2 * BASE_BYTES, soon()).await);
+        let mut three = Charge::new(b.clone());
+        assert!(!three.reserve(2 * BASE_BYTES, soon()).await, "spent");
+        assert_eq!(b.used(), 2 * CLAIM, "a waiter holds nothing");
+        // Giving a claim back wakes a waiter.
         let waiter = tokio::spawn(async move {
-            let ok = two
-                .reserve(BASE_BYTES + 4096, Instant::now() + Duration::from_secs(5))
+            let ok = three
+                .reserve(2 * BASE_BYTES, Instant::now() + Duration::from_secs(5))
                 .await;
-            (ok, two)
+            (ok, three)
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         one.settle(BASE_BYTES);
-        let (ok, two) = waiter.await.expect("waiter");
+        let (ok, three) = waiter.await.expect("waiter");
         assert!(ok);
-        assert_eq!(b.used(), 4096);
+        assert_eq!(b.used(), 2 * CLAIM);
         drop(two);
+        drop(three);
         drop(one);
         assert_eq!(b.used(), 0);
     }

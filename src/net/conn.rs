@@ -153,11 +153,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Replaces a read buffer grown well past [`BASE_BYTES`] that now holds
-/// little with one of ordinary size (the big allocation is freed, or once
-/// the requests cut from it are).
+/// Replaces a read buffer grown past [`BASE_BYTES`] that now holds little
+/// with one of ordinary size (the big allocation is freed, or once the
+/// requests cut from it are), so its claim on the budget is given back.
 fn shrink(rbuf: &mut BytesMut) {
-    if rbuf.capacity() > 4 * BASE_BYTES && rbuf.len() <= BASE_BYTES / 2 {
+    if rbuf.capacity() > BASE_BYTES && rbuf.len() <= BASE_BYTES / 2 {
         let mut fresh = BytesMut::with_capacity(READ_CHUNK_BYTES.max(rbuf.len()));
         fresh.extend_from_slice(rbuf);
         *rbuf = fresh;

@@ -132,7 +132,11 @@ impl Router {
             probing: std::sync::Mutex::new(None),
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
-            budget: net::ReadBudget::new(config.server.max_request_buffers, &metrics.server),
+            budget: net::ReadBudget::new(
+                config.server.max_request_buffers,
+                crate::defaults::request_claim(&config.server.limits),
+                &metrics.server,
+            ),
             metrics,
         }
     }

@@ -89,8 +89,11 @@ pub struct Worker {
 impl Worker {
     pub fn new(config: WorkerConfig) -> Worker {
         let metrics = metrics::WorkerMetrics::new();
-        let budget =
-            crate::net::ReadBudget::new(config.server.max_request_buffers, &metrics.server);
+        let budget = crate::net::ReadBudget::new(
+            config.server.max_request_buffers,
+            crate::defaults::request_claim(&config.server.limits),
+            &metrics.server,
+        );
         Worker {
             store: Store::new(config.store.clone()),
             state: AtomicU8::new(WorkerState::Starting as u8),
