@@ -39,27 +39,3 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 pub const HEALTH_FAILURES: u64 = 2;
 pub const MAX_HINT_BYTES: u64 = 64 << 20;
 pub const ORCHESTRATOR_THREADS: u64 = 1;
-
-/// `max_request_buffers = "auto"`: an eighth of the machine's memory (1 GiB
-/// where it cannot be read), and never less than
-/// [`min_request_buffers`].
-pub fn request_buffers(limits: &crate::protocol::Limits) -> usize {
-    let memory = crate::sys::physical_memory().unwrap_or(8 << 30);
-    usize::try_from(memory / 8)
-        .unwrap_or(usize::MAX)
-        .max(min_request_buffers(limits))
-}
-
-/// The smallest `max_request_buffers`: one [`request_claim`].
-pub fn min_request_buffers(limits: &crate::protocol::Limits) -> usize {
-    request_claim(limits)
-}
-
-/// What a connection claims of `max_request_buffers` to buffer more than
-/// 64 KiB: room for the largest request (a RESP request at its limit, or
-/// a link frame) and a read past it, as its buffer grows by doubling.
-pub fn request_claim(limits: &crate::protocol::Limits) -> usize {
-    let largest = crate::protocol::resp::max_request_bytes(limits)
-        .max(crate::protocol::link::max_frame_bytes(limits));
-    largest.saturating_add(64 << 10).saturating_mul(2)
-}

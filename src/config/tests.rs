@@ -222,7 +222,7 @@ fn max_request_buffers_is_auto_or_room_for_the_largest_request() {
         max_request_buffers: value.into(),
         ..RawOrchestrator::default()
     };
-    let least = crate::defaults::min_request_buffers(&Limits::default());
+    let least = crate::net::budget::min_limit(&Limits::default());
     let (auto, _) = with("auto").validate().expect("auto");
     assert!(auto.server.max_request_buffers >= least);
     let (set, _) = with("64MiB").validate().expect("64MiB");

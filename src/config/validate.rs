@@ -144,9 +144,9 @@ pub(super) fn server(
         max_value_bytes: p.size("max_value_bytes", sizes.value, 1, MAX_VALUE_BYTES_LIMIT) as usize,
     };
     let max_request_buffers = match sizes.request_buffers {
-        Scalar::Str(auto) if auto == "auto" => crate::defaults::request_buffers(&limits),
+        Scalar::Str(auto) if auto == "auto" => crate::net::budget::auto_limit(&limits),
         size => {
-            let least = crate::defaults::min_request_buffers(&limits) as u64;
+            let least = crate::net::budget::min_limit(&limits) as u64;
             let bytes = p.size("max_request_buffers", size, 0, u64::MAX);
             if bytes < least {
                 p.push(

@@ -24,6 +24,30 @@ use tokio::time::Instant;
 /// What a connection's read buffer may hold without the budget.
 pub const BASE_BYTES: usize = 64 * 1024;
 
+/// `max_request_buffers = "auto"`: an eighth of the machine's memory (1 GiB
+/// where it cannot be read), and never less than
+/// [`min_limit`].
+pub fn auto_limit(limits: &crate::protocol::Limits) -> usize {
+    let memory = crate::sys::physical_memory().unwrap_or(8 << 30);
+    usize::try_from(memory / 8)
+        .unwrap_or(usize::MAX)
+        .max(min_limit(limits))
+}
+
+/// The smallest `max_request_buffers`: one [`claim`].
+pub fn min_limit(limits: &crate::protocol::Limits) -> usize {
+    claim(limits)
+}
+
+/// What a connection claims of `max_request_buffers` to buffer more than
+/// 64 KiB: room for the largest request (a RESP request at its limit, or
+/// a link frame) and a read past it, as its buffer grows by doubling.
+pub fn claim(limits: &crate::protocol::Limits) -> usize {
+    let largest = crate::protocol::resp::max_request_bytes(limits)
+        .max(crate::protocol::link::max_frame_bytes(limits));
+    largest.saturating_add(64 << 10).saturating_mul(2)
+}
+
 /// A daemon's budget for read buffers beyond [`BASE_BYTES`] each.
 pub struct ReadBudget {
     limit: usize,

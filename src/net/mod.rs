@@ -75,7 +75,7 @@ impl Default for ServerConfig {
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_connections: defaults::MAX_CONNECTIONS as usize,
             max_connections_per_source: defaults::MAX_CONNECTIONS_PER_SOURCE as usize,
-            max_request_buffers: defaults::request_buffers(&Limits::default()),
+            max_request_buffers: budget::auto_limit(&Limits::default()),
             limits: Limits::default(),
             auth: None,
             cluster: None,

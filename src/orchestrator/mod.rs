@@ -134,7 +134,7 @@ impl Router {
             live: LiveConfig::from_pointee(config.server.clone()),
             budget: net::ReadBudget::new(
                 config.server.max_request_buffers,
-                crate::defaults::request_claim(&config.server.limits),
+                net::budget::claim(&config.server.limits),
                 &metrics.server,
             ),
             metrics,

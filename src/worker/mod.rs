@@ -91,7 +91,7 @@ impl Worker {
         let metrics = metrics::WorkerMetrics::new();
         let budget = crate::net::ReadBudget::new(
             config.server.max_request_buffers,
-            crate::defaults::request_claim(&config.server.limits),
+            crate::net::budget::claim(&config.server.limits),
             &metrics.server,
         );
         Worker {
