@@ -16,7 +16,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: u64 = 10_000;
 /// Connections one source address may hold open at once.
 pub const MAX_CONNECTIONS_PER_SOURCE: u64 = 1_000;
-/// `max_request_buffers`: sized to the machine by [`request_buffers`].
+/// `max_request_buffers`: sized to the machine (an eighth of its memory,
+/// see `net::budget`).
 pub const MAX_REQUEST_BUFFERS: &str = "auto";
 pub const MAX_KEY_BYTES: u64 = 1024;
 pub const MAX_VALUE_BYTES: u64 = 8 << 20;

@@ -19,6 +19,14 @@ fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// A runtime for a test's async link client.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 #[test]
 fn a_token_guards_clients_workers_and_links() {
     let t = with_token(TOKEN);
@@ -194,10 +202,7 @@ fn a_client_token_cannot_open_a_link() {
     assert_eq!(w.req(&format!("auth||{TOKEN}")), "0||");
     assert_eq!(w.req("get||key7"), "0||value7");
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let timeout = Duration::from_secs(5);
     let dial = |token: &str| Dial {
         token: Some(Secret::new(token.as_bytes())),
@@ -268,10 +273,7 @@ fn the_anti_entropy_lock_has_a_lease() {
     use rcache::protocol::link::{Request, Response};
     use std::time::Instant;
     let w = solo(&["--anti-entropy-lease", "1s"]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let timeout = Duration::from_secs(5);
     let dial = secure::link_dial();
     runtime.block_on(async {

@@ -178,7 +178,7 @@ fn links_take_the_cluster_token_or_else_the_auth_token() {
         .cluster
         .as_ref()
         .is_some_and(|s| s.matches(b"clients")));
-    assert!(!c.server.roles);
+    assert!(!c.server.roles());
     let (c, _) = with(Some("clients"), Some("daemons"))
         .validate()
         .expect("valid");
@@ -192,11 +192,11 @@ fn links_take_the_cluster_token_or_else_the_auth_token() {
         .cluster
         .as_ref()
         .is_some_and(|s| s.matches(b"daemons")));
-    assert!(c.server.roles);
+    assert!(c.server.roles());
     let (c, _) = with(None, Some("daemons")).validate().expect("valid");
-    assert!(c.server.auth.is_none() && c.server.roles);
+    assert!(c.server.auth.is_none() && c.server.roles());
     let (c, _) = with(None, None).validate().expect("valid");
-    assert!(c.server.cluster.is_none() && !c.server.roles);
+    assert!(c.server.cluster.is_none() && !c.server.roles());
     let e = with(Some("same"), Some("same"))
         .validate()
         .expect_err("same token");
@@ -222,7 +222,7 @@ fn max_request_buffers_is_auto_or_room_for_the_largest_request() {
         max_request_buffers: value.into(),
         ..RawOrchestrator::default()
     };
-    let least = crate::net::budget::min_limit(&Limits::default());
+    let least = crate::net::budget::claim(&Limits::default());
     let (auto, _) = with("auto").validate().expect("auto");
     assert!(auto.server.max_request_buffers >= least);
     let (set, _) = with("64MiB").validate().expect("64MiB");

@@ -138,7 +138,6 @@ pub(super) fn server(
             "must differ from auth_token (clients hold auth_token; only daemons may hold cluster_token)",
         );
     }
-    let roles = cluster.is_some();
     let limits = Limits {
         max_key_bytes: p.size("max_key_bytes", sizes.key, 1, MAX_KEY_BYTES_LIMIT) as usize,
         max_value_bytes: p.size("max_value_bytes", sizes.value, 1, MAX_VALUE_BYTES_LIMIT) as usize,
@@ -146,7 +145,7 @@ pub(super) fn server(
     let max_request_buffers = match sizes.request_buffers {
         Scalar::Str(auto) if auto == "auto" => crate::net::budget::auto_limit(&limits),
         size => {
-            let least = crate::net::budget::min_limit(&limits) as u64;
+            let least = crate::net::budget::claim(&limits) as u64;
             let bytes = p.size("max_request_buffers", size, 0, u64::MAX);
             if bytes < least {
                 p.push(
@@ -162,7 +161,6 @@ pub(super) fn server(
     };
     ServerConfig {
         cluster: cluster.or_else(|| auth.clone()),
-        roles,
         auth,
         tls,
         idle_timeout: p.duration("idle_timeout", timeouts.idle, Duration::from_millis(10)),

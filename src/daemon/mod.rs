@@ -27,7 +27,7 @@ pub fn warn_about_tokens(server: &crate::net::ServerConfig) {
              set [tls] ca (and cert/key) to encrypt them"
         );
     }
-    if server.auth.is_some() && !server.roles {
+    if server.auth.is_some() && !server.roles() {
         tracing::warn!(
             "auth_token is set but cluster_token is not: links take auth_token, so any client \
              holding it can open a link (refill a whole worker, write any version); set \

@@ -26,17 +26,12 @@ pub const BASE_BYTES: usize = 64 * 1024;
 
 /// `max_request_buffers = "auto"`: an eighth of the machine's memory (1 GiB
 /// where it cannot be read), and never less than
-/// [`min_limit`].
+/// one [`claim`].
 pub fn auto_limit(limits: &crate::protocol::Limits) -> usize {
     let memory = crate::sys::physical_memory().unwrap_or(8 << 30);
     usize::try_from(memory / 8)
         .unwrap_or(usize::MAX)
-        .max(min_limit(limits))
-}
-
-/// The smallest `max_request_buffers`: one [`claim`].
-pub fn min_limit(limits: &crate::protocol::Limits) -> usize {
-    claim(limits)
+        .max(claim(limits))
 }
 
 /// What a connection claims of `max_request_buffers` to buffer more than
@@ -60,9 +55,14 @@ pub struct ReadBudget {
 }
 
 impl ReadBudget {
-    /// A budget of `limit` bytes in claims of `claim` bytes, reported in
+    /// The budget of a daemon with these listener settings, reported in
     /// `metrics`.
-    pub fn new(limit: usize, claim: usize, metrics: &ServerMetrics) -> Arc<ReadBudget> {
+    pub fn new(server: &super::ServerConfig, metrics: &ServerMetrics) -> Arc<ReadBudget> {
+        ReadBudget::sized(server.max_request_buffers, claim(&server.limits), metrics)
+    }
+
+    /// A budget of `limit` bytes in claims of `claim` bytes.
+    fn sized(limit: usize, claim: usize, metrics: &ServerMetrics) -> Arc<ReadBudget> {
         metrics.request_buffers_limit.set(limit as i64);
         Arc::new(ReadBudget {
             limit,
@@ -192,7 +192,7 @@ mod tests {
     fn budget(limit: usize) -> Arc<ReadBudget> {
         let registry = prometheus::Registry::new();
         let metrics = crate::metrics::Builder::new(&registry).server("worker");
-        ReadBudget::new(limit, CLAIM, &metrics)
+        ReadBudget::sized(limit, CLAIM, &metrics)
     }
 
     #[tokio::test]
@@ -221,7 +221,10 @@ mod tests {
                 .await;
             (ok, three)
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Once the waiter waits (its wait is counted), the claim goes back.
+        while b.waits.get() < 2 {
+            tokio::task::yield_now().await;
+        }
         one.settle(BASE_BYTES);
         let (ok, three) = waiter.await.expect("waiter");
         assert!(ok);

@@ -61,9 +61,6 @@ pub struct ServerConfig {
     /// The daemons' token: links present it, and a link must present it
     /// before anything else (`cluster_token`, or `auth_token` without one).
     pub cluster: Option<crate::auth::Secret>,
-    /// `cluster_token` is set: clients' and daemons' tokens differ, and a
-    /// link that presents the clients' is told so.
-    pub roles: bool,
     /// The listener's TLS and the links' (see [`crate::tls`]).
     pub tls: crate::tls::Tls,
 }
@@ -79,9 +76,16 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             auth: None,
             cluster: None,
-            roles: false,
             tls: crate::tls::Tls::default(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Clients and daemons hold different tokens (`cluster_token` is
+    /// set), so a link that presents the clients' is told so.
+    pub fn roles(&self) -> bool {
+        self.cluster.is_some() && self.cluster != self.auth
     }
 }
 

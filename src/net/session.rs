@@ -173,8 +173,8 @@ fn check_token(
         return Verdict::Accepted;
     }
     metrics.auth_failures.inc();
-    let client_token = config.auth.as_ref().is_some_and(|a| a.matches(token));
-    if holder == Holder::Daemon && config.roles && readable && client_token {
+    let client_token = || config.auth.as_ref().is_some_and(|a| a.matches(token));
+    if holder == Holder::Daemon && readable && config.roles() && client_token() {
         metrics.link_client_tokens.inc();
         return Verdict::ClientToken;
     }

@@ -132,11 +132,7 @@ impl Router {
             probing: std::sync::Mutex::new(None),
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
-            budget: net::ReadBudget::new(
-                config.server.max_request_buffers,
-                net::budget::claim(&config.server.limits),
-                &metrics.server,
-            ),
+            budget: net::ReadBudget::new(&config.server, &metrics.server),
             metrics,
         }
     }

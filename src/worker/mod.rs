@@ -89,11 +89,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(config: WorkerConfig) -> Worker {
         let metrics = metrics::WorkerMetrics::new();
-        let budget = crate::net::ReadBudget::new(
-            config.server.max_request_buffers,
-            crate::net::budget::claim(&config.server.limits),
-            &metrics.server,
-        );
+        let budget = crate::net::ReadBudget::new(&config.server, &metrics.server);
         Worker {
             store: Store::new(config.store.clone()),
             state: AtomicU8::new(WorkerState::Starting as u8),

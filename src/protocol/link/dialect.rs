@@ -47,14 +47,20 @@ impl LinkDialect {
 
     fn hang_up(&self) -> Answered<LinkAnswer> {
         tracing::warn!("closing a link that did not present the cluster's token");
-        let error = ErrorReply::new(ErrorCode::Auth, "authentication required");
-        Answered::new(
-            LinkAnswer::Response(Response::Error(error)),
-            Op::Auth,
-            Outcome::Error,
-        )
-        .closing()
+        refusal("authentication required")
     }
+}
+
+/// The error a link is hung up on with: nothing it sends after can be
+/// trusted.
+fn refusal(why: &'static str) -> Answered<LinkAnswer> {
+    let error = ErrorReply::new(ErrorCode::Auth, why);
+    Answered::new(
+        LinkAnswer::Response(Response::Error(error)),
+        Op::Auth,
+        Outcome::Error,
+    )
+    .closing()
 }
 
 impl Request {
@@ -145,16 +151,7 @@ impl Dialect for LinkDialect {
         tracing::warn!(
             "closing a link that presented the clients' auth_token: links need the cluster_token"
         );
-        let error = ErrorReply::new(
-            ErrorCode::Auth,
-            "this is the clients' auth_token: links need the cluster_token",
-        );
-        Answered::new(
-            LinkAnswer::Response(Response::Error(error)),
-            Op::Auth,
-            Outcome::Error,
-        )
-        .closing()
+        refusal("this is the clients' auth_token: links need the cluster_token")
     }
 
     fn refused(&self, _: Op) -> Answered<LinkAnswer> {

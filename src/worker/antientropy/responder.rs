@@ -41,11 +41,16 @@ impl Responder {
         self.guard.as_ref().map(|(_, ends)| *ends)
     }
 
+    /// A round is open and its lease has ended.
+    fn past_lease(&self) -> bool {
+        self.lease_ends().is_some_and(|ends| Instant::now() >= ends)
+    }
+
     /// Counts the open round as cut off if the link closes past its
     /// lease (the link waits for the initiator's next message only until
     /// the lease ends).
     pub fn close(&mut self, worker: &Worker) {
-        if self.lease_ends().is_some_and(|ends| Instant::now() >= ends) {
+        if self.past_lease() {
             cut_off(worker);
         }
         self.guard = None;
@@ -54,8 +59,7 @@ impl Responder {
     /// Ends the open round if it outlived its lease, counting it; the
     /// initiator is told so.
     fn expired(&mut self, worker: &Worker) -> Option<Response> {
-        let ends = self.lease_ends()?;
-        if Instant::now() < ends {
+        if !self.past_lease() {
             return None;
         }
         self.guard = None;
