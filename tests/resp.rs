@@ -5,101 +5,11 @@
 
 mod common;
 
-use bytes::BytesMut;
+use common::resp::*;
 use common::*;
-use rcache::protocol::resp::{decode_value, encode_request, Value};
-use std::io::{Read, Write};
+use bytes::BytesMut;
+use rcache::protocol::resp::{encode_request, Value};
 use std::time::{Duration, Instant};
-
-/// A blocking RESP client over the harness's connection (TLS and auth in
-/// secure mode are handled by `Client`'s dialer).
-struct Resp {
-    io: Box<dyn secure::ReadWrite>,
-    /// The socket underneath, for read timeouts.
-    sock: std::net::TcpStream,
-    buf: BytesMut,
-}
-
-impl Resp {
-    fn connect(port: u16) -> Resp {
-        let (io, sock) = secure::dial_unauthenticated(&format!("127.0.0.1:{port}"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut r = Resp {
-            io,
-            sock,
-            buf: BytesMut::new(),
-        };
-        if secure::on() {
-            assert_eq!(r.call(&["AUTH", secure::TOKEN]), Value::Status("OK".into()));
-        }
-        r
-    }
-
-    fn send(&mut self, args: &[&str]) {
-        let mut out = BytesMut::new();
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        encode_request(&args, &mut out);
-        self.io.write_all(&out).expect("write");
-        self.io.flush().expect("flush");
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.io.write_all(bytes).expect("write");
-        self.io.flush().expect("flush");
-    }
-
-    fn read(&mut self) -> Value {
-        loop {
-            if let Some(v) = decode_value(&mut self.buf, 64 << 20).expect("a valid reply") {
-                return v;
-            }
-            let mut chunk = [0u8; 16384];
-            let n = self.io.read(&mut chunk).expect("read");
-            assert!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Reads until EOF: true if the server closed the connection within
-    /// `timeout`, false if it was still open then.
-    fn closed_within(&mut self, timeout: Duration) -> bool {
-        self.sock.set_read_timeout(Some(timeout)).expect("timeout");
-        let mut chunk = [0u8; 1024];
-        loop {
-            match self.io.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return false
-                }
-                // A reset, or a TLS peer gone without close_notify.
-                Err(_) => return true,
-            }
-        }
-    }
-
-    fn call(&mut self, args: &[&str]) -> Value {
-        self.send(args);
-        self.read()
-    }
-}
-
-fn bulk(s: &str) -> Value {
-    Value::Bulk(Some(s.as_bytes().to_vec().into()))
-}
-
-fn ok() -> Value {
-    Value::Status("OK".into())
-}
-
-fn err(line: &str) -> Value {
-    Value::Error(line.as_bytes().to_vec().into())
-}
 
 #[test]
 fn a_worker_answers_resp_directly() {

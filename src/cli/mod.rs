@@ -188,6 +188,10 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
             println!("pong");
             0
         }
+        (_, Reply::Status(word)) => {
+            println!("{word}");
+            0
+        }
         (_, Reply::Error(e)) => {
             eprintln!("({}) {}", e.code.as_u8(), e.message);
             1

@@ -1,7 +1,8 @@
-//! Key and TTL commands: `DEL`, `EXISTS`, `EXPIRE`, `TTL`, `DBSIZE`.
+//! Key and TTL commands: `DEL`, `EXISTS`, `EXPIRE`, `TTL`, `EXPIRETIME`,
+//! `TYPE`, `RENAME`, `COPY`, `DBSIZE`.
 
 use super::{each, Keyspace};
-use crate::protocol::Reply;
+use crate::protocol::{ErrorCode, ExpireWhen, Expiry, Reply, SetWhen};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -47,10 +48,100 @@ where
     }
 }
 
-/// 1 if the key was there and now has the TTL, else 0.
-pub async fn expire<K: Keyspace>(ks: &K, key: Bytes, ttl: Duration) -> Reply {
-    match ks.expire(key, ttl).await {
+/// 1 if the key was there, `when` held of its TTL, and it now has the new
+/// one (or, for a moment already past, is deleted), else 0. The condition
+/// is read, then the TTL written: a TTL another client changes in between
+/// is not checked again.
+pub async fn expire<K: Keyspace>(ks: &K, key: Bytes, ttl: Expiry, when: ExpireWhen) -> Reply {
+    let ms = match ttl {
+        Expiry::In(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        Expiry::At(at) => at.saturating_sub(crate::sys::wall_ms()),
+    };
+    if when != ExpireWhen::Always {
+        match ks.ttl(key.clone()).await {
+            Ok(Some(current)) if when.holds(current, ms) => {}
+            Ok(_) => return Reply::Integer(0),
+            Err(e) => return Reply::Error(e),
+        }
+    }
+    // Redis deletes a key given a moment already past.
+    let done = if ms == 0 {
+        ks.delete(key).await
+    } else {
+        ks.expire(key, Duration::from_millis(ms)).await
+    };
+    match done {
         Ok(present) => Reply::Integer(i64::from(present)),
+        Err(e) => Reply::Error(e),
+    }
+}
+
+/// The moment of expiry in milliseconds since the epoch, `-1` without a
+/// TTL, `-2` for a missing key.
+pub async fn expire_time<K: Keyspace>(ks: &K, key: Bytes) -> Reply {
+    match ks.ttl(key).await {
+        Ok(None) => Reply::Integer(-2),
+        Ok(Some(0)) => Reply::Integer(-1),
+        Ok(Some(ms)) => Reply::Integer(
+            i64::try_from(crate::sys::wall_ms().saturating_add(ms)).unwrap_or(i64::MAX),
+        ),
+        Err(e) => Reply::Error(e),
+    }
+}
+
+pub async fn key_type<K: Keyspace>(ks: &K, key: Bytes) -> Reply {
+    match ks.ttl(key).await {
+        Ok(Some(_)) => Reply::Status("string"),
+        Ok(None) => Reply::Status("none"),
+        Err(e) => Reply::Error(e),
+    }
+}
+
+/// Moves the value and its TTL to `to` (`nx`: only if `to` is missing):
+/// a read, a write of `to` and a delete of `from`, which may live on
+/// different pairs. A failure after the write leaves both keys, never
+/// neither: the client hears the error and may delete one.
+pub async fn rename<K: Keyspace>(ks: &K, from: Bytes, to: Bytes, nx: bool) -> Reply {
+    let (value, ttl_ms) = match ks.read(from.clone()).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return Reply::error(ErrorCode::Parse, "no such key"),
+        Err(e) => return Reply::Error(e),
+    };
+    let done = |stored: bool| if nx { Reply::Integer(i64::from(stored)) } else { Reply::Done };
+    if from == to {
+        return done(!nx);
+    }
+    let when = if nx { SetWhen::Absent } else { SetWhen::Always };
+    let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
+    match ks.set(to, value, ttl, when).await {
+        Ok(true) => {}
+        Ok(false) => return done(false),
+        Err(e) => return Reply::Error(e),
+    }
+    match ks.delete(from).await {
+        Ok(_) => done(true),
+        Err(e) => Reply::Error(e),
+    }
+}
+
+/// Copies the value and its TTL to `to`, over an existing key only with
+/// `replace`: 1 if copied, else 0.
+pub async fn copy<K: Keyspace>(ks: &K, from: Bytes, to: Bytes, replace: bool) -> Reply {
+    if from == to {
+        return Reply::error(
+            ErrorCode::Parse,
+            "source and destination objects are the same",
+        );
+    }
+    let (value, ttl_ms) = match ks.read(from).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return Reply::Integer(0),
+        Err(e) => return Reply::Error(e),
+    };
+    let when = if replace { SetWhen::Always } else { SetWhen::Absent };
+    let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
+    match ks.set(to, value, ttl, when).await {
+        Ok(stored) => Reply::Integer(i64::from(stored)),
         Err(e) => Reply::Error(e),
     }
 }

@@ -14,7 +14,7 @@ pub mod server;
 pub mod strings;
 
 use crate::protocol::Op;
-use crate::protocol::{Command, ErrorReply, Limits, Reply, SetWhen};
+use crate::protocol::{Command, ErrorReply, Limits, Reply, SetWhen, Update};
 use bytes::Bytes;
 use std::future::Future;
 use std::time::Duration;
@@ -35,8 +35,19 @@ pub trait Keyspace: Send + Sync + 'static {
     /// The size limits in force (a reload may change them).
     fn limits(&self) -> Limits;
 
-    /// A key's value.
-    fn get(&self, key: Bytes) -> impl Future<Output = Result<Option<Bytes>, ErrorReply>> + Send;
+    /// A key's value and its remaining time to live in milliseconds (0:
+    /// none).
+    fn read(
+        &self,
+        key: Bytes,
+    ) -> impl Future<Output = Result<Option<(Bytes, u64)>, ErrorReply>> + Send;
+
+    /// Runs a read-modify-write where the key's value is, once.
+    fn update(
+        &self,
+        key: Bytes,
+        update: Update,
+    ) -> impl Future<Output = Result<Updated, ErrorReply>> + Send;
 
     /// Stores `value`; `false` when the condition `when` did not hold.
     fn set(
@@ -71,6 +82,17 @@ pub trait Keyspace: Send + Sync + 'static {
     fn describe(&self) -> impl Future<Output = String> + Send;
 }
 
+/// What a read-modify-write did ([`Keyspace::update`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Updated {
+    /// Whether it stored anything.
+    pub changed: bool,
+    /// The key's value after it (`None`: missing or deleted).
+    pub value: Option<Bytes>,
+    /// The value before it, if the key was live.
+    pub old: Option<Bytes>,
+}
+
 /// What `INFO` reports beyond the server section.
 pub struct Info {
     pub fields: Vec<(&'static str, String)>,
@@ -96,6 +118,8 @@ pub enum Route<'a> {
     Keys(&'a [Bytes]),
     /// Keys with their values (`MSET`).
     Entries(&'a [(Bytes, Bytes)]),
+    /// A source key and a destination (`RENAME`, `COPY`).
+    Pair(&'a [u8], &'a [u8]),
     /// Every pair (`DBSIZE`): it sees every write before it.
     AllPairs,
 }
@@ -107,6 +131,10 @@ impl Route<'_> {
             Route::Key(key) => f(key),
             Route::Keys(keys) => keys.iter().for_each(|k| f(k)),
             Route::Entries(entries) => entries.iter().for_each(|(k, _)| f(k)),
+            Route::Pair(from, to) => {
+                f(from);
+                f(to);
+            }
             Route::Local | Route::AllPairs => {}
         }
     }
@@ -132,7 +160,7 @@ impl<'a> Spec<'a> {
 
 /// The table's first half: how each command routes and is counted.
 pub fn spec(command: &Command) -> Spec<'_> {
-    use Route::{AllPairs, Entries, Key, Keys, Local};
+    use Route::{AllPairs, Entries, Key, Keys, Local, Pair};
     match command {
         Command::Get { key } => Spec::read(Op::Get, Key(key)),
         Command::Set { key, .. } => Spec::write(Op::Set, Key(key)),
@@ -142,7 +170,14 @@ pub fn spec(command: &Command) -> Spec<'_> {
         Command::DelMany { keys } => Spec::write(Op::Del, Keys(keys)),
         Command::Exists { keys } => Spec::read(Op::Exists, Keys(keys)),
         Command::Expire { key, .. } => Spec::write(Op::Expire, Key(key)),
-        Command::Ttl { key } => Spec::read(Op::Ttl, Key(key)),
+        Command::Ttl { key } | Command::ExpireTime { key } => Spec::read(Op::Ttl, Key(key)),
+        Command::Update { key, update, .. } => Spec::write(update.op(), Key(key)),
+        Command::GetRange { key, .. } | Command::StrLen { key } => Spec::read(Op::Get, Key(key)),
+        Command::MSetNx { entries } => Spec::write(Op::MSet, Entries(entries)),
+        Command::Type { key } => Spec::read(Op::Exists, Key(key)),
+        Command::Rename { from, to, .. } | Command::Copy { from, to, .. } => {
+            Spec::write(Op::Update, Pair(from, to))
+        }
         Command::DbSize => Spec::read(Op::DbSize, AllPairs),
         Command::Info => Spec::read(Op::Info, AllPairs),
         Command::Ping => Spec::read(Op::Ping, Local),
@@ -173,8 +208,16 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
         Command::Del { key } => keys::del(ks, key).await,
         Command::DelMany { keys } => Box::pin(keys::del_many(ks, keys)).await,
         Command::Exists { keys } => Box::pin(keys::exists(ks, keys)).await,
-        Command::Expire { key, ttl } => keys::expire(ks, key, ttl).await,
+        Command::Expire { key, ttl, when } => keys::expire(ks, key, ttl, when).await,
         Command::Ttl { key } => keys::ttl(ks, key).await,
+        Command::ExpireTime { key } => keys::expire_time(ks, key).await,
+        Command::Update { key, update, reply } => strings::update(ks, key, update, reply).await,
+        Command::GetRange { key, start, end } => strings::get_range(ks, key, start, end).await,
+        Command::StrLen { key } => strings::strlen(ks, key).await,
+        Command::MSetNx { entries } => Box::pin(strings::mset_nx(ks, entries)).await,
+        Command::Type { key } => keys::key_type(ks, key).await,
+        Command::Rename { from, to, nx } => Box::pin(keys::rename(ks, from, to, nx)).await,
+        Command::Copy { from, to, replace } => Box::pin(keys::copy(ks, from, to, replace)).await,
         Command::DbSize => Box::pin(keys::db_size(ks)).await,
         Command::Info => Box::pin(server::info(ks)).await,
         Command::Ping => server::ping(),

@@ -2,10 +2,10 @@
 
 use super::pool::{Backend, Health};
 use super::{Router, FAN_OUT};
-use crate::command::{Info, Keyspace};
+use crate::command::{Info, Keyspace, Updated};
 use crate::join::join_all;
 use crate::protocol::link::{Request, Response};
-use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen};
+use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,13 @@ fn existed(responses: &[Response]) -> bool {
         .any(|r| matches!(r, Response::Del { existed: true }))
 }
 
+fn unexpected(answer: &Response) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Unavailable,
+        format!("unexpected answer {answer:?}"),
+    )
+}
+
 /// Clients: the command table against the cluster, each key at its pair.
 impl Keyspace for Router {
     const CONCURRENT: bool = true;
@@ -28,14 +35,27 @@ impl Keyspace for Router {
         self.live.load().limits
     }
 
-    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ErrorReply> {
+    async fn read(&self, key: Bytes) -> Result<Option<(Bytes, u64)>, ErrorReply> {
         match self.read_with(key.clone(), Request::Get { key }).await? {
-            Response::Value { value, .. } => Ok(Some(value)),
+            Response::Value { value, ttl_ms, .. } => Ok(Some((value, ttl_ms))),
             Response::NotFound => Ok(None),
-            other => Err(ErrorReply::new(
-                ErrorCode::Unavailable,
-                format!("unexpected answer {other:?}"),
-            )),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn update(&self, key: Bytes, update: Update) -> Result<Updated, ErrorReply> {
+        match self.update_decided(key, update).await? {
+            Response::Updated {
+                changed,
+                value,
+                old,
+                ..
+            } => Ok(Updated {
+                changed,
+                value,
+                old,
+            }),
+            other => Err(unexpected(&other)),
         }
     }
 

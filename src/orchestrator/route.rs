@@ -5,7 +5,7 @@
 use super::pool::{Backend, Health};
 use super::{placement, Router, RESTAMPS};
 use crate::protocol::link::{Request, Response};
-use crate::protocol::{ErrorCode, ErrorReply, SetWhen};
+use crate::protocol::{ErrorCode, ErrorReply, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -198,7 +198,9 @@ impl Router {
                         value: value.clone(),
                         when: SetWhen::Always,
                     };
-                    return self.write_decided(pair, decider, request, outcome).await;
+                    return self
+                        .write_decided(pair, decider, request, &|_| Some(outcome.clone()))
+                        .await;
                 }
             }
         }
@@ -290,19 +292,87 @@ impl Router {
     }
 }
 
+/// What a decided write became, for the partner: the plain write of its
+/// result (`None`: nothing changed).
+type Outcome<'a> = &'a (dyn Fn(&Response) -> Option<Request> + Sync);
+
 impl Router {
-    /// A conditional set while a worker of its pair is up: decided by one
-    /// worker, the one reads go to (so `NX` holds exactly when a read
-    /// finds no value, whatever the partners evicted), then its outcome
-    /// (`outcome`: the unconditional set it became) is written to the
-    /// partner. A worker that is behind or refilling never decides: it may
-    /// lack the value the condition is about.
+    /// A read-modify-write of `key` (`INCR`, `APPEND`, `GETDEL`, ...):
+    /// decided by one worker of its pair, the one reads go to, which
+    /// computes and stores the result; the result (never the operation)
+    /// is then written to the partner, so it applies once. Only a worker
+    /// that is up and not behind decides (one that may lack acknowledged
+    /// writes would compute from an old value); when none can, the update
+    /// fails and nothing changed. A decider that fails once the request
+    /// may have reached it leaves the outcome unknown, and the client is
+    /// told so: the update is never sent twice.
+    pub(super) async fn update_decided(&self, key: Bytes, update: Update) -> Result<Response, ErrorReply> {
+        let topology = self.topology();
+        let slot = placement::locate(&key, topology.pairs.len());
+        let pair = &topology.pairs[slot.pair];
+        let up = |i: usize| Backend::can_decide(pair, i);
+        let decider = if !up(slot.first) && up(1 - slot.first) {
+            1 - slot.first
+        } else {
+            slot.first
+        };
+        if !up(decider) {
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "no worker of pair {} is up with every write to decide the update",
+                    slot.pair
+                ),
+            ));
+        }
+        let request = Arc::new(Request::Update {
+            version: self.clock.next(),
+            key: key.clone(),
+            update,
+        });
+        let outcome = |decided: &Response| match decided {
+            Response::Updated {
+                changed: true,
+                version,
+                ttl_ms,
+                value,
+                ..
+            } => {
+                self.clock.observe(*version);
+                Some(match value {
+                    Some(value) => Request::Set {
+                        version: *version,
+                        ttl_ms: *ttl_ms,
+                        key: key.clone(),
+                        value: value.clone(),
+                        when: SetWhen::Always,
+                    },
+                    None => Request::Del {
+                        version: *version,
+                        key: key.clone(),
+                    },
+                })
+            }
+            _ => None,
+        };
+        let decided = self.write_decided(pair, decider, &request, &outcome).await?;
+        decided.into_iter().next().ok_or_else(|| {
+            ErrorReply::new(ErrorCode::Unavailable, "no answer from the deciding worker")
+        })
+    }
+
+    /// A write one worker decides while it is up: a conditional set (so
+    /// `NX` holds exactly when a read finds no value, whatever the
+    /// partners evicted) or a read-modify-write. The worker reads go to
+    /// decides; what it decided (`outcome`: the plain write it became) is
+    /// then written to the partner. A worker that is behind or refilling
+    /// never decides: it may lack the value the write depends on.
     pub(super) async fn write_decided(
         &self,
         pair: &[Arc<Backend>; 2],
         decider: usize,
         request: &Arc<Request>,
-        outcome: Request,
+        outcome: Outcome<'_>,
     ) -> Result<Vec<Response>, ErrorReply> {
         let (first, other) = (&pair[decider], &pair[1 - decider]);
         let decided = match ask(first, request, true).await {
@@ -317,7 +387,7 @@ impl Router {
                 self.metrics.writes_unknown.inc();
                 return Err(ErrorReply::new(
                     ErrorCode::Unavailable,
-                    "write outcome unknown: the worker deciding the condition did not answer in time",
+                    "write outcome unknown: the worker deciding the write did not answer in time",
                 ));
             }
             // It never reached the decider: the partner decides (if it is
@@ -326,7 +396,7 @@ impl Router {
                 if !Backend::can_decide(pair, 1 - decider) {
                     return Err(ErrorReply::new(
                         ErrorCode::Unavailable,
-                        "no worker of the pair that is up could decide the condition",
+                        "no worker of the pair that is up could decide the write",
                     ));
                 }
                 // The failed worker was marked down: the partner's
@@ -334,8 +404,11 @@ impl Router {
                 return Box::pin(self.write_decided(pair, 1 - decider, request, outcome)).await;
             }
         };
+        let Some(outcome) = outcome(&decided) else {
+            return Ok(vec![decided]);
+        };
         let key = match &outcome {
-            Request::Set { key, .. } => key.clone(),
+            Request::Set { key, .. } | Request::Del { key, .. } => key.clone(),
             _ => Bytes::new(),
         };
         let outcome = Arc::new(outcome);

@@ -14,8 +14,10 @@ pub mod link;
 mod op;
 pub mod resp;
 pub mod text;
+pub mod update;
 
 pub use op::{Op, Outcome};
+pub use update::{TtlChange, Update};
 
 use crate::defaults;
 use bytes::Bytes;
@@ -56,10 +58,58 @@ pub enum Command {
     Exists {
         keys: Vec<Bytes>,
     },
-    /// Sets a present key's time to live; replies 1 if it was there, else 0.
+    /// Sets a present key's time to live if `when` holds of the one it
+    /// has; replies 1 if it did, else 0. A moment already past (a TTL of
+    /// zero) deletes the key.
     Expire {
         key: Bytes,
-        ttl: Duration,
+        ttl: Expiry,
+        when: ExpireWhen,
+    },
+    /// A read-modify-write of one string key (`INCR`, `APPEND`, `SET …
+    /// GET`, `GETDEL`, `GETEX`, `PERSIST`); `reply` is what the client is
+    /// told of it.
+    Update {
+        key: Bytes,
+        update: Update,
+        reply: UpdateReply,
+    },
+    /// `GETRANGE` / `SUBSTR`: the bytes `start..=end` of the value (negative
+    /// offsets count from its end); empty for a missing key.
+    GetRange {
+        key: Bytes,
+        start: i64,
+        end: i64,
+    },
+    /// The value's length in bytes; 0 for a missing key.
+    StrLen {
+        key: Bytes,
+    },
+    /// `MSETNX`: sets the keys only if none of them exists (1), else 0.
+    MSetNx {
+        entries: Vec<(Bytes, Bytes)>,
+    },
+    /// The key's type: `string`, or `none` for a missing key.
+    Type {
+        key: Bytes,
+    },
+    /// The moment the key expires in milliseconds since the epoch; `-1`
+    /// without a TTL, `-2` for a missing key.
+    ExpireTime {
+        key: Bytes,
+    },
+    /// `RENAME` (`nx`: `RENAMENX`): moves the value and its TTL.
+    Rename {
+        from: Bytes,
+        to: Bytes,
+        nx: bool,
+    },
+    /// `COPY`: copies the value and its TTL; over an existing key only
+    /// with `replace`.
+    Copy {
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
     },
     /// The remaining time to live in milliseconds, `-1` without one, `-2`
     /// for a missing key ([`Reply::Integer`]).
@@ -82,10 +132,61 @@ pub enum Command {
     Cluster,
 }
 
+/// What the client is told of a [`Command::Update`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateReply {
+    /// The new value as an integer (`INCR`).
+    Integer,
+    /// The new value (`INCRBYFLOAT`).
+    Value,
+    /// The new value's length (`APPEND`, `SETRANGE`).
+    Length,
+    /// The old value, nil if there was none (`GETSET`, `SET … GET`,
+    /// `GETDEL`, `GETEX`).
+    Old,
+    /// 1 if it changed the key, else 0 (`PERSIST`).
+    Changed,
+    /// `OK`, or nil when the condition did not hold (`SET … KEEPTTL`).
+    Stored,
+}
+
+/// When an `EXPIRE` applies, given the key's current TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpireWhen {
+    #[default]
+    Always,
+    /// The key has no TTL.
+    Nx,
+    /// The key has a TTL.
+    Xx,
+    /// The new TTL is longer (no TTL counts as endless).
+    Gt,
+    /// The new TTL is shorter.
+    Lt,
+    /// The key has a TTL and the new one is shorter (`XX LT`).
+    XxLt,
+}
+
+impl ExpireWhen {
+    /// Whether a new TTL of `new_ms` applies over `current_ms` (0: none).
+    pub fn holds(self, current_ms: u64, new_ms: u64) -> bool {
+        match self {
+            ExpireWhen::Always => true,
+            ExpireWhen::Nx => current_ms == 0,
+            ExpireWhen::Xx => current_ms != 0,
+            ExpireWhen::Gt => current_ms != 0 && new_ms > current_ms,
+            ExpireWhen::Lt => current_ms == 0 || new_ms < current_ms,
+            ExpireWhen::XxLt => current_ms != 0 && new_ms < current_ms,
+        }
+    }
+}
+
 /// The outcome of a [`Command`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Value(Bytes),
+    /// A status word (`TYPE`'s `string`): `+string` in RESP.
+    Status(&'static str),
     /// `set`, `setex`, `del` of a present key, `auth`: success without a result.
     Done,
     Pong,

@@ -19,6 +19,11 @@ pub enum Op {
     Ttl,
     DbSize,
     Info,
+    /// `INCR`, `INCRBY`, `DECR`, `DECRBY`, `INCRBYFLOAT`.
+    Incr,
+    /// The other read-modify-writes of a string (`APPEND`, `SETRANGE`,
+    /// `GETSET`, `SET … GET`, `GETDEL`, `GETEX`, `PERSIST`).
+    Update,
     /// Connection housekeeping of Redis clients (`HELLO`, `SELECT`,
     /// `CLIENT`, `CONFIG`, `COMMAND`, `ECHO`, `QUIT`).
     Other,
@@ -32,7 +37,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 22] = [
         Op::Get,
         Op::Set,
         Op::Del,
@@ -47,6 +52,8 @@ impl Op {
         Op::Ttl,
         Op::DbSize,
         Op::Info,
+        Op::Incr,
+        Op::Update,
         Op::Other,
         Op::Meta,
         Op::Status,
@@ -71,6 +78,8 @@ impl Op {
             Op::Ttl => "ttl",
             Op::DbSize => "dbsize",
             Op::Info => "info",
+            Op::Incr => "incr",
+            Op::Update => "update",
             Op::Other => "other",
             Op::Meta => "meta",
             Op::Status => "status",

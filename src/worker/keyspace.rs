@@ -3,8 +3,9 @@
 
 use super::store::Applied;
 use super::{antientropy, Worker};
-use crate::command::{Info, Keyspace};
-use crate::protocol::{ErrorReply, Limits, SetWhen};
+use crate::command::{Info, Keyspace, Updated};
+use crate::protocol::link::Response;
+use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,9 +22,29 @@ impl Keyspace for Worker {
         self.live.load().limits
     }
 
-    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ErrorReply> {
+    async fn read(&self, key: Bytes) -> Result<Option<(Bytes, u64)>, ErrorReply> {
         self.ready()?;
-        Ok(self.store.get(&key).map(|found| found.value))
+        Ok(self.store.get(&key).map(|found| (found.value, found.ttl_ms)))
+    }
+
+    async fn update(&self, key: Bytes, update: Update) -> Result<Updated, ErrorReply> {
+        match self.decide_update(&key, 0, &update) {
+            Response::Updated {
+                changed,
+                value,
+                old,
+                ..
+            } => Ok(Updated {
+                changed,
+                value,
+                old,
+            }),
+            Response::Error(e) => Err(e),
+            other => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("unexpected answer {other:?}"),
+            )),
+        }
     }
 
     async fn set(
@@ -42,10 +63,17 @@ impl Keyspace for Worker {
         }
     }
 
+    /// Deletes at a version of this worker's clock, stamped again above
+    /// a newer one the entry holds (an `EXPIRE` ticks an entry's version
+    /// past the clock).
     async fn delete(&self, key: Bytes) -> Result<bool, ErrorReply> {
-        self.store
-            .delete(&key, self.clock.next())
-            .map_err(Worker::store_error)
+        loop {
+            match self.store.delete_at(&key, self.clock.next()) {
+                Ok((Applied::Newer(held), _)) => self.clock.observe(held),
+                Ok((applied, was_live)) => return Ok(applied == Applied::Yes && was_live),
+                Err(e) => return Err(Worker::store_error(e)),
+            }
+        }
     }
 
     async fn ttl(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
@@ -56,7 +84,13 @@ impl Keyspace for Worker {
     async fn expire(&self, key: Bytes, ttl: Duration) -> Result<bool, ErrorReply> {
         self.ready()?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        Ok(self.store.expire(&key, ttl_ms, None))
+        let Some((version, _)) = self.store.meta(&key) else {
+            return Ok(false);
+        };
+        // The entry takes the version after its own: the clock goes past
+        // it, so a later write of this worker is newer.
+        self.clock.observe(crate::version::after(version));
+        Ok(self.store.expire(&key, ttl_ms, Some(version)))
     }
 
     async fn db_size(&self) -> Result<u64, ErrorReply> {

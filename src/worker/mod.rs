@@ -17,6 +17,7 @@ pub mod refill;
 pub mod store;
 #[cfg(test)]
 mod tests;
+mod update;
 
 use crate::net::{self, LiveConfig, ServerConfig};
 use crate::protocol::link::{Request, Response, WorkerState};
@@ -351,6 +352,16 @@ impl Worker {
                     },
                     Err(e) => Response::Error(Worker::store_error(e)),
                 }
+            }
+            Request::Update {
+                version,
+                key,
+                update,
+            } => {
+                if let Some(refused) = Worker::implausible(version) {
+                    return refused;
+                }
+                self.decide_update(&key, version, &update)
             }
             Request::Ping => Response::Pong,
             // Checked by the session loop (`net::serve_session`), never executed.

@@ -6,7 +6,8 @@ use super::{
     WorkerState, FLAG_COMPRESSED, FLAG_TOMBSTONE, MAX_TOKEN_BYTES,
 };
 use crate::hash::DIGEST_BUCKETS;
-use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen};
+use crate::protocol::update::{TtlChange, Update};
+use crate::protocol::{ErrorCode, ErrorReply, Expiry, Limits, SetWhen};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Takes one frame body out of `buf` once it is complete.
@@ -142,6 +143,61 @@ impl Reader {
         self.key(limits)
     }
 
+    /// A value that makes up the rest of the frame, within the limits.
+    fn value(&mut self, limits: &Limits) -> Result<Bytes, LinkError> {
+        let value = self.rest();
+        if value.len() > limits.max_value_bytes {
+            return Err(LinkError::Malformed("value over max_value_bytes"));
+        }
+        Ok(value)
+    }
+
+    fn ttl(&mut self) -> Result<TtlChange, LinkError> {
+        Ok(match self.u8()? {
+            0 => TtlChange::Clear,
+            1 => TtlChange::Keep,
+            2 => TtlChange::Set(Expiry::In(std::time::Duration::from_millis(
+                self.u64()?.clamp(1, crate::protocol::MAX_TTL_MS),
+            ))),
+            _ => return Err(LinkError::Malformed("unknown ttl change")),
+        })
+    }
+
+    fn update(&mut self, kind: u8, limits: &Limits) -> Result<Update, LinkError> {
+        Ok(match kind {
+            1 => Update::IncrBy(self.u64()? as i64),
+            2 => {
+                let bits = self.u64()?;
+                if !f64::from_bits(bits).is_finite() {
+                    return Err(LinkError::Malformed("increment not finite"));
+                }
+                Update::IncrByFloat(bits)
+            }
+            3 => Update::Append(self.value(limits)?),
+            4 => Update::SetRange {
+                offset: self.u64()?,
+                value: self.value(limits)?,
+            },
+            5 => {
+                let when = match self.u8()? {
+                    0 => SetWhen::Always,
+                    1 => SetWhen::Absent,
+                    2 => SetWhen::Present,
+                    _ => return Err(LinkError::Malformed("unknown set condition")),
+                };
+                let ttl = self.ttl()?;
+                Update::Replace {
+                    value: self.value(limits)?,
+                    ttl,
+                    when,
+                }
+            }
+            6 => Update::Retime(self.ttl()?),
+            7 => Update::Take,
+            _ => return Err(LinkError::Malformed("unknown update")),
+        })
+    }
+
     pub(super) fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.0)
     }
@@ -203,6 +259,17 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
             Request::Del {
                 version,
                 key: r.key(limits)?,
+            }
+        }
+        op::UPDATE => {
+            let version = r.u64()?;
+            let kind = r.u8()?;
+            let key = r.key(limits)?;
+            let update = r.update(kind, limits)?;
+            Request::Update {
+                version,
+                key,
+                update,
             }
         }
         op::PING => Request::Ping,
@@ -326,6 +393,24 @@ pub fn decode_response(
                     complete,
                     entries,
                     wanted,
+                }
+            }
+            RequestKind::Update => {
+                let flags = r.u8()?;
+                let version = r.u64()?;
+                let ttl_ms = r.u64()?;
+                let len = r.u32()? as usize;
+                if len > limits.max_value_bytes {
+                    return Err(LinkError::Malformed("value over max_value_bytes"));
+                }
+                let value = r.bytes(len)?;
+                let old = r.value(limits)?;
+                Response::Updated {
+                    changed: flags & 1 != 0,
+                    version,
+                    ttl_ms,
+                    value: (flags & 2 != 0).then_some(value),
+                    old: (flags & 4 != 0).then_some(old),
                 }
             }
             RequestKind::Apply => Response::Applied {

@@ -72,6 +72,7 @@ impl Request {
             Request::Del { .. } => Op::Del,
             Request::Meta { .. } => Op::Meta,
             Request::Expire { .. } => Op::Expire,
+            Request::Update { update, .. } => update.op(),
             Request::Ping => Op::Ping,
             Request::Auth { .. } => Op::Auth,
             Request::Status | Request::Missed => Op::Status,

@@ -1,6 +1,7 @@
 //! Requests and responses to frames.
 
 use super::{op, status, Entry, Request, Response, Summary, FLAG_COMPRESSED, FLAG_TOMBSTONE};
+use crate::protocol::update::{TtlChange, Update};
 use crate::protocol::SetWhen;
 use bytes::{BufMut, BytesMut};
 
@@ -68,6 +69,15 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             out.put_u64(*ttl_ms);
             put_key(out, key);
         }
+        Request::Update {
+            version,
+            key,
+            update,
+        } => {
+            out.put_u8(op::UPDATE);
+            out.put_u64(*version);
+            put_update(out, key, update);
+        }
         Request::Ping => out.put_u8(op::PING),
         Request::Auth { token } => {
             out.put_u8(op::AUTH);
@@ -105,6 +115,52 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             put_summaries(out, evict);
         }
     })
+}
+
+fn put_update(out: &mut BytesMut, key: &[u8], update: &Update) {
+    let kind = match update {
+        Update::IncrBy(_) => 1,
+        Update::IncrByFloat(_) => 2,
+        Update::Append(_) => 3,
+        Update::SetRange { .. } => 4,
+        Update::Replace { .. } => 5,
+        Update::Retime(_) => 6,
+        Update::Take => 7,
+    };
+    out.put_u8(kind);
+    put_key(out, key);
+    match update {
+        Update::IncrBy(by) => out.put_i64(*by),
+        Update::IncrByFloat(bits) => out.put_u64(*bits),
+        Update::Append(tail) => out.put_slice(tail),
+        Update::SetRange { offset, value } => {
+            out.put_u64(*offset);
+            out.put_slice(value);
+        }
+        Update::Replace { value, ttl, when } => {
+            out.put_u8(match when {
+                SetWhen::Always => 0,
+                SetWhen::Absent => 1,
+                SetWhen::Present => 2,
+            });
+            put_ttl(out, *ttl);
+            out.put_slice(value);
+        }
+        Update::Retime(ttl) => put_ttl(out, *ttl),
+        Update::Take => {}
+    }
+}
+
+fn put_ttl(out: &mut BytesMut, ttl: TtlChange) {
+    match ttl {
+        TtlChange::Clear => out.put_u8(0),
+        TtlChange::Keep => out.put_u8(1),
+        TtlChange::Set(expiry) => {
+            out.put_u8(2);
+            let ttl = expiry.ttl(crate::sys::wall_ms);
+            out.put_u64(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+    }
 }
 
 pub(super) fn put_summaries(out: &mut BytesMut, summaries: &[Summary]) {
@@ -204,6 +260,25 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u32(*count);
             out.put_u32(refused.len() as u32);
             put_summaries(out, refused);
+        }
+        Response::Updated {
+            changed,
+            version,
+            ttl_ms,
+            value,
+            old,
+        } => {
+            let flags = u8::from(*changed) | u8::from(value.is_some()) << 1 | u8::from(old.is_some()) << 2;
+            let value = value.as_deref().unwrap_or_default();
+            let old = old.as_deref().unwrap_or_default();
+            out.reserve(value.len() + old.len() + 32);
+            out.put_u8(status::OK);
+            out.put_u8(flags);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
+            out.put_u32(value.len() as u32);
+            out.put_slice(value);
+            out.put_slice(old);
         }
         Response::NotFound => out.put_u8(status::NOT_FOUND),
         Response::Error(error) => {

@@ -18,6 +18,10 @@
 //!   DIGEST  7                         anti-entropy: start a round
 //!   SYNC    8  n:u16 bucket:u16* after:bound upto:bound m:u32 summary*
 //!   APPLY   9  last:u8 count:u32 entry* n:u32 summary*  (summaries: evict)
+//!   UPDATE 15  version:u64 kind:u8 key args               read-modify-write
+//!              (1 INCRBY i64 | 2 INCRBYFLOAT f64-bits | 3 APPEND rest
+//!               | 4 SETRANGE offset:u64 rest | 5 REPLACE when:u8 ttl rest
+//!               | 6 RETIME ttl | 7 TAKE;  ttl = 0 clear | 1 keep | 2 ms:u64)
 //! response = status:u8 body
 //!   OK          0  op-specific (GET: version:u64 ttl_ms:u64 value(rest);
 //!                  SET: applied:u8; DEL: existed:u8;
@@ -25,7 +29,9 @@
 //!                          complete:u8;
 //!                  DIGEST: n:u32 (hash:u64 entries:u32)*;
 //!                  SYNC: complete:u8 count:u32 entry* n:u32 key*;
-//!                  APPLY: applied:u32 n:u32 summary*   (refused for room))
+//!                  APPLY: applied:u32 n:u32 summary*   (refused for room);
+//!                  UPDATE: flags:u8 version:u64 ttl_ms:u64 len:u32 value
+//!                          old(rest)   flags: 1 changed, 2 value, 4 old)
 //!   NOT_FOUND   2
 //!   NOT_STORED  3                      (a conditional set's condition failed)
 //!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
@@ -52,13 +58,13 @@ pub use decode::{decode_request, decode_response, read_frame};
 pub use dialect::{LinkAnswer, LinkDialect, LinkReply};
 pub use encode::{encode_request, encode_response};
 
-use super::{ErrorReply, Limits, SetWhen};
+use super::{ErrorReply, Limits, SetWhen, Update};
 use bytes::Bytes;
 use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
 /// protocol name and its version.
-pub const HELLO: &[u8; 5] = b"\xF0rcl\x06";
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x07";
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;
@@ -183,6 +189,15 @@ pub enum Request {
     /// this worker stored (answered `Noted`): STATUS says `partner_behind`
     /// until an anti-entropy round that began after the notice completes.
     Missed,
+    /// A read-modify-write this worker decides: it reads the key, computes
+    /// ([`crate::protocol::update::apply`]) and stores the result at a
+    /// version above both `version` and the one it read, and answers
+    /// [`Response::Updated`] with that result for the partner.
+    Update {
+        version: u64,
+        key: Bytes,
+        update: Update,
+    },
 }
 
 /// One bucket of a store's digest: a sum of its entries' fingerprints
@@ -261,6 +276,16 @@ pub enum Response {
         count: u32,
         refused: Vec<Summary>,
     },
+    /// What a [`Request::Update`] did: when `changed`, the key now holds
+    /// `value` (deleted when `None`) at `version` with `ttl_ms` left (0:
+    /// none); `old` is the value it held before, if it was live.
+    Updated {
+        changed: bool,
+        version: u64,
+        ttl_ms: u64,
+        value: Option<Bytes>,
+        old: Option<Bytes>,
+    },
     NotFound,
     Error(ErrorReply),
     Chunk(Vec<Entry>),
@@ -303,6 +328,7 @@ mod op {
     pub const META: u8 = 12;
     pub const EXPIRE: u8 = 13;
     pub const MISSED: u8 = 14;
+    pub const UPDATE: u8 = 15;
 }
 
 mod status {
@@ -331,11 +357,12 @@ pub enum RequestKind {
     Sync,
     Apply,
     Missed,
+    Update,
 }
 
 impl RequestKind {
     /// Every kind, for code that must try them all (decoders under test).
-    pub const ALL: [RequestKind; 13] = [
+    pub const ALL: [RequestKind; 14] = [
         RequestKind::Auth,
         RequestKind::Get,
         RequestKind::Set,
@@ -349,6 +376,7 @@ impl RequestKind {
         RequestKind::Sync,
         RequestKind::Apply,
         RequestKind::Missed,
+        RequestKind::Update,
     ];
 }
 
@@ -357,7 +385,10 @@ impl Request {
     /// request as it is).
     pub fn restamped(&self, version: u64) -> Request {
         let mut request = self.clone();
-        if let Request::Set { version: v, .. } | Request::Del { version: v, .. } = &mut request {
+        if let Request::Set { version: v, .. }
+        | Request::Del { version: v, .. }
+        | Request::Update { version: v, .. } = &mut request
+        {
             *v = version;
         }
         request
@@ -378,6 +409,7 @@ impl Request {
             Request::Sync { .. } => RequestKind::Sync,
             Request::Apply { .. } => RequestKind::Apply,
             Request::Missed => RequestKind::Missed,
+            Request::Update { .. } => RequestKind::Update,
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use super::frame::parse_i64;
 use super::{Answer, RespRequest, Shape};
-use crate::protocol::{Command, Expiry, Limits, SetWhen};
+use crate::protocol::update::{parse_float, parse_int};
+use crate::protocol::{
+    Command, ExpireWhen, Expiry, Limits, SetWhen, TtlChange, Update, UpdateReply,
+};
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::time::Duration;
@@ -219,38 +222,198 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
             if n == 0 || n % 2 != 0 {
                 return Some(wrong_args(name));
             }
-            if n / 2 > crate::protocol::MAX_KEYS_PER_COMMAND {
-                return Some(too_many_keys());
+            match entries(args, limits) {
+                Ok(entries) => run(Command::MSet { entries }),
+                Err(e) => e,
             }
-            let mut entries = Vec::with_capacity(n / 2);
-            for pair in args.chunks_exact(2) {
-                let (key, value) = (&pair[0], &pair[1]);
-                if let Err(e) = check_key(key, limits).and(check_value(value, limits)) {
-                    return Some(e);
-                }
-                entries.push((key.clone(), value.clone()));
-            }
-            run(Command::MSet { entries })
         }
-        "expire" | "pexpire" => {
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            if n < 2 {
+                return Some(wrong_args(name));
+            }
+            parse_expire(name, args, limits).unwrap_or_else(|e| e)
+        }
+        "expiretime" | "pexpiretime" => {
+            let shape = if name == "expiretime" {
+                Shape::WholeSeconds
+            } else {
+                Shape::Plain
+            };
+            match one_key(name, args, limits) {
+                Ok(key) => RespRequest::Run(Command::ExpireTime { key }, shape),
+                Err(e) => e,
+            }
+        }
+        "persist" => match one_key(name, args, limits) {
+            Ok(key) => run(Command::Update {
+                key,
+                update: Update::Retime(TtlChange::Clear),
+                reply: UpdateReply::Changed,
+            }),
+            Err(e) => e,
+        },
+        "type" => match one_key(name, args, limits) {
+            Ok(key) => run(Command::Type { key }),
+            Err(e) => e,
+        },
+        "touch" => {
+            if n == 0 {
+                return Some(wrong_args(name));
+            }
+            match keys(args) {
+                Ok(keys) => run(Command::Exists { keys }),
+                Err(e) => e,
+            }
+        }
+        "incr" | "decr" => match one_key(name, args, limits) {
+            Ok(key) => run(Command::Update {
+                key,
+                update: Update::IncrBy(if name == "incr" { 1 } else { -1 }),
+                reply: UpdateReply::Integer,
+            }),
+            Err(e) => e,
+        },
+        "incrby" | "decrby" => {
             if n != 2 {
                 return Some(wrong_args(name));
             }
             if let Err(e) = check_key(&args[0], limits) {
                 return Some(e);
             }
-            let unit = if name == "expire" { 1000 } else { 1 };
-            match parse_expiry(&args[1], unit, name) {
-                // Redis deletes a key given a TTL in the past.
-                Ok(ms) if ms <= 0 => run(Command::DelMany {
-                    keys: vec![args[0].clone()],
-                }),
-                Ok(ms) => run(Command::Expire {
+            let Some(by) = parse_int(&args[1]) else {
+                return Some(not_integer());
+            };
+            let by = if name == "incrby" {
+                by
+            } else {
+                match by.checked_neg() {
+                    Some(by) => by,
+                    None => return Some(error("ERR decrement would overflow")),
+                }
+            };
+            run(Command::Update {
+                key: args[0].clone(),
+                update: Update::IncrBy(by),
+                reply: UpdateReply::Integer,
+            })
+        }
+        "incrbyfloat" => {
+            if n != 2 {
+                return Some(wrong_args(name));
+            }
+            if let Err(e) = check_key(&args[0], limits) {
+                return Some(e);
+            }
+            match parse_float(&args[1]).and_then(Update::incr_by_float) {
+                Some(update) => run(Command::Update {
                     key: args[0].clone(),
-                    ttl: Duration::from_millis(ms as u64),
+                    update,
+                    reply: UpdateReply::Value,
                 }),
+                None => error("ERR value is not a valid float"),
+            }
+        }
+        "append" => match key_value(name, args, limits) {
+            Ok((key, value)) => run(Command::Update {
+                key,
+                update: Update::Append(value),
+                reply: UpdateReply::Length,
+            }),
+            Err(e) => e,
+        },
+        "getset" => match key_value(name, args, limits) {
+            Ok((key, value)) => run(Command::Update {
+                key,
+                update: Update::Replace {
+                    value,
+                    ttl: TtlChange::Clear,
+                    when: SetWhen::Always,
+                },
+                reply: UpdateReply::Old,
+            }),
+            Err(e) => e,
+        },
+        "getdel" => match one_key(name, args, limits) {
+            Ok(key) => run(Command::Update {
+                key,
+                update: Update::Take,
+                reply: UpdateReply::Old,
+            }),
+            Err(e) => e,
+        },
+        "getex" => {
+            if n == 0 {
+                return Some(wrong_args(name));
+            }
+            parse_getex(args, limits).unwrap_or_else(|e| e)
+        }
+        "strlen" => match one_key(name, args, limits) {
+            Ok(key) => run(Command::StrLen { key }),
+            Err(e) => e,
+        },
+        "getrange" | "substr" => {
+            if n != 3 {
+                return Some(wrong_args(name));
+            }
+            if let Err(e) = check_key(&args[0], limits) {
+                return Some(e);
+            }
+            match (parse_int(&args[1]), parse_int(&args[2])) {
+                (Some(start), Some(end)) => run(Command::GetRange {
+                    key: args[0].clone(),
+                    start,
+                    end,
+                }),
+                _ => not_integer(),
+            }
+        }
+        "setrange" => {
+            if n != 3 {
+                return Some(wrong_args(name));
+            }
+            if let Err(e) = check_key(&args[0], limits).and(check_value(&args[2], limits)) {
+                return Some(e);
+            }
+            match parse_int(&args[1]) {
+                Some(offset) if offset >= 0 => run(Command::Update {
+                    key: args[0].clone(),
+                    update: Update::SetRange {
+                        offset: offset as u64,
+                        value: args[2].clone(),
+                    },
+                    reply: UpdateReply::Length,
+                }),
+                Some(_) => error("ERR offset is out of range"),
+                None => not_integer(),
+            }
+        }
+        "msetnx" => {
+            if n == 0 || n % 2 != 0 {
+                return Some(wrong_args(name));
+            }
+            match entries(args, limits) {
+                Ok(entries) => run(Command::MSetNx { entries }),
                 Err(e) => e,
             }
+        }
+        "rename" | "renamenx" => {
+            if n != 2 {
+                return Some(wrong_args(name));
+            }
+            if let Err(e) = check_key(&args[0], limits).and(check_key(&args[1], limits)) {
+                return Some(e);
+            }
+            run(Command::Rename {
+                from: args[0].clone(),
+                to: args[1].clone(),
+                nx: name == "renamenx",
+            })
+        }
+        "copy" => {
+            if n < 2 {
+                return Some(wrong_args(name));
+            }
+            parse_copy(args, limits).unwrap_or_else(|e| e)
         }
         "ttl" | "pttl" => {
             if n != 1 {
@@ -322,11 +485,181 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
     })
 }
 
+/// The one key of a command that takes exactly that.
+fn one_key(name: &str, args: &[Bytes], limits: &Limits) -> Result<Bytes, RespRequest> {
+    let [key] = args else {
+        return Err(wrong_args(name));
+    };
+    check_key(key, limits)?;
+    Ok(key.clone())
+}
+
+/// The key and value of a command that takes exactly those.
+fn key_value(name: &str, args: &[Bytes], limits: &Limits) -> Result<(Bytes, Bytes), RespRequest> {
+    let [key, value] = args else {
+        return Err(wrong_args(name));
+    };
+    check_key(key, limits)?;
+    check_value(value, limits)?;
+    Ok((key.clone(), value.clone()))
+}
+
+/// Keys and values in turn (`MSET`, `MSETNX`); the count is even.
+fn entries(args: &[Bytes], limits: &Limits) -> Result<Vec<(Bytes, Bytes)>, RespRequest> {
+    if args.len() / 2 > crate::protocol::MAX_KEYS_PER_COMMAND {
+        return Err(too_many_keys());
+    }
+    let mut entries = Vec::with_capacity(args.len() / 2);
+    for pair in args.chunks_exact(2) {
+        let (key, value) = (&pair[0], &pair[1]);
+        check_key(key, limits)?;
+        check_value(value, limits)?;
+        entries.push((key.clone(), value.clone()));
+    }
+    Ok(entries)
+}
+
+/// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT` with `NX|XX|GT|LT`.
+fn parse_expire(name: &str, args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
+    check_key(&args[0], limits)?;
+    let unit = if name.starts_with('p') { 1 } else { 1000 };
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for option in &args[2..] {
+        match option.to_ascii_lowercase().as_slice() {
+            b"nx" => nx = true,
+            b"xx" => xx = true,
+            b"gt" => gt = true,
+            b"lt" => lt = true,
+            _ => return Err(error(format!("ERR Unsupported option {}", shown(option)))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(error(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    // GT and LT with XX: GT already asks for a TTL; LT then does too.
+    let when = match (nx, xx, gt, lt) {
+        (true, ..) => ExpireWhen::Nx,
+        (_, _, true, _) => ExpireWhen::Gt,
+        (_, true, _, true) => ExpireWhen::XxLt,
+        (_, _, _, true) => ExpireWhen::Lt,
+        (_, true, ..) => ExpireWhen::Xx,
+        _ => ExpireWhen::Always,
+    };
+    let n = parse_i64(&args[1]).ok_or_else(not_integer)?;
+    let invalid = || error(format!("ERR invalid expire time in '{name}' command"));
+    let ms = n.checked_mul(unit).ok_or_else(invalid)?;
+    let ttl = if name.ends_with("at") {
+        // A moment already past deletes the key, as a TTL of zero does.
+        if ms <= 0 {
+            Expiry::In(Duration::ZERO)
+        } else {
+            Expiry::At(ms as u64)
+        }
+    } else if ms > MAX_TTL_MS {
+        return Err(invalid());
+    } else {
+        Expiry::In(Duration::from_millis(ms.max(0) as u64))
+    };
+    Ok(RespRequest::Run(
+        Command::Expire {
+            key: args[0].clone(),
+            ttl,
+            when,
+        },
+        Shape::Plain,
+    ))
+}
+
+/// `GETEX key [EX s | PX ms | EXAT t | PXAT t | PERSIST]`.
+fn parse_getex(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
+    let key = args[0].clone();
+    check_key(&key, limits)?;
+    let ttl = match &args[1..] {
+        [] => return Ok(RespRequest::Run(Command::Get { key }, Shape::Plain)),
+        [option] if option.eq_ignore_ascii_case(b"persist") => TtlChange::Clear,
+        [option, arg] => TtlChange::Set(expiry_option(option, arg, "getex")?),
+        _ => return Err(syntax_error()),
+    };
+    Ok(RespRequest::Run(
+        Command::Update {
+            key,
+            update: Update::Retime(ttl),
+            reply: UpdateReply::Old,
+        },
+        Shape::Plain,
+    ))
+}
+
+/// One of `EX`, `PX`, `EXAT`, `PXAT` and its argument: a positive time.
+fn expiry_option(option: &[u8], arg: &[u8], command: &str) -> Result<Expiry, RespRequest> {
+    let invalid = || error(format!("ERR invalid expire time in '{command}' command"));
+    let option = option.to_ascii_lowercase();
+    let unit = match option.as_slice() {
+        b"ex" | b"exat" => 1000,
+        b"px" | b"pxat" => 1,
+        _ => return Err(syntax_error()),
+    };
+    let n = parse_i64(arg).ok_or_else(not_integer)?;
+    if n <= 0 {
+        return Err(invalid());
+    }
+    if option.ends_with(b"at") {
+        let at = n.checked_mul(unit).ok_or_else(invalid)?;
+        Ok(Expiry::At(at as u64))
+    } else {
+        let ms = parse_expiry(arg, unit, command)?;
+        Ok(Expiry::In(Duration::from_millis(ms as u64)))
+    }
+}
+
+/// `COPY source destination [DB 0] [REPLACE]`.
+fn parse_copy(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
+    check_key(&args[0], limits)?;
+    check_key(&args[1], limits)?;
+    let mut replace = false;
+    let mut i = 2;
+    while i < args.len() {
+        let option = args[i].to_ascii_lowercase();
+        match option.as_slice() {
+            b"replace" => replace = true,
+            b"db" => {
+                match args.get(i + 1).map(|db| parse_i64(db)) {
+                    Some(Some(0)) => {}
+                    Some(Some(_)) => return Err(error("ERR DB index is out of range")),
+                    Some(None) => return Err(not_integer()),
+                    None => return Err(syntax_error()),
+                }
+                i += 1;
+            }
+            _ => return Err(syntax_error()),
+        }
+        i += 1;
+    }
+    Ok(RespRequest::Run(
+        Command::Copy {
+            from: args[0].clone(),
+            to: args[1].clone(),
+            replace,
+        },
+        Shape::Plain,
+    ))
+}
+
 /// Every command rcache answers over RESP.
 pub const COMMANDS: &[&str] = &[
-    "auth", "client", "command", "config", "dbsize", "del", "echo", "exists", "expire", "get",
-    "hello", "info", "mget", "mset", "pexpire", "ping", "psetex", "pttl", "quit", "select", "set",
-    "setex", "setnx", "ttl", "unlink",
+    "append", "auth", "client", "command", "config", "copy", "dbsize", "decr", "decrby", "del",
+    "echo", "exists", "expire", "expireat", "expiretime", "get", "getdel", "getex", "getrange",
+    "getset", "hello", "incr", "incrby", "incrbyfloat", "info", "mget", "mset", "msetnx",
+    "persist", "pexpire", "pexpireat", "pexpiretime", "ping", "psetex", "pttl", "quit", "rename",
+    "renamenx", "select", "set", "setex", "setnx", "setrange", "strlen", "substr", "touch", "ttl",
+    "type", "unlink",
 ];
 
 fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
@@ -338,13 +671,16 @@ fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest
     check_value(&value, limits)?;
     let mut ttl: Option<Expiry> = None;
     let mut when = SetWhen::Always;
+    let (mut get, mut keep_ttl) = (false, false);
     let mut i = 0;
     while i < options.len() {
         let option = options[i].to_ascii_lowercase();
         match option.as_slice() {
             b"nx" if when == SetWhen::Always => when = SetWhen::Absent,
             b"xx" if when == SetWhen::Always => when = SetWhen::Present,
-            b"ex" | b"px" | b"exat" | b"pxat" if ttl.is_none() => {
+            b"get" => get = true,
+            b"keepttl" if ttl.is_none() => keep_ttl = true,
+            b"ex" | b"px" | b"exat" | b"pxat" if ttl.is_none() && !keep_ttl => {
                 let Some(arg) = options.get(i + 1) else {
                     return Err(syntax_error());
                 };
@@ -365,15 +701,28 @@ fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest
                     }
                 });
             }
-            b"keepttl" | b"get" => {
-                return Err(error(format!(
-                    "ERR SET {} is not supported by rcache",
-                    shown(&options[i]).to_uppercase()
-                )))
-            }
             _ => return Err(syntax_error()),
         }
         i += 1;
+    }
+    if get || keep_ttl {
+        let ttl = match ttl {
+            Some(expiry) => TtlChange::Set(expiry),
+            None if keep_ttl => TtlChange::Keep,
+            None => TtlChange::Clear,
+        };
+        return Ok(RespRequest::Run(
+            Command::Update {
+                key,
+                update: Update::Replace { value, ttl, when },
+                reply: if get {
+                    UpdateReply::Old
+                } else {
+                    UpdateReply::Stored
+                },
+            },
+            Shape::Plain,
+        ));
     }
     Ok(RespRequest::Run(
         Command::Set {

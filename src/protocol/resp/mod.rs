@@ -53,6 +53,9 @@ pub enum Shape {
     Stored,
     /// `TTL`: milliseconds rounded to seconds (negative codes unchanged).
     Seconds,
+    /// `EXPIRETIME`: milliseconds cut to whole seconds (negative codes
+    /// unchanged).
+    WholeSeconds,
 }
 
 /// What one RESP request asks of the connection.

@@ -65,6 +65,14 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         | Command::Exists { .. }
         | Command::Expire { .. }
         | Command::Ttl { .. }
+        | Command::ExpireTime { .. }
+        | Command::Update { .. }
+        | Command::GetRange { .. }
+        | Command::StrLen { .. }
+        | Command::MSetNx { .. }
+        | Command::Type { .. }
+        | Command::Rename { .. }
+        | Command::Copy { .. }
         | Command::DbSize
         | Command::Info => {
             return Err(ErrorReply::new(

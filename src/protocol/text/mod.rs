@@ -257,6 +257,11 @@ pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
             use std::fmt::Write;
             let _ = writeln!(out, "0||{n}");
         }
+        Reply::Status(word) => {
+            out.put_slice(b"0||");
+            out.put_slice(word.as_bytes());
+            out.put_u8(b'\n');
+        }
         Reply::Values(_) => encode_error(
             &ErrorReply::new(ErrorCode::NotText, "several values: read them over RESP"),
             out,

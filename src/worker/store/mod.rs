@@ -70,6 +70,7 @@ mod tests;
 pub use digest::BucketSet;
 use shard::Shard;
 use slot::{NewSlot, Put, Slot};
+pub use slot::Require;
 
 /// Number of shards: enough that writers on all cores rarely meet on a lock.
 pub const SHARD_COUNT: usize = 64;
@@ -371,6 +372,36 @@ impl Store {
         version: u64,
         when: SetWhen,
     ) -> Result<Applied, StoreError> {
+        let require = match when {
+            SetWhen::Always => Require::Nothing,
+            SetWhen::Absent => Require::Live(false),
+            SetWhen::Present => Require::Live(true),
+        };
+        self.write(key, value, ttl, version, require)
+    }
+
+    /// [`Store::set`] only over the live version `holds` (`None`: only if
+    /// no live entry is there): the store half of a read-modify-write,
+    /// [`Applied::Unmet`] when another write got there since the read.
+    pub fn set_over(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        version: u64,
+        holds: Option<u64>,
+    ) -> Result<Applied, StoreError> {
+        self.write(key, value, ttl, version, Require::Holds(holds))
+    }
+
+    fn write(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        version: u64,
+        require: Require,
+    ) -> Result<Applied, StoreError> {
         let (stored, compressed) = self.maybe_compress(value);
         let now = self.now();
         let new = NewSlot {
@@ -381,11 +412,7 @@ impl Store {
             expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis() as u64)),
             flags: if compressed { FLAG_COMPRESSED } else { 0 },
             replace_only: false,
-            require_live: match when {
-                SetWhen::Always => None,
-                SetWhen::Absent => Some(false),
-                SetWhen::Present => Some(true),
-            },
+            require,
         };
         self.put(key, new, now).map(|p| p.applied)
     }
@@ -432,6 +459,16 @@ impl Store {
     /// [`Store::delete`], saying what came of the tombstone and whether a
     /// live entry was there before.
     pub fn delete_at(&self, key: &[u8], version: u64) -> Result<(Applied, bool), StoreError> {
+        self.delete_over(key, version, Require::Nothing)
+    }
+
+    /// [`Store::delete_at`] under a condition on the entry there.
+    pub fn delete_over(
+        &self,
+        key: &[u8],
+        version: u64,
+        require: Require,
+    ) -> Result<(Applied, bool), StoreError> {
         let now = self.now();
         let new = NewSlot {
             raw_len: None,
@@ -441,7 +478,7 @@ impl Store {
             expires_at: now.saturating_add(self.config.tombstone_ttl.as_millis() as u64),
             flags: FLAG_TOMBSTONE,
             replace_only: false,
-            require_live: None,
+            require,
         };
         let put = self.put(key, new, now)?;
         Ok((put.applied, put.was_live))
@@ -503,7 +540,7 @@ impl Store {
             },
             flags,
             replace_only,
-            require_live: None,
+            require: Require::Nothing,
         };
         self.put(&entry.key, new, now).map(|p| p.applied)
     }

@@ -84,7 +84,7 @@ impl Shard {
                     was_live,
                 };
             }
-            if new.require_live.is_some_and(|live| live != was_live) {
+            if !new.require.met(was_live.then_some(slot.version)) {
                 return Put {
                     applied: Applied::Unmet,
                     added: 0,
@@ -164,7 +164,7 @@ impl Shard {
                 was_live,
             };
         }
-        if new.require_live == Some(true) {
+        if !new.require.met(None) {
             return Put {
                 applied: Applied::Unmet,
                 added: 0,

@@ -180,6 +180,29 @@ pub(super) struct NewSlot<'a> {
     pub(super) flags: u8,
     /// Store only over an existing entry (a repair under memory pressure).
     pub(super) replace_only: bool,
-    /// Store only if a live entry is there (`Some(true)`) or is not.
-    pub(super) require_live: Option<bool>,
+    /// What must hold of the entry there for the write to apply.
+    pub(super) require: Require,
+}
+
+/// A write's condition on the entry it replaces, checked under the
+/// shard's lock ([`super::Applied::Unmet`] when it does not hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Require {
+    Nothing,
+    /// A live entry is there (`true`) or is not (`false`).
+    Live(bool),
+    /// The live entry holds exactly this version (`None`: no live entry):
+    /// a read-modify-write stores only over what it read.
+    Holds(Option<u64>),
+}
+
+impl Require {
+    /// Whether it holds of an entry that is live at `version`, or of none.
+    pub(super) fn met(self, live: Option<u64>) -> bool {
+        match self {
+            Require::Nothing => true,
+            Require::Live(want) => want == live.is_some(),
+            Require::Holds(want) => want == live,
+        }
+    }
 }

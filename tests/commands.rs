@@ -1,0 +1,381 @@
+//! The Redis commands applications send, over RESP against real daemons:
+//! each table of commands and Redis's replies runs through an orchestrator
+//! in front of two pairs and against a worker directly. Counters keep
+//! every increment while a worker of the pair dies and comes back.
+
+mod common;
+
+use common::resp::*;
+use common::*;
+use rcache::protocol::resp::Value;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn int(n: i64) -> Value {
+    Value::Integer(n)
+}
+
+fn nil() -> Value {
+    Value::Bulk(None)
+}
+
+fn status(s: &'static str) -> Value {
+    Value::Status(s.into())
+}
+
+/// Runs each command and compares its reply, naming the first that differs.
+fn check(r: &mut Resp, target: &str, cases: &[(&[&str], Value)]) {
+    for (args, want) in cases {
+        let got = r.call(args);
+        assert_eq!(&got, want, "{target}: {args:?}");
+    }
+}
+
+/// An orchestrator in front of two pairs, and a worker alone: every table
+/// runs against both.
+struct Targets {
+    _workers: Vec<Daemon>,
+    orchestrator: Daemon,
+    solo: Daemon,
+}
+
+fn targets() -> Targets {
+    let (a, b) = pair(&[]);
+    let (c, d) = pair(&[]);
+    let orchestrator = orchestrator(&[a.port, b.port, c.port, d.port], &[]);
+    Targets {
+        _workers: vec![a, b, c, d],
+        orchestrator,
+        solo: solo(&[]),
+    }
+}
+
+impl Targets {
+    fn each(&self, f: impl Fn(&mut Resp, &str)) {
+        f(&mut Resp::connect(self.orchestrator.port), "orchestrator");
+        f(&mut Resp::connect(self.solo.port), "worker");
+    }
+}
+
+const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+
+#[test]
+fn counters_answer_as_redis_does() {
+    targets().each(|r, target| {
+        check(
+            r,
+            target,
+            &[
+                (&["INCR", "n"], int(1)),
+                (&["INCRBY", "n", "41"], int(42)),
+                (&["DECR", "n"], int(41)),
+                (&["DECRBY", "n", "50"], int(-9)),
+                (&["GET", "n"], bulk("-9")),
+                (&["SET", "n", "9223372036854775806"], ok()),
+                (&["INCR", "n"], int(i64::MAX)),
+                (
+                    &["INCR", "n"],
+                    err("ERR increment or decrement would overflow"),
+                ),
+                (&["GET", "n"], bulk("9223372036854775807")),
+                (
+                    &["DECRBY", "n", "-9223372036854775808"],
+                    err("ERR decrement would overflow"),
+                ),
+                (&["SET", "s", "abc"], ok()),
+                (&["INCR", "s"], err(NOT_INTEGER)),
+                (&["INCRBY", "s", "x"], err(NOT_INTEGER)),
+                (&["INCRBY", "n2", "05"], err(NOT_INTEGER)),
+                (&["SET", "s", " 1"], ok()),
+                (&["INCR", "s"], err(NOT_INTEGER)),
+                (&["INCR"], err("ERR wrong number of arguments for 'incr' command")),
+                (&["INCRBYFLOAT", "f", "10.5"], bulk("10.5")),
+                (&["INCRBYFLOAT", "f", "0.1"], bulk("10.6")),
+                (&["INCRBYFLOAT", "f", "-5.6"], bulk("5")),
+                (&["INCRBYFLOAT", "f", "5.0e3"], bulk("5005")),
+                (&["INCRBYFLOAT", "f", "x"], err("ERR value is not a valid float")),
+                (&["INCRBYFLOAT", "f", "inf"], err("ERR value is not a valid float")),
+                (&["INCRBYFLOAT", "s", "1"], err("ERR value is not a valid float")),
+                (&["INCR", "f"], int(5006)),
+            ],
+        );
+        // A counter keeps its TTL, as in Redis.
+        check(
+            r,
+            target,
+            &[
+                (&["SET", "t", "1", "EX", "100"], ok()),
+                (&["INCR", "t"], int(2)),
+                (&["TTL", "t"], int(100)),
+            ],
+        );
+    });
+}
+
+#[test]
+fn string_commands_answer_as_redis_does() {
+    targets().each(|r, target| {
+        check(
+            r,
+            target,
+            &[
+                (&["APPEND", "a", "Hello"], int(5)),
+                (&["APPEND", "a", " World"], int(11)),
+                (&["STRLEN", "a"], int(11)),
+                (&["STRLEN", "missing"], int(0)),
+                (&["GETRANGE", "a", "0", "4"], bulk("Hello")),
+                (&["GETRANGE", "a", "-5", "-1"], bulk("World")),
+                (&["GETRANGE", "a", "5", "2"], bulk("")),
+                (&["GETRANGE", "a", "0", "1000"], bulk("Hello World")),
+                (&["GETRANGE", "a", "-1000", "1"], bulk("He")),
+                (&["SUBSTR", "a", "6", "-1"], bulk("World")),
+                (&["GETRANGE", "missing", "0", "-1"], bulk("")),
+                (&["SETRANGE", "a", "6", "Redis"], int(11)),
+                (&["GET", "a"], bulk("Hello Redis")),
+                (&["SETRANGE", "r", "3", "x"], int(4)),
+                (&["GET", "r"], Value::Bulk(Some(b"\0\0\0x".to_vec().into()))),
+                (&["SETRANGE", "none", "5", ""], int(0)),
+                (&["EXISTS", "none"], int(0)),
+                (&["SETRANGE", "a", "-1", "x"], err("ERR offset is out of range")),
+                (&["GETSET", "g", "1"], nil()),
+                (&["GETSET", "g", "2"], bulk("1")),
+                (&["GETDEL", "g"], bulk("2")),
+                (&["GETDEL", "g"], nil()),
+                (&["EXISTS", "g"], int(0)),
+                (&["SET", "k", "v1", "GET"], nil()),
+                (&["SET", "k", "v2", "GET"], bulk("v1")),
+                (&["SET", "k", "v3", "NX", "GET"], bulk("v2")),
+                (&["GET", "k"], bulk("v2")),
+                (&["SET", "k", "v4", "XX", "GET", "EX", "100"], bulk("v2")),
+                (&["TTL", "k"], int(100)),
+                (&["SET", "k", "v5", "KEEPTTL"], ok()),
+                (&["TTL", "k"], int(100)),
+                (&["GET", "k"], bulk("v5")),
+                (&["SET", "k", "v6"], ok()),
+                (&["TTL", "k"], int(-1)),
+                (&["SET", "k", "v", "KEEPTTL", "EX", "1"], err("ERR syntax error")),
+                (&["SET", "k", "v", "EX", "0"], err("ERR invalid expire time in 'set' command")),
+                (&["SET", "nx", "v", "NX", "KEEPTTL"], ok()),
+                (&["SET", "nx", "w", "NX", "KEEPTTL"], nil()),
+                (&["GETEX", "k"], bulk("v6")),
+                (&["GETEX", "k", "EX", "200"], bulk("v6")),
+                (&["TTL", "k"], int(200)),
+                (&["GETEX", "k", "PERSIST"], bulk("v6")),
+                (&["TTL", "k"], int(-1)),
+                (&["GETEX", "missing", "EX", "10"], nil()),
+                (&["GETEX", "k", "EX", "0"], err("ERR invalid expire time in 'getex' command")),
+                (&["GETEX", "k", "FOO", "1"], err("ERR syntax error")),
+                (&["SETNX", "sn", "1"], int(1)),
+                (&["SETNX", "sn", "2"], int(0)),
+                (&["SETEX", "se", "100", "v"], ok()),
+                (&["TTL", "se"], int(100)),
+                (&["PSETEX", "pse", "100000", "v"], ok()),
+                (&["TTL", "pse"], int(100)),
+                (&["MSETNX", "m1", "a", "m2", "b"], int(1)),
+                (&["MSETNX", "m2", "c", "m3", "d"], int(0)),
+                (&["MGET", "m1", "m2", "m3"], Value::Array(Some(vec![bulk("a"), bulk("b"), nil()]))),
+                (&["MSETNX", "m3"], err("ERR wrong number of arguments for 'msetnx' command")),
+            ],
+        );
+        // Absolute expiries: a moment 100 s ahead.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let at = (now + 100).to_string();
+        let pxat = ((now + 100) * 1000).to_string();
+        check(
+            r,
+            target,
+            &[
+                (&["SET", "x", "v", "EXAT", &at], ok()),
+                (&["EXPIRETIME", "x"], int((now + 100) as i64)),
+                (&["SET", "x", "v", "PXAT", &pxat, "GET"], bulk("v")),
+                (&["TTL", "x"], int(100)),
+            ],
+        );
+    });
+}
+
+#[test]
+fn key_and_ttl_commands_answer_as_redis_does() {
+    targets().each(|r, target| {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let at = (now + 100).to_string();
+        let past = (now - 10).to_string();
+        check(
+            r,
+            target,
+            &[
+                (&["SET", "k", "v"], ok()),
+                (&["TYPE", "k"], status("string")),
+                (&["TYPE", "missing"], status("none")),
+                (&["TOUCH", "k", "missing", "k"], int(2)),
+                (&["PERSIST", "k"], int(0)),
+                (&["EXPIRETIME", "k"], int(-1)),
+                (&["EXPIRETIME", "missing"], int(-2)),
+                (&["EXPIRE", "k", "100", "XX"], int(0)),
+                (&["EXPIRE", "k", "100", "GT"], int(0)),
+                (&["EXPIRE", "k", "100", "NX"], int(1)),
+                (&["EXPIRE", "k", "200", "NX"], int(0)),
+                (&["EXPIRE", "k", "50", "GT"], int(0)),
+                (&["EXPIRE", "k", "200", "GT"], int(1)),
+                (&["TTL", "k"], int(200)),
+                (&["EXPIRE", "k", "300", "LT"], int(0)),
+                (&["EXPIRE", "k", "150", "LT"], int(1)),
+                (&["EXPIRE", "k", "120", "XX"], int(1)),
+                (&["TTL", "k"], int(120)),
+                (
+                    &["EXPIRE", "k", "1", "NX", "XX"],
+                    err("ERR NX and XX, GT or LT options at the same time are not compatible"),
+                ),
+                (
+                    &["EXPIRE", "k", "1", "GT", "LT"],
+                    err("ERR GT and LT options at the same time are not compatible"),
+                ),
+                (&["EXPIRE", "k", "1", "YY"], err("ERR Unsupported option YY")),
+                (&["PERSIST", "k"], int(1)),
+                (&["TTL", "k"], int(-1)),
+                (&["EXPIREAT", "k", &at], int(1)),
+                (&["EXPIRETIME", "k"], int((now + 100) as i64)),
+                (&["PEXPIREAT", "k", &((now + 50) * 1000).to_string()], int(1)),
+            ],
+        );
+        // Kept as a TTL: the moment comes back exact to a few milliseconds.
+        let Value::Integer(pxat) = r.call(&["PEXPIRETIME", "k"]) else {
+            panic!("{target}: PEXPIRETIME is not an integer");
+        };
+        let want = ((now + 50) * 1000) as i64;
+        assert!((want - 5..=want + 5).contains(&pxat), "{target}: PEXPIRETIME {pxat}, not {want}");
+        check(
+            r,
+            target,
+            &[
+                (&["EXPIREAT", "missing", &at], int(0)),
+                (&["EXPIREAT", "k", &past], int(1)),
+                (&["EXISTS", "k"], int(0)),
+                (&["SET", "k", "v"], ok()),
+                (&["EXPIRE", "k", "-1"], int(1)),
+                (&["EXISTS", "k"], int(0)),
+                // Rename and copy carry the value and its TTL.
+                (&["SET", "src", "v", "EX", "100"], ok()),
+                (&["RENAME", "src", "dst"], ok()),
+                (&["EXISTS", "src"], int(0)),
+                (&["GET", "dst"], bulk("v")),
+                (&["TTL", "dst"], int(100)),
+                (&["RENAME", "src", "dst"], err("ERR no such key")),
+                (&["SET", "src", "w"], ok()),
+                (&["RENAMENX", "src", "dst"], int(0)),
+                (&["RENAMENX", "src", "dst2"], int(1)),
+                (&["GET", "dst2"], bulk("w")),
+                (&["RENAME", "dst2", "dst2"], ok()),
+                (&["COPY", "dst", "cp"], int(1)),
+                (&["TTL", "cp"], int(100)),
+                (&["COPY", "dst2", "cp"], int(0)),
+                (&["COPY", "dst2", "cp", "REPLACE"], int(1)),
+                (&["GET", "cp"], bulk("w")),
+                (&["COPY", "missing", "cp"], int(0)),
+                (&["COPY", "cp", "cp"], err("ERR source and destination objects are the same")),
+                (&["COPY", "cp", "x", "DB", "1"], err("ERR DB index is out of range")),
+            ],
+        );
+    });
+}
+
+/// Clients incrementing shared counters through two orchestrators while
+/// a worker of the pair is killed and restarted: every acknowledged
+/// increment returned a value no other did (none computed from a stale
+/// count, none applied twice), and the final count lies between the
+/// acknowledged increments and those plus the ones whose outcome the
+/// client was told is unknown. Both workers end with the same count.
+#[test]
+fn increments_survive_a_worker_restart_without_loss_or_double_counting() {
+    let seed = chaos::seed("increments_survive_a_worker_restart");
+    let [pa, pb] = free_ports();
+    let mut a = worker_starting(pa, Some(pb), &["--anti-entropy-interval", "500ms"]);
+    let mut b = worker_starting(pb, Some(pa), &["--anti-entropy-interval", "500ms"]);
+    a.wait_ready();
+    b.wait_ready();
+    let timeouts = ["--worker-timeout", "300ms"];
+    let o1 = orchestrator(&[pa, pb], &timeouts);
+    let o2 = orchestrator(&[pa, pb], &timeouts);
+    const COUNTERS: usize = 3;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per counter: every value an INCR answered, and the unknown outcomes.
+    let seen: Arc<Vec<Mutex<Vec<i64>>>> =
+        Arc::new((0..COUNTERS).map(|_| Mutex::new(Vec::new())).collect());
+    let unknown: Arc<Vec<Mutex<u64>>> = Arc::new((0..COUNTERS).map(|_| Mutex::new(0)).collect());
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let port = if i % 2 == 0 { o1.port } else { o2.port };
+            let (stop, seen, unknown, failed) =
+                (stop.clone(), seen.clone(), unknown.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut r = Resp::connect(port);
+                let mut n = seed.wrapping_add(i);
+                while !stop.load(Ordering::Relaxed) {
+                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let c = (n >> 33) as usize % COUNTERS;
+                    match r.call(&["INCR", &format!("counter-{c}")]) {
+                        Value::Integer(v) => seen[c].lock().expect("lock").push(v),
+                        Value::Error(e) if e.starts_with(b"ERR write outcome unknown") => {
+                            *unknown[c].lock().expect("lock") += 1
+                        }
+                        other => failed.lock().expect("lock").push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Kill one worker, let the other serve alone, bring it back.
+    let victim = if seed % 2 == 0 { &mut a } else { &mut b };
+    let port = victim.port;
+    let partner = if port == pa { pb } else { pa };
+    victim.kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    *victim = worker(port, Some(partner), &["--anti-entropy-interval", "500ms"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let failed = failed.lock().expect("lock");
+    assert!(
+        failed.len() <= 20,
+        "seed {seed}: {} increments failed outright (a worker was up throughout): {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let mut r = Resp::connect(o1.port);
+    for c in 0..COUNTERS {
+        let values = seen[c].lock().expect("lock");
+        let unknown = *unknown[c].lock().expect("lock") as i64;
+        let distinct: HashSet<i64> = values.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            values.len(),
+            "seed {seed}: counter-{c}: two increments answered the same value (one was lost)"
+        );
+        let acked = values.len() as i64;
+        assert!(acked > 50, "seed {seed}: counter-{c}: only {acked} increments");
+        let key = format!("counter-{c}");
+        let Value::Bulk(Some(v)) = r.call(&["GET", &key]) else {
+            panic!("seed {seed}: counter-{c} is gone");
+        };
+        let total: i64 = String::from_utf8_lossy(&v).parse().expect("a count");
+        assert!(
+            (acked..=acked + unknown).contains(&total),
+            "seed {seed}: counter-{c} is {total} after {acked} acknowledged and {unknown} unknown increments"
+        );
+        // Both workers converge on it.
+        let on = |port: u16| Resp::connect(port).call(&["GET", &key]);
+        assert!(
+            eventually(Duration::from_secs(15), || on(pa) == on(pb)),
+            "seed {seed}: the workers disagree on {key}: {:?} vs {:?}",
+            on(pa),
+            on(pb)
+        );
+        eprintln!("counter-{c}: {total} ({acked} acknowledged, {unknown} unknown)");
+    }
+}
