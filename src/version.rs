@@ -106,6 +106,11 @@ pub fn after(version: u64) -> u64 {
     version.saturating_add(1 << NODE_BITS)
 }
 
+/// The id of the node that stamped `version`.
+pub fn node_of(version: u64) -> u16 {
+    (version & NODE_MASK) as u16
+}
+
 /// Milliseconds since the Unix epoch encoded in a version.
 pub fn millis(version: u64) -> u64 {
     version >> PHYSICAL_SHIFT

@@ -90,14 +90,26 @@ fn counters_answer_as_redis_does() {
                 (&["INCRBY", "n2", "05"], err(NOT_INTEGER)),
                 (&["SET", "s", " 1"], ok()),
                 (&["INCR", "s"], err(NOT_INTEGER)),
-                (&["INCR"], err("ERR wrong number of arguments for 'incr' command")),
+                (
+                    &["INCR"],
+                    err("ERR wrong number of arguments for 'incr' command"),
+                ),
                 (&["INCRBYFLOAT", "f", "10.5"], bulk("10.5")),
                 (&["INCRBYFLOAT", "f", "0.1"], bulk("10.6")),
                 (&["INCRBYFLOAT", "f", "-5.6"], bulk("5")),
                 (&["INCRBYFLOAT", "f", "5.0e3"], bulk("5005")),
-                (&["INCRBYFLOAT", "f", "x"], err("ERR value is not a valid float")),
-                (&["INCRBYFLOAT", "f", "inf"], err("ERR value is not a valid float")),
-                (&["INCRBYFLOAT", "s", "1"], err("ERR value is not a valid float")),
+                (
+                    &["INCRBYFLOAT", "f", "x"],
+                    err("ERR value is not a valid float"),
+                ),
+                (
+                    &["INCRBYFLOAT", "f", "inf"],
+                    err("ERR value is not a valid float"),
+                ),
+                (
+                    &["INCRBYFLOAT", "s", "1"],
+                    err("ERR value is not a valid float"),
+                ),
                 (&["INCR", "f"], int(5006)),
             ],
         );
@@ -138,7 +150,10 @@ fn string_commands_answer_as_redis_does() {
                 (&["GET", "r"], Value::Bulk(Some(b"\0\0\0x".to_vec().into()))),
                 (&["SETRANGE", "none", "5", ""], int(0)),
                 (&["EXISTS", "none"], int(0)),
-                (&["SETRANGE", "a", "-1", "x"], err("ERR offset is out of range")),
+                (
+                    &["SETRANGE", "a", "-1", "x"],
+                    err("ERR offset is out of range"),
+                ),
                 (&["GETSET", "g", "1"], nil()),
                 (&["GETSET", "g", "2"], bulk("1")),
                 (&["GETDEL", "g"], bulk("2")),
@@ -155,8 +170,14 @@ fn string_commands_answer_as_redis_does() {
                 (&["GET", "k"], bulk("v5")),
                 (&["SET", "k", "v6"], ok()),
                 (&["TTL", "k"], int(-1)),
-                (&["SET", "k", "v", "KEEPTTL", "EX", "1"], err("ERR syntax error")),
-                (&["SET", "k", "v", "EX", "0"], err("ERR invalid expire time in 'set' command")),
+                (
+                    &["SET", "k", "v", "KEEPTTL", "EX", "1"],
+                    err("ERR syntax error"),
+                ),
+                (
+                    &["SET", "k", "v", "EX", "0"],
+                    err("ERR invalid expire time in 'set' command"),
+                ),
                 (&["SET", "nx", "v", "NX", "KEEPTTL"], ok()),
                 (&["SET", "nx", "w", "NX", "KEEPTTL"], nil()),
                 (&["GETEX", "k"], bulk("v6")),
@@ -165,7 +186,10 @@ fn string_commands_answer_as_redis_does() {
                 (&["GETEX", "k", "PERSIST"], bulk("v6")),
                 (&["TTL", "k"], int(-1)),
                 (&["GETEX", "missing", "EX", "10"], nil()),
-                (&["GETEX", "k", "EX", "0"], err("ERR invalid expire time in 'getex' command")),
+                (
+                    &["GETEX", "k", "EX", "0"],
+                    err("ERR invalid expire time in 'getex' command"),
+                ),
                 (&["GETEX", "k", "FOO", "1"], err("ERR syntax error")),
                 (&["SETNX", "sn", "1"], int(1)),
                 (&["SETNX", "sn", "2"], int(0)),
@@ -175,12 +199,21 @@ fn string_commands_answer_as_redis_does() {
                 (&["TTL", "pse"], int(100)),
                 (&["MSETNX", "m1", "a", "m2", "b"], int(1)),
                 (&["MSETNX", "m2", "c", "m3", "d"], int(0)),
-                (&["MGET", "m1", "m2", "m3"], Value::Array(Some(vec![bulk("a"), bulk("b"), nil()]))),
-                (&["MSETNX", "m3"], err("ERR wrong number of arguments for 'msetnx' command")),
+                (
+                    &["MGET", "m1", "m2", "m3"],
+                    Value::Array(Some(vec![bulk("a"), bulk("b"), nil()])),
+                ),
+                (
+                    &["MSETNX", "m3"],
+                    err("ERR wrong number of arguments for 'msetnx' command"),
+                ),
             ],
         );
         // Absolute expiries: a moment 100 s ahead.
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
         let at = (now + 100).to_string();
         let pxat = ((now + 100) * 1000).to_string();
         check(
@@ -199,7 +232,10 @@ fn string_commands_answer_as_redis_does() {
 #[test]
 fn key_and_ttl_commands_answer_as_redis_does() {
     targets().each(|r, target| {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
         let at = (now + 100).to_string();
         let past = (now - 10).to_string();
         check(
@@ -232,12 +268,18 @@ fn key_and_ttl_commands_answer_as_redis_does() {
                     &["EXPIRE", "k", "1", "GT", "LT"],
                     err("ERR GT and LT options at the same time are not compatible"),
                 ),
-                (&["EXPIRE", "k", "1", "YY"], err("ERR Unsupported option YY")),
+                (
+                    &["EXPIRE", "k", "1", "YY"],
+                    err("ERR Unsupported option YY"),
+                ),
                 (&["PERSIST", "k"], int(1)),
                 (&["TTL", "k"], int(-1)),
                 (&["EXPIREAT", "k", &at], int(1)),
                 (&["EXPIRETIME", "k"], int((now + 100) as i64)),
-                (&["PEXPIREAT", "k", &((now + 50) * 1000).to_string()], int(1)),
+                (
+                    &["PEXPIREAT", "k", &((now + 50) * 1000).to_string()],
+                    int(1),
+                ),
             ],
         );
         // Kept as a TTL: the moment comes back exact to a few milliseconds.
@@ -245,7 +287,10 @@ fn key_and_ttl_commands_answer_as_redis_does() {
             panic!("{target}: PEXPIRETIME is not an integer");
         };
         let want = ((now + 50) * 1000) as i64;
-        assert!((want - 5..=want + 5).contains(&pxat), "{target}: PEXPIRETIME {pxat}, not {want}");
+        assert!(
+            (want - 5..=want + 5).contains(&pxat),
+            "{target}: PEXPIRETIME {pxat}, not {want}"
+        );
         check(
             r,
             target,
@@ -274,8 +319,14 @@ fn key_and_ttl_commands_answer_as_redis_does() {
                 (&["COPY", "dst2", "cp", "REPLACE"], int(1)),
                 (&["GET", "cp"], bulk("w")),
                 (&["COPY", "missing", "cp"], int(0)),
-                (&["COPY", "cp", "cp"], err("ERR source and destination objects are the same")),
-                (&["COPY", "cp", "x", "DB", "1"], err("ERR DB index is out of range")),
+                (
+                    &["COPY", "cp", "cp"],
+                    err("ERR source and destination objects are the same"),
+                ),
+                (
+                    &["COPY", "cp", "x", "DB", "1"],
+                    err("ERR DB index is out of range"),
+                ),
             ],
         );
     });
@@ -314,7 +365,9 @@ fn increments_survive_a_worker_restart_without_loss_or_double_counting() {
                 let mut r = Resp::connect(port);
                 let mut n = seed.wrapping_add(i);
                 while !stop.load(Ordering::Relaxed) {
-                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let c = (n >> 33) as usize % COUNTERS;
                     match r.call(&["INCR", &format!("counter-{c}")]) {
                         Value::Integer(v) => seen[c].lock().expect("lock").push(v),
@@ -358,7 +411,10 @@ fn increments_survive_a_worker_restart_without_loss_or_double_counting() {
             "seed {seed}: counter-{c}: two increments answered the same value (one was lost)"
         );
         let acked = values.len() as i64;
-        assert!(acked > 50, "seed {seed}: counter-{c}: only {acked} increments");
+        assert!(
+            acked > 50,
+            "seed {seed}: counter-{c}: only {acked} increments"
+        );
         let key = format!("counter-{c}");
         let Value::Bulk(Some(v)) = r.call(&["GET", &key]) else {
             panic!("seed {seed}: counter-{c} is gone");

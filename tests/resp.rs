@@ -5,9 +5,9 @@
 
 mod common;
 
+use bytes::BytesMut;
 use common::resp::*;
 use common::*;
-use bytes::BytesMut;
 use rcache::protocol::resp::{encode_request, Value};
 use std::time::{Duration, Instant};
 

@@ -107,7 +107,13 @@ pub async fn rename<K: Keyspace>(ks: &K, from: Bytes, to: Bytes, nx: bool) -> Re
         Ok(None) => return Reply::error(ErrorCode::Parse, "no such key"),
         Err(e) => return Reply::Error(e),
     };
-    let done = |stored: bool| if nx { Reply::Integer(i64::from(stored)) } else { Reply::Done };
+    let done = |stored: bool| {
+        if nx {
+            Reply::Integer(i64::from(stored))
+        } else {
+            Reply::Done
+        }
+    };
     if from == to {
         return done(!nx);
     }
@@ -138,7 +144,11 @@ pub async fn copy<K: Keyspace>(ks: &K, from: Bytes, to: Bytes, replace: bool) ->
         Ok(None) => return Reply::Integer(0),
         Err(e) => return Reply::Error(e),
     };
-    let when = if replace { SetWhen::Always } else { SetWhen::Absent };
+    let when = if replace {
+        SetWhen::Always
+    } else {
+        SetWhen::Absent
+    };
     let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
     match ks.set(to, value, ttl, when).await {
         Ok(stored) => Reply::Integer(i64::from(stored)),

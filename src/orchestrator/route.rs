@@ -306,7 +306,11 @@ impl Router {
     /// fails and nothing changed. A decider that fails once the request
     /// may have reached it leaves the outcome unknown, and the client is
     /// told so: the update is never sent twice.
-    pub(super) async fn update_decided(&self, key: Bytes, update: Update) -> Result<Response, ErrorReply> {
+    pub(super) async fn update_decided(
+        &self,
+        key: Bytes,
+        update: Update,
+    ) -> Result<Response, ErrorReply> {
         let topology = self.topology();
         let slot = placement::locate(&key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
@@ -334,28 +338,25 @@ impl Router {
             Response::Updated {
                 changed: true,
                 version,
+                base,
                 ttl_ms,
                 value,
                 ..
             } => {
                 self.clock.observe(*version);
-                Some(match value {
-                    Some(value) => Request::Set {
-                        version: *version,
-                        ttl_ms: *ttl_ms,
-                        key: key.clone(),
-                        value: value.clone(),
-                        when: SetWhen::Always,
-                    },
-                    None => Request::Del {
-                        version: *version,
-                        key: key.clone(),
-                    },
+                Some(Request::Replicate {
+                    version: *version,
+                    ttl_ms: *ttl_ms,
+                    base: *base,
+                    key: key.clone(),
+                    value: value.clone(),
                 })
             }
             _ => None,
         };
-        let decided = self.write_decided(pair, decider, &request, &outcome).await?;
+        let decided = self
+            .write_decided(pair, decider, &request, &outcome)
+            .await?;
         decided.into_iter().next().ok_or_else(|| {
             ErrorReply::new(ErrorCode::Unavailable, "no answer from the deciding worker")
         })
@@ -408,10 +409,28 @@ impl Router {
             return Ok(vec![decided]);
         };
         let key = match &outcome {
-            Request::Set { key, .. } | Request::Del { key, .. } => key.clone(),
+            Request::Set { key, .. }
+            | Request::Del { key, .. }
+            | Request::Replicate { key, .. } => key.clone(),
             _ => Bytes::new(),
         };
+        // An update's result does not go over an update the partner
+        // decided from an older value (for an orchestrator that believed
+        // this decider down): the pair keeps only one of the two, and this
+        // one's client is told its outcome is unknown. A newer version of
+        // anyone else there (a later update of this decider, a plain
+        // write) descends from or rightly overwrites this one.
+        let replica = matches!(outcome, Request::Replicate { .. });
+        let plain = Arc::new(outcome.plain());
         let outcome = Arc::new(outcome);
+        let conflict = || {
+            self.metrics.writes_unknown.inc();
+            Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "write outcome unknown: the partner took another write of the key meanwhile, \
+                 and the pair keeps only one of them",
+            ))
+        };
         match ask(other, &outcome, other.health() != Health::Down).await {
             // The partner holds a newer version, or (holding no value) it
             // evicted one that new from the key's bucket and would have
@@ -426,16 +445,17 @@ impl Router {
                     .await;
                 if matches!(held, Ok(Response::NotFound)) {
                     self.clock.observe(version);
-                    let again = outcome.restamped(self.clock.next());
+                    let again = plain.restamped(self.clock.next());
                     if Box::pin(self.write(&key, again.clone())).await.is_err() {
                         other.missed_write(&again);
                         tell_missed(first).await;
                     }
                 }
             }
+            WriteOutcome::Stored(Response::NotStored) if replica => return conflict(),
             WriteOutcome::Stored(_) => {}
             WriteOutcome::Refused(_) | WriteOutcome::Failed { .. } | WriteOutcome::NotAsked => {
-                other.missed_write(&outcome);
+                other.missed_write(&plain);
                 tell_missed(first).await;
             }
         }

@@ -267,7 +267,10 @@ mod tests {
         );
         for bad in [&b"abc"[..], b"05", b"+5", b" 5", b"5 ", b"", b"-0", b"1.5"] {
             let e = apply(&Update::IncrBy(1), Some(bad), MAX).unwrap_err();
-            assert_eq!(e.message, "value is not an integer or out of range", "{bad:?}");
+            assert_eq!(
+                e.message, "value is not an integer or out of range",
+                "{bad:?}"
+            );
         }
     }
 
@@ -327,7 +330,10 @@ mod tests {
             apply(&replace(SetWhen::Present), None, MAX).unwrap(),
             Change::None
         );
-        assert_eq!(apply(&Update::Take, Some(b"v"), MAX).unwrap(), Change::Delete);
+        assert_eq!(
+            apply(&Update::Take, Some(b"v"), MAX).unwrap(),
+            Change::Delete
+        );
         assert_eq!(apply(&Update::Take, None, MAX).unwrap(), Change::None);
         let retime = Update::Retime(TtlChange::Clear);
         assert_eq!(value(apply(&retime, Some(b"v"), MAX).unwrap()), "v");

@@ -24,7 +24,10 @@ impl Keyspace for Worker {
 
     async fn read(&self, key: Bytes) -> Result<Option<(Bytes, u64)>, ErrorReply> {
         self.ready()?;
-        Ok(self.store.get(&key).map(|found| (found.value, found.ttl_ms)))
+        Ok(self
+            .store
+            .get(&key)
+            .map(|found| (found.value, found.ttl_ms)))
     }
 
     async fn update(&self, key: Bytes, update: Update) -> Result<Updated, ErrorReply> {

@@ -363,6 +363,19 @@ impl Worker {
                 }
                 self.decide_update(&key, version, &update)
             }
+            Request::Replicate {
+                version,
+                ttl_ms,
+                base,
+                key,
+                value,
+            } => {
+                if let Some(refused) = Worker::implausible(version) {
+                    return refused;
+                }
+                self.clock.observe(version);
+                self.replicate(&key, version, ttl_ms, base, value.as_deref())
+            }
             Request::Ping => Response::Pong,
             // Checked by the session loop (`net::serve_session`), never executed.
             Request::Auth { .. } => Response::Authenticated,

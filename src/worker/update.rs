@@ -49,6 +49,7 @@ impl Worker {
                     return Ok(Response::Updated {
                         changed: false,
                         version: held.unwrap_or(0),
+                        base: held.unwrap_or(0),
                         ttl_ms: old_ttl,
                         value: old.clone(),
                         old,
@@ -58,7 +59,7 @@ impl Worker {
                     let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
                     let applied = self
                         .store
-                        .set_over(key, &value, ttl, version, held)
+                        .set_over(key, &value, ttl, version, Require::Holds(held))
                         .map_err(Worker::store_error)?;
                     (applied, Some(value))
                 }
@@ -75,6 +76,7 @@ impl Worker {
                     return Ok(Response::Updated {
                         changed: true,
                         version,
+                        base: held.unwrap_or(0),
                         ttl_ms: if value.is_some() { ttl_ms } else { 0 },
                         value,
                         old,
@@ -91,5 +93,40 @@ impl Worker {
             ErrorCode::Unavailable,
             format!("the key changed under each of {TRIES} tries of the update: try again"),
         ))
+    }
+
+    /// Stores the result of an update the partner decided, unless this
+    /// worker holds an update of its own decided after the version the
+    /// partner read (answered `NotStored`: the two conflict).
+    pub(super) fn replicate(
+        &self,
+        key: &[u8],
+        version: u64,
+        ttl_ms: u64,
+        base: u64,
+        value: Option<&[u8]>,
+    ) -> Response {
+        let require = Require::NotAfter {
+            base,
+            node: self.clock.node(),
+        };
+        let applied = match value {
+            Some(value) => {
+                let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
+                self.store.set_over(key, value, ttl, version, require)
+            }
+            None => self
+                .store
+                .delete_over(key, version, require)
+                .map(|(applied, _)| applied),
+        };
+        match applied {
+            Ok(Applied::Unmet) => Response::NotStored,
+            Ok(Applied::Newer(version) | Applied::Evicted(version)) => Response::Newer { version },
+            Ok(applied) => Response::Set {
+                applied: applied == Applied::Yes,
+            },
+            Err(e) => Response::Error(Worker::store_error(e)),
+        }
     }
 }

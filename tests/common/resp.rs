@@ -97,4 +97,3 @@ pub fn ok() -> Value {
 pub fn err(line: &str) -> Value {
     Value::Error(line.as_bytes().to_vec().into())
 }
-

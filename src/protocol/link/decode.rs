@@ -272,6 +272,24 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
                 update,
             }
         }
+        op::REPLICATE => {
+            let version = r.u64()?;
+            let ttl_ms = r.u64()?;
+            let base = r.u64()?;
+            let deleted = r.u8()? != 0;
+            let key = r.key(limits)?;
+            let value = r.value(limits)?;
+            if deleted && !value.is_empty() {
+                return Err(LinkError::Malformed("a value for a delete"));
+            }
+            Request::Replicate {
+                version,
+                ttl_ms,
+                base,
+                key,
+                value: (!deleted).then_some(value),
+            }
+        }
         op::PING => Request::Ping,
         op::AUTH => {
             let token = r.rest();
@@ -340,7 +358,7 @@ pub fn decode_response(
                     value,
                 }
             }
-            RequestKind::Set => Response::Set {
+            RequestKind::Set | RequestKind::Replicate => Response::Set {
                 applied: r.u8()? != 0,
             },
             RequestKind::Del | RequestKind::Expire => Response::Del {
@@ -398,6 +416,7 @@ pub fn decode_response(
             RequestKind::Update => {
                 let flags = r.u8()?;
                 let version = r.u64()?;
+                let base = r.u64()?;
                 let ttl_ms = r.u64()?;
                 let len = r.u32()? as usize;
                 if len > limits.max_value_bytes {
@@ -408,6 +427,7 @@ pub fn decode_response(
                 Response::Updated {
                     changed: flags & 1 != 0,
                     version,
+                    base,
                     ttl_ms,
                     value: (flags & 2 != 0).then_some(value),
                     old: (flags & 4 != 0).then_some(old),
@@ -419,8 +439,15 @@ pub fn decode_response(
             },
         },
         status::NOT_FOUND => Response::NotFound,
-        status::NOT_STORED if request == RequestKind::Set => Response::NotStored,
-        status::NEWER if matches!(request, RequestKind::Set | RequestKind::Del) => {
+        status::NOT_STORED if matches!(request, RequestKind::Set | RequestKind::Replicate) => {
+            Response::NotStored
+        }
+        status::NEWER
+            if matches!(
+                request,
+                RequestKind::Set | RequestKind::Del | RequestKind::Replicate
+            ) =>
+        {
             Response::Newer { version: r.u64()? }
         }
         status::ERROR => {

@@ -73,6 +73,7 @@ impl Request {
             Request::Meta { .. } => Op::Meta,
             Request::Expire { .. } => Op::Expire,
             Request::Update { update, .. } => update.op(),
+            Request::Replicate { .. } => Op::Update,
             Request::Ping => Op::Ping,
             Request::Auth { .. } => Op::Auth,
             Request::Status | Request::Missed => Op::Status,

@@ -78,6 +78,23 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             out.put_u64(*version);
             put_update(out, key, update);
         }
+        Request::Replicate {
+            version,
+            ttl_ms,
+            base,
+            key,
+            value,
+        } => {
+            let data = value.as_deref().unwrap_or_default();
+            out.reserve(data.len() + key.len() + 40);
+            out.put_u8(op::REPLICATE);
+            out.put_u64(*version);
+            out.put_u64(*ttl_ms);
+            out.put_u64(*base);
+            out.put_u8(u8::from(value.is_none()));
+            put_key(out, key);
+            out.put_slice(data);
+        }
         Request::Ping => out.put_u8(op::PING),
         Request::Auth { token } => {
             out.put_u8(op::AUTH);
@@ -264,17 +281,20 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
         Response::Updated {
             changed,
             version,
+            base,
             ttl_ms,
             value,
             old,
         } => {
-            let flags = u8::from(*changed) | u8::from(value.is_some()) << 1 | u8::from(old.is_some()) << 2;
+            let flags =
+                u8::from(*changed) | u8::from(value.is_some()) << 1 | u8::from(old.is_some()) << 2;
             let value = value.as_deref().unwrap_or_default();
             let old = old.as_deref().unwrap_or_default();
             out.reserve(value.len() + old.len() + 32);
             out.put_u8(status::OK);
             out.put_u8(flags);
             out.put_u64(*version);
+            out.put_u64(*base);
             out.put_u64(*ttl_ms);
             out.put_u32(value.len() as u32);
             out.put_slice(value);

@@ -18,6 +18,7 @@
 //!   DIGEST  7                         anti-entropy: start a round
 //!   SYNC    8  n:u16 bucket:u16* after:bound upto:bound m:u32 summary*
 //!   APPLY   9  last:u8 count:u32 entry* n:u32 summary*  (summaries: evict)
+//!   REPLICATE 16 version:u64 ttl_ms:u64 base:u64 deleted:u8 key value(rest)
 //!   UPDATE 15  version:u64 kind:u8 key args               read-modify-write
 //!              (1 INCRBY i64 | 2 INCRBYFLOAT f64-bits | 3 APPEND rest
 //!               | 4 SETRANGE offset:u64 rest | 5 REPLACE when:u8 ttl rest
@@ -30,8 +31,9 @@
 //!                  DIGEST: n:u32 (hash:u64 entries:u32)*;
 //!                  SYNC: complete:u8 count:u32 entry* n:u32 key*;
 //!                  APPLY: applied:u32 n:u32 summary*   (refused for room);
-//!                  UPDATE: flags:u8 version:u64 ttl_ms:u64 len:u32 value
-//!                          old(rest)   flags: 1 changed, 2 value, 4 old)
+//!                  UPDATE: flags:u8 version:u64 base:u64 ttl_ms:u64 len:u32
+//!                          value old(rest)   flags: 1 changed, 2 value, 4 old;
+//!                  REPLICATE: applied:u8)
 //!   NOT_FOUND   2
 //!   NOT_STORED  3                      (a conditional set's condition failed)
 //!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
@@ -198,6 +200,18 @@ pub enum Request {
         key: Bytes,
         update: Update,
     },
+    /// The result of an update the partner decided: the key's new value
+    /// (deleted when `None`) at `version`, stored only if this worker
+    /// holds no version after `base` (the one the decider read). Another
+    /// version there means this worker took a write the decider did not
+    /// see, such as an update it decided itself: answered `NotStored`.
+    Replicate {
+        version: u64,
+        ttl_ms: u64,
+        base: u64,
+        key: Bytes,
+        value: Option<Bytes>,
+    },
 }
 
 /// One bucket of a store's digest: a sum of its entries' fingerprints
@@ -279,9 +293,11 @@ pub enum Response {
     /// What a [`Request::Update`] did: when `changed`, the key now holds
     /// `value` (deleted when `None`) at `version` with `ttl_ms` left (0:
     /// none); `old` is the value it held before, if it was live.
+    /// `base` is the version it read (0: none).
     Updated {
         changed: bool,
         version: u64,
+        base: u64,
         ttl_ms: u64,
         value: Option<Bytes>,
         old: Option<Bytes>,
@@ -329,6 +345,7 @@ mod op {
     pub const EXPIRE: u8 = 13;
     pub const MISSED: u8 = 14;
     pub const UPDATE: u8 = 15;
+    pub const REPLICATE: u8 = 16;
 }
 
 mod status {
@@ -358,11 +375,12 @@ pub enum RequestKind {
     Apply,
     Missed,
     Update,
+    Replicate,
 }
 
 impl RequestKind {
     /// Every kind, for code that must try them all (decoders under test).
-    pub const ALL: [RequestKind; 14] = [
+    pub const ALL: [RequestKind; 15] = [
         RequestKind::Auth,
         RequestKind::Get,
         RequestKind::Set,
@@ -377,6 +395,7 @@ impl RequestKind {
         RequestKind::Apply,
         RequestKind::Missed,
         RequestKind::Update,
+        RequestKind::Replicate,
     ];
 }
 
@@ -387,11 +406,43 @@ impl Request {
         let mut request = self.clone();
         if let Request::Set { version: v, .. }
         | Request::Del { version: v, .. }
-        | Request::Update { version: v, .. } = &mut request
+        | Request::Update { version: v, .. }
+        | Request::Replicate { version: v, .. } = &mut request
         {
             *v = version;
         }
         request
+    }
+
+    /// The plain write a [`Request::Replicate`] stands for (a set or a
+    /// delete at its version, without the condition); any other request
+    /// as it is.
+    pub fn plain(&self) -> Request {
+        match self {
+            Request::Replicate {
+                version,
+                ttl_ms,
+                key,
+                value: Some(value),
+                ..
+            } => Request::Set {
+                version: *version,
+                ttl_ms: *ttl_ms,
+                key: key.clone(),
+                value: value.clone(),
+                when: SetWhen::Always,
+            },
+            Request::Replicate {
+                version,
+                key,
+                value: None,
+                ..
+            } => Request::Del {
+                version: *version,
+                key: key.clone(),
+            },
+            other => other.clone(),
+        }
     }
 
     pub fn kind(&self) -> RequestKind {
@@ -410,6 +461,7 @@ impl Request {
             Request::Apply { .. } => RequestKind::Apply,
             Request::Missed => RequestKind::Missed,
             Request::Update { .. } => RequestKind::Update,
+            Request::Replicate { .. } => RequestKind::Replicate,
         }
     }
 }

@@ -234,8 +234,10 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
             parse_expire(name, args, limits).unwrap_or_else(|e| e)
         }
         "expiretime" | "pexpiretime" => {
+            // The moment comes from the TTL left, exact to a millisecond or
+            // two: rounded, as TTL is, it gives back the second it was set to.
             let shape = if name == "expiretime" {
-                Shape::WholeSeconds
+                Shape::Seconds
             } else {
                 Shape::Plain
             };
@@ -654,12 +656,55 @@ fn parse_copy(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespReques
 
 /// Every command rcache answers over RESP.
 pub const COMMANDS: &[&str] = &[
-    "append", "auth", "client", "command", "config", "copy", "dbsize", "decr", "decrby", "del",
-    "echo", "exists", "expire", "expireat", "expiretime", "get", "getdel", "getex", "getrange",
-    "getset", "hello", "incr", "incrby", "incrbyfloat", "info", "mget", "mset", "msetnx",
-    "persist", "pexpire", "pexpireat", "pexpiretime", "ping", "psetex", "pttl", "quit", "rename",
-    "renamenx", "select", "set", "setex", "setnx", "setrange", "strlen", "substr", "touch", "ttl",
-    "type", "unlink",
+    "append",
+    "auth",
+    "client",
+    "command",
+    "config",
+    "copy",
+    "dbsize",
+    "decr",
+    "decrby",
+    "del",
+    "echo",
+    "exists",
+    "expire",
+    "expireat",
+    "expiretime",
+    "get",
+    "getdel",
+    "getex",
+    "getrange",
+    "getset",
+    "hello",
+    "incr",
+    "incrby",
+    "incrbyfloat",
+    "info",
+    "mget",
+    "mset",
+    "msetnx",
+    "persist",
+    "pexpire",
+    "pexpireat",
+    "pexpiretime",
+    "ping",
+    "psetex",
+    "pttl",
+    "quit",
+    "rename",
+    "renamenx",
+    "select",
+    "set",
+    "setex",
+    "setnx",
+    "setrange",
+    "strlen",
+    "substr",
+    "touch",
+    "ttl",
+    "type",
+    "unlink",
 ];
 
 fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {

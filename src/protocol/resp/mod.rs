@@ -51,11 +51,9 @@ pub enum Shape {
     Plain,
     /// `SETNX`: `:1` if stored, `:0` if not.
     Stored,
-    /// `TTL`: milliseconds rounded to seconds (negative codes unchanged).
+    /// `TTL`, `EXPIRETIME`: milliseconds rounded to seconds (negative
+    /// codes unchanged).
     Seconds,
-    /// `EXPIRETIME`: milliseconds cut to whole seconds (negative codes
-    /// unchanged).
-    WholeSeconds,
 }
 
 /// What one RESP request asks of the connection.

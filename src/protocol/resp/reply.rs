@@ -97,7 +97,6 @@ pub fn encode_reply(reply: &Reply, shape: Shape, version: Version, out: &mut Byt
         (Reply::Integer(ms), Shape::Seconds) if *ms >= 0 => {
             put_header(out, b':', (*ms + 500) / 1000)
         }
-        (Reply::Integer(ms), Shape::WholeSeconds) if *ms >= 0 => put_header(out, b':', *ms / 1000),
         (Reply::Value(v), _) => put_bulk(out, v),
         (Reply::Done, _) => out.put_slice(b"+OK\r\n"),
         (Reply::Pong, _) => out.put_slice(b"+PONG\r\n"),

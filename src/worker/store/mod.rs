@@ -69,8 +69,8 @@ mod tests;
 
 pub use digest::BucketSet;
 use shard::Shard;
-use slot::{NewSlot, Put, Slot};
 pub use slot::Require;
+use slot::{NewSlot, Put, Slot};
 
 /// Number of shards: enough that writers on all cores rarely meet on a lock.
 pub const SHARD_COUNT: usize = 64;
@@ -380,18 +380,18 @@ impl Store {
         self.write(key, value, ttl, version, require)
     }
 
-    /// [`Store::set`] only over the live version `holds` (`None`: only if
-    /// no live entry is there): the store half of a read-modify-write,
-    /// [`Applied::Unmet`] when another write got there since the read.
+    /// [`Store::set`] under a condition on the entry there, such as
+    /// holding the version a read-modify-write read ([`Applied::Unmet`]
+    /// when another write got there since the read).
     pub fn set_over(
         &self,
         key: &[u8],
         value: &[u8],
         ttl: Option<Duration>,
         version: u64,
-        holds: Option<u64>,
+        require: Require,
     ) -> Result<Applied, StoreError> {
-        self.write(key, value, ttl, version, Require::Holds(holds))
+        self.write(key, value, ttl, version, require)
     }
 
     fn write(

@@ -194,6 +194,16 @@ pub enum Require {
     /// The live entry holds exactly this version (`None`: no live entry):
     /// a read-modify-write stores only over what it read.
     Holds(Option<u64>),
+    /// No live entry after version `base` stamped by `node` is there: the
+    /// replica of an update decided from `base` by a partner, which must
+    /// not land over an update this node (`node`) decided meanwhile from
+    /// an older value. (A later version of another node is a descendant
+    /// of the update or a plain write over it, and wins as any newer
+    /// version does.)
+    NotAfter {
+        base: u64,
+        node: u16,
+    },
 }
 
 impl Require {
@@ -203,6 +213,9 @@ impl Require {
             Require::Nothing => true,
             Require::Live(want) => want == live.is_some(),
             Require::Holds(want) => want == live,
+            Require::NotAfter { base, node } => {
+                !matches!(live, Some(v) if v > base && crate::version::node_of(v) == node)
+            }
         }
     }
 }
