@@ -62,10 +62,83 @@ pub fn text_stream(data: &[u8]) {
     }
 }
 
+/// What a worker does with the writes among link requests, against a
+/// store: refill and repair entries, read-modify-writes (computed from the
+/// value held and stored over it), their replicas, flushes and walks.
+fn apply_request(store: &crate::worker::store::Store, request: &Request, limits: &Limits) {
+    use crate::worker::store::Require;
+    match request {
+        Request::Apply { entries, .. } => {
+            for entry in entries {
+                let _ = store.apply(entry);
+            }
+        }
+        Request::Update {
+            version,
+            key,
+            update,
+        } => {
+            let found = store.get(key);
+            let old = found.as_ref().map(|f| f.value.clone());
+            let held = found.as_ref().map(|f| f.version);
+            let ttl_ms = update.ttl_after(found.map_or(0, |f| f.ttl_ms), || 0);
+            let ttl = (ttl_ms > 0).then(|| std::time::Duration::from_millis(ttl_ms));
+            match crate::protocol::update::apply(update, old.as_deref(), limits.max_value_bytes) {
+                Ok(crate::protocol::update::Change::Value(v)) => {
+                    assert!(
+                        v.len() <= limits.max_value_bytes,
+                        "an update outgrew the limit"
+                    );
+                    let _ = store.set_over(key, &v, ttl, *version, Require::Holds(held));
+                }
+                Ok(crate::protocol::update::Change::Delete) => {
+                    let _ = store.delete_over(key, *version, Require::Holds(held));
+                }
+                Ok(crate::protocol::update::Change::None) | Err(_) => {}
+            }
+        }
+        Request::Replicate {
+            version,
+            base,
+            key,
+            value,
+            ..
+        } => {
+            let require = Require::NotAfter {
+                base: *base,
+                node: 1,
+            };
+            let _ = match value {
+                Some(v) => store.set_over(key, v, None, *version, require),
+                None => store.delete_over(key, *version, require).map(|(a, _)| a),
+            };
+        }
+        Request::Flush { version } => {
+            store.flush(*version);
+        }
+        Request::Scan {
+            from,
+            count,
+            pattern,
+        } => {
+            let mut keys = Vec::new();
+            let next = store.keys_from(
+                usize::from(*from),
+                (*count as usize).min(1 << 16),
+                |k| crate::protocol::glob::matches(pattern, k),
+                &mut keys,
+            );
+            assert!(next <= crate::hash::DIGEST_BUCKETS);
+        }
+        _ => {}
+    }
+}
+
 /// The link protocol as both ends read it: frames cut from `data`, each
 /// decoded as a request and as a response to every kind of request; the
-/// entries of refill chunks are applied to a small store (lz4 included),
-/// which must stay within its memory limit.
+/// writes among the requests (refill entries, read-modify-writes and
+/// their replicas, flushes) and the walks are applied to a small store
+/// (lz4 included), which must stay within its memory limit.
 pub fn link_stream(data: &[u8]) {
     let limits = limits();
     let max = crate::protocol::link::max_frame_bytes(&limits);
@@ -84,11 +157,7 @@ pub fn link_stream(data: &[u8]) {
                 .flatten()
                 .map(|f| decode_request(f, &limits));
             assert_eq!(reread, Some(Ok(request.clone())), "request round trip");
-            if let Request::Apply { entries, .. } = &request {
-                for entry in entries {
-                    let _ = store.apply(entry);
-                }
-            }
+            apply_request(&store, &request, &limits);
         }
         for kind in RequestKind::ALL {
             if let Ok(Response::Chunk(entries)) = decode_response(frame.clone(), kind, &limits) {

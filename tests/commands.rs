@@ -223,7 +223,7 @@ fn string_commands_answer_as_redis_does() {
                 (&["SET", "x", "v", "EXAT", &at], ok()),
                 (&["EXPIRETIME", "x"], int((now + 100) as i64)),
                 (&["SET", "x", "v", "PXAT", &pxat, "GET"], bulk("v")),
-                (&["TTL", "x"], int(100)),
+                (&["EXPIRETIME", "x"], int((now + 100) as i64)),
             ],
         );
     });
@@ -434,4 +434,198 @@ fn increments_survive_a_worker_restart_without_loss_or_double_counting() {
         );
         eprintln!("counter-{c}: {total} ({acked} acknowledged, {unknown} unknown)");
     }
+}
+
+/// Walks a whole SCAN from cursor 0; the keys it returned.
+fn scan_all(r: &mut Resp, extra: &[&str], mut between: impl FnMut(usize)) -> Vec<String> {
+    let (mut cursor, mut keys, mut steps) = ("0".to_string(), Vec::new(), 0);
+    loop {
+        let mut args = vec!["SCAN", cursor.as_str()];
+        args.extend_from_slice(extra);
+        let Value::Array(Some(reply)) = r.call(&args) else {
+            panic!("SCAN did not answer an array");
+        };
+        let [Value::Bulk(Some(next)), Value::Array(Some(batch))] = &reply[..] else {
+            panic!("SCAN answered {reply:?}");
+        };
+        for key in batch {
+            let Value::Bulk(Some(key)) = key else {
+                panic!("a key that is not a string: {key:?}");
+            };
+            keys.push(String::from_utf8_lossy(key).into_owned());
+        }
+        cursor = String::from_utf8_lossy(next).into_owned();
+        steps += 1;
+        assert!(steps < 100_000, "SCAN never ended");
+        if cursor == "0" {
+            return keys;
+        }
+        between(steps);
+    }
+}
+
+#[test]
+fn scan_keys_randomkey_and_flushdb_cover_the_whole_cluster() {
+    targets().each(|r, target| {
+        assert_eq!(r.call(&["RANDOMKEY"]), nil(), "{target}");
+        let mut wire = bytes::BytesMut::new();
+        for i in 0..600 {
+            let key = format!("{}:{i}", if i % 3 == 0 { "user" } else { "page" });
+            rcache::protocol::resp::encode_request(&[b"SET", key.as_bytes(), b"v"], &mut wire);
+        }
+        r.send_raw(&wire);
+        for _ in 0..600 {
+            assert_eq!(r.read(), ok());
+        }
+        let keys = scan_all(r, &["COUNT", "50"], |_| {});
+        let distinct: HashSet<&String> = keys.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            600,
+            "{target}: SCAN saw {} distinct keys",
+            distinct.len()
+        );
+        assert!(
+            keys.len() <= 600 + 10,
+            "{target}: {} keys, many twice",
+            keys.len()
+        );
+        let users = scan_all(r, &["MATCH", "user:*", "COUNT", "1000"], |_| {});
+        assert_eq!(users.len(), 200, "{target}");
+        assert!(users.iter().all(|k| k.starts_with("user:")));
+        assert!(
+            scan_all(r, &["TYPE", "hash"], |_| {}).is_empty(),
+            "{target}"
+        );
+        assert_eq!(
+            scan_all(r, &["TYPE", "string", "COUNT", "1000"], |_| {}).len(),
+            600
+        );
+        let Value::Array(Some(matched)) = r.call(&["KEYS", "user:1*"]) else {
+            panic!("{target}: KEYS did not answer an array");
+        };
+        // user:1*: the multiples of 3 that start with 1 below 600.
+        let want = (0..600)
+            .filter(|i| i % 3 == 0 && i.to_string().starts_with('1'))
+            .count();
+        assert_eq!(matched.len(), want, "{target}");
+        let Value::Bulk(Some(random)) = r.call(&["RANDOMKEY"]) else {
+            panic!("{target}: RANDOMKEY found nothing");
+        };
+        assert!(distinct.contains(&String::from_utf8_lossy(&random).into_owned()));
+        check(
+            r,
+            target,
+            &[
+                (&["DBSIZE"], int(600)),
+                (&["SCAN", "x"], err("ERR invalid cursor")),
+                (&["SCAN", "0", "COUNT", "0"], err("ERR syntax error")),
+                (&["SCAN", "0", "MATCH"], err("ERR syntax error")),
+                (&["FLUSHDB", "LATER"], err("ERR syntax error")),
+                (&["FLUSHALL", "ASYNC"], ok()),
+                (&["DBSIZE"], int(0)),
+                (&["GET", "user:0"], nil()),
+                (&["RANDOMKEY"], nil()),
+                (&["KEYS", "*"], Value::Array(Some(Vec::new()))),
+                (&["SET", "after", "v"], ok()),
+                (&["FLUSHDB", "SYNC"], ok()),
+                (&["EXISTS", "after"], int(0)),
+                (&["SET", "after", "w"], ok()),
+                (&["GET", "after"], bulk("w")),
+            ],
+        );
+    });
+}
+
+/// A SCAN goes on at the partner when the worker serving it dies: the
+/// cursor names buckets, the same on both workers of a pair.
+#[test]
+fn a_scan_cursor_survives_a_failover() {
+    let (a, b) = pair(&[]);
+    let (c, d) = pair(&[]);
+    let mut workers = [a, b, c, d];
+    let ports: Vec<u16> = workers.iter().map(|w| w.port).collect();
+    let o = orchestrator(&ports, &["--worker-timeout", "300ms"]);
+    let mut r = Resp::connect(o.port);
+    for i in 0..2000 {
+        assert_eq!(r.call(&["SET", &format!("k{i}"), "v"]), ok());
+    }
+    let mut killed = false;
+    let keys = scan_all(&mut r, &["COUNT", "20"], |step| {
+        if step == 5 && !killed {
+            // Pair 0 is being walked: one of its workers goes.
+            workers[0].kill9();
+            killed = true;
+        }
+    });
+    assert!(killed, "the walk ended before the kill");
+    let distinct: HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), 2000, "the walk lost keys at the failover");
+}
+
+/// A flush one worker misses (frozen, with hints for it queued and
+/// anti-entropy running) is not undone: reads never see a flushed key, the
+/// frozen worker drops its keys once anti-entropy brings it the flush,
+/// and a refill after a restart brings nothing back.
+#[test]
+fn a_flush_is_not_undone_by_hints_anti_entropy_or_refill() {
+    let [pa, pb] = free_ports();
+    let ae = ["--anti-entropy-interval", "300ms"];
+    let mut a = worker_starting(pa, Some(pb), &ae);
+    let mut b = worker_starting(pb, Some(pa), &ae);
+    a.wait_ready();
+    b.wait_ready();
+    let o = orchestrator(&[pa, pb], &["--worker-timeout", "200ms"]);
+    let mut r = Resp::connect(o.port);
+    for i in 0..200 {
+        assert_eq!(r.call(&["SET", &format!("old{i}"), "v"]), ok());
+    }
+    b.signal(libc::SIGSTOP);
+    // Hinted for b, then flushed while b sleeps.
+    for i in 0..50 {
+        assert_eq!(r.call(&["SET", &format!("hinted{i}"), "v"]), ok());
+    }
+    assert_eq!(r.call(&["FLUSHDB"]), ok());
+    b.signal(libc::SIGCONT);
+    let on = |port: u16, args: &[&str]| Resp::connect(port).call(args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        for i in (0..200).step_by(7) {
+            assert_eq!(
+                r.call(&["GET", &format!("old{i}")]),
+                nil(),
+                "a flushed key came back"
+            );
+        }
+        for i in (0..50).step_by(7) {
+            assert_eq!(
+                r.call(&["GET", &format!("hinted{i}")]),
+                nil(),
+                "a flushed key came back"
+            );
+        }
+        if on(pb, &["DBSIZE"]) == int(0) && on(pa, &["DBSIZE"]) == int(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frozen worker kept {:?} keys",
+            on(pb, &["DBSIZE"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // b restarts and refills from a: nothing comes back, new writes stay.
+    assert_eq!(r.call(&["SET", "new", "v"]), ok());
+    b.kill9();
+    b = worker(pb, Some(pa), &ae);
+    assert_eq!(on(pb, &["DBSIZE"]), int(1));
+    assert_eq!(on(pb, &["GET", "new"]), bulk("v"));
+    // And a, restarted in turn, refills from b.
+    a.kill9();
+    a = worker(pa, Some(pb), &ae);
+    assert_eq!(on(pa, &["DBSIZE"]), int(1));
+    for i in (0..200).step_by(7) {
+        assert_eq!(r.call(&["GET", &format!("old{i}")]), nil());
+    }
+    drop((a, b));
 }

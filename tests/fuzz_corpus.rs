@@ -101,7 +101,33 @@ fn link_sample() -> Vec<u8> {
         Request::Ping,
         Request::Status,
         Request::Refill,
-        Request::Digest,
+        Request::Digest { floor: 7 },
+        Request::Scan {
+            from: 3,
+            count: 10,
+            pattern: b("k*"),
+        },
+        Request::Flush { version: 8 },
+        Request::Update {
+            version: 9,
+            key: b("n"),
+            update: rcache::protocol::Update::IncrBy(1),
+        },
+        Request::Update {
+            version: 9,
+            key: b("n"),
+            update: rcache::protocol::Update::SetRange {
+                offset: 2,
+                value: b("xy"),
+            },
+        },
+        Request::Replicate {
+            version: 10,
+            ttl_ms: 0,
+            base: 9,
+            key: b("n"),
+            value: Some(b("2")),
+        },
         Request::Sync {
             buckets: vec![1, 2],
             after: Bytes::new(),
@@ -125,7 +151,13 @@ fn link_sample() -> Vec<u8> {
         encode_request(&r, &mut out);
     }
     encode_response(&Response::Chunk(vec![entry, compressed]), &mut out);
-    encode_response(&Response::End { entries: 2 }, &mut out);
+    encode_response(
+        &Response::End {
+            entries: 2,
+            floor: 7,
+        },
+        &mut out,
+    );
     out.to_vec()
 }
 

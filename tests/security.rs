@@ -284,11 +284,11 @@ fn the_anti_entropy_lock_has_a_lease() {
         };
         let (mut holder, mut other) = (connect().await, connect().await);
         let taken = Instant::now();
-        match holder.call(&Request::Digest, timeout).await {
-            Ok(Response::Digest(_)) => {}
+        match holder.call(&Request::Digest { floor: 0 }, timeout).await {
+            Ok(Response::Digest { .. }) => {}
             other => panic!("DIGEST answered {other:?}"),
         }
-        match other.call(&Request::Digest, timeout).await {
+        match other.call(&Request::Digest { floor: 0 }, timeout).await {
             Ok(Response::Error(e)) => assert!(e.to_string().contains("busy"), "{e}"),
             answer => panic!("a second round while one runs: {answer:?}"),
         }
@@ -300,8 +300,8 @@ fn the_anti_entropy_lock_has_a_lease() {
             );
             // Cut off at the lease: hung up on while it waited for the
             // next message, or that message answered with the reason.
-            match holder.call(&Request::Digest, timeout).await {
-                Ok(Response::Digest(_)) => continue,
+            match holder.call(&Request::Digest { floor: 0 }, timeout).await {
+                Ok(Response::Digest { .. }) => continue,
                 Ok(Response::Error(e)) => {
                     assert!(e.to_string().contains("anti_entropy_lease"), "{e}");
                     break taken.elapsed();
@@ -312,8 +312,8 @@ fn the_anti_entropy_lock_has_a_lease() {
         };
         eprintln!("cut off after {cut_off:?}");
         assert!(cut_off >= Duration::from_secs(1), "{cut_off:?}");
-        match other.call(&Request::Digest, timeout).await {
-            Ok(Response::Digest(_)) => {}
+        match other.call(&Request::Digest { floor: 0 }, timeout).await {
+            Ok(Response::Digest { .. }) => {}
             answer => panic!("the lock was not given back: {answer:?}"),
         }
         // `other` now holds it and goes silent: hung up on at the lease.
@@ -329,8 +329,8 @@ fn the_anti_entropy_lock_has_a_lease() {
         );
         assert!(silent.elapsed() < Duration::from_secs(5));
         let mut third = connect().await;
-        match third.call(&Request::Digest, timeout).await {
-            Ok(Response::Digest(_)) => {}
+        match third.call(&Request::Digest { floor: 0 }, timeout).await {
+            Ok(Response::Digest { .. }) => {}
             answer => panic!("the silent holder kept the lock: {answer:?}"),
         }
     });

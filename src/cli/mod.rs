@@ -188,6 +188,13 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
             println!("pong");
             0
         }
+        (_, Reply::Array(items)) => {
+            let mut status = 0;
+            for item in items {
+                status = status.max(print_reply(command, item));
+            }
+            status
+        }
         (_, Reply::Status(word)) => {
             println!("{word}");
             0

@@ -166,6 +166,89 @@ pub async fn ttl<K: Keyspace>(ks: &K, key: Bytes) -> Reply {
     }
 }
 
+/// `SCAN`: the next cursor and the keys of the stretch it walked.
+pub async fn scan<K: Keyspace>(
+    ks: &K,
+    cursor: u64,
+    pattern: Bytes,
+    count: usize,
+    strings: bool,
+) -> Reply {
+    match ks.scan(cursor, count, pattern).await {
+        Ok((next, keys)) => Reply::Array(vec![
+            Reply::Value(Bytes::from(next.to_string())),
+            Reply::Values(if strings {
+                keys.into_iter().map(Some).collect()
+            } else {
+                Vec::new()
+            }),
+        ]),
+        Err(e) => Reply::Error(e),
+    }
+}
+
+/// Keys one `SCAN` step of `KEYS` and `RANDOMKEY` looks at.
+const WALK_STEP: usize = 10_000;
+
+/// Every key matching `pattern`: a whole walk, failing rather than
+/// holding more than [`max_reply_bytes`] of keys.
+pub async fn keys<K: Keyspace>(ks: &K, pattern: Bytes) -> Reply {
+    let budget = crate::protocol::max_reply_bytes(&ks.limits());
+    let (mut cursor, mut bytes, mut out) = (0, 0, Vec::new());
+    loop {
+        let (next, keys) = match ks.scan(cursor, WALK_STEP, pattern.clone()).await {
+            Ok(step) => step,
+            Err(e) => return Reply::Error(e),
+        };
+        for key in keys {
+            bytes += key.len() + 16;
+            if bytes > budget {
+                return Reply::Error(crate::protocol::ErrorReply::too_large(budget));
+            }
+            out.push(Some(key));
+        }
+        if next == 0 {
+            return Reply::Values(out);
+        }
+        cursor = next;
+    }
+}
+
+/// A key from a walk that starts at a random stretch of the cluster (it
+/// favours keys at the start of a stretch, a cache's random eviction
+/// does the same); nil when there is none.
+pub async fn random_key<K: Keyspace>(ks: &K) -> Reply {
+    let start = crate::sys::random_u64() % ks.cursor_span().max(1);
+    let (mut cursor, mut wrapped) = (start, false);
+    loop {
+        let (next, mut keys) = match ks.scan(cursor, 16, Bytes::new()).await {
+            Ok(step) => step,
+            Err(e) => return Reply::Error(e),
+        };
+        if !keys.is_empty() {
+            let pick = (crate::sys::random_u64() % keys.len() as u64) as usize;
+            return Reply::Value(keys.swap_remove(pick));
+        }
+        // Around once: from the start to the end, then from 0 back to it.
+        if next == 0 {
+            if wrapped || start == 0 {
+                return Reply::not_found();
+            }
+            wrapped = true;
+        } else if wrapped && next >= start {
+            return Reply::not_found();
+        }
+        cursor = next;
+    }
+}
+
+pub async fn flush<K: Keyspace>(ks: &K) -> Reply {
+    match ks.flush().await {
+        Ok(()) => Reply::Done,
+        Err(e) => Reply::Error(e),
+    }
+}
+
 pub async fn db_size<K: Keyspace>(ks: &K) -> Reply {
     match ks.db_size().await {
         Ok(n) => Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX)),

@@ -72,6 +72,24 @@ pub trait Keyspace: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, ErrorReply>> + Send;
 
+    /// Keys from `cursor` on (0: the start) that match `pattern` (empty:
+    /// all), after about `count` keys were looked at: the next cursor (0:
+    /// done) and the keys. A key present for the whole walk is returned
+    /// at least once.
+    fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        pattern: Bytes,
+    ) -> impl Future<Output = Result<(u64, Vec<Bytes>), ErrorReply>> + Send;
+
+    /// Cursors of [`Keyspace::scan`] run from 0 below this.
+    fn cursor_span(&self) -> u64;
+
+    /// Deletes every key on every worker so that no refill, hint or
+    /// repair brings one back.
+    fn flush(&self) -> impl Future<Output = Result<(), ErrorReply>> + Send;
+
     /// Live entries: the store's, or the whole cluster's.
     fn db_size(&self) -> impl Future<Output = Result<u64, ErrorReply>> + Send;
 
@@ -179,6 +197,10 @@ pub fn spec(command: &Command) -> Spec<'_> {
             Spec::write(Op::Update, Pair(from, to))
         }
         Command::DbSize => Spec::read(Op::DbSize, AllPairs),
+        Command::Scan { .. } | Command::Keys { .. } | Command::RandomKey => {
+            Spec::read(Op::Scan, AllPairs)
+        }
+        Command::Flush => Spec::write(Op::Flush, AllPairs),
         Command::Info => Spec::read(Op::Info, AllPairs),
         Command::Ping => Spec::read(Op::Ping, Local),
         Command::Auth { .. } => Spec::read(Op::Auth, Local),
@@ -219,6 +241,15 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
         Command::Rename { from, to, nx } => Box::pin(keys::rename(ks, from, to, nx)).await,
         Command::Copy { from, to, replace } => Box::pin(keys::copy(ks, from, to, replace)).await,
         Command::DbSize => Box::pin(keys::db_size(ks)).await,
+        Command::Scan {
+            cursor,
+            pattern,
+            count,
+            strings,
+        } => Box::pin(keys::scan(ks, cursor, pattern, count, strings)).await,
+        Command::Keys { pattern } => Box::pin(keys::keys(ks, pattern)).await,
+        Command::RandomKey => Box::pin(keys::random_key(ks)).await,
+        Command::Flush => Box::pin(keys::flush(ks)).await,
         Command::Info => Box::pin(server::info(ks)).await,
         Command::Ping => server::ping(),
         Command::Auth { .. } | Command::Exit => server::done(),

@@ -46,6 +46,7 @@ pub(super) fn reply_bytes(reply: &Reply) -> usize {
         Reply::Value(v) => v.len(),
         Reply::Values(values) => values.iter().flatten().map(|v| v.len() + 16).sum(),
         Reply::Error(e) => e.message.len(),
+        Reply::Array(items) => items.iter().map(reply_bytes).sum(),
         _ => 0,
     }
 }

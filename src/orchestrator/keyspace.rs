@@ -1,8 +1,10 @@
 //! The router as the command table sees it.
 
 use super::pool::{Backend, Health};
+use super::route::tell_missed;
 use super::{Router, FAN_OUT};
 use crate::command::{Info, Keyspace, Updated};
+use crate::hash::DIGEST_BUCKETS;
 use crate::join::join_all;
 use crate::protocol::link::{Request, Response};
 use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen, Update};
@@ -105,6 +107,82 @@ impl Keyspace for Router {
             key: key.clone(),
         };
         Ok(existed(&self.write(&key, request).await?))
+    }
+
+    /// The cursor is the pair times the buckets of one, plus the bucket to
+    /// go on from: the same on both workers of a pair, so a walk goes on
+    /// at the partner when a worker fails.
+    async fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        pattern: Bytes,
+    ) -> Result<(u64, Vec<Bytes>), ErrorReply> {
+        let topology = self.topology();
+        let buckets = DIGEST_BUCKETS as u64;
+        if cursor >= topology.pairs.len() as u64 * buckets {
+            return Err(ErrorReply::new(ErrorCode::Parse, "invalid cursor"));
+        }
+        let (index, from) = ((cursor / buckets) as usize, cursor % buckets);
+        let request = Request::Scan {
+            from: from as u16,
+            count: u32::try_from(count.max(1)).unwrap_or(u32::MAX),
+            pattern,
+        };
+        let first = (crate::sys::random_u64() % 2) as usize;
+        match self
+            .read_from(&topology.pairs[index], index, first, request)
+            .await?
+        {
+            Response::Keys { next, keys } => {
+                let next = if u64::from(next) < buckets {
+                    index as u64 * buckets + u64::from(next)
+                } else if index + 1 < topology.pairs.len() {
+                    (index as u64 + 1) * buckets
+                } else {
+                    0
+                };
+                Ok((next, keys))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn cursor_span(&self) -> u64 {
+        self.topology().pairs.len() as u64 * DIGEST_BUCKETS as u64
+    }
+
+    /// Flushes both workers of every pair. A worker that did not answer is
+    /// kept from reads until anti-entropy brought it its partner's flush
+    /// (the round's first message carries it), and a refill carries it to
+    /// a worker that restarts; the reply fails if a pair flushed nowhere.
+    async fn flush(&self) -> Result<(), ErrorReply> {
+        let topology = self.topology();
+        let version = self.clock.next();
+        let asks = topology
+            .pairs
+            .iter()
+            .enumerate()
+            .map(|(i, pair)| async move {
+                let request = Arc::new(Request::Flush { version });
+                let (a, b) =
+                    tokio::join!(pair[0].call(request.clone()), pair[1].call(request.clone()));
+                let flushed = |r: &Result<Response, _>| matches!(r, Ok(Response::Flushed { .. }));
+                match (flushed(&a), flushed(&b)) {
+                    (true, true) => Ok(()),
+                    (false, false) => Err(ErrorReply::new(
+                        ErrorCode::Unavailable,
+                        format!("no worker of pair {i} flushed ({a:?}, {b:?})"),
+                    )),
+                    (a_done, _) => {
+                        let (missed, holder) = if a_done { (1, 0) } else { (0, 1) };
+                        pair[missed].missed_write(&request);
+                        tell_missed(&pair[holder]).await;
+                        Ok(())
+                    }
+                }
+            });
+        join_all(asks.collect()).await.into_iter().collect()
     }
 
     /// Live entries in the cluster: one worker's count per pair (an up one

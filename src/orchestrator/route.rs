@@ -76,14 +76,26 @@ impl Router {
         key: Bytes,
         request: Request,
     ) -> Result<Response, ErrorReply> {
+        let topology = self.topology();
+        let slot = placement::locate(&key, topology.pairs.len());
+        self.read_from(&topology.pairs[slot.pair], slot.pair, slot.first, request)
+            .await
+    }
+
+    /// Sends a read to worker `first` of `pair` (number `index`), failing
+    /// over to its partner.
+    pub(super) async fn read_from(
+        &self,
+        pair: &[Arc<Backend>; 2],
+        index: usize,
+        first: usize,
+        request: Request,
+    ) -> Result<Response, ErrorReply> {
         // Shared by the tries: one reference count, not one per key byte
         // buffer.
         let request = Arc::new(request);
-        let topology = self.topology();
-        let slot = placement::locate(&key, topology.pairs.len());
-        let pair = &topology.pairs[slot.pair];
         let worker_timeout = self.worker_timeout();
-        let order = Backend::read_order(pair, slot.first);
+        let order = Backend::read_order(pair, first);
         let mut last_error = None;
         for (tried, backend) in order.into_iter().map(|i| &pair[i]).enumerate() {
             // A worker that is not up may have missed writes: it gets its
@@ -132,7 +144,7 @@ impl Router {
             ErrorCode::Unavailable,
             format!(
                 "no worker of pair {} could serve the read ({})",
-                slot.pair,
+                index,
                 last_error.unwrap_or_default()
             ),
         ))

@@ -10,6 +10,7 @@
 //! `Ok(None)`, never an error, and no input makes them panic.
 
 pub mod dialect;
+pub mod glob;
 pub mod link;
 mod op;
 pub mod resp;
@@ -98,6 +99,24 @@ pub enum Command {
     ExpireTime {
         key: Bytes,
     },
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`: keys of the next
+    /// stretch of the cluster, pair by pair and bucket by bucket; replies
+    /// the next cursor (0: done) and the keys. `strings`: the `TYPE`
+    /// filter lets strings through (every key is one).
+    Scan {
+        cursor: u64,
+        pattern: Bytes,
+        count: usize,
+        strings: bool,
+    },
+    /// Every key matching the pattern ([`Reply::Values`]).
+    Keys {
+        pattern: Bytes,
+    },
+    /// A key picked at random; nil when there is none.
+    RandomKey,
+    /// `FLUSHDB` / `FLUSHALL`: every key goes, on every worker, for good.
+    Flush,
     /// `RENAME` (`nx`: `RENAMENX`): moves the value and its TTL.
     Rename {
         from: Bytes,
@@ -195,6 +214,8 @@ pub enum Reply {
     Integer(i64),
     /// One value per key of an `MGET`; `None` for a missing key.
     Values(Vec<Option<Bytes>>),
+    /// Nested replies (`SCAN`'s cursor and keys).
+    Array(Vec<Reply>),
     Error(ErrorReply),
 }
 

@@ -21,6 +21,10 @@ pub enum Op {
     Info,
     /// `INCR`, `INCRBY`, `DECR`, `DECRBY`, `INCRBYFLOAT`.
     Incr,
+    /// `SCAN`, `KEYS`, `RANDOMKEY` (and the link's walk of a worker's keys).
+    Scan,
+    /// `FLUSHDB`, `FLUSHALL`.
+    Flush,
     /// The other read-modify-writes of a string (`APPEND`, `SETRANGE`,
     /// `GETSET`, `SET … GET`, `GETDEL`, `GETEX`, `PERSIST`).
     Update,
@@ -37,7 +41,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 22] = [
+    pub const ALL: [Op; 24] = [
         Op::Get,
         Op::Set,
         Op::Del,
@@ -54,6 +58,8 @@ impl Op {
         Op::Info,
         Op::Incr,
         Op::Update,
+        Op::Scan,
+        Op::Flush,
         Op::Other,
         Op::Meta,
         Op::Status,
@@ -80,6 +86,8 @@ impl Op {
             Op::Info => "info",
             Op::Incr => "incr",
             Op::Update => "update",
+            Op::Scan => "scan",
+            Op::Flush => "flush",
             Op::Other => "other",
             Op::Meta => "meta",
             Op::Status => "status",

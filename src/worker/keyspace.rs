@@ -4,6 +4,7 @@
 use super::store::Applied;
 use super::{antientropy, Worker};
 use crate::command::{Info, Keyspace, Updated};
+use crate::hash::DIGEST_BUCKETS;
 use crate::protocol::link::Response;
 use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen, Update};
 use bytes::Bytes;
@@ -94,6 +95,41 @@ impl Keyspace for Worker {
         // it, so a later write of this worker is newer.
         self.clock.observe(crate::version::after(version));
         Ok(self.store.expire(&key, ttl_ms, Some(version)))
+    }
+
+    /// The cursor is the anti-entropy bucket to go on from.
+    async fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        pattern: Bytes,
+    ) -> Result<(u64, Vec<Bytes>), ErrorReply> {
+        self.ready()?;
+        if cursor >= self.cursor_span() {
+            return Err(ErrorReply::new(ErrorCode::Parse, "invalid cursor"));
+        }
+        let mut keys = Vec::new();
+        let next = self.store.keys_from(
+            cursor as usize,
+            count.max(1),
+            |key| pattern.is_empty() || crate::protocol::glob::matches(&pattern, key),
+            &mut keys,
+        );
+        let next = if next >= DIGEST_BUCKETS {
+            0
+        } else {
+            next as u64
+        };
+        Ok((next, keys))
+    }
+
+    fn cursor_span(&self) -> u64 {
+        DIGEST_BUCKETS as u64
+    }
+
+    async fn flush(&self) -> Result<(), ErrorReply> {
+        Worker::flush(self);
+        Ok(())
     }
 
     async fn db_size(&self) -> Result<u64, ErrorReply> {

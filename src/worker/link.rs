@@ -122,9 +122,9 @@ impl Executor for Links<'_> {
                     continue;
                 }
                 Request::Refill => Response::Error(Worker::loading()),
-                request @ (Request::Digest | Request::Sync { .. } | Request::Apply { .. }) => {
-                    self.responder.handle(self.worker, request).await
-                }
+                request @ (Request::Digest { .. }
+                | Request::Sync { .. }
+                | Request::Apply { .. }) => self.responder.handle(self.worker, request).await,
                 request => self.worker.execute(request),
             };
             let outcome = match &response {
@@ -191,6 +191,7 @@ impl Executor for Links<'_> {
         encode_response(
             &Response::End {
                 entries: refill.sent,
+                floor: store.floor(),
             },
             out,
         );

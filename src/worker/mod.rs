@@ -256,6 +256,26 @@ impl Worker {
         result
     }
 
+    /// Flushes the store at a floor past every version this worker stored
+    /// (its clock has observed them all): returns the floor and the entries
+    /// removed.
+    pub(crate) fn flush(&self) -> (u64, u64) {
+        let floor = self.clock.next();
+        let removed = self.store.flush(floor);
+        tracing::info!(removed, floor, "flushed");
+        (floor, removed)
+    }
+
+    /// Takes on a partner's flush floor if it is past this worker's own:
+    /// the flush this worker missed happens here too.
+    pub(crate) fn adopt_floor(&self, floor: u64) {
+        if floor > self.store.floor() && crate::version::plausible(floor) {
+            self.clock.observe(floor);
+            let removed = self.store.flush(floor);
+            tracing::info!(removed, floor, "flushed as the partner was");
+        }
+    }
+
     /// A write's version too far ahead of this worker's clock: refused, so
     /// no peer can make a key immortal (see [`crate::version::plausible`]).
     fn implausible(version: u64) -> Option<Response> {
@@ -391,12 +411,41 @@ impl Worker {
                 self.note_partner_missed();
                 Response::Noted
             }
-            Request::Refill | Request::Digest | Request::Sync { .. } | Request::Apply { .. } => {
-                Response::Error(ErrorReply::new(
-                    ErrorCode::InvalidCommand,
-                    "not a single request",
-                ))
+            Request::Scan {
+                from,
+                count,
+                pattern,
+            } => {
+                if self.state() != WorkerState::Ready {
+                    return Response::Error(Worker::loading());
+                }
+                let mut keys = Vec::new();
+                let next = self.store.keys_from(
+                    usize::from(from),
+                    count as usize,
+                    |key| pattern.is_empty() || crate::protocol::glob::matches(&pattern, key),
+                    &mut keys,
+                );
+                Response::Keys {
+                    next: next as u32,
+                    keys,
+                }
             }
+            Request::Flush { version } => {
+                if let Some(refused) = Worker::implausible(version) {
+                    return refused;
+                }
+                self.clock.observe(version);
+                let (floor, removed) = self.flush();
+                Response::Flushed { floor, removed }
+            }
+            Request::Refill
+            | Request::Digest { .. }
+            | Request::Sync { .. }
+            | Request::Apply { .. } => Response::Error(ErrorReply::new(
+                ErrorCode::InvalidCommand,
+                "not a single request",
+            )),
         }
     }
 }

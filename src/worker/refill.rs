@@ -216,7 +216,10 @@ async fn refill(worker: &Worker, partner: &str) -> Result<RefillOutcome, Unreach
                     // serving them with `threads = 1`) a turn per chunk.
                     tokio::task::yield_now().await;
                 }
-                Response::End { .. } => return Ok(()),
+                Response::End { floor, .. } => {
+                    worker.adopt_floor(floor);
+                    return Ok(());
+                }
                 Response::Error(e) => return Err(ClientError::Protocol(e.to_string())),
                 other => {
                     return Err(ClientError::Protocol(format!(

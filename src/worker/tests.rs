@@ -111,8 +111,8 @@ async fn a_round_whose_answer_was_cut_short_does_not_count() {
     let mut responder = antientropy::Responder::default();
     async fn round(w: &Worker, responder: &mut antientropy::Responder) -> bool {
         assert!(matches!(
-            responder.handle(w, Request::Digest).await,
-            Response::Digest(_)
+            responder.handle(w, Request::Digest { floor: 0 }).await,
+            Response::Digest { .. }
         ));
         let buckets = (0..crate::hash::DIGEST_BUCKETS as u16).collect();
         let sync = Request::Sync {

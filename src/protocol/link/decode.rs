@@ -301,7 +301,24 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
         op::STATUS => Request::Status,
         op::MISSED => Request::Missed,
         op::REFILL => Request::Refill,
-        op::DIGEST => Request::Digest,
+        op::DIGEST => Request::Digest { floor: r.u64()? },
+        op::SCAN => {
+            let from = r.u16()?;
+            if from as usize >= DIGEST_BUCKETS {
+                return Err(LinkError::Malformed("bucket out of range"));
+            }
+            let count = r.u32()?;
+            let pattern = r.rest();
+            if pattern.len() > limits.max_key_bytes {
+                return Err(LinkError::Malformed("pattern over max_key_bytes"));
+            }
+            Request::Scan {
+                from,
+                count,
+                pattern,
+            }
+        }
+        op::FLUSH => Request::Flush { version: r.u64()? },
         op::SYNC => {
             let n = r.u16()? as usize;
             if n > DIGEST_BUCKETS {
@@ -396,8 +413,28 @@ pub fn decode_response(
                         entries: r.u32()?,
                     });
                 }
-                Response::Digest(buckets)
+                Response::Digest {
+                    buckets,
+                    floor: r.u64()?,
+                }
             }
+            RequestKind::Scan => {
+                let next = r.u32()?;
+                if next as usize > DIGEST_BUCKETS {
+                    return Err(LinkError::Malformed("bucket out of range"));
+                }
+                // A key takes at least 3 bytes.
+                let n = r.count(3)?;
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push(r.key(limits)?);
+                }
+                Response::Keys { next, keys }
+            }
+            RequestKind::Flush => Response::Flushed {
+                floor: r.u64()?,
+                removed: r.u64()?,
+            },
             RequestKind::Sync => {
                 let complete = r.u8()? != 0;
                 let entries = r.entries(limits)?;
@@ -457,7 +494,10 @@ pub fn decode_response(
             Response::Error(ErrorReply::new(code, message))
         }
         status::CHUNK if request == RequestKind::Refill => Response::Chunk(r.entries(limits)?),
-        status::END if request == RequestKind::Refill => Response::End { entries: r.u64()? },
+        status::END if request == RequestKind::Refill => Response::End {
+            entries: r.u64()?,
+            floor: r.u64()?,
+        },
         _ => return Err(LinkError::Malformed("unknown status")),
     };
     r.end()?;

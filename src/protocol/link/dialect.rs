@@ -78,7 +78,11 @@ impl Request {
             Request::Auth { .. } => Op::Auth,
             Request::Status | Request::Missed => Op::Status,
             Request::Refill => Op::Refill,
-            Request::Digest | Request::Sync { .. } | Request::Apply { .. } => Op::AntiEntropy,
+            Request::Digest { .. } | Request::Sync { .. } | Request::Apply { .. } => {
+                Op::AntiEntropy
+            }
+            Request::Scan { .. } => Op::Scan,
+            Request::Flush { .. } => Op::Flush,
         }
     }
 }

@@ -103,7 +103,24 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
         Request::Status => out.put_u8(op::STATUS),
         Request::Missed => out.put_u8(op::MISSED),
         Request::Refill => out.put_u8(op::REFILL),
-        Request::Digest => out.put_u8(op::DIGEST),
+        Request::Digest { floor } => {
+            out.put_u8(op::DIGEST);
+            out.put_u64(*floor);
+        }
+        Request::Scan {
+            from,
+            count,
+            pattern,
+        } => {
+            out.put_u8(op::SCAN);
+            out.put_u16(*from);
+            out.put_u32(*count);
+            out.put_slice(pattern);
+        }
+        Request::Flush { version } => {
+            out.put_u8(op::FLUSH);
+            out.put_u64(*version);
+        }
         Request::Sync {
             buckets,
             after,
@@ -251,13 +268,27 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u8(u8::from(*complete));
             out.put_u8(u8::from(*partner_behind));
         }
-        Response::Digest(buckets) => {
+        Response::Digest { buckets, floor } => {
             out.put_u8(status::OK);
             out.put_u32(buckets.len() as u32);
             for b in buckets {
                 out.put_u64(b.hash);
                 out.put_u32(b.entries);
             }
+            out.put_u64(*floor);
+        }
+        Response::Keys { next, keys } => {
+            out.put_u8(status::OK);
+            out.put_u32(*next);
+            out.put_u32(keys.len() as u32);
+            for key in keys {
+                put_key(out, key);
+            }
+        }
+        Response::Flushed { floor, removed } => {
+            out.put_u8(status::OK);
+            out.put_u64(*floor);
+            out.put_u64(*removed);
         }
         Response::Synced {
             complete,
@@ -310,9 +341,10 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u8(status::CHUNK);
             put_entries(out, entries);
         }
-        Response::End { entries } => {
+        Response::End { entries, floor } => {
             out.put_u8(status::END);
             out.put_u64(*entries);
+            out.put_u64(*floor);
         }
     })
 }

@@ -15,7 +15,9 @@
 //!   PING    4
 //!   STATUS  5
 //!   REFILL  6                         the rest of the link carries the stream
-//!   DIGEST  7                         anti-entropy: start a round
+//!   DIGEST  7  floor:u64              anti-entropy: start a round
+//!   SCAN   17  from:u16 count:u32 pattern(rest)   live keys by bucket
+//!   FLUSH  18  version:u64            drop everything older, refuse it after
 //!   SYNC    8  n:u16 bucket:u16* after:bound upto:bound m:u32 summary*
 //!   APPLY   9  last:u8 count:u32 entry* n:u32 summary*  (summaries: evict)
 //!   REPLICATE 16 version:u64 ttl_ms:u64 base:u64 deleted:u8 key value(rest)
@@ -28,7 +30,8 @@
 //!                  SET: applied:u8; DEL: existed:u8;
 //!                  STATUS: state:u8 entries:u64 incarnation:u64 synced:u64
 //!                          complete:u8;
-//!                  DIGEST: n:u32 (hash:u64 entries:u32)*;
+//!                  DIGEST: n:u32 (hash:u64 entries:u32)* floor:u64;
+//!                  SCAN: next:u32 n:u32 key*;  FLUSH: floor:u64 removed:u64;
 //!                  SYNC: complete:u8 count:u32 entry* n:u32 key*;
 //!                  APPLY: applied:u32 n:u32 summary*   (refused for room);
 //!                  UPDATE: flags:u8 version:u64 base:u64 ttl_ms:u64 len:u32
@@ -39,7 +42,7 @@
 //!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
 //!   ERROR     255  code:u8 message(rest)
 //!   CHUNK      10  count:u32 entry*   (refill stream)
-//!   END        11  entries:u64        (refill stream)
+//!   END        11  entries:u64 floor:u64  (refill stream)
 //! key     = len:u16 bytes
 //! entry   = flags:u8 version:u64 ttl_ms:u64 key raw_len:u32 len:u32 data
 //! summary = flags:u8 version:u64 key
@@ -162,7 +165,27 @@ pub enum Request {
     Status,
     Refill,
     /// Starts an anti-entropy round: the partner answers with its digest.
-    Digest,
+    /// Both sides adopt the higher flush floor ([`Request::Flush`]), so a
+    /// flush one of them missed is not undone by the round.
+    Digest {
+        floor: u64,
+    },
+    /// Live keys of whole buckets from bucket `from` on that match
+    /// `pattern` (empty: all), until `count` keys were looked at: `SCAN`
+    /// (answered `Keys`). Buckets are the same on both partners, so a
+    /// cursor survives a failover.
+    Scan {
+        from: u16,
+        count: u32,
+        pattern: Bytes,
+    },
+    /// `FLUSHDB`: deletes every entry older than a floor (`version`, or
+    /// past everything this worker stored if that is later) and refuses
+    /// every older write after, from a client, a hint, a refill or
+    /// anti-entropy. Answered `Flushed`.
+    Flush {
+        version: u64,
+    },
     /// The sender's summaries of every entry in `buckets` whose key lies in
     /// the window `after < key <= upto` (an empty bound is open): the
     /// partner answers with the entries of that window it holds newer and
@@ -277,7 +300,20 @@ pub enum Response {
         complete: bool,
         partner_behind: bool,
     },
-    Digest(Vec<BucketDigest>),
+    Digest {
+        buckets: Vec<BucketDigest>,
+        floor: u64,
+    },
+    /// `next`: the bucket to go on from; `DIGEST_BUCKETS` when all were
+    /// walked.
+    Keys {
+        next: u32,
+        keys: Vec<Bytes>,
+    },
+    Flushed {
+        floor: u64,
+        removed: u64,
+    },
     /// `complete` is false when the answer was cut to bound the frame.
     Synced {
         complete: bool,
@@ -305,8 +341,10 @@ pub enum Response {
     NotFound,
     Error(ErrorReply),
     Chunk(Vec<Entry>),
+    /// The stream is over; `floor` is the sender's flush floor.
     End {
         entries: u64,
+        floor: u64,
     },
 }
 
@@ -346,6 +384,8 @@ mod op {
     pub const MISSED: u8 = 14;
     pub const UPDATE: u8 = 15;
     pub const REPLICATE: u8 = 16;
+    pub const SCAN: u8 = 17;
+    pub const FLUSH: u8 = 18;
 }
 
 mod status {
@@ -376,11 +416,13 @@ pub enum RequestKind {
     Missed,
     Update,
     Replicate,
+    Scan,
+    Flush,
 }
 
 impl RequestKind {
     /// Every kind, for code that must try them all (decoders under test).
-    pub const ALL: [RequestKind; 15] = [
+    pub const ALL: [RequestKind; 17] = [
         RequestKind::Auth,
         RequestKind::Get,
         RequestKind::Set,
@@ -396,6 +438,8 @@ impl RequestKind {
         RequestKind::Missed,
         RequestKind::Update,
         RequestKind::Replicate,
+        RequestKind::Scan,
+        RequestKind::Flush,
     ];
 }
 
@@ -456,7 +500,9 @@ impl Request {
             Request::Auth { .. } => RequestKind::Auth,
             Request::Status => RequestKind::Status,
             Request::Refill => RequestKind::Refill,
-            Request::Digest => RequestKind::Digest,
+            Request::Digest { .. } => RequestKind::Digest,
+            Request::Scan { .. } => RequestKind::Scan,
+            Request::Flush { .. } => RequestKind::Flush,
             Request::Sync { .. } => RequestKind::Sync,
             Request::Apply { .. } => RequestKind::Apply,
             Request::Missed => RequestKind::Missed,

@@ -1,6 +1,6 @@
 use super::*;
 use crate::hash::DIGEST_BUCKETS;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, Expiry, TtlChange};
 use bytes::BytesMut;
 
 fn limits() -> Limits {
@@ -54,7 +54,69 @@ fn requests_round_trip() {
         Request::Status,
         Request::Missed,
         Request::Refill,
-        Request::Digest,
+        Request::Digest { floor: 99 },
+        Request::Scan {
+            from: 17,
+            count: 100,
+            pattern: b("user:*"),
+        },
+        Request::Flush { version: 1234 },
+        Request::Update {
+            version: 5,
+            key: b("n"),
+            update: Update::IncrBy(-3),
+        },
+        Request::Update {
+            version: 5,
+            key: b("f"),
+            update: Update::incr_by_float(2.5).expect("finite"),
+        },
+        Request::Update {
+            version: 6,
+            key: b("a"),
+            update: Update::Append(b("tail")),
+        },
+        Request::Update {
+            version: 6,
+            key: b("r"),
+            update: Update::SetRange {
+                offset: 7,
+                value: b("xy"),
+            },
+        },
+        Request::Update {
+            version: 7,
+            key: b("s"),
+            update: Update::Replace {
+                value: b("v"),
+                ttl: TtlChange::Set(Expiry::In(std::time::Duration::from_millis(1500))),
+                when: SetWhen::Absent,
+            },
+        },
+        Request::Update {
+            version: 7,
+            key: b("s"),
+            update: Update::Retime(TtlChange::Keep),
+        },
+        Request::Update {
+            version: 8,
+            key: b("t"),
+            update: Update::Take,
+        },
+        Request::Replicate {
+            version: 9,
+            ttl_ms: 100,
+            base: 8,
+            key: b("n"),
+            value: Some(b("42")),
+        },
+        Request::Replicate {
+            version: 9,
+            ttl_ms: 0,
+            base: 8,
+            key: b("t"),
+            value: None,
+        },
         Request::Sync {
             buckets: vec![0, 17, (DIGEST_BUCKETS - 1) as u16],
             after: Bytes::new(),
@@ -151,16 +213,55 @@ fn responses_round_trip() {
         ),
         (Response::Noted, RequestKind::Missed),
         (
-            Response::Digest(
-                (0..DIGEST_BUCKETS as u64)
+            Response::Digest {
+                buckets: (0..DIGEST_BUCKETS as u64)
                     .map(|i| BucketDigest {
                         hash: i * 31,
                         entries: i as u32,
                     })
                     .collect(),
-            ),
+                floor: 77,
+            },
             RequestKind::Digest,
         ),
+        (
+            Response::Keys {
+                next: DIGEST_BUCKETS as u32,
+                keys: vec![b("k1"), b("k2")],
+            },
+            RequestKind::Scan,
+        ),
+        (
+            Response::Flushed {
+                floor: 5,
+                removed: 6,
+            },
+            RequestKind::Flush,
+        ),
+        (
+            Response::Updated {
+                changed: true,
+                version: 10,
+                base: 9,
+                ttl_ms: 300,
+                value: Some(b("43")),
+                old: Some(b("42")),
+            },
+            RequestKind::Update,
+        ),
+        (
+            Response::Updated {
+                changed: false,
+                version: 0,
+                base: 0,
+                ttl_ms: 0,
+                value: None,
+                old: None,
+            },
+            RequestKind::Update,
+        ),
+        (Response::NotStored, RequestKind::Replicate),
+        (Response::Set { applied: true }, RequestKind::Replicate),
         (
             Response::Synced {
                 complete: false,
@@ -195,7 +296,13 @@ fn responses_round_trip() {
             ]),
             RequestKind::Refill,
         ),
-        (Response::End { entries: 2 }, RequestKind::Refill),
+        (
+            Response::End {
+                entries: 2,
+                floor: 3,
+            },
+            RequestKind::Refill,
+        ),
     ];
     let mut buf = BytesMut::new();
     for (r, _) in &cases {

@@ -436,6 +436,30 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
                 shape,
             )
         }
+        "scan" => {
+            if n == 0 {
+                return Some(wrong_args(name));
+            }
+            parse_scan(args, limits).unwrap_or_else(|e| e)
+        }
+        "keys" => match args {
+            [pattern] if pattern.len() <= limits.max_key_bytes => run(Command::Keys {
+                pattern: match_all(pattern),
+            }),
+            [_] => error("ERR pattern longer than max_key_bytes"),
+            _ => wrong_args(name),
+        },
+        "randomkey" => match n {
+            0 => run(Command::RandomKey),
+            _ => wrong_args(name),
+        },
+        "flushdb" | "flushall" => match args {
+            [] => run(Command::Flush),
+            [mode] if mode.eq_ignore_ascii_case(b"async") || mode.eq_ignore_ascii_case(b"sync") => {
+                run(Command::Flush)
+            }
+            _ => syntax_error(),
+        },
         "dbsize" => match n {
             0 => run(Command::DbSize),
             _ => wrong_args(name),
@@ -621,6 +645,54 @@ fn expiry_option(option: &[u8], arg: &[u8], command: &str) -> Result<Expiry, Res
     }
 }
 
+/// A pattern as the walk takes it: `*` (every key) as no pattern at all.
+fn match_all(pattern: &Bytes) -> Bytes {
+    if pattern.as_ref() == b"*" {
+        Bytes::new()
+    } else {
+        pattern.clone()
+    }
+}
+
+/// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`.
+fn parse_scan(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
+    let cursor = std::str::from_utf8(&args[0])
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+        .ok_or_else(|| error("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut strings) = (Bytes::new(), 10, true);
+    for option in args[1..].chunks(2) {
+        let [name, value] = option else {
+            return Err(syntax_error());
+        };
+        match name.to_ascii_lowercase().as_slice() {
+            b"match" => {
+                if value.len() > limits.max_key_bytes {
+                    return Err(error("ERR pattern longer than max_key_bytes"));
+                }
+                pattern = match_all(value);
+            }
+            b"count" => match parse_int(value) {
+                Some(n) if n >= 1 => count = n.min(1_000_000) as usize,
+                Some(_) => return Err(syntax_error()),
+                None => return Err(not_integer()),
+            },
+            // Every key is a string; another type filters every key out.
+            b"type" => strings = value.eq_ignore_ascii_case(b"string"),
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(RespRequest::Run(
+        Command::Scan {
+            cursor,
+            pattern,
+            count,
+            strings,
+        },
+        Shape::Plain,
+    ))
+}
+
 /// `COPY source destination [DB 0] [REPLACE]`.
 fn parse_copy(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
     check_key(&args[0], limits)?;
@@ -671,6 +743,8 @@ pub const COMMANDS: &[&str] = &[
     "expire",
     "expireat",
     "expiretime",
+    "flushall",
+    "flushdb",
     "get",
     "getdel",
     "getex",
@@ -681,6 +755,7 @@ pub const COMMANDS: &[&str] = &[
     "incrby",
     "incrbyfloat",
     "info",
+    "keys",
     "mget",
     "mset",
     "msetnx",
@@ -692,8 +767,10 @@ pub const COMMANDS: &[&str] = &[
     "psetex",
     "pttl",
     "quit",
+    "randomkey",
     "rename",
     "renamenx",
+    "scan",
     "select",
     "set",
     "setex",

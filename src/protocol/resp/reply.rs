@@ -116,6 +116,12 @@ pub fn encode_reply(reply: &Reply, shape: Shape, version: Version, out: &mut Byt
                 }
             }
         }
+        (Reply::Array(items), _) => {
+            put_header(out, b'*', items.len() as i64);
+            for item in items {
+                encode_reply(item, Shape::Plain, version, out);
+            }
+        }
         (Reply::Error(e), _) if e.code == ErrorCode::NotFound => put_nil(out, version),
         (Reply::Error(e), _) => put_error(out, &error_line(e)),
     }

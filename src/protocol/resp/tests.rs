@@ -92,9 +92,10 @@ fn argument_errors_keep_the_connection() {
             &["GET", "a-key-longer-than-16"],
             "ERR key longer than 16 bytes",
         ),
+        (&["FLUSHALL", "x"], "ERR syntax error"),
         (
-            &["FLUSHALL", "x"],
-            "ERR unknown command 'FLUSHALL', with args beginning with: 'x' ",
+            &["LPUSH", "x"],
+            "ERR unknown command 'LPUSH', with args beginning with: 'x' ",
         ),
     ];
     for (args, line) in cases {

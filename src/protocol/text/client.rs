@@ -73,6 +73,10 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         | Command::Type { .. }
         | Command::Rename { .. }
         | Command::Copy { .. }
+        | Command::Scan { .. }
+        | Command::Keys { .. }
+        | Command::RandomKey
+        | Command::Flush
         | Command::DbSize
         | Command::Info => {
             return Err(ErrorReply::new(

@@ -79,7 +79,7 @@ impl Responder {
             return cut_off;
         }
         match request {
-            Request::Digest => {
+            Request::Digest { floor } => {
                 if worker.state() != WorkerState::Ready {
                     return Response::Error(Worker::loading());
                 }
@@ -94,7 +94,11 @@ impl Responder {
                 }
                 self.batch = None;
                 self.cut = false;
-                Response::Digest(digest(&worker.store).await)
+                worker.adopt_floor(floor);
+                Response::Digest {
+                    buckets: digest(&worker.store).await,
+                    floor: worker.store.floor(),
+                }
             }
             Request::Sync {
                 buckets,

@@ -70,8 +70,14 @@ pub(super) async fn round(
     let Some(link) = link.as_mut() else {
         return Err(RoundError::Failed(ClientError::Closed));
     };
-    let theirs = match call(link, &Request::Digest).await? {
-        Response::Digest(d) => d,
+    let floor = worker.store.floor();
+    let theirs = match call(link, &Request::Digest { floor }).await? {
+        Response::Digest { buckets, floor } => {
+            // A flush this worker missed: applied before the comparison,
+            // so the round does not bring back what it removed.
+            worker.adopt_floor(floor);
+            buckets
+        }
         other => return Err(unexpected("DIGEST", &other)),
     };
     // Computed after the partner locked its round: everything either side

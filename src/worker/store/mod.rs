@@ -60,6 +60,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 mod digest;
+mod keys;
 #[cfg(test)]
 mod memory_tests;
 mod shard;
@@ -188,6 +189,9 @@ pub struct Store {
     shards: Box<[Mutex<Shard>]>,
     hasher: crate::sys::TableHasher,
     charged: AtomicUsize,
+    /// The version of the last flush: nothing older is stored any more
+    /// ([`Store::flush`]).
+    floor: AtomicU64,
     /// `config.max_memory_bytes`, which a reload may change.
     max_memory: AtomicUsize,
     config: StoreConfig,
@@ -213,6 +217,7 @@ impl Store {
             shards,
             hasher: crate::sys::table_hasher(),
             charged: AtomicUsize::new(0),
+            floor: AtomicU64::new(0),
             max_memory: AtomicUsize::new(config.max_memory_bytes),
             config,
             epoch: Instant::now(),
@@ -562,9 +567,21 @@ impl Store {
             return Err(StoreError::TooLarge { charge, max });
         }
         let (hash, key_hash, index) = self.locate(key);
-        let put = self
-            .shard(index)
-            .put((hash, key_hash), key, new, now, &self.hasher);
+        let mut shard = self.shard(index);
+        // Read under the shard's lock: a flush raises the floor before it
+        // sweeps each shard, so a write older than it either lands before
+        // the sweep (and is swept) or sees it.
+        let floor = self.floor.load(Ordering::Acquire);
+        if new.version < floor {
+            return Ok(Put {
+                applied: Applied::Newer(floor),
+                added: 0,
+                freed: 0,
+                was_live: false,
+            });
+        }
+        let put = shard.put((hash, key_hash), key, new, now, &self.hasher);
+        drop(shard);
         if put.added > put.freed {
             self.charged
                 .fetch_add(put.added - put.freed, Ordering::Relaxed);
