@@ -111,6 +111,31 @@ pub struct Updated {
     pub old: Option<Bytes>,
 }
 
+impl Updated {
+    /// What a worker's answer to a link `UPDATE` says; an error answer is
+    /// the client's error.
+    pub fn from_response(answer: crate::protocol::link::Response) -> Result<Updated, ErrorReply> {
+        use crate::protocol::link::Response;
+        match answer {
+            Response::Updated {
+                changed,
+                value,
+                old,
+                ..
+            } => Ok(Updated {
+                changed,
+                value,
+                old,
+            }),
+            Response::Error(e) => Err(e),
+            other => Err(ErrorReply::new(
+                crate::protocol::ErrorCode::Unavailable,
+                format!("unexpected answer {other:?}"),
+            )),
+        }
+    }
+}
+
 /// What `INFO` reports beyond the server section.
 pub struct Info {
     pub fields: Vec<(&'static str, String)>,

@@ -46,19 +46,7 @@ impl Keyspace for Router {
     }
 
     async fn update(&self, key: Bytes, update: Update) -> Result<Updated, ErrorReply> {
-        match self.update_decided(key, update).await? {
-            Response::Updated {
-                changed,
-                value,
-                old,
-                ..
-            } => Ok(Updated {
-                changed,
-                value,
-                old,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        Updated::from_response(self.update_decided(key, update).await?)
     }
 
     /// Writes `key` to its pair: `false` when the condition `when` held on

@@ -5,7 +5,6 @@ use super::store::Applied;
 use super::{antientropy, Worker};
 use crate::command::{Info, Keyspace, Updated};
 use crate::hash::DIGEST_BUCKETS;
-use crate::protocol::link::Response;
 use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -32,23 +31,7 @@ impl Keyspace for Worker {
     }
 
     async fn update(&self, key: Bytes, update: Update) -> Result<Updated, ErrorReply> {
-        match self.decide_update(&key, 0, &update) {
-            Response::Updated {
-                changed,
-                value,
-                old,
-                ..
-            } => Ok(Updated {
-                changed,
-                value,
-                old,
-            }),
-            Response::Error(e) => Err(e),
-            other => Err(ErrorReply::new(
-                ErrorCode::Unavailable,
-                format!("unexpected answer {other:?}"),
-            )),
-        }
+        Updated::from_response(self.decide_update(&key, 0, &update))
     }
 
     async fn set(
