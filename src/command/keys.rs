@@ -214,9 +214,9 @@ pub async fn keys<K: Keyspace>(ks: &K, pattern: Bytes) -> Reply {
     }
 }
 
-/// A key from a walk that starts at a random stretch of the cluster (it
-/// favours keys at the start of a stretch, a cache's random eviction
-/// does the same); nil when there is none.
+/// A key from the first stretch holding any, walking from a random
+/// cursor (so not uniform: a key after an empty stretch is likelier);
+/// nil when there is none.
 pub async fn random_key<K: Keyspace>(ks: &K) -> Reply {
     let start = crate::sys::random_u64() % ks.cursor_span().max(1);
     let (mut cursor, mut wrapped) = (start, false);

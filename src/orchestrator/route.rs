@@ -40,6 +40,15 @@ pub(super) async fn ask(backend: &Backend, request: &Arc<Request>, wait: bool) -
     }
 }
 
+/// The worker of `pair` that decides a conditional or read-modify-write:
+/// `first` (the one reads go to) if it can, else its partner if that one
+/// can, else none.
+fn decider(pair: &[Arc<Backend>; 2], first: usize) -> Option<usize> {
+    [first, 1 - first]
+        .into_iter()
+        .find(|&i| Backend::can_decide(pair, i))
+}
+
 /// Tells the worker that stored an acknowledged write its partner missed,
 /// before the client hears of it: every orchestrator's next probe of it
 /// then keeps reads off the partner until anti-entropy copied the write
@@ -196,13 +205,7 @@ impl Router {
         } = &**request
         {
             if *when != SetWhen::Always {
-                let up = |i: usize| Backend::can_decide(pair, i);
-                let decider = if !up(slot.first) && up(1 - slot.first) {
-                    1 - slot.first
-                } else {
-                    slot.first
-                };
-                if up(decider) {
+                if let Some(decider) = decider(pair, slot.first) {
                     let outcome = Request::Set {
                         version: *version,
                         ttl_ms: *ttl_ms,
@@ -326,13 +329,7 @@ impl Router {
         let topology = self.topology();
         let slot = placement::locate(&key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
-        let up = |i: usize| Backend::can_decide(pair, i);
-        let decider = if !up(slot.first) && up(1 - slot.first) {
-            1 - slot.first
-        } else {
-            slot.first
-        };
-        if !up(decider) {
+        let Some(decider) = decider(pair, slot.first) else {
             return Err(ErrorReply::new(
                 ErrorCode::Unavailable,
                 format!(
@@ -340,7 +337,7 @@ impl Router {
                     slot.pair
                 ),
             ));
-        }
+        };
         let request = Arc::new(Request::Update {
             version: self.clock.next(),
             key: key.clone(),

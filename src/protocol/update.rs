@@ -178,9 +178,9 @@ pub fn apply(
                 Change::None
             }
         }
-        Update::Retime(ttl) => match (old, ttl) {
-            (Some(v), _) => Change::Value(Bytes::copy_from_slice(v)),
-            (None, _) => Change::None,
+        Update::Retime(_) => match old {
+            Some(v) => Change::Value(Bytes::copy_from_slice(v)),
+            None => Change::None,
         },
         Update::Take => match old {
             Some(_) => Change::Delete,

@@ -91,13 +91,7 @@ impl Keyspace for Worker {
         if cursor >= self.cursor_span() {
             return Err(ErrorReply::new(ErrorCode::Parse, "invalid cursor"));
         }
-        let mut keys = Vec::new();
-        let next = self.store.keys_from(
-            cursor as usize,
-            count.max(1),
-            |key| pattern.is_empty() || crate::protocol::glob::matches(&pattern, key),
-            &mut keys,
-        );
+        let (next, keys) = self.scan_keys(cursor as usize, count, &pattern);
         let next = if next >= DIGEST_BUCKETS {
             0
         } else {

@@ -266,6 +266,25 @@ impl Worker {
         (floor, removed)
     }
 
+    /// Live keys matching `pattern` (empty: all) from bucket `from` on, a
+    /// walk of about `count` keys ([`Store::keys_from`]): the next bucket
+    /// and the keys.
+    pub(crate) fn scan_keys(
+        &self,
+        from: usize,
+        count: usize,
+        pattern: &[u8],
+    ) -> (usize, Vec<bytes::Bytes>) {
+        let mut keys = Vec::new();
+        let next = self.store.keys_from(
+            from,
+            count.max(1),
+            |key| pattern.is_empty() || crate::protocol::glob::matches(pattern, key),
+            &mut keys,
+        );
+        (next, keys)
+    }
+
     /// Takes on a partner's flush floor if it is past this worker's own:
     /// the flush this worker missed happens here too.
     pub(crate) fn adopt_floor(&self, floor: u64) {
@@ -419,13 +438,7 @@ impl Worker {
                 if self.state() != WorkerState::Ready {
                     return Response::Error(Worker::loading());
                 }
-                let mut keys = Vec::new();
-                let next = self.store.keys_from(
-                    usize::from(from),
-                    count as usize,
-                    |key| pattern.is_empty() || crate::protocol::glob::matches(&pattern, key),
-                    &mut keys,
-                );
+                let (next, keys) = self.scan_keys(usize::from(from), count as usize, &pattern);
                 Response::Keys {
                     next: next as u32,
                     keys,

@@ -27,7 +27,8 @@ impl Store {
         let mut looked = 0;
         while bucket < DIGEST_BUCKETS {
             let index = bucket / BUCKETS_PER_SHARD;
-            let mut found: Vec<(usize, bool, Bytes)> = Vec::new();
+            // Each key looked at, with a copy if it matches.
+            let mut found: Vec<(usize, Option<Bytes>)> = Vec::new();
             {
                 let shard = self.shard(index);
                 for slot in &shard.slots {
@@ -37,7 +38,8 @@ impl Store {
                     let key = slot.key(&shard.arena);
                     let b = bucket_of_hash(key_hash(key)) as usize;
                     if b >= bucket {
-                        found.push((b, matches(key), Bytes::copy_from_slice(key)));
+                        let copy = matches(key).then(|| Bytes::copy_from_slice(key));
+                        found.push((b, copy));
                     }
                 }
             }
@@ -49,10 +51,7 @@ impl Store {
                     return b;
                 }
                 while i < found.len() && found[i].0 == b {
-                    let (_, matched, key) = &found[i];
-                    if *matched {
-                        out.push(key.clone());
-                    }
+                    out.extend(found[i].1.take());
                     looked += 1;
                     i += 1;
                 }

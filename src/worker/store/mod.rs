@@ -382,24 +382,13 @@ impl Store {
             SetWhen::Absent => Require::Live(false),
             SetWhen::Present => Require::Live(true),
         };
-        self.write(key, value, ttl, version, require)
+        self.set_over(key, value, ttl, version, require)
     }
 
     /// [`Store::set`] under a condition on the entry there, such as
     /// holding the version a read-modify-write read ([`Applied::Unmet`]
     /// when another write got there since the read).
     pub fn set_over(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        ttl: Option<Duration>,
-        version: u64,
-        require: Require,
-    ) -> Result<Applied, StoreError> {
-        self.write(key, value, ttl, version, require)
-    }
-
-    fn write(
         &self,
         key: &[u8],
         value: &[u8],
