@@ -197,7 +197,10 @@ pub fn resp_stream(data: &[u8]) {
                         }
                         RespRequest::Answer(answer) => answer,
                         RespRequest::Quit => Answer::Ok,
-                        RespRequest::Auth { .. } | RespRequest::Hello { .. } => continue,
+                        RespRequest::Auth { .. }
+                        | RespRequest::Hello { .. }
+                        | RespRequest::Client(_)
+                        | RespRequest::Time => continue,
                     };
                     for version in [Version::Resp2, Version::Resp3] {
                         let mut out = BytesMut::new();

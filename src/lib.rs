@@ -24,7 +24,7 @@
 //! | 10 | [`protocol`] | text, RESP and link codecs: bytes ↔ types, no I/O |
 //! | 11 | [`tls`], [`auth`] | rustls configuration; the shared token |
 //! | 12 | [`version`], [`hash`], [`zipf`] | hybrid logical clock, stable key hash, skewed keys |
-//! | 13 | [`sys`], [`shutdown`], [`join`], [`defaults`] | the one door to sockets, the wall clock and randomness (a simulation swaps it); the shutdown signal; running futures together on one task; every default setting, once |
+//! | 13 | [`sys`], [`shutdown`], [`join`], [`defaults`], [`clients`] | the one door to sockets, the wall clock and randomness (a simulation swaps it); the shutdown signal; running futures together on one task; every default setting, once; the table of open client connections |
 //!
 //! A request runs in a straight line: accept, decode a `Command`, execute it
 //! (the worker's store; or the orchestrator's router picks a pair and the
@@ -35,6 +35,7 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod daemon;

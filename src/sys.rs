@@ -27,13 +27,18 @@ pub fn table_hasher() -> TableHasher {
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn wall_ms() -> u64 {
+    (wall_us() / 1000) as u64
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn wall_us() -> u128 {
     #[cfg(not(feature = "simulation"))]
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok();
     #[cfg(feature = "simulation")]
     let since_epoch = turmoil::since_epoch();
-    since_epoch.map_or(0, |d| d.as_millis() as u64)
+    since_epoch.map_or(0, |d| d.as_micros())
 }
 
 /// The wall clock as one node reads it for its versions. In a simulation

@@ -629,3 +629,202 @@ fn a_flush_is_not_undone_by_hints_anti_entropy_or_refill() {
     }
     drop((a, b));
 }
+
+fn text(v: Value) -> String {
+    match v {
+        Value::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("expected a bulk string, got {other:?}"),
+    }
+}
+
+fn integer(v: Value) -> i64 {
+    match v {
+        Value::Integer(n) => n,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+fn items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(Some(items)) => items,
+        other => panic!("expected an array, got {other:?}"),
+    }
+}
+
+/// One `name=value` field of a `CLIENT LIST` line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+/// One `name:value` line of an `INFO` answer.
+fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::to_string)
+}
+
+#[test]
+fn client_commands_see_and_close_real_connections() {
+    targets().each(|a, target| {
+        let port = a.sock.peer_addr().expect("peer").port();
+        let mut b = Resp::connect(port);
+        let id_a = integer(a.call(&["CLIENT", "ID"]));
+        let id_b = integer(b.call(&["CLIENT", "ID"]));
+        assert_ne!(id_a, id_b, "{target}");
+        assert_eq!(b.call(&["CLIENT", "SETNAME", "billing"]), ok(), "{target}");
+        assert_eq!(b.call(&["CLIENT", "GETNAME"]), bulk("billing"), "{target}");
+        assert_eq!(
+            b.call(&["CLIENT", "SETINFO", "LIB-NAME", "tests"]),
+            ok(),
+            "{target}"
+        );
+        assert_eq!(
+            b.call(&["CLIENT", "SETNAME", "two words"]),
+            err("ERR Client names cannot contain spaces, newlines or special characters."),
+            "{target}"
+        );
+        b.call(&["GET", "x"]);
+        let list = text(a.call(&["CLIENT", "LIST"]));
+        let line_b = list
+            .lines()
+            .find(|l| field(l, "id") == id_b.to_string())
+            .unwrap_or_else(|| panic!("{target}: no line for {id_b} in {list}"));
+        assert_eq!(field(line_b, "name"), "billing", "{target}");
+        assert_eq!(field(line_b, "lib-name"), "tests", "{target}");
+        assert_eq!(field(line_b, "cmd"), "get", "{target}");
+        assert_eq!(
+            field(line_b, "addr"),
+            b.sock.local_addr().expect("addr").to_string(),
+            "{target}"
+        );
+        let mine = text(a.call(&["CLIENT", "INFO"]));
+        assert_eq!(field(&mine, "id"), id_a.to_string(), "{target}");
+        let only_b = text(a.call(&["CLIENT", "LIST", "ID", &id_b.to_string()]));
+        assert_eq!(only_b.lines().count(), 1, "{target}: {only_b}");
+        // SKIPME yes (the default) spares the asker; an unknown address
+        // is an error in the old form.
+        let addr_a = a.sock.local_addr().expect("addr").to_string();
+        assert_eq!(
+            a.call(&["CLIENT", "KILL", "ADDR", &addr_a]),
+            int(0),
+            "{target}"
+        );
+        assert_eq!(
+            a.call(&["CLIENT", "KILL", "192.0.2.1:1"]),
+            err("ERR No such client"),
+            "{target}"
+        );
+        assert_eq!(
+            a.call(&["CLIENT", "KILL", "ID", &id_b.to_string()]),
+            int(1),
+            "{target}"
+        );
+        assert!(
+            b.closed_within(Duration::from_secs(5)),
+            "{target}: killed, still open"
+        );
+        let list = text(a.call(&["CLIENT", "LIST"]));
+        assert!(
+            !list.lines().any(|l| field(l, "id") == id_b.to_string()),
+            "{target}: a closed connection is still listed: {list}"
+        );
+        assert_eq!(a.call(&["CLIENT", "NO-EVICT", "ON"]), ok(), "{target}");
+        assert!(
+            matches!(a.call(&["CLIENT", "REPLY", "OFF"]), Value::Error(_)),
+            "{target}"
+        );
+    });
+}
+
+#[test]
+fn info_command_time_memory_and_object_report_real_figures() {
+    targets().each(|r, target| {
+        for i in 0..20 {
+            assert_eq!(r.call(&["SET", &format!("info:{i}"), "12345"]), ok());
+        }
+        assert_eq!(r.call(&["SET", "info:long", &"x".repeat(100)]), ok());
+        let info = text(r.call(&["INFO", "keyspace"]));
+        assert_eq!(
+            info_field(&info, "db0").as_deref(),
+            Some("keys=21"),
+            "{target}: {info}"
+        );
+        assert!(
+            !info.contains("# Server"),
+            "{target}: only the section asked for"
+        );
+        let hits = |r: &mut Resp| -> u64 {
+            let stats = text(r.call(&["INFO", "stats"]));
+            info_field(&stats, "keyspace_hits")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{target}: no keyspace_hits in {stats}"))
+        };
+        let before = hits(r);
+        r.call(&["GET", "info:1"]);
+        r.call(&["GET", "info:2"]);
+        assert!(hits(r) >= before + 2, "{target}: GETs are counted as hits");
+        let all = text(r.call(&["INFO"]));
+        for section in ["# Server", "# Clients", "# Memory", "# Stats", "# Keyspace"] {
+            assert!(all.contains(section), "{target}: no {section} in {all}");
+        }
+        let used: u64 = info_field(&all, "used_memory")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(used > 0, "{target}: used_memory");
+        let connected: u64 = info_field(&all, "connected_clients")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(connected >= 1, "{target}: connected_clients");
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let time = items(r.call(&["TIME"]));
+        let secs: i64 = text(time[0].clone()).parse().expect("seconds");
+        let micros: i64 = text(time[1].clone()).parse().expect("microseconds");
+        assert!(
+            (secs - now).abs() <= 5 && (0..1_000_000).contains(&micros),
+            "{target}"
+        );
+
+        let usage = integer(r.call(&["MEMORY", "USAGE", "info:long"]));
+        assert!(usage >= 109, "{target}: MEMORY USAGE {usage} < key + value");
+        assert_eq!(r.call(&["MEMORY", "USAGE", "missing"]), nil(), "{target}");
+        check(
+            r,
+            target,
+            &[
+                (&["OBJECT", "ENCODING", "info:1"], status("int")),
+                (&["OBJECT", "ENCODING", "info:long"], status("raw")),
+                (&["OBJECT", "ENCODING", "missing"], nil()),
+                (&["OBJECT", "REFCOUNT", "info:1"], int(1)),
+            ],
+        );
+        assert!(
+            matches!(r.call(&["OBJECT", "FREQ", "info:1"]), Value::Error(_)),
+            "{target}"
+        );
+
+        let count = integer(r.call(&["COMMAND", "COUNT"]));
+        assert_eq!(
+            items(r.call(&["COMMAND", "LIST"])).len() as i64,
+            count,
+            "{target}"
+        );
+        assert_eq!(items(r.call(&["COMMAND"])).len() as i64, count, "{target}");
+        let get = items(r.call(&["COMMAND", "INFO", "get", "nosuch"]));
+        assert_eq!(get[1], nil(), "{target}: an unknown command is nil");
+        let get = items(get[0].clone());
+        assert_eq!(
+            (get[0].clone(), get[1].clone()),
+            (bulk("get"), int(2)),
+            "{target}"
+        );
+        let docs = items(r.call(&["COMMAND", "DOCS", "incr"]));
+        assert_eq!(docs[0], bulk("incr"), "{target}");
+        assert!(format!("{:?}", docs[1]).contains("Increments"), "{target}");
+    });
+}

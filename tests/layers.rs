@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     &["tls", "auth"],
     &["version", "hash", "zipf"],
-    &["sys", "shutdown", "join", "defaults"],
+    &["sys", "shutdown", "join", "defaults", "clients"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -97,6 +97,6 @@ pub(crate) fn closed(c: Closed, timeout: Duration) -> ClientError {
     match c {
         Closed::Io(e) => ClientError::Io(e),
         Closed::Idle => ClientError::Timeout(timeout),
-        Closed::Eof | Closed::Shutdown | Closed::Full => ClientError::Closed,
+        Closed::Eof | Closed::Shutdown | Closed::Full | Closed::Killed => ClientError::Closed,
     }
 }

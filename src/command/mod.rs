@@ -14,7 +14,7 @@ pub mod server;
 pub mod strings;
 
 use crate::protocol::Op;
-use crate::protocol::{Command, ErrorReply, Limits, Reply, SetWhen, Update};
+use crate::protocol::{Command, ErrorReply, InfoSections, Limits, Reply, SetWhen, Update};
 use bytes::Bytes;
 use std::future::Future;
 use std::time::Duration;
@@ -93,8 +93,26 @@ pub trait Keyspace: Send + Sync + 'static {
     /// Live entries: the store's, or the whole cluster's.
     fn db_size(&self) -> impl Future<Output = Result<u64, ErrorReply>> + Send;
 
-    /// The `INFO` figures of this daemon and the keys it counts.
-    fn info(&self) -> impl Future<Output = Info> + Send;
+    /// The `INFO` figures of this daemon for `sections` (the keys only
+    /// when the keyspace section is asked for: on an orchestrator they
+    /// are counted on every pair).
+    fn info(&self, sections: InfoSections) -> impl Future<Output = Info> + Send;
+
+    /// The daemon's client-facing metrics, which `INFO` reports from.
+    fn server_metrics(&self) -> &crate::metrics::ServerMetrics;
+
+    /// The bytes `key`'s entry takes in memory; `None` when it is missing.
+    /// By default the key, the value and a fixed overhead (a worker
+    /// answers from its store, compression included).
+    fn memory_usage(
+        &self,
+        key: Bytes,
+    ) -> impl Future<Output = Result<Option<u64>, ErrorReply>> + Send {
+        async move {
+            let read = self.read(key.clone()).await?;
+            Ok(read.map(|(value, _)| (key.len() + value.len() + ENTRY_OVERHEAD_ESTIMATE) as u64))
+        }
+    }
 
     /// The `CLUSTER` answer: the daemon's view of the cluster.
     fn describe(&self) -> impl Future<Output = String> + Send;
@@ -136,10 +154,26 @@ impl Updated {
     }
 }
 
-/// What `INFO` reports beyond the server section.
+/// What `MEMORY USAGE` adds to a key and value where the daemon does not
+/// hold the entry itself (an orchestrator): a worker's slot and table
+/// bucket.
+pub const ENTRY_OVERHEAD_ESTIMATE: usize = 40;
+
+/// What `INFO` reports beyond what [`crate::metrics::ServerMetrics`] says.
+#[derive(Debug, Default)]
 pub struct Info {
-    pub fields: Vec<(&'static str, String)>,
-    pub keys: u64,
+    /// Fields of the server section beyond the common ones (`tcp_port`).
+    pub server: Vec<(&'static str, String)>,
+    /// The connection limit (`maxclients`).
+    pub max_clients: usize,
+    pub memory: Vec<(&'static str, String)>,
+    /// Fields of the stats section beyond the request counts
+    /// (`evicted_keys`).
+    pub stats: Vec<(&'static str, String)>,
+    /// Live keys, when the keyspace section was asked for.
+    pub keys: Option<u64>,
+    /// rcache's own figures.
+    pub rcache: Vec<(&'static str, String)>,
 }
 
 /// How a command routes, whether it writes, and how it is counted.
@@ -226,7 +260,8 @@ pub fn spec(command: &Command) -> Spec<'_> {
             Spec::read(Op::Scan, AllPairs)
         }
         Command::Flush => Spec::write(Op::Flush, AllPairs),
-        Command::Info => Spec::read(Op::Info, AllPairs),
+        Command::Info { .. } => Spec::read(Op::Info, AllPairs),
+        Command::Inspect { key, .. } => Spec::read(Op::Get, Key(key)),
         Command::Ping => Spec::read(Op::Ping, Local),
         Command::Auth { .. } => Spec::read(Op::Auth, Local),
         Command::Exit => Spec::read(Op::Exit, Local),
@@ -275,7 +310,8 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
         Command::Keys { pattern } => Box::pin(keys::keys(ks, pattern)).await,
         Command::RandomKey => Box::pin(keys::random_key(ks)).await,
         Command::Flush => Box::pin(keys::flush(ks)).await,
-        Command::Info => Box::pin(server::info(ks)).await,
+        Command::Info { sections } => Box::pin(server::info(ks, sections)).await,
+        Command::Inspect { key, what } => Box::pin(server::inspect(ks, key, what)).await,
         Command::Ping => server::ping(),
         Command::Auth { .. } | Command::Exit => server::done(),
         Command::Cluster => Box::pin(server::cluster(ks)).await,

@@ -50,6 +50,8 @@ pub struct ServerMetrics {
     pub request_buffers: IntGauge,
     pub request_buffers_limit: IntGauge,
     pub request_buffer_waits: IntCounter,
+    /// When the daemon started (`INFO`'s uptime).
+    pub started: std::time::Instant,
 }
 
 impl ServerMetrics {
@@ -208,6 +210,7 @@ impl<'a> Builder<'a> {
             &["command"],
         );
         ServerMetrics {
+            started: std::time::Instant::now(),
             requests: Op::ALL
                 .iter()
                 .map(|op| Outcome::ALL.map(|o| requests.with_label_values(&[op.name(), o.name()])))
@@ -271,15 +274,8 @@ impl ProcessMetrics {
     }
 
     pub fn refresh(&self) {
-        // statm: size resident shared ... in pages.
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(pages) = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<i64>().ok())
-            {
-                self.resident.set(pages * page_size());
-            }
+        if let Some(bytes) = resident_bytes() {
+            self.resident.set(bytes as i64);
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.open_fds.set(dir.count() as i64);
@@ -287,7 +283,15 @@ impl ProcessMetrics {
     }
 }
 
-fn page_size() -> i64 {
+/// The process's resident memory in bytes (`/proc/self/statm`).
+pub fn resident_bytes() -> Option<u64> {
+    // statm: size resident shared ... in pages.
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
     // Every Linux platform rcache is packaged for uses 4 KiB pages.
     4096
 }

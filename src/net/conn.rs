@@ -33,6 +33,8 @@ pub enum Closed {
     Shutdown,
     /// The read buffer reached its limit without a complete request.
     Full,
+    /// A `CLIENT KILL` closed it.
+    Killed,
     Io(io::Error),
 }
 

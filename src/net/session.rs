@@ -5,6 +5,7 @@
 
 use super::batch::{execute, reply_bytes, Window};
 use super::{Closed, Conn, LiveConfig, ServerConfig};
+use crate::clients::{Client, Registry};
 use crate::command::{self, Keyspace};
 use crate::metrics::{ServerMetrics, Tally};
 use crate::protocol::dialect::{Decoded, Dialect, Gate, Holder, UNAUTHENTICATED_BYTES};
@@ -14,6 +15,8 @@ use crate::protocol::{Command, Op, Reply};
 use crate::shutdown::Shutdown;
 use bytes::BytesMut;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -110,6 +113,7 @@ impl<K: Keyspace> Executor for Clients<'_, K> {
 pub async fn serve_client<S, K>(
     conn: &mut Conn<S>,
     service: &K,
+    (clients, (addr, laddr)): (&Arc<Registry>, (Option<SocketAddr>, Option<SocketAddr>)),
     live: &LiveConfig,
     metrics: &ServerMetrics,
     shutdown: &mut Shutdown,
@@ -125,12 +129,35 @@ where
         }
     }
     let limits = live.load().limits;
+    let registered = clients.open(addr, laddr);
+    let client = registered.client.clone();
+    let executor = Clients(service);
     if conn.rbuf.first() == Some(&resp::FIRST_BYTE) {
-        let dialect = RespDialect::new(limits, K::ROLE);
-        serve_session(conn, dialect, Clients(service), live, metrics, shutdown).await
+        let dialect = RespDialect::registered(limits, K::ROLE, registered);
+        serve_session(
+            conn,
+            dialect,
+            executor,
+            live,
+            metrics,
+            shutdown,
+            Some(&client),
+        )
+        .await
     } else {
         let dialect = TextDialect::new(limits);
-        serve_session(conn, dialect, Clients(service), live, metrics, shutdown).await
+        let closed = serve_session(
+            conn,
+            dialect,
+            executor,
+            live,
+            metrics,
+            shutdown,
+            Some(&client),
+        )
+        .await;
+        drop(registered);
+        closed
     }
 }
 
@@ -208,7 +235,8 @@ enum Slot<T, A> {
 /// [`Executor::execute`]) and their replies written with one write
 /// (pipelining). A request in progress when shutdown begins completes and
 /// is answered. Tokens are checked here ([`Gate`]); the dialect only words
-/// the answers.
+/// the answers. A client connection (`client`) is closed once a `CLIENT
+/// KILL` matches it, after the answers already decoded are written.
 pub async fn serve_session<S, X, D>(
     conn: &mut Conn<S>,
     mut dialect: D,
@@ -216,6 +244,7 @@ pub async fn serve_session<S, X, D>(
     live: &LiveConfig,
     metrics: &ServerMetrics,
     shutdown: &mut Shutdown,
+    client: Option<&Client>,
 ) -> Closed
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -371,6 +400,13 @@ where
         if let Err(closed) = conn.flush(config.idle_timeout).await {
             return closed;
         }
+        if let Some(client) = client {
+            client.active_at(last_request);
+            if client.is_killed() {
+                let _ = conn.io.shutdown().await;
+                return Closed::Killed;
+            }
+        }
         if close {
             let _ = conn.io.shutdown().await;
             return Closed::Eof;
@@ -392,7 +428,18 @@ where
         if let Some(since) = partial_since {
             wait_until = wait_until.min(since + config.request_timeout);
         }
-        if let Err(closed) = conn.fill(wait_until, shutdown).await {
+        let filled = match client {
+            Some(client) => tokio::select! {
+                biased;
+                _ = client.killed() => Err(Closed::Killed),
+                filled = conn.fill(wait_until, shutdown) => filled,
+            },
+            None => conn.fill(wait_until, shutdown).await,
+        };
+        if let Err(closed) = filled {
+            if matches!(closed, Closed::Killed) {
+                let _ = conn.io.shutdown().await;
+            }
             return closed;
         }
         read_at = Instant::now();

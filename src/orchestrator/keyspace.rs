@@ -7,7 +7,7 @@ use crate::command::{Info, Keyspace, Updated};
 use crate::hash::DIGEST_BUCKETS;
 use crate::join::join_all;
 use crate::protocol::link::{Request, Response};
-use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen, Update};
+use crate::protocol::{ErrorCode, ErrorReply, InfoSections, Limits, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -209,20 +209,32 @@ impl Keyspace for Router {
         counts.into_iter().sum()
     }
 
-    async fn info(&self) -> Info {
+    async fn info(&self, sections: InfoSections) -> Info {
         let topology = self.topology();
         let up = topology.workers_up();
+        let resident = crate::metrics::resident_bytes().unwrap_or(0);
         Info {
-            fields: vec![
+            max_clients: self.live.load().max_connections,
+            // An orchestrator holds no entries: its memory is the process's.
+            memory: vec![
+                ("used_memory", resident.to_string()),
+                ("used_memory_human", crate::command::server::human(resident)),
+            ],
+            keys: if sections.has(InfoSections::KEYSPACE) {
+                Some(self.db_size().await.unwrap_or(0))
+            } else {
+                None
+            },
+            rcache: vec![
                 ("rcache_pairs", topology.pairs.len().to_string()),
                 ("rcache_workers_up", up.to_string()),
-                (
-                    "connected_clients",
-                    self.metrics.server.connections_open.get().to_string(),
-                ),
             ],
-            keys: self.db_size().await.unwrap_or(0),
+            ..Info::default()
         }
+    }
+
+    fn server_metrics(&self) -> &crate::metrics::ServerMetrics {
+        &self.metrics.server
     }
 
     async fn describe(&self) -> String {

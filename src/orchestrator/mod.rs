@@ -99,6 +99,8 @@ pub struct Router {
     pub metrics: metrics::OrchestratorMetrics,
     /// What client connections' read buffers may hold together.
     pub budget: Arc<net::ReadBudget>,
+    /// The client connections open now (`CLIENT LIST`).
+    pub clients: Arc<crate::clients::Registry>,
 }
 
 impl Router {
@@ -133,6 +135,7 @@ impl Router {
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
             budget: net::ReadBudget::new(&config.server, &metrics.server),
+            clients: Arc::default(),
             metrics,
         }
     }
@@ -272,6 +275,7 @@ struct ClientHandler {
 impl Handler for ClientHandler {
     async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) -> Closed {
         let router = &self.router;
+        let addrs = (stream.peer_addr().ok(), stream.local_addr().ok());
         let stream = match net::secure(stream, &router.live.load()).await {
             Ok(s) => s,
             Err(closed) => return closed,
@@ -280,6 +284,7 @@ impl Handler for ClientHandler {
         net::serve_client(
             &mut conn,
             &**router,
+            (&router.clients, addrs),
             &router.live,
             &router.metrics.server,
             &mut shutdown,

@@ -137,8 +137,16 @@ pub enum Command {
     },
     /// Live entries held ([`Reply::Integer`]).
     DbSize,
-    /// `INFO`: `name:value` lines about the server ([`Reply::Value`]).
-    Info,
+    /// `INFO [section …]`: `name:value` lines about the server
+    /// ([`Reply::Value`]), the sections asked for.
+    Info {
+        sections: InfoSections,
+    },
+    /// `OBJECT ENCODING|FREQ|REFCOUNT key`, `MEMORY USAGE key`.
+    Inspect {
+        key: Bytes,
+        what: Inspect,
+    },
     Ping,
     Auth {
         token: Bytes,
@@ -149,6 +157,70 @@ pub enum Command {
     /// between records, `name=value` fields within one (see
     /// docs/protocol.md).
     Cluster,
+}
+
+/// What `OBJECT` or `MEMORY` asks about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inspect {
+    /// `int`, `embstr` or `raw`, as Redis would store the string.
+    Encoding,
+    /// Not tracked (eviction is SIEVE, not LFU): Redis's error.
+    Freq,
+    /// Always 1.
+    RefCount,
+    /// Bytes the entry takes in memory.
+    MemoryUsage,
+}
+
+/// The sections an `INFO` asks for, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InfoSections(pub u8);
+
+impl InfoSections {
+    pub const SERVER: u8 = 1;
+    pub const CLIENTS: u8 = 2;
+    pub const MEMORY: u8 = 4;
+    pub const STATS: u8 = 8;
+    pub const KEYSPACE: u8 = 16;
+    /// rcache's own figures (pairs, workers up, a worker's state).
+    pub const CLUSTER: u8 = 32;
+    pub const ALL: InfoSections = InfoSections(63);
+    pub const NAMES: [(&'static str, u8); 6] = [
+        ("server", Self::SERVER),
+        ("clients", Self::CLIENTS),
+        ("memory", Self::MEMORY),
+        ("stats", Self::STATS),
+        ("keyspace", Self::KEYSPACE),
+        ("rcache", Self::CLUSTER),
+    ];
+
+    /// The sections `INFO` names ask for: none named, `default`, `all`
+    /// or `everything` ask for all; an unknown name adds nothing.
+    pub fn parse(names: &[impl AsRef<[u8]>]) -> InfoSections {
+        if names.is_empty() {
+            return Self::ALL;
+        }
+        let mut bits = 0;
+        for name in names {
+            let name = name.as_ref();
+            if [&b"default"[..], b"all", b"everything"]
+                .iter()
+                .any(|all| name.eq_ignore_ascii_case(all))
+            {
+                return Self::ALL;
+            }
+            for (section, bit) in Self::NAMES {
+                if name.eq_ignore_ascii_case(section.as_bytes()) {
+                    bits |= bit;
+                }
+            }
+        }
+        InfoSections(bits)
+    }
+
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
 }
 
 /// What the client is told of a [`Command::Update`].

@@ -5,7 +5,7 @@ use super::store::Applied;
 use super::{antientropy, Worker};
 use crate::command::{Info, Keyspace, Updated};
 use crate::hash::DIGEST_BUCKETS;
-use crate::protocol::{ErrorCode, ErrorReply, Limits, SetWhen, Update};
+use crate::protocol::{ErrorCode, ErrorReply, InfoSections, Limits, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -113,21 +113,54 @@ impl Keyspace for Worker {
         Ok(self.store.len())
     }
 
-    async fn info(&self) -> Info {
+    async fn info(&self, _: InfoSections) -> Info {
+        use crate::command::server::human;
         let usage = self.store.usage();
+        let max = self.store.max_memory() as u64;
+        let stats = &self.store.stats;
         Info {
-            fields: vec![
+            max_clients: self.live.load().max_connections,
+            memory: vec![
+                ("used_memory", usage.charged_bytes.to_string()),
+                ("used_memory_human", human(usage.charged_bytes)),
+                ("maxmemory", max.to_string()),
+                ("maxmemory_human", human(max)),
+                ("maxmemory_policy", "sieve".to_string()),
+                ("rcache_value_bytes", usage.raw_value_bytes.to_string()),
+                (
+                    "rcache_stored_value_bytes",
+                    usage.stored_value_bytes.to_string(),
+                ),
+            ],
+            stats: vec![
+                (
+                    "evicted_keys",
+                    stats.evictions.load(Ordering::Relaxed).to_string(),
+                ),
+                (
+                    "expired_keys",
+                    stats.expirations.load(Ordering::Relaxed).to_string(),
+                ),
+            ],
+            keys: Some(usage.entries),
+            rcache: vec![
                 ("rcache_state", self.state().name().to_string()),
                 (
-                    "connected_clients",
-                    self.metrics.server.connections_open.get().to_string(),
+                    "rcache_partner",
+                    self.config.partner.clone().unwrap_or_default(),
                 ),
-                ("used_memory", usage.charged_bytes.to_string()),
-                ("maxmemory", self.store.max_memory().to_string()),
-                ("maxmemory_policy", "sieve".to_string()),
+                ("rcache_tombstones", usage.tombstones.to_string()),
             ],
-            keys: usage.entries,
+            ..Info::default()
         }
+    }
+
+    fn server_metrics(&self) -> &crate::metrics::ServerMetrics {
+        &self.metrics.server
+    }
+
+    async fn memory_usage(&self, key: Bytes) -> Result<Option<u64>, ErrorReply> {
+        Ok(self.store.charge_of(&key).map(|bytes| bytes as u64))
     }
 
     async fn describe(&self) -> String {

@@ -24,6 +24,7 @@ pub(super) struct WorkerHandler {
 impl Handler for WorkerHandler {
     async fn handle(self: Arc<Self>, stream: TcpStream, mut shutdown: Shutdown) -> Closed {
         let worker = &self.worker;
+        let addrs = (stream.peer_addr().ok(), stream.local_addr().ok());
         let stream = match net::secure(stream, &worker.live.load()).await {
             Ok(s) => s,
             Err(closed) => return closed,
@@ -40,6 +41,7 @@ impl Handler for WorkerHandler {
             net::serve_client(
                 &mut conn,
                 &**worker,
+                (&worker.clients, addrs),
                 &worker.live,
                 &worker.metrics.server,
                 &mut shutdown,
@@ -92,7 +94,7 @@ pub(super) async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
         refill: None,
     };
     let metrics = &worker.metrics.server;
-    net::serve_session(conn, dialect, links, &worker.live, metrics, shutdown).await
+    net::serve_session(conn, dialect, links, &worker.live, metrics, shutdown, None).await
 }
 
 impl Executor for Links<'_> {

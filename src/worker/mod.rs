@@ -84,6 +84,8 @@ pub struct Worker {
     pub metrics: metrics::WorkerMetrics,
     /// What connections' read buffers may hold together.
     pub budget: Arc<crate::net::ReadBudget>,
+    /// The client connections open now (`CLIENT LIST`).
+    pub clients: Arc<crate::clients::Registry>,
     config: WorkerConfig,
 }
 
@@ -105,6 +107,7 @@ impl Worker {
             live: LiveConfig::from_pointee(config.server.clone()),
             metrics,
             budget,
+            clients: Arc::default(),
             config,
         }
     }

@@ -5,7 +5,7 @@ use super::frame::parse_i64;
 use super::{Answer, RespRequest, Shape};
 use crate::protocol::update::{parse_float, parse_int};
 use crate::protocol::{
-    Command, ExpireWhen, Expiry, Limits, SetWhen, TtlChange, Update, UpdateReply,
+    Command, ExpireWhen, Expiry, Inspect, Limits, SetWhen, TtlChange, Update, UpdateReply,
 };
 use bytes::Bytes;
 use std::borrow::Cow;
@@ -82,10 +82,11 @@ fn parse_expiry(arg: &[u8], unit_ms: i64, command: &str) -> Result<i64, RespRequ
         .ok_or_else(|| error(format!("ERR invalid expire time in '{command}' command")))
 }
 
-/// Turns a request's arguments into what the connection does with it.
-pub fn parse_command(mut args: Vec<Bytes>, limits: &Limits) -> RespRequest {
+/// Turns a request's arguments into what the connection does with it, and
+/// the command's index in [`super::COMMANDS`] when it is one rcache knows.
+pub fn parse_command(mut args: Vec<Bytes>, limits: &Limits) -> (RespRequest, Option<usize>) {
     if args.is_empty() {
-        return error("ERR empty command");
+        return (error("ERR empty command"), None);
     }
     let name_arg = args.remove(0);
     // Lowercased on the stack: every command rcache knows is short ASCII.
@@ -99,7 +100,7 @@ pub fn parse_command(mut args: Vec<Bytes>, limits: &Limits) -> RespRequest {
         None => "",
     };
     match parse_known(name, &args, limits) {
-        Some(request) => request,
+        Some(request) => (request, super::table::find(name)),
         None => {
             let mut line = format!(
                 "ERR unknown command '{}', with args beginning with: ",
@@ -108,7 +109,7 @@ pub fn parse_command(mut args: Vec<Bytes>, limits: &Limits) -> RespRequest {
             for arg in args.iter().take(8) {
                 line.push_str(&format!("'{}' ", shown(arg)));
             }
-            error(line)
+            (error(line), None)
         }
     }
 }
@@ -464,7 +465,9 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
             0 => run(Command::DbSize),
             _ => wrong_args(name),
         },
-        "info" => run(Command::Info),
+        "info" => run(Command::Info {
+            sections: crate::protocol::InfoSections::parse(args),
+        }),
         "auth" => match n {
             1 => RespRequest::Auth {
                 token: args[0].clone(),
@@ -486,27 +489,22 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
             _ => wrong_args(name),
         },
         "client" => parse_client(args),
+        "time" => match n {
+            0 => RespRequest::Time,
+            _ => wrong_args(name),
+        },
+        "object" | "memory" => parse_inspect(name, args, limits),
         "config" => parse_config(args),
-        "command" => match args.first().map(|a| a.to_ascii_lowercase()) {
-            None => RespRequest::Answer(Answer::Array(Vec::new())),
-            Some(sub) => match sub.as_slice() {
-                b"count" => RespRequest::Answer(Answer::Integer(COMMANDS.len() as i64)),
-                b"docs" | b"info" | b"list" => {
-                    RespRequest::Answer(Answer::Array(if sub.as_slice() == b"list" {
-                        COMMANDS
-                            .iter()
-                            .map(|c| Bytes::from_static(c.as_bytes()))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    }))
-                }
-                _ => error(format!(
+        "command" => {
+            let sub = args.first().map(|a| a.to_ascii_lowercase());
+            match super::table::answer(sub.as_deref(), args.get(1..).unwrap_or_default()) {
+                Some(answer) => RespRequest::Answer(answer),
+                None => error(format!(
                     "ERR unknown subcommand '{}'. Try COMMAND HELP.",
                     shown(&args[0])
                 )),
-            },
-        },
+            }
+        }
         _ => return None,
     })
 }
@@ -726,64 +724,6 @@ fn parse_copy(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespReques
     ))
 }
 
-/// Every command rcache answers over RESP.
-pub const COMMANDS: &[&str] = &[
-    "append",
-    "auth",
-    "client",
-    "command",
-    "config",
-    "copy",
-    "dbsize",
-    "decr",
-    "decrby",
-    "del",
-    "echo",
-    "exists",
-    "expire",
-    "expireat",
-    "expiretime",
-    "flushall",
-    "flushdb",
-    "get",
-    "getdel",
-    "getex",
-    "getrange",
-    "getset",
-    "hello",
-    "incr",
-    "incrby",
-    "incrbyfloat",
-    "info",
-    "keys",
-    "mget",
-    "mset",
-    "msetnx",
-    "persist",
-    "pexpire",
-    "pexpireat",
-    "pexpiretime",
-    "ping",
-    "psetex",
-    "pttl",
-    "quit",
-    "randomkey",
-    "rename",
-    "renamenx",
-    "scan",
-    "select",
-    "set",
-    "setex",
-    "setnx",
-    "setrange",
-    "strlen",
-    "substr",
-    "touch",
-    "ttl",
-    "type",
-    "unlink",
-];
-
 fn parse_set(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
     let [key, value, options @ ..] = args else {
         return Err(wrong_args("set"));
@@ -867,6 +807,7 @@ fn relative(ms: i64) -> Result<Duration, RespRequest> {
 
 fn parse_hello(args: &[Bytes]) -> RespRequest {
     let mut token = None;
+    let mut name = None;
     let mut rest = args;
     let mut version = None;
     if let Some(asked) = args.first() {
@@ -893,7 +834,15 @@ fn parse_hello(args: &[Bytes]) -> RespRequest {
                 token = Some(rest[i + 2].clone());
                 i += 3;
             }
-            b"setname" if i + 1 < rest.len() => i += 2,
+            b"setname" if i + 1 < rest.len() => {
+                match plain_name(&rest[i + 1]) {
+                    Some(n) => name = Some(n),
+                    None => return error(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    ),
+                }
+                i += 2;
+            }
             _ => {
                 return error(format!(
                     "ERR Syntax error in HELLO option '{}'",
@@ -902,25 +851,294 @@ fn parse_hello(args: &[Bytes]) -> RespRequest {
             }
         }
     }
-    RespRequest::Hello { version, token }
+    RespRequest::Hello {
+        version,
+        token,
+        name,
+    }
 }
 
+/// Whether `s` may name a client (`CLIENT SETNAME`, `SETINFO`): printable
+/// ASCII without spaces, as Redis requires.
+fn plain_name(s: &[u8]) -> Option<String> {
+    s.iter()
+        .all(|b| (b'!'..=b'~').contains(b))
+        .then(|| String::from_utf8_lossy(s).into_owned())
+}
+
+fn on_off(arg: &[u8]) -> Option<bool> {
+    if arg.eq_ignore_ascii_case(b"on") {
+        Some(true)
+    } else if arg.eq_ignore_ascii_case(b"off") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+const CLIENT_HELP: &[&str] = &[
+    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GETNAME",
+    "    Return the name of the current connection.",
+    "ID",
+    "    Return the ID of the current connection.",
+    "INFO",
+    "    Return information about the current client connection.",
+    "KILL <ip:port>",
+    "    Kill connection made from <ip:port>.",
+    "KILL <option> <value> [<option> <value> [...]]",
+    "    Kill connections. Options are: ID <client-id>, ADDR <ip:port>, LADDR <ip:port>,",
+    "    TYPE normal, USER default, SKIPME (YES|NO), MAXAGE <seconds>.",
+    "LIST [TYPE normal] [ID <client-id> [<client-id> ...]]",
+    "    Return information about client connections.",
+    "NO-EVICT (ON|OFF)",
+    "    Accepted; rcache evicts by memory, never a connection.",
+    "NO-TOUCH (ON|OFF)",
+    "    Accepted; reads do not change what eviction keeps.",
+    "REPLY ON",
+    "    Accepted (OFF and SKIP are not supported).",
+    "SETINFO <LIB-NAME|LIB-VER> <value>",
+    "    Set client meta attr.",
+    "SETNAME <name>",
+    "    Assign the name <name> to the current connection.",
+    "HELP",
+    "    Print this help.",
+];
+
 fn parse_client(args: &[Bytes]) -> RespRequest {
+    use super::ClientCall as Call;
     let Some(sub) = args.first() else {
         return wrong_args("client");
     };
-    match sub.to_ascii_lowercase().as_slice() {
-        b"setname" | b"setinfo" | b"no-evict" | b"no-touch" | b"reply" => {
-            RespRequest::Answer(Answer::Ok)
+    let sub = sub.to_ascii_lowercase();
+    let rest = &args[1..];
+    let wrong = || {
+        wrong_args(&format!(
+            "client|{}",
+            String::from_utf8_lossy(&sub).into_owned()
+        ))
+    };
+    let call = match (sub.as_slice(), rest) {
+        (b"id", []) => Call::Id,
+        (b"info", []) => Call::Info,
+        (b"getname", []) => Call::GetName,
+        (b"list", _) => match parse_client_ids(rest) {
+            Ok(ids) => Call::List { ids },
+            Err(e) => return e,
+        },
+        (b"kill", [addr]) => Call::Kill {
+            filter: crate::clients::KillFilter {
+                addr: Some(String::from_utf8_lossy(addr).into_owned()),
+                ..Default::default()
+            },
+            legacy: true,
+        },
+        (b"kill", [_, _, ..]) => match parse_kill(rest) {
+            Ok(filter) => Call::Kill {
+                filter,
+                legacy: false,
+            },
+            Err(e) => return e,
+        },
+        (b"setname", [name]) => match plain_name(name) {
+            Some(name) => Call::SetName(name),
+            None => {
+                return error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                )
+            }
+        },
+        (b"setinfo", [attribute, value]) => {
+            let lib_version = if attribute.eq_ignore_ascii_case(b"lib-ver") {
+                true
+            } else if attribute.eq_ignore_ascii_case(b"lib-name") {
+                false
+            } else {
+                return error(format!("ERR Unrecognized option '{}'", shown(attribute)));
+            };
+            match plain_name(value) {
+                Some(value) => Call::SetInfo { lib_version, value },
+                None => {
+                    return error(format!(
+                        "ERR {} cannot contain spaces, newlines or special characters.",
+                        if lib_version { "lib-ver" } else { "lib-name" }
+                    ))
+                }
+            }
         }
-        b"getname" => RespRequest::Answer(Answer::Nil),
-        b"id" => RespRequest::Answer(Answer::Integer(0)),
-        b"info" | b"list" => RespRequest::Answer(Answer::Bulk(Bytes::new())),
-        _ => error(format!(
-            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-            shown(sub)
-        )),
+        (b"no-evict", [arg]) => match on_off(arg) {
+            Some(on) => Call::NoEvict(on),
+            None => return syntax_error(),
+        },
+        (b"no-touch", [arg]) => match on_off(arg) {
+            Some(_) => return RespRequest::Answer(Answer::Ok),
+            None => return syntax_error(),
+        },
+        (b"reply", [arg]) if arg.eq_ignore_ascii_case(b"on") => {
+            return RespRequest::Answer(Answer::Ok)
+        }
+        (b"reply", [arg])
+            if arg.eq_ignore_ascii_case(b"off") || arg.eq_ignore_ascii_case(b"skip") =>
+        {
+            return error("ERR CLIENT REPLY OFF and SKIP are not supported")
+        }
+        (b"reply", [_]) => return syntax_error(),
+        (b"help", []) => {
+            return RespRequest::Answer(Answer::List(
+                CLIENT_HELP
+                    .iter()
+                    .map(|line| Answer::Status(line))
+                    .collect(),
+            ))
+        }
+        (
+            b"id" | b"info" | b"getname" | b"kill" | b"setname" | b"setinfo" | b"no-evict"
+            | b"no-touch" | b"reply" | b"help",
+            _,
+        ) => return wrong(),
+        _ => {
+            return error(format!(
+                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                shown(&args[0])
+            ))
+        }
+    };
+    RespRequest::Client(call)
+}
+
+/// `CLIENT LIST`'s options: `None` lists every connection; a type other
+/// than `normal` lists none (rcache has no replica or pub/sub clients).
+fn parse_client_ids(args: &[Bytes]) -> Result<Option<Vec<u64>>, RespRequest> {
+    match args {
+        [] => Ok(None),
+        [option, kind] if option.eq_ignore_ascii_case(b"type") => match client_type(kind)? {
+            true => Ok(None),
+            false => Ok(Some(Vec::new())),
+        },
+        [option, ids @ ..] if option.eq_ignore_ascii_case(b"id") && !ids.is_empty() => ids
+            .iter()
+            .map(|id| match parse_i64(id) {
+                Some(id) if id > 0 => Ok(id as u64),
+                _ => Err(error("ERR Invalid client ID")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        _ => Err(syntax_error()),
     }
+}
+
+/// Whether a `TYPE` of `CLIENT LIST`/`KILL` takes in ordinary clients.
+fn client_type(kind: &[u8]) -> Result<bool, RespRequest> {
+    match kind.to_ascii_lowercase().as_slice() {
+        b"normal" => Ok(true),
+        b"master" | b"replica" | b"slave" | b"pubsub" => Ok(false),
+        _ => Err(error(format!("ERR Unknown client type '{}'", shown(kind)))),
+    }
+}
+
+fn parse_kill(args: &[Bytes]) -> Result<crate::clients::KillFilter, RespRequest> {
+    let mut filter = crate::clients::KillFilter {
+        skip_me: true,
+        ..Default::default()
+    };
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    for pair in args.chunks(2) {
+        let [option, value] = pair else {
+            return Err(syntax_error());
+        };
+        match option.to_ascii_lowercase().as_slice() {
+            b"id" => match parse_i64(value) {
+                Some(id) if id > 0 => filter.id = Some(id as u64),
+                _ => return Err(error("ERR client-id should be greater than 0")),
+            },
+            b"addr" => filter.addr = Some(text(value)),
+            b"laddr" => filter.laddr = Some(text(value)),
+            b"type" => filter.nobody |= !client_type(value)?,
+            b"user" => filter.nobody |= !value.eq_ignore_ascii_case(b"default"),
+            b"maxage" => match parse_i64(value) {
+                Some(age) if age >= 0 => filter.max_age = Some(age as u64),
+                _ => return Err(not_integer()),
+            },
+            b"skipme" => match value.to_ascii_lowercase().as_slice() {
+                b"yes" => filter.skip_me = true,
+                b"no" => filter.skip_me = false,
+                _ => return Err(syntax_error()),
+            },
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(filter)
+}
+
+/// `OBJECT` and `MEMORY` about one key.
+fn parse_inspect(name: &str, args: &[Bytes], limits: &Limits) -> RespRequest {
+    let Some(sub) = args.first() else {
+        return wrong_args(name);
+    };
+    let sub = sub.to_ascii_lowercase();
+    let what = match (name, sub.as_slice()) {
+        ("object", b"encoding") => Inspect::Encoding,
+        ("object", b"freq") => Inspect::Freq,
+        ("object", b"refcount") => Inspect::RefCount,
+        ("memory", b"usage") => Inspect::MemoryUsage,
+        ("object", b"help") | ("memory", b"help") if args.len() == 1 => {
+            let lines: &[&'static str] = if name == "object" {
+                &[
+                    "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                    "ENCODING <key>",
+                    "    Return the kind of internal representation used in order to store the value",
+                    "    associated with a <key>.",
+                    "FREQ <key>",
+                    "    Not tracked: rcache evicts with SIEVE, not LFU.",
+                    "REFCOUNT <key>",
+                    "    Return the number of references of the value associated with the specified",
+                    "    <key> (always 1).",
+                ]
+            } else {
+                &[
+                    "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                    "USAGE <key> [SAMPLES <count>]",
+                    "    Return memory in bytes used by <key> and its value.",
+                ]
+            };
+            return RespRequest::Answer(Answer::List(
+                lines.iter().map(|line| Answer::Status(line)).collect(),
+            ));
+        }
+        _ => {
+            return error(format!(
+                "ERR unknown subcommand '{}'. Try {} HELP.",
+                shown(&args[0]),
+                name.to_ascii_uppercase()
+            ))
+        }
+    };
+    let key = match (what, &args[1..]) {
+        (_, [key]) => key,
+        (Inspect::MemoryUsage, [key, option, count]) if option.eq_ignore_ascii_case(b"samples") => {
+            if !parse_i64(count).is_some_and(|n| n >= 0) {
+                return not_integer();
+            }
+            key
+        }
+        (Inspect::MemoryUsage, [_, _, ..]) => return syntax_error(),
+        _ => {
+            return wrong_args(&format!(
+                "{name}|{}",
+                String::from_utf8_lossy(&sub).into_owned()
+            ))
+        }
+    };
+    if let Err(e) = check_key(key, limits) {
+        return e;
+    }
+    RespRequest::Run(
+        Command::Inspect {
+            key: key.clone(),
+            what,
+        },
+        Shape::Plain,
+    )
 }
 
 fn parse_config(args: &[Bytes]) -> RespRequest {

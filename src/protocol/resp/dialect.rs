@@ -5,7 +5,8 @@
 //! stream cannot be resynchronised).
 
 use super::{encode_answer, encode_hello, encode_reply, Answer, RespDecoder, RespRequest};
-use super::{Shape, Version};
+use super::{ClientCall, Shape, Version};
+use crate::clients::{Client, Registered};
 use crate::protocol::dialect::{Answered, Decoded, Dialect, Gate};
 use crate::protocol::{Command, Limits, Op, Outcome, Reply};
 use bytes::BytesMut;
@@ -26,6 +27,9 @@ const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already 
 #[derive(Debug)]
 pub struct RespDialect {
     decoder: RespDecoder,
+    /// This connection in the daemon's table of clients, and the table
+    /// (`CLIENT LIST`, `CLIENT KILL`).
+    client: Registered,
     /// The daemon's role, as `HELLO` reports it.
     role: &'static str,
     /// The reply encoding in force: each reply is encoded in the version in
@@ -34,15 +38,26 @@ pub struct RespDialect {
     /// The credential being answered is a `HELLO` asking for this version
     /// (`Some(None)`: keep the current one); `None` for `AUTH`.
     hello: Option<Option<u8>>,
+    /// The `SETNAME` of that `HELLO`, given once its token checks out.
+    hello_name: Option<String>,
 }
 
 impl RespDialect {
+    /// A connection of its own table of clients (a test's, a fuzzer's).
     pub fn new(limits: Limits, role: &'static str) -> RespDialect {
+        let registry = std::sync::Arc::new(crate::clients::Registry::default());
+        RespDialect::registered(limits, role, registry.open(None, None))
+    }
+
+    /// The connection `client` of the daemon's table.
+    pub fn registered(limits: Limits, role: &'static str, client: Registered) -> RespDialect {
         RespDialect {
             decoder: RespDecoder::new(limits),
+            client,
             role,
             version: Version::Resp2,
             hello: None,
+            hello_name: None,
         }
     }
 
@@ -56,6 +71,55 @@ impl RespDialect {
 
     fn error(&self, line: &'static str, op: Op) -> Answered<(Answer, Version)> {
         self.answered(Answer::Error(line.into()), op)
+    }
+
+    /// Runs a `CLIENT` subcommand on the daemon's table of clients.
+    fn client(&self, call: ClientCall) -> (Answer, bool) {
+        let me = &self.client.client;
+        let line = |client: &Client| client.describe(super::table::name);
+        let answer = match call {
+            ClientCall::Id => Answer::Integer(i64::try_from(me.id).unwrap_or(i64::MAX)),
+            ClientCall::Info => Answer::Bulk(format!("{}\n", line(me)).into()),
+            ClientCall::List { ids } => {
+                let mut text = String::new();
+                for client in self.client.registry().list(ids.as_deref()) {
+                    text.push_str(&line(&client));
+                    text.push('\n');
+                }
+                Answer::Bulk(text.into())
+            }
+            ClientCall::Kill { filter, legacy } => {
+                let killed = self.client.registry().kill(&filter, me.id);
+                match (legacy, killed) {
+                    (true, 0) => Answer::Error("ERR No such client".into()),
+                    (true, _) => Answer::Ok,
+                    (false, n) => Answer::Integer(n as i64),
+                }
+            }
+            ClientCall::SetName(name) => {
+                me.rename(|names| names.name = name);
+                Answer::Ok
+            }
+            ClientCall::GetName => match me.names().name {
+                name if name.is_empty() => Answer::Nil,
+                name => Answer::Bulk(name.into()),
+            },
+            ClientCall::SetInfo { lib_version, value } => {
+                me.rename(|names| {
+                    if lib_version {
+                        names.lib_ver = value;
+                    } else {
+                        names.lib_name = value;
+                    }
+                });
+                Answer::Ok
+            }
+            ClientCall::NoEvict(on) => {
+                me.set_no_evict(on);
+                Answer::Ok
+            }
+        };
+        (answer, me.is_killed())
     }
 }
 
@@ -78,18 +142,39 @@ impl Dialect for RespDialect {
                 return Decoded::Answer(self.answered(Answer::Error(line), Op::Invalid).closing());
             }
         };
+        if let Some(command) = self.decoder.command() {
+            self.client.client.ran(command);
+        }
         match request {
             RespRequest::Quit => Decoded::Answer(self.answered(Answer::Ok, Op::Other).closing()),
             RespRequest::Auth { token } => {
                 self.hello = None;
                 Decoded::Credential(Some(token))
             }
-            RespRequest::Hello { version, token } => {
+            RespRequest::Hello {
+                version,
+                token,
+                name,
+            } => {
                 self.hello = Some(version);
+                self.hello_name = name;
                 Decoded::Credential(token)
             }
             _ if !gate.open() => Decoded::Answer(self.error(NOAUTH, Op::Invalid)),
             RespRequest::Run(command, shape) => Decoded::Run(command, (shape, self.version)),
+            RespRequest::Client(call) => {
+                let (answer, killed) = self.client(call);
+                let answered = self.answered(answer, Op::Other);
+                // A connection that killed itself is answered, then closed.
+                Decoded::Answer(if killed { answered.closing() } else { answered })
+            }
+            RespRequest::Time => {
+                let us = crate::sys::wall_us();
+                let (secs, micros) = (us / 1_000_000, us % 1_000_000);
+                let answer =
+                    Answer::Array(vec![secs.to_string().into(), micros.to_string().into()]);
+                Decoded::Answer(self.answered(answer, Op::Other))
+            }
             RespRequest::Answer(answer) => {
                 let op = match answer {
                     Answer::Pong => Op::Ping,
@@ -121,8 +206,16 @@ impl Dialect for RespDialect {
             Some(_) => Version::Resp2,
             None => self.version,
         };
+        let me = &self.client.client;
+        me.set_resp(match self.version {
+            Version::Resp2 => 2,
+            Version::Resp3 => 3,
+        });
+        if let Some(name) = self.hello_name.take() {
+            me.rename(|names| names.name = name);
+        }
         let mut hello = BytesMut::new();
-        encode_hello(self.role, self.version, &mut hello);
+        encode_hello(self.role, self.version, me.id, &mut hello);
         self.answered(Answer::Raw(hello.freeze()), Op::Other)
     }
 

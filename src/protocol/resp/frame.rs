@@ -16,6 +16,9 @@ pub struct RespDecoder {
     max_request: usize,
     max_bulk: usize,
     partial: Option<Partial>,
+    /// The last decoded request's command, an index into
+    /// [`super::COMMANDS`] (`None`: unknown).
+    command: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -35,7 +38,14 @@ impl RespDecoder {
             max_request: max_request_bytes(&limits),
             max_bulk: limits.max_key_bytes.max(limits.max_value_bytes),
             partial: None,
+            command: None,
         }
+    }
+
+    /// The command of the request [`RespDecoder::decode`] returned last,
+    /// as an index into [`super::COMMANDS`].
+    pub fn command(&self) -> Option<usize> {
+        self.command
     }
 
     /// The most bytes one request may take.
@@ -133,7 +143,9 @@ impl RespDecoder {
                 .iter()
                 .map(|&(start, end)| frame.slice(start..end))
                 .collect();
-            return Ok(Some(parse_command(args, &self.limits)));
+            let (request, command) = parse_command(args, &self.limits);
+            self.command = command;
+            return Ok(Some(request));
         }
     }
 }

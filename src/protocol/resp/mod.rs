@@ -69,9 +69,14 @@ pub enum RespRequest {
     Hello {
         version: Option<u8>,
         token: Option<Bytes>,
+        name: Option<String>,
     },
     /// `QUIT`: answered `+OK`, then the connection is closed.
     Quit,
+    /// A `CLIENT` subcommand about the connections of the daemon.
+    Client(ClientCall),
+    /// `TIME`: the daemon's wall clock.
+    Time,
     /// Answered at once with this reply.
     Answer(Answer),
 }
@@ -92,6 +97,39 @@ pub enum Answer {
     Error(Cow<'static, str>),
     /// Bytes already encoded.
     Raw(Bytes),
+    /// A status word (`+string`).
+    Status(&'static str),
+    /// Nested answers.
+    List(Vec<Answer>),
+    /// Nested names and values: a map in RESP3, a flat array in RESP2.
+    Dict(Vec<(Answer, Answer)>),
+}
+
+/// The `CLIENT` subcommands that read or change the daemon's table of
+/// connections ([`crate::clients`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCall {
+    Id,
+    /// `CLIENT INFO`: this connection's line.
+    Info,
+    /// `CLIENT LIST [TYPE normal] [ID id …]`.
+    List {
+        ids: Option<Vec<u64>>,
+    },
+    /// `CLIENT KILL addr` (`legacy`: answered `+OK` or an error) or
+    /// `CLIENT KILL <filter> <value> …` (answered with the count).
+    Kill {
+        filter: crate::clients::KillFilter,
+        legacy: bool,
+    },
+    SetName(String),
+    GetName,
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`.
+    SetInfo {
+        lib_version: bool,
+        value: String,
+    },
+    NoEvict(bool),
 }
 
 /// A framing error: reply with it, then close the connection.
@@ -109,11 +147,13 @@ mod command;
 mod dialect;
 mod frame;
 mod reply;
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use client::{decode_value, encode_request, Value};
-pub use command::{parse_command, COMMANDS};
+pub use command::parse_command;
 pub use dialect::RespDialect;
 pub use frame::{max_request_bytes, RespDecoder};
-pub use reply::{encode_answer, encode_hello, encode_reply, info_text, Version};
+pub use reply::{encode_answer, encode_hello, encode_reply, Version};
+pub use table::{Info as CommandInfo, TABLE as COMMANDS};

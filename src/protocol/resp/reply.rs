@@ -86,6 +86,24 @@ pub fn encode_answer(answer: &Answer, version: Version, out: &mut BytesMut) {
         }
         Answer::Error(line) => put_error(out, line),
         Answer::Raw(bytes) => out.put_slice(bytes),
+        Answer::Status(word) => {
+            out.put_u8(b'+');
+            out.put_slice(word.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        Answer::List(items) => {
+            put_header(out, b'*', items.len() as i64);
+            for item in items {
+                encode_answer(item, version, out);
+            }
+        }
+        Answer::Dict(pairs) => {
+            put_map_header(out, pairs.len(), version);
+            for (name, value) in pairs {
+                encode_answer(name, version, out);
+                encode_answer(value, version, out);
+            }
+        }
     }
 }
 
@@ -140,7 +158,7 @@ fn error_line(e: &ErrorReply) -> String {
 
 /// The answer to `HELLO`: the server's description, a map (a flat array
 /// of names and values in RESP2).
-pub fn encode_hello(role: &str, version: Version, out: &mut BytesMut) {
+pub fn encode_hello(role: &str, version: Version, id: u64, out: &mut BytesMut) {
     put_map_header(out, 7, version);
     for (name, value) in [("server", "redis"), ("version", REDIS_VERSION)] {
         put_bulk(out, name.as_bytes());
@@ -152,7 +170,7 @@ pub fn encode_hello(role: &str, version: Version, out: &mut BytesMut) {
         Version::Resp3 => b":3\r\n",
     });
     put_bulk(out, b"id");
-    out.put_slice(b":0\r\n");
+    put_header(out, b':', i64::try_from(id).unwrap_or(i64::MAX));
     put_bulk(out, b"mode");
     put_bulk(out, b"standalone");
     put_bulk(out, b"role");
@@ -166,24 +184,4 @@ pub fn encode_hello(role: &str, version: Version, out: &mut BytesMut) {
     );
     put_bulk(out, b"modules");
     out.put_slice(b"*0\r\n");
-}
-
-/// The text of `INFO`: Redis's section format, with rcache's own fields.
-pub fn info_text(role: &str, fields: &[(&str, String)], keys: u64) -> String {
-    let mut s = String::new();
-    s.push_str("# Server\r\n");
-    s.push_str(&format!("redis_version:{REDIS_VERSION}\r\n"));
-    s.push_str(&format!("rcache_version:{}\r\n", env!("CARGO_PKG_VERSION")));
-    s.push_str(&format!("rcache_role:{role}\r\n"));
-    s.push_str("redis_mode:standalone\r\n");
-    s.push_str(&format!("process_id:{}\r\n", std::process::id()));
-    s.push_str("\r\n# Stats\r\n");
-    for (name, value) in fields {
-        s.push_str(&format!("{name}:{value}\r\n"));
-    }
-    s.push_str("\r\n# Keyspace\r\n");
-    if keys > 0 {
-        s.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
-    }
-    s
 }

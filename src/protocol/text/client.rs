@@ -78,7 +78,8 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         | Command::RandomKey
         | Command::Flush
         | Command::DbSize
-        | Command::Info => {
+        | Command::Info { .. }
+        | Command::Inspect { .. } => {
             return Err(ErrorReply::new(
                 ErrorCode::InvalidCommand,
                 "the text protocol has no such command: use RESP",

@@ -291,6 +291,22 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// What a live entry of `key` counts against `max_memory` (its key,
+    /// its value as stored, its slot and bucket); `None` when there is
+    /// none. Leaves the entry as it is (an expired one is left to the
+    /// next read or sweep).
+    pub fn charge_of(&self, key: &[u8]) -> Option<usize> {
+        let (hash, _, index) = self.locate(key);
+        let now = self.now();
+        let shard = self.shard(index);
+        let idx = shard.find(hash, key)?;
+        let slot = &shard.slots[idx as usize];
+        if slot.expired(now) || slot.is(FLAG_TOMBSTONE) {
+            return None;
+        }
+        Some(slot.charge(&shard.arena))
+    }
+
     /// Reads a live entry. Expired entries found here are removed.
     pub fn get(&self, key: &[u8]) -> Option<Found> {
         let (hash, _, index) = self.locate(key);
