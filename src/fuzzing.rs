@@ -170,6 +170,56 @@ pub fn link_stream(data: &[u8]) {
     assert!(store.usage().charged_bytes <= 1 << 20);
 }
 
+/// RESP as a session speaks it: a dialect on an open connection
+/// (`MULTI` queues, `CLIENT` calls run) over `data` in pieces; every
+/// command stays within the limits and every answer reads back whole.
+fn resp_session(data: &[u8]) {
+    use crate::protocol::dialect::{Decoded, Dialect, Gate};
+    use crate::protocol::resp::{self, Answer, RespDialect};
+    let limits = limits();
+    let mut dialect = RespDialect::new(limits, "worker");
+    let mut gate = Gate {
+        required: false,
+        authenticated: true,
+    };
+    let mut buf = BytesMut::new();
+    for piece in pieces(data, 13, 89) {
+        buf.extend_from_slice(piece);
+        loop {
+            let answered = match dialect.decode(&mut buf, &gate) {
+                Decoded::Incomplete => break,
+                Decoded::Run(command, _) => {
+                    check_command(&command, &limits);
+                    continue;
+                }
+                Decoded::Answer(answered) => answered,
+                Decoded::Credential(token) => dialect.credential(token.map(|_| true), &mut gate),
+                Decoded::Refused(_) | Decoded::Greeting(_) => continue,
+            };
+            if let Some(answer) = &answered.answer {
+                match &answer.0 {
+                    // An EXEC's array header, its items follow; HELLO's map.
+                    Answer::Raw(_) => {}
+                    _ => {
+                        let mut out = BytesMut::new();
+                        dialect.encode_answer(answer, &mut out);
+                        let read = resp::decode_value(&mut out, usize::MAX);
+                        assert!(
+                            matches!(read, Ok(Some(_))) && out.is_empty(),
+                            "answer {answer:?} does not read back: {read:?}"
+                        );
+                    }
+                }
+            }
+            if answered.close {
+                dialect = RespDialect::new(limits, "worker");
+                buf.clear();
+                break;
+            }
+        }
+    }
+}
+
 /// RESP as a server reads it: `data` arrives in pieces whose sizes come
 /// from the data itself; the buffer never holds more than one maximal
 /// request; every command stays within the limits; every reply the decoder
@@ -197,10 +247,7 @@ pub fn resp_stream(data: &[u8]) {
                         }
                         RespRequest::Answer(answer) => answer,
                         RespRequest::Quit => Answer::Ok,
-                        RespRequest::Auth { .. }
-                        | RespRequest::Hello { .. }
-                        | RespRequest::Client(_)
-                        | RespRequest::Time => continue,
+                        _ => continue,
                     };
                     for version in [Version::Resp2, Version::Resp3] {
                         let mut out = BytesMut::new();
@@ -232,6 +279,7 @@ pub fn resp_stream(data: &[u8]) {
             buf.capacity()
         );
     }
+    resp_session(data);
     let mut replies = BytesMut::from(data);
     while let Ok(Some(_)) = resp::decode_value(&mut replies, limits.max_value_bytes) {}
 }

@@ -9,13 +9,7 @@ use std::time::Duration;
 
 #[test]
 fn rcache_local_serves_and_stops_on_ctrl_c() {
-    // A base port whose five neighbours (and their metrics ports, 100
-    // above) are free right now.
-    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let base = (0..200)
-        .map(|i| 20_000 + (std::process::id() as u16 % 200) * 50 + i * 7)
-        .find(|&b| (0..5).all(|o| free(b + o) && free(b + 100 + o)))
-        .expect("a free port range");
+    let base = common::local_base_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rcache"))
         .args([
             "local",

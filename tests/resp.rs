@@ -397,3 +397,69 @@ fn framing_errors_close_only_the_offender() {
         "nothing half-written"
     );
 }
+
+/// `MULTI`/`EXEC` queue commands and run them in order, as redis-py's
+/// and Django's pipelines send them; errors while queuing discard it.
+#[test]
+fn multi_exec_queues_and_runs_in_order() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &[]);
+    for port in [o.port, a.port] {
+        let mut r = Resp::connect(port);
+        r.call(&["DEL", "tx:a", "tx:n"]);
+        assert_eq!(r.call(&["MULTI"]), ok());
+        assert_eq!(
+            r.call(&["SET", "tx:a", "1"]),
+            Value::Status("QUEUED".into())
+        );
+        assert_eq!(r.call(&["INCR", "tx:n"]), Value::Status("QUEUED".into()));
+        assert_eq!(r.call(&["GET", "tx:a"]), Value::Status("QUEUED".into()));
+        assert_eq!(r.call(&["PING"]), Value::Status("QUEUED".into()));
+        assert_eq!(r.call(&["MULTI"]), err("ERR MULTI calls can not be nested"));
+        // Nothing ran yet.
+        let mut other = Resp::connect(port);
+        assert_eq!(other.call(&["GET", "tx:a"]), Value::Bulk(None));
+        assert_eq!(
+            r.call(&["EXEC"]),
+            Value::Array(Some(vec![
+                ok(),
+                Value::Integer(1),
+                bulk("1"),
+                Value::Status("PONG".into()),
+            ]))
+        );
+        assert_eq!(other.call(&["GET", "tx:a"]), bulk("1"));
+        // An error while queuing discards the transaction.
+        assert_eq!(r.call(&["MULTI"]), ok());
+        assert_eq!(r.call(&["INCR", "tx:n"]), Value::Status("QUEUED".into()));
+        assert!(matches!(r.call(&["GET"]), Value::Error(_)));
+        assert_eq!(
+            r.call(&["EXEC"]),
+            err("EXECABORT Transaction discarded because of previous errors.")
+        );
+        assert_eq!(r.call(&["GET", "tx:n"]), bulk("1"));
+        // DISCARD drops what was queued.
+        assert_eq!(r.call(&["MULTI"]), ok());
+        assert_eq!(r.call(&["INCR", "tx:n"]), Value::Status("QUEUED".into()));
+        assert_eq!(r.call(&["DISCARD"]), ok());
+        assert_eq!(r.call(&["GET", "tx:n"]), bulk("1"));
+        assert_eq!(r.call(&["EXEC"]), err("ERR EXEC without MULTI"));
+        assert!(matches!(r.call(&["WATCH", "tx:n"]), Value::Error(_)));
+        // A transaction past its bound is refused whole.
+        assert_eq!(r.call(&["MULTI"]), ok());
+        let big = "x".repeat(600 * 1024);
+        let mut refused = false;
+        // One maximal request's bytes (8 MiB values by default): 16 × 600 KiB
+        // is past it.
+        for i in 0..16 {
+            match r.call(&["SET", &format!("tx:big{i}"), &big]) {
+                Value::Status(s) if &s[..] == b"QUEUED" => {}
+                Value::Error(_) => refused = true,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(refused, "16 × 600 KiB queued past the bound");
+        assert!(matches!(r.call(&["EXEC"]), Value::Error(_)));
+        assert_eq!(r.call(&["EXISTS", "tx:big0"]), Value::Integer(0));
+    }
+}

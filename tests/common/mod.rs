@@ -40,6 +40,16 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().expect("bound").port())
 }
 
+/// A base port for `rcache local` whose five neighbours (and their
+/// metrics ports, 100 above) are free right now.
+pub fn local_base_port() -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    (0..200)
+        .map(|i| 20_000 + (std::process::id() as u16 % 200) * 50 + i * 7)
+        .find(|&b| (0..5).all(|o| free(b + o) && free(b + 100 + o)))
+        .expect("a free port range")
+}
+
 pub fn log_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rcache-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("log dir");

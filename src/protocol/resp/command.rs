@@ -480,6 +480,14 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
         },
         "hello" => parse_hello(args),
         "quit" => RespRequest::Quit,
+        "multi" | "exec" | "discard" if n > 0 => wrong_args(name),
+        "multi" => RespRequest::Multi,
+        "exec" => RespRequest::Exec,
+        "discard" => RespRequest::Discard,
+        "watch" if n == 0 => wrong_args(name),
+        "watch" => RespRequest::Watch,
+        "unwatch" if n > 0 => wrong_args(name),
+        "unwatch" => RespRequest::Answer(Answer::Ok),
         "select" => match n {
             1 => match parse_i64(&args[0]) {
                 Some(0) => RespRequest::Answer(Answer::Ok),

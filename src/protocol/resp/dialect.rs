@@ -10,9 +10,15 @@ use crate::clients::{Client, Registered};
 use crate::protocol::dialect::{Answered, Decoded, Dialect, Gate};
 use crate::protocol::{Command, Limits, Op, Outcome, Reply};
 use bytes::BytesMut;
+use std::collections::VecDeque;
 
 /// What Redis says to a command before `AUTH` on a connection that needs it.
 pub const NOAUTH: &str = "NOAUTH Authentication required.";
+/// What Redis says to `EXEC` after a command was refused inside `MULTI`.
+const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+/// `WATCH`: rcache's transactions queue commands, they do not check keys.
+const WATCH_UNSUPPORTED: &str =
+    "ERR WATCH is not supported: MULTI/EXEC runs its commands in order, without checking keys";
 /// What Redis says to a wrong token.
 pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 /// What Redis says to a bulk longer than it lets a connection without a
@@ -40,6 +46,30 @@ pub struct RespDialect {
     hello: Option<Option<u8>>,
     /// The `SETNAME` of that `HELLO`, given once its token checks out.
     hello_name: Option<String>,
+    /// The transaction being queued, after `MULTI`.
+    multi: Option<Transaction>,
+    /// An `EXEC`'s commands, handed out before anything else is decoded.
+    pending: VecDeque<Queued>,
+}
+
+/// The most commands one `MULTI` queues.
+pub const MAX_QUEUED: usize = 10_000;
+
+/// The commands queued since `MULTI`.
+#[derive(Debug, Default)]
+struct Transaction {
+    queued: Vec<Queued>,
+    /// Bytes of the queued requests: at most one maximal request's.
+    bytes: usize,
+    /// A command was refused while queuing: `EXEC` discards them all.
+    aborted: bool,
+}
+
+/// A queued command, or the answer it got without running (`PING`).
+#[derive(Debug)]
+enum Queued {
+    Run(Command, (Shape, Version)),
+    Answer(Answered<(Answer, Version)>),
 }
 
 impl RespDialect {
@@ -58,6 +88,8 @@ impl RespDialect {
             version: Version::Resp2,
             hello: None,
             hello_name: None,
+            multi: None,
+            pending: VecDeque::new(),
         }
     }
 
@@ -71,6 +103,71 @@ impl RespDialect {
 
     fn error(&self, line: &'static str, op: Op) -> Answered<(Answer, Version)> {
         self.answered(Answer::Error(line.into()), op)
+    }
+
+    /// A request inside `MULTI` (`AUTH`, `HELLO` and `QUIT` are answered
+    /// before it gets here): queued and answered `+QUEUED`, or what ends
+    /// the transaction.
+    fn queue(&mut self, request: RespRequest) -> Answered<(Answer, Version)> {
+        let len = self.decoder.frame_len();
+        let max_bytes = self.decoder.max_request();
+        let queued = match request {
+            RespRequest::Exec => {
+                let tx = self.multi.take().unwrap_or_default();
+                if tx.aborted {
+                    return self.error(EXECABORT, Op::Other);
+                }
+                let header = format!("*{}\r\n", tx.queued.len());
+                self.pending.extend(tx.queued);
+                return self.answered(Answer::Raw(header.into()), Op::Other);
+            }
+            RespRequest::Discard => {
+                self.multi = None;
+                return self.answered(Answer::Ok, Op::Other);
+            }
+            RespRequest::Multi => {
+                return self.error("ERR MULTI calls can not be nested", Op::Other)
+            }
+            RespRequest::Watch => {
+                return self.error("ERR WATCH inside MULTI is not allowed", Op::Other)
+            }
+            RespRequest::Answer(Answer::Error(line)) => {
+                if let Some(tx) = &mut self.multi {
+                    tx.aborted = true;
+                }
+                return self.answered(Answer::Error(line), Op::Invalid);
+            }
+            RespRequest::Run(command, shape) => Queued::Run(command, (shape, self.version)),
+            RespRequest::Answer(answer) => Queued::Answer(self.answered(answer, Op::Other)),
+            RespRequest::Time => Queued::Answer(self.answered(time(), Op::Other)),
+            RespRequest::Client(call) => {
+                let (answer, _) = self.client(call);
+                Queued::Answer(self.answered(answer, Op::Other))
+            }
+            // Answered before a transaction sees them (`decode`).
+            RespRequest::Quit | RespRequest::Auth { .. } | RespRequest::Hello { .. } => {
+                return self.error("ERR Command not allowed inside a transaction", Op::Other)
+            }
+        };
+        let Some(tx) = &mut self.multi else {
+            return self.error("ERR EXEC without MULTI", Op::Other);
+        };
+        tx.bytes += len;
+        if tx.queued.len() >= MAX_QUEUED || tx.bytes > max_bytes {
+            tx.aborted = true;
+            return self.answered(
+                Answer::Error(
+                    format!(
+                        "ERR transaction too large: at most {MAX_QUEUED} commands and \
+                         {max_bytes} bytes"
+                    )
+                    .into(),
+                ),
+                Op::Invalid,
+            );
+        }
+        tx.queued.push(queued);
+        self.answered(Answer::Status("QUEUED"), Op::Other)
     }
 
     /// Runs a `CLIENT` subcommand on the daemon's table of clients.
@@ -123,6 +220,13 @@ impl RespDialect {
     }
 }
 
+/// `TIME`'s answer: the wall clock's seconds and microseconds.
+fn time() -> Answer {
+    let us = crate::sys::wall_us();
+    let (secs, micros) = (us / 1_000_000, us % 1_000_000);
+    Answer::Array(vec![secs.to_string().into(), micros.to_string().into()])
+}
+
 impl Dialect for RespDialect {
     type Request = Command;
     type Reply = Reply;
@@ -134,6 +238,11 @@ impl Dialect for RespDialect {
         buf: &mut BytesMut,
         gate: &Gate,
     ) -> Decoded<Command, Self::Tag, Self::Answer> {
+        match self.pending.pop_front() {
+            Some(Queued::Run(command, tag)) => return Decoded::Run(command, tag),
+            Some(Queued::Answer(answered)) => return Decoded::Answer(answered),
+            None => {}
+        }
         let request = match self.decoder.decode(buf) {
             Ok(None) => return Decoded::Incomplete,
             Ok(Some(request)) => request,
@@ -161,6 +270,16 @@ impl Dialect for RespDialect {
                 Decoded::Credential(token)
             }
             _ if !gate.open() => Decoded::Answer(self.error(NOAUTH, Op::Invalid)),
+            request if self.multi.is_some() => Decoded::Answer(self.queue(request)),
+            RespRequest::Multi => {
+                self.multi = Some(Transaction::default());
+                Decoded::Answer(self.answered(Answer::Ok, Op::Other))
+            }
+            RespRequest::Exec => Decoded::Answer(self.error("ERR EXEC without MULTI", Op::Other)),
+            RespRequest::Discard => {
+                Decoded::Answer(self.error("ERR DISCARD without MULTI", Op::Other))
+            }
+            RespRequest::Watch => Decoded::Answer(self.error(WATCH_UNSUPPORTED, Op::Other)),
             RespRequest::Run(command, shape) => Decoded::Run(command, (shape, self.version)),
             RespRequest::Client(call) => {
                 let (answer, killed) = self.client(call);

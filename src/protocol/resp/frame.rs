@@ -19,6 +19,8 @@ pub struct RespDecoder {
     /// The last decoded request's command, an index into
     /// [`super::COMMANDS`] (`None`: unknown).
     command: Option<usize>,
+    /// The bytes of the last decoded request.
+    frame_len: usize,
 }
 
 #[derive(Debug)]
@@ -39,6 +41,7 @@ impl RespDecoder {
             max_bulk: limits.max_key_bytes.max(limits.max_value_bytes),
             partial: None,
             command: None,
+            frame_len: 0,
         }
     }
 
@@ -46,6 +49,11 @@ impl RespDecoder {
     /// as an index into [`super::COMMANDS`].
     pub fn command(&self) -> Option<usize> {
         self.command
+    }
+
+    /// The bytes the request [`RespDecoder::decode`] returned last took.
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
     }
 
     /// The most bytes one request may take.
@@ -138,6 +146,7 @@ impl RespDecoder {
                 partial.pos = end + 2;
             }
             let frame = buf.split_to(partial.pos).freeze();
+            self.frame_len = frame.len();
             let args: Vec<Bytes> = partial
                 .args
                 .iter()

@@ -62,7 +62,9 @@ pub enum RespRequest {
     /// Execute against the store or the cluster.
     Run(Command, Shape),
     /// `AUTH [default] <token>`.
-    Auth { token: Bytes },
+    Auth {
+        token: Bytes,
+    },
     /// `HELLO [2|3] [AUTH <user> <token>] [SETNAME <name>]`: answered with
     /// the server's description once any token checks out; `version`
     /// switches the connection's replies to RESP2 or RESP3.
@@ -77,6 +79,12 @@ pub enum RespRequest {
     Client(ClientCall),
     /// `TIME`: the daemon's wall clock.
     Time,
+    /// `MULTI`, `EXEC`, `DISCARD`: commands queued, then run in order.
+    Multi,
+    Exec,
+    Discard,
+    /// `WATCH key…`: refused (nothing checks keys at `EXEC`).
+    Watch,
     /// Answered at once with this reply.
     Answer(Answer),
 }

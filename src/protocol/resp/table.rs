@@ -54,7 +54,9 @@ pub const TABLE: &[Info] = &[
     c("decr", 2, &["write", "denyoom", "fast"], (1, 1, 1), "string", "1.0.0", "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist."),
     c("decrby", 3, &["write", "denyoom", "fast"], (1, 1, 1), "string", "1.0.0", "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist."),
     c("del", -2, &["write"], (1, -1, 1), "generic", "1.0.0", "Deletes one or more keys."),
+    c("discard", 1, &["noscript", "loading", "stale", "fast"], (0, 0, 0), "transactions", "2.0.0", "Discards a transaction."),
     c("echo", 2, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the given string."),
+    c("exec", 1, &["noscript", "loading", "stale"], (0, 0, 0), "transactions", "1.2.0", "Executes all commands in a transaction."),
     c("exists", -2, &["readonly", "fast"], (1, -1, 1), "generic", "1.0.0", "Determines whether one or more keys exist."),
     c("expire", -3, &["write", "fast"], (1, 1, 1), "generic", "1.0.0", "Sets the expiration time of a key in seconds."),
     c("expireat", -3, &["write", "fast"], (1, 1, 1), "generic", "1.2.0", "Sets the expiration time of a key to a Unix timestamp."),
@@ -76,6 +78,7 @@ pub const TABLE: &[Info] = &[
     c("mget", -2, &["readonly", "fast"], (1, -1, 1), "string", "1.0.0", "Atomically returns the string values of one or more keys."),
     c("mset", -3, &["write", "denyoom"], (1, -1, 2), "string", "1.0.1", "Atomically creates or modifies the string values of one or more keys."),
     c("msetnx", -3, &["write", "denyoom"], (1, -1, 2), "string", "1.0.1", "Atomically modifies the string values of one or more keys only when all keys don't exist."),
+    c("multi", 1, &["noscript", "loading", "stale", "fast"], (0, 0, 0), "transactions", "1.2.0", "Starts a transaction."),
     c("object", -2, &[], (0, 0, 0), "generic", "2.2.3", "A container for object introspection commands."),
     c("persist", 2, &["write", "fast"], (1, 1, 1), "generic", "2.2.0", "Removes the expiration time of a key."),
     c("pexpire", -3, &["write", "fast"], (1, 1, 1), "generic", "2.6.0", "Sets the expiration time of a key in milliseconds."),
@@ -101,6 +104,8 @@ pub const TABLE: &[Info] = &[
     c("ttl", 2, &["readonly", "fast"], (1, 1, 1), "generic", "1.0.0", "Returns the expiration time in seconds of a key."),
     c("type", 2, &["readonly", "fast"], (1, 1, 1), "generic", "1.0.0", "Determines the type of value stored at a key."),
     c("unlink", -2, &["write", "fast"], (1, -1, 1), "generic", "4.0.0", "Asynchronously deletes one or more keys."),
+    c("unwatch", 1, &["noscript", "loading", "stale", "fast"], (0, 0, 0), "transactions", "2.2.0", "Forgets about watched keys of a transaction."),
+    c("watch", -2, &["noscript", "loading", "stale", "fast"], (1, -1, 1), "transactions", "2.2.0", "Refused: rcache's transactions do not check keys."),
 ];
 
 /// The entry of `name` (lowercase), and its index in [`TABLE`].
@@ -140,6 +145,7 @@ fn acl_category(group: &str) -> &'static str {
         "string" => "@string",
         "generic" => "@keyspace",
         "connection" => "@connection",
+        "transactions" => "@transaction",
         _ => "@admin",
     }
 }
