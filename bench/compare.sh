@@ -7,8 +7,8 @@
 #   rcache-orchestrator  an orchestrator in front of two worker pairs (each
 #                        write stored twice)
 #
-# Every target gets the same redis-benchmark load: SET and GET, 100-byte
-# values, 50 clients, 100,000 keys, pipeline 1 and 16; each run is repeated
+# Every target gets the same redis-benchmark load: SET, GET and INCR
+# (100-byte values, 50 clients, 100,000 keys), pipeline 1 and 16; each run is repeated
 # (3 times by default, the targets interleaved) and the table shows the
 # median requests/s and p99 with the ratios rcache/peer. Then memory per
 # entry: 1,000,000 entries (16-byte keys, 100-byte incompressible values)
@@ -206,7 +206,7 @@ for repeat in $(seq "$repeats"); do
     for target in "${targets[@]}"; do
       IFS=: read -r name port front backends <<<"$target"
       printf '==> repeat %s/%s  %-20s pipeline %-2s ' "$repeat" "$repeats" "$name" "$pipeline"
-      for test in set get; do
+      for test in set get incr; do
         # shellcheck disable=SC2086
         front_before=$(cpu_ticks $front); back_before=$(cpu_ticks $backends)
         { time redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -d 100 -c 50 -r 100000 \

@@ -102,3 +102,71 @@ fn bench_reports_what_the_server_served() {
         lines[2]
     );
 }
+
+/// `--load incr` through an orchestrator: the counters add up to the
+/// INCRs it reports, and the orchestrator counted as many.
+#[test]
+fn bench_incr_load_adds_up() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &[]);
+    let before = http_get(&o.metrics_addr(), "/metrics").1;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcache"));
+    cmd.args(["--addr", &o.addr()])
+        .args(if secure::on() {
+            secure::cli_args()
+        } else {
+            Vec::new()
+        })
+        .args([
+            "bench", "--load", "incr", "-c", "4", "-P", "4", "--keys", "50",
+        ])
+        .args([
+            "--duration",
+            "1s",
+            "--ratio",
+            "1:3",
+            "--prefill",
+            "--seed",
+            "3",
+        ]);
+    if secure::on() {
+        cmd.env("RCACHE_AUTH_TOKEN", secure::TOKEN);
+    }
+    let out = cmd.output().expect("rcache bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "(<g> gets, <m> misses, <s> sets, 0 errors)": sets are INCRs here.
+    let sets: u64 = stdout
+        .split(" misses, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .map(|n| n.replace(',', ""))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sets in {stdout}"));
+    assert!(sets > 100, "{stdout}");
+    let after = http_get(&o.metrics_addr(), "/metrics").1;
+    assert_eq!(
+        counted(&after, "incr") - counted(&before, "incr"),
+        sets as f64,
+        "INCRs reported vs counted"
+    );
+    let mut r = common::resp::Resp::connect(o.port);
+    let mut total = 0;
+    for k in 0..50 {
+        let key = format!("key:{k:012}");
+        match r.call(&["GET", &key]) {
+            rcache::protocol::resp::Value::Bulk(Some(v)) => {
+                total += std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{key} holds {v:?}"));
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert_eq!(total, sets, "the counters add up to the INCRs acknowledged");
+}

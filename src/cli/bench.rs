@@ -5,7 +5,8 @@
 //! write a batch, read its replies, and record every request's latency
 //! (from the batch's write to its reply) in an HDR histogram. Keys are
 //! `key:%012d` (16 bytes, as redis-benchmark names them) drawn uniformly
-//! or by a Zipf law from `--keys`; `--ratio G:S` mixes gets and sets. On a
+//! or by a Zipf law from `--keys`; `--ratio G:S` mixes gets and sets
+//! (`--load incr`: gets and INCRs of counters). On a
 //! terminal the rate is shown every second; the summary gives requests/s
 //! and p50/p99/p99.9/max, and `--csv FILE` appends it as one row.
 
@@ -27,6 +28,16 @@ use tokio::time::Instant;
 pub enum Protocol {
     Text,
     Resp,
+}
+
+/// What the writes (and reads) of a run are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Load {
+    /// `GET key` and `SET key value`.
+    Kv,
+    /// `GET key` and `INCR key` (RESP only): counters, each write decided
+    /// by one worker of the pair and replicated as its result.
+    Incr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +66,10 @@ pub struct BenchArgs {
     /// Gets to sets, e.g. 1:1, 9:1, 0:1 (sets only).
     #[arg(long, default_value = "1:1", value_parser = parse_ratio)]
     pub ratio: (u32, u32),
+    /// What the writes are: `kv` sets values, `incr` increments counters
+    /// (the --ratio's sets are INCRs, its gets read the counters).
+    #[arg(long, value_enum, default_value = "kv")]
+    pub load: Load,
     /// How keys are drawn.
     #[arg(long, value_enum, default_value = "uniform")]
     pub distribution: Distribution,
@@ -135,6 +150,12 @@ pub async fn run(cli: &Cli, args: BenchArgs) -> i32 {
         eprintln!("rcache bench: --connections, --pipeline and --keys must be at least 1");
         return 2;
     }
+    if args.load == Load::Incr && args.protocol == Protocol::Text {
+        eprintln!(
+            "rcache bench: --load incr needs --protocol resp (the text protocol has no INCR)"
+        );
+        return 2;
+    }
     let addr = cli
         .addr
         .split(',')
@@ -165,9 +186,10 @@ pub async fn run(cli: &Cli, args: BenchArgs) -> i32 {
         value,
     });
     eprintln!(
-        "rcache bench: {addr} {:?}, {} connections, pipeline {}, {} keys ({:?}), {} B values, \
+        "rcache bench: {addr} {:?} {:?}, {} connections, pipeline {}, {} keys ({:?}), {} B values, \
          get:set {}:{}, {:?}, seed {seed}",
         args.protocol,
+        args.load,
         args.connections,
         args.pipeline,
         args.keys,
@@ -265,7 +287,11 @@ async fn prefill(
     while key < plan.args.keys {
         let batch = (plan.args.keys - key).min(1000);
         for k in key..key + batch {
-            encode(&mut conn.wbuf, plan, false, k);
+            match plan.args.load {
+                Load::Kv => encode(&mut conn.wbuf, plan, false, k),
+                // Counters start at 0.
+                Load::Incr => encode_request(&[b"SET", &key_name(k), b"0"], &mut conn.wbuf),
+            }
         }
         conn.io
             .write_all(&conn.wbuf)
@@ -333,7 +359,10 @@ fn encode(out: &mut BytesMut, plan: &Plan, get: bool, k: u64) {
             out.put_u8(b'\n');
         }
         (Protocol::Resp, true) => encode_request(&[b"GET", &key], out),
-        (Protocol::Resp, false) => encode_request(&[b"SET", &key, &plan.value], out),
+        (Protocol::Resp, false) => match plan.args.load {
+            Load::Kv => encode_request(&[b"SET", &key, &plan.value], out),
+            Load::Incr => encode_request(&[b"INCR", &key], out),
+        },
     }
 }
 
@@ -482,7 +511,7 @@ fn report(args: &BenchArgs, addr: &str, seed: u64, elapsed: f64, t: &Tally) -> i
     if let Some(path) = &args.csv {
         let new = !path.exists();
         let row = format!(
-            "{addr},{:?},{},{},{},{},{}:{},{:?},{},{seed},{elapsed:.3},{requests},{rate:.0},{},{},{},{:.3},{:.3},{:.3},{:.3}\n",
+            "{addr},{:?},{},{},{},{},{}:{},{:?},{},{seed},{elapsed:.3},{requests},{rate:.0},{},{},{},{:.3},{:.3},{:.3},{:.3},{:?}\n",
             args.protocol,
             args.connections,
             args.pipeline,
@@ -498,10 +527,11 @@ fn report(args: &BenchArgs, addr: &str, seed: u64, elapsed: f64, t: &Tally) -> i
             ms(0.5),
             ms(0.99),
             ms(0.999),
-            max
+            max,
+            args.load
         )
         .to_lowercase();
-        let header = "addr,protocol,connections,pipeline,keys,value_size,ratio,distribution,duration_s,seed,elapsed_s,requests,requests_per_s,gets,sets,errors,p50_ms,p99_ms,p999_ms,max_ms\n";
+        let header = "addr,protocol,connections,pipeline,keys,value_size,ratio,distribution,duration_s,seed,elapsed_s,requests,requests_per_s,gets,sets,errors,p50_ms,p99_ms,p999_ms,max_ms,load\n";
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
