@@ -828,3 +828,26 @@ fn info_command_time_memory_and_object_report_real_figures() {
         assert!(format!("{:?}", docs[1]).contains("Increments"), "{target}");
     });
 }
+
+/// `INFO persistence` says `loading:1` while a worker does not serve
+/// reads yet (here: waiting for an unreachable partner), so clients' ready
+/// checks wait; `loading:0` once it serves.
+#[test]
+fn info_says_loading_until_a_worker_serves() {
+    let [port, absent] = free_ports();
+    let _waiting = worker_starting(port, Some(absent), &["--refill-wait", "60s"]);
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "the worker listens while it waits"
+    );
+    let mut r = Resp::connect(port);
+    let info = text(r.call(&["INFO", "persistence"]));
+    assert_eq!(info_field(&info, "loading").as_deref(), Some("1"), "{info}");
+    let ready = solo(&[]);
+    let info = text(Resp::connect(ready.port).call(&["INFO", "persistence"]));
+    assert_eq!(info_field(&info, "loading").as_deref(), Some("0"), "{info}");
+}

@@ -174,6 +174,8 @@ pub struct Info {
     pub keys: Option<u64>,
     /// rcache's own figures.
     pub rcache: Vec<(&'static str, String)>,
+    /// Not serving reads yet (a worker starting or refilling).
+    pub loading: bool,
 }
 
 /// How a command routes, whether it writes, and how it is counted.

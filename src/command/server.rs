@@ -66,6 +66,16 @@ pub async fn info<K: Keyspace>(ks: &K, sections: InfoSections) -> Reply {
         memory.push(("used_memory_rss_human", human(rss)));
     }
     section(InfoSections::MEMORY, "Memory", &memory);
+    // Nothing is persisted; `loading` says whether reads are served yet,
+    // which clients' ready checks (ioredis) wait on.
+    let mut persistence = vec![
+        ("loading", u8::from(info.loading).to_string()),
+        ("async_loading", "0".to_string()),
+    ];
+    if info.loading {
+        persistence.push(("loading_eta_seconds", "1".to_string()));
+    }
+    section(InfoSections::PERSISTENCE, "Persistence", &persistence);
     let count = |op: Op, outcome: Outcome| metrics.requests(op, outcome);
     let mut commands = 0;
     let mut errors = 0;

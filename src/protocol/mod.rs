@@ -184,8 +184,11 @@ impl InfoSections {
     pub const KEYSPACE: u8 = 16;
     /// rcache's own figures (pairs, workers up, a worker's state).
     pub const CLUSTER: u8 = 32;
-    pub const ALL: InfoSections = InfoSections(63);
-    pub const NAMES: [(&'static str, u8); 6] = [
+    /// `loading:1` while a worker refills (clients' ready checks wait).
+    pub const PERSISTENCE: u8 = 64;
+    pub const ALL: InfoSections = InfoSections(127);
+    pub const NAMES: [(&'static str, u8); 7] = [
+        ("persistence", Self::PERSISTENCE),
         ("server", Self::SERVER),
         ("clients", Self::CLIENTS),
         ("memory", Self::MEMORY),

@@ -151,6 +151,7 @@ impl Keyspace for Worker {
                 ),
                 ("rcache_tombstones", usage.tombstones.to_string()),
             ],
+            loading: self.state() != crate::protocol::link::WorkerState::Ready,
             ..Info::default()
         }
     }
