@@ -134,11 +134,33 @@ fn apply_request(store: &crate::worker::store::Store, request: &Request, limits:
     }
 }
 
+/// A hash's stored fields: what decodes is canonical (encodes to the same
+/// bytes), and merging it into itself or into an empty hash changes
+/// nothing more than once.
+fn hash_fields(bytes: &bytes::Bytes) {
+    use crate::protocol::fields::Fields;
+    let Ok(fields) = Fields::decode(bytes) else {
+        return;
+    };
+    let mut again = Vec::new();
+    fields.encode(&mut again);
+    assert_eq!(
+        &again[..],
+        &bytes[..],
+        "hash fields re-encode to other bytes"
+    );
+    let mut merged = Fields::default();
+    merged.merge(&fields);
+    assert!(!merged.merge(&fields), "a second merge changed something");
+    assert_eq!(merged, fields);
+}
+
 /// The link protocol as both ends read it: frames cut from `data`, each
 /// decoded as a request and as a response to every kind of request; the
 /// writes among the requests (refill entries, read-modify-writes and
 /// their replicas, flushes) and the walks are applied to a small store
-/// (lz4 included), which must stay within its memory limit.
+/// (lz4 included), which must stay within its memory limit. Each frame
+/// is read as a hash's stored fields too.
 pub fn link_stream(data: &[u8]) {
     let limits = limits();
     let max = crate::protocol::link::max_frame_bytes(&limits);
@@ -148,6 +170,7 @@ pub fn link_stream(data: &[u8]) {
         ..Default::default()
     });
     while let Ok(Some(frame)) = read_frame(&mut buf, max) {
+        hash_fields(&frame);
         if let Ok(request) = decode_request(frame.clone(), &limits) {
             // What decodes re-encodes to the same request.
             let mut again = BytesMut::new();

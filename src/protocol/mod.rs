@@ -10,6 +10,7 @@
 //! `Ok(None)`, never an error, and no input makes them panic.
 
 pub mod dialect;
+pub mod fields;
 pub mod glob;
 pub mod link;
 mod op;
