@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 /// `rcache local` on free ports, stopped when dropped.
 struct Local {
@@ -17,28 +16,10 @@ struct Local {
 
 impl Local {
     fn start() -> Local {
-        let base = common::local_base_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rcache"))
-            .args([
-                "local",
-                "--base-port",
-                &base.to_string(),
-                "--max-memory",
-                "64MiB",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rcache local starts");
-        // Its first line comes once every daemon is ready.
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines.next().expect("a line").expect("utf-8");
-        assert!(
-            first.contains(&format!("orchestrator on 127.0.0.1:{base}")),
-            "{first}"
-        );
+        let (child, port, lines) = common::rcache_local();
+        // Keep reading its output so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Local { child, port: base }
+        Local { child, port }
     }
 }
 

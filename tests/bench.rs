@@ -19,6 +19,28 @@ fn counted(metrics: &str, command: &str) -> f64 {
         .sum()
 }
 
+/// Runs `rcache --addr <addr> bench <args>` (with the secure mode's TLS
+/// and token) and asserts it succeeded; its stdout and stderr.
+fn bench(addr: &str, args: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcache"));
+    cmd.args(["--addr", addr])
+        .args(if secure::on() {
+            secure::cli_args()
+        } else {
+            Vec::new()
+        })
+        .arg("bench")
+        .args(args);
+    if secure::on() {
+        cmd.env("RCACHE_AUTH_TOKEN", secure::TOKEN);
+    }
+    let out = cmd.output().expect("rcache bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 #[test]
 fn bench_reports_what_the_server_served() {
     let w = solo(&[]);
@@ -26,15 +48,16 @@ fn bench_reports_what_the_server_served() {
     let _ = std::fs::remove_file(&csv);
     for (protocol, pipeline) in [("resp", "1"), ("text", "8")] {
         let before = http_get(&w.metrics_addr(), "/metrics").1;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcache"));
-        cmd.args(["--addr", &w.addr()])
-            .args(if secure::on() {
-                secure::cli_args()
-            } else {
-                Vec::new()
-            })
-            .args(["bench", "--protocol", protocol, "-c", "4", "-P", pipeline])
-            .args([
+        let csv_arg = csv.to_string_lossy();
+        let (stdout, stderr) = bench(
+            &w.addr(),
+            &[
+                "--protocol",
+                protocol,
+                "-c",
+                "4",
+                "-P",
+                pipeline,
                 "--keys",
                 "1000",
                 "--duration",
@@ -43,20 +66,11 @@ fn bench_reports_what_the_server_served() {
                 "3:1",
                 "--seed",
                 "7",
-            ])
-            .arg("--csv")
-            .arg(&csv);
-        if secure::on() {
-            cmd.env("RCACHE_AUTH_TOKEN", secure::TOKEN);
-        }
-        let out = cmd.output().expect("rcache bench runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+                "--csv",
+                &csv_arg,
+            ],
         );
-        assert!(String::from_utf8_lossy(&out.stderr).contains("seed 7"));
+        assert!(stderr.contains("seed 7"), "{stderr}");
         let after = http_get(&w.metrics_addr(), "/metrics").1;
         let gets = counted(&after, "get") - counted(&before, "get");
         let sets = counted(&after, "set") - counted(&before, "set");
@@ -110,17 +124,17 @@ fn bench_incr_load_adds_up() {
     let (a, b) = pair(&[]);
     let o = orchestrator(&[a.port, b.port], &[]);
     let before = http_get(&o.metrics_addr(), "/metrics").1;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcache"));
-    cmd.args(["--addr", &o.addr()])
-        .args(if secure::on() {
-            secure::cli_args()
-        } else {
-            Vec::new()
-        })
-        .args([
-            "bench", "--load", "incr", "-c", "4", "-P", "4", "--keys", "50",
-        ])
-        .args([
+    let (stdout, _) = bench(
+        &o.addr(),
+        &[
+            "--load",
+            "incr",
+            "-c",
+            "4",
+            "-P",
+            "4",
+            "--keys",
+            "50",
             "--duration",
             "1s",
             "--ratio",
@@ -128,16 +142,7 @@ fn bench_incr_load_adds_up() {
             "--prefill",
             "--seed",
             "3",
-        ]);
-    if secure::on() {
-        cmd.env("RCACHE_AUTH_TOKEN", secure::TOKEN);
-    }
-    let out = cmd.output().expect("rcache bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     // "(<g> gets, <m> misses, <s> sets, 0 errors)": sets are INCRs here.
     let sets: u64 = stdout

@@ -3,31 +3,11 @@
 mod common;
 
 use common::Client;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
 fn rcache_local_serves_and_stops_on_ctrl_c() {
-    let base = common::local_base_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rcache"))
-        .args([
-            "local",
-            "--base-port",
-            &base.to_string(),
-            "--max-memory",
-            "64MiB",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rcache local starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("a line").expect("utf-8");
-    assert!(
-        first.contains(&format!("orchestrator on 127.0.0.1:{base}")),
-        "{first}"
-    );
+    let (mut child, base, lines) = common::rcache_local();
     let mut c = Client::connect(base);
     assert_eq!(c.req("set||greeting||hello"), "0||");
     assert_eq!(c.req("get||greeting"), "0||hello");

@@ -40,9 +40,41 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().expect("bound").port())
 }
 
+/// `rcache local` on free ports (64 MiB per worker): the process, its base
+/// (client) port, and its stdout after the first line, which says every
+/// daemon is ready.
+pub fn rcache_local() -> (
+    std::process::Child,
+    u16,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let base = local_base_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rcache"))
+        .args([
+            "local",
+            "--base-port",
+            &base.to_string(),
+            "--max-memory",
+            "64MiB",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rcache local starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert!(
+        first.contains(&format!("orchestrator on 127.0.0.1:{base}")),
+        "{first}"
+    );
+    (child, base, lines)
+}
+
 /// A base port for `rcache local` whose five neighbours (and their
 /// metrics ports, 100 above) are free right now.
-pub fn local_base_port() -> u16 {
+fn local_base_port() -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     (0..200)
         .map(|i| 20_000 + (std::process::id() as u16 % 200) * 50 + i * 7)
