@@ -851,3 +851,105 @@ fn info_says_loading_until_a_worker_serves() {
     let info = text(Resp::connect(ready.port).call(&["INFO", "persistence"]));
     assert_eq!(info_field(&info, "loading").as_deref(), Some("0"), "{info}");
 }
+
+/// A redis-server on a free port, for answers to compare with; `None`
+/// outside CI when it is not installed (in CI its absence fails).
+fn redis_server() -> Option<(std::process::Child, u16)> {
+    let port = free_port();
+    match std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => {
+            let up = eventually(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            assert!(up, "redis-server did not listen on {port}");
+            Some((child, port))
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI needs redis-server (apt install redis-server): {e}"
+            );
+            eprintln!("SKIPPED: no redis-server ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn lcs_answers_as_redis_server_does() {
+    // Values whose subsequences tie in several ways, so the walk back
+    // through the table has to choose as Redis's does.
+    let values = [
+        ("lcs:a", "ohmytext"),
+        ("lcs:b", "mynewtext"),
+        ("lcs:c", "abcabcbbxxabcdeaab"),
+        ("lcs:d", "bbaxcabcxadebca"),
+        ("lcs:e", ""),
+    ];
+    let pairs = [
+        ("lcs:a", "lcs:b"),
+        ("lcs:c", "lcs:d"),
+        ("lcs:d", "lcs:c"),
+        ("lcs:a", "lcs:e"),
+        ("lcs:a", "lcs:missing"),
+    ];
+    let options: [&[&str]; 6] = [
+        &[],
+        &["LEN"],
+        &["IDX"],
+        &["IDX", "WITHMATCHLEN"],
+        &["IDX", "MINMATCHLEN", "3", "WITHMATCHLEN"],
+        &["LEN", "IDX"],
+    ];
+    let Some((mut redis, redis_port)) = redis_server() else {
+        return;
+    };
+    let mut want = Vec::new();
+    let mut r = Resp::connect_plain(redis_port);
+    for (k, v) in values {
+        assert_eq!(r.call(&["SET", k, v]), ok());
+    }
+    for (a, b) in pairs {
+        for opts in options {
+            let mut args = vec!["LCS", a, b];
+            args.extend_from_slice(opts);
+            want.push((args.clone(), r.call(&args)));
+        }
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+    targets().each(|r, target| {
+        for (k, v) in values {
+            assert_eq!(r.call(&["SET", k, v]), ok());
+        }
+        for (args, answer) in &want {
+            assert_eq!(&r.call(args), answer, "{target}: {args:?}");
+        }
+    });
+}
+
+#[test]
+fn lcs_of_values_too_large_for_its_table_is_refused() {
+    targets().each(|r, target| {
+        let big = "ab".repeat(2048);
+        assert_eq!(r.call(&["SET", "lcs:big1", &big]), ok());
+        assert_eq!(r.call(&["SET", "lcs:big2", &big]), ok());
+        assert!(
+            matches!(r.call(&["LCS", "lcs:big1", "lcs:big2", "LEN"]), Value::Error(e) if e.starts_with(b"ERR Insufficient memory")),
+            "{target}"
+        );
+        assert_eq!(r.call(&["SET", "lcs:small", "abab"]), ok());
+        assert_eq!(r.call(&["LCS", "lcs:big1", "lcs:small", "LEN"]), int(4), "{target}");
+    });
+}

@@ -195,6 +195,14 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
             }
             status
         }
+        (_, Reply::Map(pairs)) => {
+            let mut status = 0;
+            for (name, item) in pairs {
+                println!("{name}");
+                status = status.max(print_reply(command, item));
+            }
+            status
+        }
         (_, Reply::Status(word)) => {
             println!("{word}");
             0

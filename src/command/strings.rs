@@ -1,10 +1,11 @@
 //! String commands: `GET`, `SET`, `MGET`, `MSET`, `MSETNX`, `GETRANGE`,
-//! `STRLEN`, and the read-modify-writes (`INCR`, `APPEND`, `GETDEL`, ...).
+//! `STRLEN`, `LCS`, and the read-modify-writes (`INCR`, `APPEND`, `GETDEL`,
+//! ...).
 
 use super::{each, Keyspace};
 use crate::protocol::update::parse_int;
 use crate::protocol::{
-    max_reply_bytes, ErrorCode, ErrorReply, Reply, SetWhen, Update, UpdateReply,
+    max_reply_bytes, ErrorCode, ErrorReply, LcsMode, Reply, SetWhen, Update, UpdateReply,
 };
 use bytes::Bytes;
 use std::time::Duration;
@@ -167,5 +168,181 @@ pub async fn mset<K: Keyspace>(ks: &K, entries: Vec<(Bytes, Bytes)>) -> Reply {
     match walked {
         Ok(()) => Reply::Done,
         Err(e) => Reply::Error(e),
+    }
+}
+
+/// The most cells of `LCS`'s table (4 bytes each): 16 MiB of transient
+/// memory and some milliseconds of CPU per command, two values of 2 KiB.
+pub const MAX_LCS_CELLS: usize = 4 << 20;
+
+/// `LCS a b [LEN | IDX [MINMATCHLEN n] [WITHMATCHLEN]]` over the values of
+/// two keys (a missing key is empty).
+pub async fn lcs<K: Keyspace>(ks: &K, a: Bytes, b: Bytes, mode: LcsMode) -> Reply {
+    let mut values = Vec::with_capacity(2);
+    for read in crate::join::join_all(vec![ks.read(a), ks.read(b)]).await {
+        match read {
+            Ok(value) => values.push(value.map(|(v, _)| v).unwrap_or_default()),
+            Err(e) => return Reply::Error(e),
+        }
+    }
+    let [a, b] = <[Bytes; 2]>::try_from(values).unwrap_or_default();
+    let cells = (a.len() + 1).saturating_mul(b.len() + 1);
+    if cells > MAX_LCS_CELLS {
+        return Reply::Error(ErrorReply::new(
+            ErrorCode::InvalidCommand,
+            format!(
+                "Insufficient memory, transient memory for LCS exceeds {} MiB",
+                (MAX_LCS_CELLS * 4) >> 20
+            ),
+        ));
+    }
+    let found = longest_common_subsequence(&a, &b);
+    match mode {
+        LcsMode::Text => Reply::Value(found.text.into()),
+        LcsMode::Len => Reply::Integer(found.text.len() as i64),
+        LcsMode::Idx { min_len, with_len } => {
+            let int = |n: usize| Reply::Integer(n as i64);
+            let matches = found
+                .ranges
+                .iter()
+                .filter(|r| (r.len as u64) >= min_len)
+                .map(|r| {
+                    let mut item = vec![
+                        Reply::Array(vec![int(r.a.0), int(r.a.1)]),
+                        Reply::Array(vec![int(r.b.0), int(r.b.1)]),
+                    ];
+                    if with_len {
+                        item.push(int(r.len));
+                    }
+                    Reply::Array(item)
+                })
+                .collect();
+            Reply::Map(vec![
+                ("matches", Reply::Array(matches)),
+                ("len", int(found.text.len())),
+            ])
+        }
+    }
+}
+
+/// A common subsequence and the ranges of both values it matches.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lcs {
+    pub text: Vec<u8>,
+    /// Contiguous matches, from the ends of the values back, as Redis
+    /// lists them: the inclusive ranges in `a` and `b`, and the length.
+    pub ranges: Vec<LcsRange>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct LcsRange {
+    pub a: (usize, usize),
+    pub b: (usize, usize),
+    pub len: usize,
+}
+
+/// The longest common subsequence of `a` and `b` by the classic table,
+/// walked back from the ends the way Redis walks it (so ties pick the
+/// same subsequence and the same ranges).
+pub fn longest_common_subsequence(a: &[u8], b: &[u8]) -> Lcs {
+    let width = b.len() + 1;
+    let mut table = vec![0u32; (a.len() + 1) * width];
+    let at = |i: usize, j: usize| i * width + j;
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            table[at(i, j)] = if a[i - 1] == b[j - 1] {
+                table[at(i - 1, j - 1)] + 1
+            } else {
+                table[at(i - 1, j)].max(table[at(i, j - 1)])
+            };
+        }
+    }
+    let mut text = vec![0u8; table[at(a.len(), b.len())] as usize];
+    let mut left = text.len();
+    let mut ranges = Vec::new();
+    // The match being extended backwards: its start and end in a and b.
+    let mut current: Option<((usize, usize), (usize, usize))> = None;
+    let (mut i, mut j) = (a.len(), b.len());
+    while i > 0 && j > 0 {
+        let mut emit = false;
+        if a[i - 1] == b[j - 1] {
+            left -= 1;
+            text[left] = a[i - 1];
+            current = Some(match current {
+                None => ((i - 1, i - 1), (j - 1, j - 1)),
+                Some(((a_start, a_end), (b_start, b_end))) if a_start == i && b_start == j => {
+                    ((a_start - 1, a_end), (b_start - 1, b_end))
+                }
+                Some(range) => {
+                    emit = true;
+                    range
+                }
+            });
+            if let Some(((a_start, _), (b_start, _))) = current {
+                emit |= a_start == 0 || b_start == 0;
+            }
+            i -= 1;
+            j -= 1;
+        } else {
+            if table[at(i - 1, j)] > table[at(i, j - 1)] {
+                i -= 1;
+            } else {
+                j -= 1;
+            }
+            emit = current.is_some();
+        }
+        if emit {
+            if let Some((ra, rb)) = current.take() {
+                ranges.push(LcsRange {
+                    a: ra,
+                    b: rb,
+                    len: ra.1 - ra.0 + 1,
+                });
+            }
+        }
+    }
+    Lcs { text, ranges }
+}
+
+#[cfg(test)]
+mod lcs_tests {
+    use super::*;
+
+    #[test]
+    fn redis_s_documented_example() {
+        let found = longest_common_subsequence(b"ohmytext", b"mynewtext");
+        assert_eq!(found.text, b"mytext");
+        assert_eq!(
+            found.ranges,
+            vec![
+                LcsRange {
+                    a: (4, 7),
+                    b: (5, 8),
+                    len: 4
+                },
+                LcsRange {
+                    a: (2, 3),
+                    b: (0, 1),
+                    len: 2
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_disjoint_values() {
+        assert_eq!(longest_common_subsequence(b"", b"abc").text, b"");
+        let found = longest_common_subsequence(b"abc", b"xyz");
+        assert!(found.text.is_empty() && found.ranges.is_empty());
+        let same = longest_common_subsequence(b"abc", b"abc");
+        assert_eq!(same.text, b"abc");
+        assert_eq!(
+            same.ranges,
+            vec![LcsRange {
+                a: (0, 2),
+                b: (0, 2),
+                len: 3
+            }]
+        );
     }
 }

@@ -47,6 +47,7 @@ pub(super) fn reply_bytes(reply: &Reply) -> usize {
         Reply::Values(values) => values.iter().flatten().map(|v| v.len() + 16).sum(),
         Reply::Error(e) => e.message.len(),
         Reply::Array(items) => items.iter().map(reply_bytes).sum(),
+        Reply::Map(pairs) => pairs.iter().map(|(_, item)| 16 + reply_bytes(item)).sum(),
         _ => 0,
     }
 }

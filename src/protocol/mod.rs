@@ -143,6 +143,13 @@ pub enum Command {
     Info {
         sections: InfoSections,
     },
+    /// `LCS a b [LEN | IDX …]`: the longest common subsequence of two
+    /// values (a missing key is empty).
+    Lcs {
+        a: Bytes,
+        b: Bytes,
+        mode: LcsMode,
+    },
     /// `OBJECT ENCODING|FREQ|REFCOUNT key`, `MEMORY USAGE key`.
     Inspect {
         key: Bytes,
@@ -158,6 +165,19 @@ pub enum Command {
     /// between records, `name=value` fields within one (see
     /// docs/protocol.md).
     Cluster,
+}
+
+/// What `LCS` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LcsMode {
+    /// The subsequence itself.
+    Text,
+    /// Its length (`LEN`).
+    Len,
+    /// The matching ranges of both values and the length (`IDX`), ranges
+    /// shorter than `min_len` left out, each with its length when
+    /// `with_len`.
+    Idx { min_len: u64, with_len: bool },
 }
 
 /// What `OBJECT` or `MEMORY` asks about a key.
@@ -292,6 +312,9 @@ pub enum Reply {
     Values(Vec<Option<Bytes>>),
     /// Nested replies (`SCAN`'s cursor and keys).
     Array(Vec<Reply>),
+    /// Names and replies: a map in RESP3, a flat array in RESP2 (`LCS …
+    /// IDX`).
+    Map(Vec<(&'static str, Reply)>),
     Error(ErrorReply),
 }
 

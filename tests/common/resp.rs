@@ -32,6 +32,19 @@ impl Resp {
         r
     }
 
+    /// Plain TCP whatever the mode (another server, such as redis-server).
+    pub fn connect_plain(port: u16) -> Resp {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let sock = tcp.try_clone().expect("clone");
+        Resp {
+            io: Box::new(tcp),
+            sock,
+            buf: BytesMut::new(),
+        }
+    }
+
     pub fn send(&mut self, args: &[&str]) {
         let mut out = BytesMut::new();
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();

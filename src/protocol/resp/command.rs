@@ -5,7 +5,7 @@ use super::frame::parse_i64;
 use super::{Answer, RespRequest, Shape};
 use crate::protocol::update::{parse_float, parse_int};
 use crate::protocol::{
-    Command, ExpireWhen, Expiry, Inspect, Limits, SetWhen, TtlChange, Update, UpdateReply,
+    Command, ExpireWhen, Expiry, Inspect, LcsMode, Limits, SetWhen, TtlChange, Update, UpdateReply,
 };
 use bytes::Bytes;
 use std::borrow::Cow;
@@ -502,6 +502,7 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
             _ => wrong_args(name),
         },
         "object" | "memory" => parse_inspect(name, args, limits),
+        "lcs" => parse_lcs(args, limits).unwrap_or_else(|e| e),
         "config" => parse_config(args),
         "command" => {
             let sub = args.first().map(|a| a.to_ascii_lowercase());
@@ -1076,6 +1077,50 @@ fn parse_kill(args: &[Bytes]) -> Result<crate::clients::KillFilter, RespRequest>
         }
     }
     Ok(filter)
+}
+
+/// `LCS key1 key2 [LEN] [IDX] [MINMATCHLEN len] [WITHMATCHLEN]`.
+fn parse_lcs(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespRequest> {
+    let [a, b, options @ ..] = args else {
+        return Err(wrong_args("lcs"));
+    };
+    check_key(a, limits)?;
+    check_key(b, limits)?;
+    let (mut len, mut idx, mut with_len, mut min_len) = (false, false, false, 0u64);
+    let mut i = 0;
+    while i < options.len() {
+        match options[i].to_ascii_lowercase().as_slice() {
+            b"len" => len = true,
+            b"idx" => idx = true,
+            b"withmatchlen" => with_len = true,
+            b"minmatchlen" => {
+                let n = options.get(i + 1).ok_or_else(syntax_error)?;
+                // Redis takes a negative length as 0.
+                min_len = parse_i64(n).ok_or_else(not_integer)?.max(0) as u64;
+                i += 1;
+            }
+            _ => return Err(syntax_error()),
+        }
+        i += 1;
+    }
+    let mode = match (len, idx) {
+        (true, true) => {
+            return Err(error(
+                "ERR If you want both the length and indexes, please just use IDX.",
+            ))
+        }
+        (true, false) => LcsMode::Len,
+        (false, true) => LcsMode::Idx { min_len, with_len },
+        (false, false) => LcsMode::Text,
+    };
+    Ok(RespRequest::Run(
+        Command::Lcs {
+            a: a.clone(),
+            b: b.clone(),
+            mode,
+        },
+        Shape::Plain,
+    ))
 }
 
 /// `OBJECT` and `MEMORY` about one key.

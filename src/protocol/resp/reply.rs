@@ -140,6 +140,13 @@ pub fn encode_reply(reply: &Reply, shape: Shape, version: Version, out: &mut Byt
                 encode_reply(item, Shape::Plain, version, out);
             }
         }
+        (Reply::Map(pairs), _) => {
+            put_map_header(out, pairs.len(), version);
+            for (name, item) in pairs {
+                put_bulk(out, name.as_bytes());
+                encode_reply(item, Shape::Plain, version, out);
+            }
+        }
         (Reply::Error(e), _) if e.code == ErrorCode::NotFound => put_nil(out, version),
         (Reply::Error(e), _) => put_error(out, &error_line(e)),
     }

@@ -74,6 +74,7 @@ pub const TABLE: &[Info] = &[
     c("incrbyfloat", 3, &["write", "denyoom", "fast"], (1, 1, 1), "string", "2.6.0", "Increment the floating point value of a key by a number. Uses 0 as initial value if the key doesn't exist."),
     c("info", -1, &["loading", "stale"], (0, 0, 0), "server", "1.0.0", "Returns information and statistics about the server."),
     c("keys", 2, &["readonly"], (0, 0, 0), "generic", "1.0.0", "Returns all key names that match a pattern."),
+    c("lcs", -3, &["readonly"], (1, 2, 1), "string", "7.0.0", "Finds the longest common substring."),
     c("memory", -2, &[], (0, 0, 0), "server", "4.0.0", "A container for memory diagnostics commands."),
     c("mget", -2, &["readonly", "fast"], (1, -1, 1), "string", "1.0.0", "Atomically returns the string values of one or more keys."),
     c("mset", -3, &["write", "denyoom"], (1, -1, 2), "string", "1.0.1", "Atomically creates or modifies the string values of one or more keys."),
@@ -214,6 +215,6 @@ mod tests {
             assert_eq!(find(info.name), Some(i));
             assert!(info.arity != 0, "{}", info.name);
         }
-        assert_eq!(find("lcs"), None);
+        assert_eq!(find("hset"), None);
     }
 }

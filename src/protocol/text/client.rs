@@ -79,7 +79,8 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         | Command::Flush
         | Command::DbSize
         | Command::Info { .. }
-        | Command::Inspect { .. } => {
+        | Command::Inspect { .. }
+        | Command::Lcs { .. } => {
             return Err(ErrorReply::new(
                 ErrorCode::InvalidCommand,
                 "the text protocol has no such command: use RESP",
