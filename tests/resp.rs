@@ -77,6 +77,32 @@ fn hello_3_switches_to_resp3_replies() {
     let mut raw = [0u8; 3];
     r.io.read_exact(&mut raw).expect("read");
     assert_eq!(&raw, b"_\r\n");
+    // Nested maps are maps too: LCS … IDX, COMMAND DOCS.
+    assert_eq!(r.call(&["SET", "a", "ohmytext"]), ok());
+    assert_eq!(r.call(&["SET", "b", "mynewtext"]), ok());
+    for (args, head) in [
+        (
+            &["LCS", "a", "b", "IDX", "MINMATCHLEN", "4"][..],
+            &b"%2\r\n$7\r\nmatches\r\n"[..],
+        ),
+        (
+            &["COMMAND", "DOCS", "get"][..],
+            &b"%1\r\n$3\r\nget\r\n%3\r\n"[..],
+        ),
+    ] {
+        r.send(args);
+        let mut raw = vec![0u8; head.len()];
+        r.io.read_exact(&mut raw).expect("read");
+        assert_eq!(
+            String::from_utf8_lossy(&raw),
+            String::from_utf8_lossy(head),
+            "{args:?}"
+        );
+        // The whole reply reads back (the client's decoder reads a map as
+        // a flat array), leaving nothing behind for the next one.
+        r.buf.extend_from_slice(&raw);
+        assert!(matches!(r.read(), Value::Array(Some(_))), "{args:?}");
+    }
     assert_eq!(
         r.call(&["HELLO", "4"]),
         err("NOPROTO unsupported protocol version")
