@@ -460,8 +460,8 @@ fn an_unauthenticated_text_line_or_link_frame_is_bounded_too() {
     // A text SET of 4 MiB before auth, and a link hello followed by a
     // frame header announcing 8 MiB and 4 MiB of it: 200 of each.
     let mut text = strangers(w.port, 200, b"set||k||", 4 << 20);
-    // The link hello (version 6), then a frame header.
-    let mut frame = b"\xF0rcl\x06".to_vec();
+    // The link hello of this version, then a frame header.
+    let mut frame = rcache::protocol::link::HELLO.to_vec();
     frame.extend_from_slice(&(8u32 << 20).to_be_bytes());
     let mut links = strangers(w.port, 200, &frame, 4 << 20);
     authenticated_set_get(w.port, TOKEN, "during");

@@ -95,8 +95,10 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                 synced,
                 complete,
                 partner_behind,
+                serving_since_ms,
             }) => {
                 failures = 0;
+                backend.serving_since(serving_since_ms);
                 let healthy = match state {
                     // A worker that may lack its partner's data is behind
                     // until anti-entropy repaired it (see worker::refill).

@@ -40,15 +40,6 @@ pub(super) async fn ask(backend: &Backend, request: &Arc<Request>, wait: bool) -
     }
 }
 
-/// The worker of `pair` that decides a conditional or read-modify-write:
-/// `first` (the one reads go to) if it can, else its partner if that one
-/// can, else none.
-fn decider(pair: &[Arc<Backend>; 2], first: usize) -> Option<usize> {
-    [first, 1 - first]
-        .into_iter()
-        .find(|&i| Backend::can_decide(pair, i))
-}
-
 /// Tells the worker that stored an acknowledged write its partner missed,
 /// before the client hears of it: every orchestrator's next probe of it
 /// then keeps reads off the partner until anti-entropy copied the write
@@ -205,7 +196,7 @@ impl Router {
         } = &**request
         {
             if *when != SetWhen::Always {
-                if let Some(decider) = decider(pair, slot.first) {
+                if let Some(decider) = Backend::decider(pair, slot.first) {
                     let outcome = Request::Set {
                         version: *version,
                         ttl_ms: *ttl_ms,
@@ -329,7 +320,7 @@ impl Router {
         let topology = self.topology();
         let slot = placement::locate(&key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
-        let Some(decider) = decider(pair, slot.first) else {
+        let Some(decider) = Backend::decider(pair, slot.first) else {
             return Err(ErrorReply::new(
                 ErrorCode::Unavailable,
                 format!(

@@ -86,6 +86,8 @@ pub struct Worker {
     pub budget: Arc<crate::net::ReadBudget>,
     /// The client connections open now (`CLIENT LIST`).
     pub clients: Arc<crate::clients::Registry>,
+    /// See [`Worker::serving_since`] (0: not serving).
+    serving_since: AtomicU64,
     config: WorkerConfig,
 }
 
@@ -108,6 +110,7 @@ impl Worker {
             metrics,
             budget,
             clients: Arc::default(),
+            serving_since: AtomicU64::new(0),
             config,
         }
     }
@@ -214,6 +217,24 @@ impl Worker {
 
     pub fn state(&self) -> WorkerState {
         WorkerState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(WorkerState::Starting)
+    }
+
+    /// When this worker began serving (ready and complete) without a
+    /// break, as `STATUS` reports it: set by the first `STATUS` that finds
+    /// it serving, cleared by one that finds it not.
+    fn serving_since(&self, serving: bool) -> u64 {
+        if !serving {
+            self.serving_since.store(0, Ordering::Relaxed);
+            return 0;
+        }
+        let now = crate::sys::wall_ms().max(1);
+        match self
+            .serving_since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => now,
+            Err(since) => since,
+        }
     }
 
     pub(crate) fn set_state(&self, state: WorkerState) {
@@ -421,14 +442,19 @@ impl Worker {
             Request::Ping => Response::Pong,
             // Checked by the session loop (`net::serve_session`), never executed.
             Request::Auth { .. } => Response::Authenticated,
-            Request::Status => Response::Status {
-                state: self.state(),
-                entries: self.store.len(),
-                incarnation: self.incarnation,
-                synced: self.anti_entropy.rounds(),
-                complete: self.incomplete().is_none(),
-                partner_behind: self.partner_behind(),
-            },
+            Request::Status => {
+                let state = self.state();
+                let complete = self.incomplete().is_none();
+                Response::Status {
+                    state,
+                    entries: self.store.len(),
+                    incarnation: self.incarnation,
+                    synced: self.anti_entropy.rounds(),
+                    complete,
+                    partner_behind: self.partner_behind(),
+                    serving_since_ms: self.serving_since(state == WorkerState::Ready && complete),
+                }
+            }
             Request::Missed => {
                 self.note_partner_missed();
                 Response::Noted

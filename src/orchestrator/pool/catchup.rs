@@ -281,6 +281,39 @@ impl Backend {
         Backend::standing(pair, i) == Health::Up
     }
 
+    /// The worker of `pair` that decides a conditional write or a
+    /// read-modify-write of a key whose first choice is `first`, if any
+    /// can. Of two that can, the one that has served longer without a
+    /// break decides every key of the pair (by the moments the workers
+    /// themselves report, the same numbers for every orchestrator; `first`
+    /// on a tie or before the probes said). So a worker that comes back
+    /// does not decide while its partner can, whichever orchestrator saw it
+    /// back first: two orchestrators picking different deciders for one
+    /// key would make its updates' outcomes unknown. The partner's share
+    /// of an update is storing its result, about what a write costs.
+    pub fn decider(pair: &[Arc<Backend>; 2], first: usize) -> Option<usize> {
+        let other = 1 - first;
+        match (
+            Backend::can_decide(pair, first),
+            Backend::can_decide(pair, other),
+        ) {
+            (true, true) => {
+                let since = |i: usize| pair[i].serving_since_ms.load(Ordering::Relaxed);
+                let (mine, theirs) = (since(first), since(other));
+                let older = |a: u64, b: u64| a != 0 && (b == 0 || a < b);
+                Some(if older(theirs, mine) { other } else { first })
+            }
+            (true, false) => Some(first),
+            (false, true) => Some(other),
+            (false, false) => None,
+        }
+    }
+
+    /// Records since when the worker has been serving, from a probe.
+    pub fn serving_since(&self, ms: u64) {
+        self.serving_since_ms.store(ms, Ordering::Relaxed);
+    }
+
     pub(super) fn catchup(&self) -> std::sync::MutexGuard<'_, Catchup> {
         // Every update of `Catchup` completes before it could panic.
         self.catchup.lock().unwrap_or_else(|p| p.into_inner())

@@ -69,7 +69,7 @@ use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
 /// protocol name and its version.
-pub const HELLO: &[u8; 5] = b"\xF0rcl\x07";
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x08";
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;
@@ -292,6 +292,12 @@ pub enum Response {
     /// orchestrator said the partner missed a write stored here
     /// ([`Request::Missed`]) and no round that began after that has
     /// completed, so reads should come here while this worker can serve.
+    ///
+    /// `serving_since_ms`: the wall-clock moment (ms since the epoch, by
+    /// the worker's clock) from which it has been ready and complete
+    /// without a break, as first seen by a `STATUS`; 0 while it is not.
+    /// Every orchestrator reads the same number, so all of them pick the
+    /// same worker of a pair to decide updates ([`crate::orchestrator`]).
     Status {
         state: WorkerState,
         entries: u64,
@@ -299,6 +305,7 @@ pub enum Response {
         synced: u64,
         complete: bool,
         partner_behind: bool,
+        serving_since_ms: u64,
     },
     Digest {
         buckets: Vec<BucketDigest>,
