@@ -43,6 +43,14 @@ pub struct ProbeSettings {
 }
 
 impl ProbeSettings {
+    /// How long a worker that came back serves before it decides updates
+    /// again while its partner can ([`super::pool::Backend::decider`]):
+    /// time for every orchestrator's probes to have seen it up (a
+    /// restarted worker is up at the first probe after its refill).
+    pub fn settle(&self) -> Duration {
+        (self.interval * 10).max(Duration::from_secs(5))
+    }
+
     pub fn from_config(
         config: &OrchestratorConfig,
         dial: Arc<arc_swap::ArcSwap<crate::client::Dial>>,
@@ -95,10 +103,10 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                 synced,
                 complete,
                 partner_behind,
-                serving_since_ms,
+                serving_ms,
             }) => {
                 failures = 0;
-                backend.serving_since(serving_since_ms);
+                backend.serving(serving_ms);
                 let healthy = match state {
                     // A worker that may lack its partner's data is behind
                     // until anti-entropy repaired it (see worker::refill).

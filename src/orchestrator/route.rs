@@ -196,7 +196,7 @@ impl Router {
         } = &**request
         {
             if *when != SetWhen::Always {
-                if let Some(decider) = Backend::decider(pair, slot.first) {
+                if let Some(decider) = Backend::decider(pair, slot.first, self.probe.settle()) {
                     let outcome = Request::Set {
                         version: *version,
                         ttl_ms: *ttl_ms,
@@ -320,7 +320,7 @@ impl Router {
         let topology = self.topology();
         let slot = placement::locate(&key, topology.pairs.len());
         let pair = &topology.pairs[slot.pair];
-        let Some(decider) = Backend::decider(pair, slot.first) else {
+        let Some(decider) = Backend::decider(pair, slot.first, self.probe.settle()) else {
             return Err(ErrorReply::new(
                 ErrorCode::Unavailable,
                 format!(

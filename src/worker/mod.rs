@@ -86,8 +86,10 @@ pub struct Worker {
     pub budget: Arc<crate::net::ReadBudget>,
     /// The client connections open now (`CLIENT LIST`).
     pub clients: Arc<crate::clients::Registry>,
-    /// See [`Worker::serving_since`] (0: not serving).
-    serving_since: AtomicU64,
+    /// When it began serving, in ms after `epoch`, plus one (0: not
+    /// serving); see [`Worker::serving_ms`].
+    serving_from: AtomicU64,
+    epoch: tokio::time::Instant,
     config: WorkerConfig,
 }
 
@@ -110,7 +112,8 @@ impl Worker {
             metrics,
             budget,
             clients: Arc::default(),
-            serving_since: AtomicU64::new(0),
+            serving_from: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
             config,
         }
     }
@@ -219,22 +222,25 @@ impl Worker {
         WorkerState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(WorkerState::Starting)
     }
 
-    /// When this worker began serving (ready and complete) without a
-    /// break, as `STATUS` reports it: set by the first `STATUS` that finds
-    /// it serving, cleared by one that finds it not.
-    fn serving_since(&self, serving: bool) -> u64 {
+    /// How long this worker has served (ready and complete) without a
+    /// break, as `STATUS` reports it: counted from the first `STATUS` that
+    /// found it serving; one that finds it not starts the count over.
+    fn serving_ms(&self, serving: bool) -> u64 {
         if !serving {
-            self.serving_since.store(0, Ordering::Relaxed);
+            self.serving_from.store(0, Ordering::Relaxed);
             return 0;
         }
-        let now = crate::sys::wall_ms().max(1);
-        match self
-            .serving_since
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => now,
-            Err(since) => since,
-        }
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let from =
+            match self
+                .serving_from
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => now,
+                Err(from) => from,
+            };
+        // At least 1: serving.
+        (now - from).max(1)
     }
 
     pub(crate) fn set_state(&self, state: WorkerState) {
@@ -452,7 +458,7 @@ impl Worker {
                     synced: self.anti_entropy.rounds(),
                     complete,
                     partner_behind: self.partner_behind(),
-                    serving_since_ms: self.serving_since(state == WorkerState::Ready && complete),
+                    serving_ms: self.serving_ms(state == WorkerState::Ready && complete),
                 }
             }
             Request::Missed => {

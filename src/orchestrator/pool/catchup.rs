@@ -23,6 +23,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Workers of a pair whose serving began within this of each other (they
+/// started together) are not told apart by [`Backend::decider`]: the
+/// orchestrators' estimates of how long each has served differ by the
+/// time their probes took.
+pub const SERVING_TIE: Duration = Duration::from_secs(1);
+
+/// [`Backend`]'s `serving_from` of a worker not serving (or not probed).
+pub(super) const NOT_SERVING: i64 = i64::MIN;
+
 /// How a worker catches up on writes it missed (see the module doc).
 #[derive(Debug, Default)]
 pub(super) struct Catchup {
@@ -282,26 +291,27 @@ impl Backend {
     }
 
     /// The worker of `pair` that decides a conditional write or a
-    /// read-modify-write of a key whose first choice is `first`, if any
-    /// can. Of two that can, the one that has served longer without a
-    /// break decides every key of the pair (by the moments the workers
-    /// themselves report, the same numbers for every orchestrator; `first`
-    /// on a tie or before the probes said). So a worker that comes back
-    /// does not decide while its partner can, whichever orchestrator saw it
-    /// back first: two orchestrators picking different deciders for one
-    /// key would make its updates' outcomes unknown. The partner's share
-    /// of an update is storing its result, about what a write costs.
-    pub fn decider(pair: &[Arc<Backend>; 2], first: usize) -> Option<usize> {
+    /// read-modify-write of a key whose first choice is `first` (the
+    /// worker reads go to), if any can: `first` if it can, unless it has
+    /// served for less than `settle` since it came back and its partner,
+    /// which can too, has served longer (by [`SERVING_TIE`] at least: two
+    /// workers started together both decide their own keys from the
+    /// start). How long a worker has served is
+    /// counted from a moment the worker itself reports, the same for every
+    /// orchestrator, so all of them hand a returning worker its keys back
+    /// at once, `settle` after it came back: by then every orchestrator has
+    /// seen it up. (Two orchestrators picking different deciders for one
+    /// key make its updates' outcomes unknown.)
+    pub fn decider(pair: &[Arc<Backend>; 2], first: usize, settle: Duration) -> Option<usize> {
         let other = 1 - first;
         match (
             Backend::can_decide(pair, first),
             Backend::can_decide(pair, other),
         ) {
             (true, true) => {
-                let since = |i: usize| pair[i].serving_since_ms.load(Ordering::Relaxed);
-                let (mine, theirs) = (since(first), since(other));
-                let older = |a: u64, b: u64| a != 0 && (b == 0 || a < b);
-                Some(if older(theirs, mine) { other } else { first })
+                let (mine, theirs) = (pair[first].serving_for(), pair[other].serving_for());
+                let came_back = mine < settle && theirs >= mine + SERVING_TIE;
+                Some(if came_back { other } else { first })
             }
             (true, false) => Some(first),
             (false, true) => Some(other),
@@ -309,9 +319,27 @@ impl Backend {
         }
     }
 
-    /// Records since when the worker has been serving, from a probe.
-    pub fn serving_since(&self, ms: u64) {
-        self.serving_since_ms.store(ms, Ordering::Relaxed);
+    /// Records how long the worker has served, from a probe's answer.
+    pub fn serving(&self, serving_ms: u64) {
+        let now = self.created.elapsed().as_millis() as i64;
+        let from = match serving_ms {
+            0 => NOT_SERVING,
+            // Before this orchestrator started, maybe: negative.
+            ms => now.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)),
+        };
+        self.serving_from.store(from, Ordering::Relaxed);
+    }
+
+    /// How long the worker has served without a break, as its probes tell
+    /// (zero when not serving or not probed yet).
+    pub fn serving_for(&self) -> Duration {
+        match self.serving_from.load(Ordering::Relaxed) {
+            NOT_SERVING => Duration::ZERO,
+            from => {
+                let now = self.created.elapsed().as_millis() as i64;
+                Duration::from_millis(now.saturating_sub(from).max(0) as u64)
+            }
+        }
     }
 
     pub(super) fn catchup(&self) -> std::sync::MutexGuard<'_, Catchup> {

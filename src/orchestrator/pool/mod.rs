@@ -198,9 +198,11 @@ pub struct Backend {
     pub entries: AtomicU64,
     /// Anti-entropy rounds it reported in its last health probe.
     synced: AtomicU64,
-    /// Since when it has been serving, by its own clock, as its last probe
-    /// said (0: not serving, or not probed yet).
-    serving_since_ms: AtomicU64,
+    /// When it began serving, estimated from its last probe's answer: ms
+    /// after `created`, negative for before it ([`catchup::NOT_SERVING`]:
+    /// not serving, or not probed yet).
+    serving_from: std::sync::atomic::AtomicI64,
+    created: Instant,
     catchup: Mutex<Catchup>,
     /// Held while hints are being delivered: one delivery at a time, and a
     /// read that must go to a behind worker waits for it.
@@ -243,7 +245,8 @@ impl Backend {
             health: AtomicU8::new(Health::Up as u8),
             entries: AtomicU64::new(0),
             synced: AtomicU64::new(0),
-            serving_since_ms: AtomicU64::new(0),
+            serving_from: std::sync::atomic::AtomicI64::new(catchup::NOT_SERVING),
+            created: Instant::now(),
             catchup: Mutex::new(Catchup::default()),
             delivery: tokio::sync::Mutex::new(()),
             max_hint_bytes: settings.max_hint_bytes,

@@ -527,3 +527,35 @@ async fn a_link_queue_is_bounded_by_bytes() {
     assert_eq!(queued.len(), LINK_QUEUE_BYTES / (8 << 20) - 1);
     drop(listener);
 }
+
+#[tokio::test]
+async fn a_worker_that_came_back_decides_nothing_while_its_partner_can() {
+    let settle = Duration::from_secs(5);
+    let pair = [backend(), backend()];
+    for b in &pair {
+        b.probed(Health::Up, 1, 0, 0);
+    }
+    // Started together (or not probed yet): each decides its own keys.
+    assert_eq!(Backend::decider(&pair, 0, settle), Some(0));
+    assert_eq!(Backend::decider(&pair, 1, settle), Some(1));
+    pair[0].serving(60_000);
+    pair[1].serving(60_500);
+    assert_eq!(
+        Backend::decider(&pair, 0, settle),
+        Some(0),
+        "within the tie"
+    );
+    // Worker 1 came back 2 s ago; worker 0 served throughout.
+    pair[1].serving(2_000);
+    assert_eq!(Backend::decider(&pair, 1, settle), Some(0));
+    assert_eq!(Backend::decider(&pair, 0, settle), Some(0));
+    // Settled: its keys are its own again.
+    pair[1].serving(6_000);
+    assert_eq!(Backend::decider(&pair, 1, settle), Some(1));
+    // A partner that cannot decide leaves it to the one that can.
+    pair[1].serving(1);
+    pair[0].set_health(Health::Down);
+    assert_eq!(Backend::decider(&pair, 0, settle), Some(1));
+    pair[1].set_health(Health::Down);
+    assert_eq!(Backend::decider(&pair, 0, settle), None);
+}

@@ -398,7 +398,7 @@ pub fn decode_response(
                     synced: r.u64()?,
                     complete: r.u8()? != 0,
                     partner_behind: r.u8()? != 0,
-                    serving_since_ms: r.u64()?,
+                    serving_ms: r.u64()?,
                 }
             }
             RequestKind::Refill => return Err(LinkError::Malformed("OK in a refill stream")),

@@ -259,7 +259,7 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             synced,
             complete,
             partner_behind,
-            serving_since_ms,
+            serving_ms,
         } => {
             out.put_u8(status::OK);
             out.put_u8(*state as u8);
@@ -268,7 +268,7 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u64(*synced);
             out.put_u8(u8::from(*complete));
             out.put_u8(u8::from(*partner_behind));
-            out.put_u64(*serving_since_ms);
+            out.put_u64(*serving_ms);
         }
         Response::Digest { buckets, floor } => {
             out.put_u8(status::OK);

@@ -293,11 +293,11 @@ pub enum Response {
     /// ([`Request::Missed`]) and no round that began after that has
     /// completed, so reads should come here while this worker can serve.
     ///
-    /// `serving_since_ms`: the wall-clock moment (ms since the epoch, by
-    /// the worker's clock) from which it has been ready and complete
-    /// without a break, as first seen by a `STATUS`; 0 while it is not.
-    /// Every orchestrator reads the same number, so all of them pick the
-    /// same worker of a pair to decide updates ([`crate::orchestrator`]).
+    /// `serving_ms`: how long it has been ready and complete without a
+    /// break, counted from the first `STATUS` that found it so; 0 while it
+    /// is not. Every orchestrator counts from the same moment, so all of
+    /// them agree when a worker that came back starts deciding updates
+    /// again ([`crate::orchestrator`]).
     Status {
         state: WorkerState,
         entries: u64,
@@ -305,7 +305,7 @@ pub enum Response {
         synced: u64,
         complete: bool,
         partner_behind: bool,
-        serving_since_ms: u64,
+        serving_ms: u64,
     },
     Digest {
         buckets: Vec<BucketDigest>,

@@ -208,7 +208,7 @@ fn responses_round_trip() {
                 synced: 4,
                 complete: true,
                 partner_behind: true,
-                serving_since_ms: 1_800_000_000_000,
+                serving_ms: 86_400_000,
             },
             RequestKind::Status,
         ),
