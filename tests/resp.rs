@@ -464,11 +464,48 @@ fn multi_exec_queues_and_runs_in_order() {
             err("EXECABORT Transaction discarded because of previous errors.")
         );
         assert_eq!(r.call(&["GET", "tx:n"]), bulk("1"));
-        // DISCARD drops what was queued.
+        // Other errors are replies at EXEC, as in Redis; CLIENT and TIME
+        // run in their turn.
+        assert_eq!(r.call(&["MULTI"]), ok());
+        assert_eq!(
+            r.call(&["SET", "tx:e", "v", "EX", "soon"]),
+            Value::Status("QUEUED".into())
+        );
+        assert_eq!(
+            r.call(&["CLIENT", "SETNAME", "in-tx"]),
+            Value::Status("QUEUED".into())
+        );
+        assert_eq!(
+            r.call(&["CLIENT", "GETNAME"]),
+            Value::Status("QUEUED".into())
+        );
+        assert_eq!(
+            r.call(&["EXEC"]),
+            Value::Array(Some(vec![
+                err("ERR value is not an integer or out of range"),
+                ok(),
+                bulk("in-tx"),
+            ]))
+        );
+        // DISCARD drops what was queued, CLIENT calls too.
         assert_eq!(r.call(&["MULTI"]), ok());
         assert_eq!(r.call(&["INCR", "tx:n"]), Value::Status("QUEUED".into()));
+        assert_eq!(
+            r.call(&["CLIENT", "SETNAME", "dropped"]),
+            Value::Status("QUEUED".into())
+        );
         assert_eq!(r.call(&["DISCARD"]), ok());
         assert_eq!(r.call(&["GET", "tx:n"]), bulk("1"));
+        assert_eq!(r.call(&["CLIENT", "GETNAME"]), bulk("in-tx"));
+        // Answers held for EXEC count their size: COMMAND's whole table
+        // queued over and over is refused long before 10,000 of them.
+        assert_eq!(r.call(&["MULTI"]), ok());
+        let mut queued = 0;
+        while let Value::Status(_) = r.call(&["COMMAND"]) {
+            queued += 1;
+            assert!(queued < 10_000, "COMMAND queued without bound");
+        }
+        assert!(matches!(r.call(&["EXEC"]), Value::Error(_)));
         assert_eq!(r.call(&["EXEC"]), err("ERR EXEC without MULTI"));
         assert!(matches!(r.call(&["WATCH", "tx:n"]), Value::Error(_)));
         // A transaction past its bound is refused whole.

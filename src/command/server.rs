@@ -149,7 +149,7 @@ pub async fn inspect<K: Keyspace>(ks: &K, key: Bytes, what: Inspect) -> Reply {
         },
     };
     match what {
-        Inspect::Encoding => Reply::Status(encoding(&found)),
+        Inspect::Encoding => Reply::Value(Bytes::from_static(encoding(&found).as_bytes())),
         Inspect::RefCount => Reply::Integer(1),
         Inspect::Freq | Inspect::MemoryUsage => Reply::Error(ErrorReply::new(
             ErrorCode::InvalidCommand,

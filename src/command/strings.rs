@@ -172,7 +172,8 @@ pub async fn mset<K: Keyspace>(ks: &K, entries: Vec<(Bytes, Bytes)>) -> Reply {
 }
 
 /// The most cells of `LCS`'s table (4 bytes each): 16 MiB of transient
-/// memory and some milliseconds of CPU per command, two values of 2 KiB.
+/// memory and some milliseconds of CPU per command, two values of up to
+/// 2,047 bytes.
 pub const MAX_LCS_CELLS: usize = 4 << 20;
 
 /// `LCS a b [LEN | IDX [MINMATCHLEN n] [WITHMATCHLEN]]` over the values of

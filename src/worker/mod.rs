@@ -35,6 +35,10 @@ use store::{Applied, Store, StoreConfig, StoreError};
 /// How often the active expiry runs, and how many slots of each shard it
 /// looks at per run.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
+/// No `STATUS` for this long (orchestrators probe every half second by
+/// default) means nobody could see the worker: how long it has served
+/// starts over ([`Worker::serving_ms`]).
+pub const STATUS_GAP: Duration = Duration::from_secs(5);
 pub const EXPIRY_SLOTS_PER_SHARD: usize = 256;
 
 /// A worker's own section of the configuration.
@@ -89,6 +93,8 @@ pub struct Worker {
     /// When it began serving, in ms after `epoch`, plus one (0: not
     /// serving); see [`Worker::serving_ms`].
     serving_from: AtomicU64,
+    /// When the last `STATUS` came, in ms after `epoch`, plus one.
+    last_status: AtomicU64,
     epoch: tokio::time::Instant,
     config: WorkerConfig,
 }
@@ -113,6 +119,7 @@ impl Worker {
             budget,
             clients: Arc::default(),
             serving_from: AtomicU64::new(0),
+            last_status: AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
             config,
         }
@@ -225,12 +232,20 @@ impl Worker {
     /// How long this worker has served (ready and complete) without a
     /// break, as `STATUS` reports it: counted from the first `STATUS` that
     /// found it serving; one that finds it not starts the count over.
+    ///
+    /// A gap of [`STATUS_GAP`] between two `STATUS` requests starts it over
+    /// too: nobody could see this worker then (it was stopped, or cut off
+    /// from every orchestrator), and orchestrators notice its return at
+    /// different moments.
     fn serving_ms(&self, serving: bool) -> u64 {
-        if !serving {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_status.swap(now, Ordering::Relaxed);
+        if !serving || now.saturating_sub(last) > STATUS_GAP.as_millis() as u64 {
             self.serving_from.store(0, Ordering::Relaxed);
+        }
+        if !serving {
             return 0;
         }
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
         let from =
             match self
                 .serving_from
@@ -240,7 +255,7 @@ impl Worker {
                 Err(from) => from,
             };
         // At least 1: serving.
-        (now - from).max(1)
+        now.saturating_sub(from).max(1)
     }
 
     pub(crate) fn set_state(&self, state: WorkerState) {

@@ -504,6 +504,9 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
         "object" | "memory" => parse_inspect(name, args, limits),
         "lcs" => parse_lcs(args, limits).unwrap_or_else(|e| e),
         "config" => parse_config(args),
+        // The answer grows with the names asked for: as many as a command
+        // may name keys.
+        "command" if n > 1 + crate::protocol::MAX_KEYS_PER_COMMAND => too_many_keys(),
         "command" => {
             let sub = args.first().map(|a| a.to_ascii_lowercase());
             match super::table::answer(sub.as_deref(), args.get(1..).unwrap_or_default()) {
@@ -1024,14 +1027,18 @@ fn parse_client_ids(args: &[Bytes]) -> Result<Option<Vec<u64>>, RespRequest> {
             true => Ok(None),
             false => Ok(Some(Vec::new())),
         },
-        [option, ids @ ..] if option.eq_ignore_ascii_case(b"id") && !ids.is_empty() => ids
-            .iter()
-            .map(|id| match parse_i64(id) {
-                Some(id) if id > 0 => Ok(id as u64),
-                _ => Err(error("ERR Invalid client ID")),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
+        [option, ids @ ..] if option.eq_ignore_ascii_case(b"id") && !ids.is_empty() => {
+            // Each connection once, however often it is named: the answer
+            // is bounded by the connections, not by the request.
+            let mut wanted = std::collections::BTreeSet::new();
+            for id in ids {
+                match parse_i64(id) {
+                    Some(id) if id > 0 => wanted.insert(id as u64),
+                    _ => return Err(error("ERR Invalid client ID")),
+                };
+            }
+            Ok(Some(wanted.into_iter().collect()))
+        }
         _ => Err(syntax_error()),
     }
 }

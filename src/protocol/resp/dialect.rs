@@ -65,11 +65,14 @@ struct Transaction {
     aborted: bool,
 }
 
-/// A queued command, or the answer it got without running (`PING`).
+/// A queued command, the answer it got without running (`PING`), or a
+/// connection command run when its turn comes at `EXEC`.
 #[derive(Debug)]
 enum Queued {
     Run(Command, (Shape, Version)),
     Answer(Answered<(Answer, Version)>),
+    Client(ClientCall),
+    Time,
 }
 
 impl RespDialect {
@@ -131,7 +134,14 @@ impl RespDialect {
             RespRequest::Watch => {
                 return self.error("ERR WATCH inside MULTI is not allowed", Op::Other)
             }
-            RespRequest::Answer(Answer::Error(line)) => {
+            // As in Redis, an unknown command or a wrong number of
+            // arguments discards the transaction; other errors are its
+            // replies at EXEC.
+            RespRequest::Answer(Answer::Error(line))
+                if line.starts_with("ERR unknown command")
+                    || line.starts_with("ERR unknown subcommand")
+                    || line.starts_with("ERR wrong number of arguments") =>
+            {
                 if let Some(tx) = &mut self.multi {
                     tx.aborted = true;
                 }
@@ -139,20 +149,28 @@ impl RespDialect {
             }
             RespRequest::Run(command, shape) => Queued::Run(command, (shape, self.version)),
             RespRequest::Answer(answer) => Queued::Answer(self.answered(answer, Op::Other)),
-            RespRequest::Time => Queued::Answer(self.answered(time(), Op::Other)),
-            RespRequest::Client(call) => {
-                let (answer, _) = self.client(call);
-                Queued::Answer(self.answered(answer, Op::Other))
-            }
+            // Run at EXEC, in their turn.
+            RespRequest::Time => Queued::Time,
+            RespRequest::Client(call) => Queued::Client(call),
             // Answered before a transaction sees them (`decode`).
             RespRequest::Quit | RespRequest::Auth { .. } | RespRequest::Hello { .. } => {
                 return self.error("ERR Command not allowed inside a transaction", Op::Other)
             }
         };
+        // An answer given at parse time (`COMMAND`'s table) is held whole:
+        // its encoded bytes count, not the request's.
+        let held = match &queued {
+            Queued::Answer(answered) => answered.answer.as_ref().map_or(0, |answer| {
+                let mut scratch = BytesMut::new();
+                encode_answer(&answer.0, answer.1, &mut scratch);
+                scratch.len()
+            }),
+            _ => 0,
+        };
         let Some(tx) = &mut self.multi else {
             return self.error("ERR EXEC without MULTI", Op::Other);
         };
-        tx.bytes += len;
+        tx.bytes += len + held;
         if tx.queued.len() >= MAX_QUEUED || tx.bytes > max_bytes {
             tx.aborted = true;
             return self.answered(
@@ -168,6 +186,18 @@ impl RespDialect {
         }
         tx.queued.push(queued);
         self.answered(Answer::Status("QUEUED"), Op::Other)
+    }
+
+    /// A `CLIENT` subcommand's answer; a connection that killed itself is
+    /// answered, then closed.
+    fn client_answer(&self, call: ClientCall) -> Answered<(Answer, Version)> {
+        let (answer, killed) = self.client(call);
+        let answered = self.answered(answer, Op::Other);
+        if killed {
+            answered.closing()
+        } else {
+            answered
+        }
     }
 
     /// Runs a `CLIENT` subcommand on the daemon's table of clients.
@@ -241,6 +271,8 @@ impl Dialect for RespDialect {
         match self.pending.pop_front() {
             Some(Queued::Run(command, tag)) => return Decoded::Run(command, tag),
             Some(Queued::Answer(answered)) => return Decoded::Answer(answered),
+            Some(Queued::Client(call)) => return Decoded::Answer(self.client_answer(call)),
+            Some(Queued::Time) => return Decoded::Answer(self.answered(time(), Op::Other)),
             None => {}
         }
         let request = match self.decoder.decode(buf) {
@@ -281,12 +313,7 @@ impl Dialect for RespDialect {
             }
             RespRequest::Watch => Decoded::Answer(self.error(WATCH_UNSUPPORTED, Op::Other)),
             RespRequest::Run(command, shape) => Decoded::Run(command, (shape, self.version)),
-            RespRequest::Client(call) => {
-                let (answer, killed) = self.client(call);
-                let answered = self.answered(answer, Op::Other);
-                // A connection that killed itself is answered, then closed.
-                Decoded::Answer(if killed { answered.closing() } else { answered })
-            }
+            RespRequest::Client(call) => Decoded::Answer(self.client_answer(call)),
             RespRequest::Time => {
                 let us = crate::sys::wall_us();
                 let (secs, micros) = (us / 1_000_000, us % 1_000_000);
