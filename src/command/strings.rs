@@ -261,46 +261,40 @@ pub fn longest_common_subsequence(a: &[u8], b: &[u8]) -> Lcs {
     let mut text = vec![0u8; table[at(a.len(), b.len())] as usize];
     let mut left = text.len();
     let mut ranges = Vec::new();
-    // The match being extended backwards: its start and end in a and b.
+    // The match being extended backwards: its starts and ends in a and b.
     let mut current: Option<((usize, usize), (usize, usize))> = None;
+    let close = |range: ((usize, usize), (usize, usize)), ranges: &mut Vec<LcsRange>| {
+        let ((a_start, b_start), (a_end, b_end)) = range;
+        ranges.push(LcsRange {
+            a: (a_start, a_end),
+            b: (b_start, b_end),
+            len: a_end - a_start + 1,
+        });
+    };
     let (mut i, mut j) = (a.len(), b.len());
     while i > 0 && j > 0 {
-        let mut emit = false;
         if a[i - 1] == b[j - 1] {
             left -= 1;
             text[left] = a[i - 1];
-            current = Some(match current {
-                None => ((i - 1, i - 1), (j - 1, j - 1)),
-                Some(((a_start, a_end), (b_start, b_end))) if a_start == i && b_start == j => {
-                    ((a_start - 1, a_end), (b_start - 1, b_end))
-                }
-                Some(range) => {
-                    emit = true;
-                    range
-                }
-            });
-            if let Some(((a_start, _), (b_start, _))) = current {
-                emit |= a_start == 0 || b_start == 0;
-            }
             i -= 1;
             j -= 1;
+            // A match right after one extends its range backwards (after
+            // a step without one, that range was closed).
+            let ends = current.map_or((i, j), |(_, ends)| ends);
+            current = Some(((i, j), ends));
         } else {
             if table[at(i - 1, j)] > table[at(i, j - 1)] {
                 i -= 1;
             } else {
                 j -= 1;
             }
-            emit = current.is_some();
-        }
-        if emit {
-            if let Some((ra, rb)) = current.take() {
-                ranges.push(LcsRange {
-                    a: ra,
-                    b: rb,
-                    len: ra.1 - ra.0 + 1,
-                });
+            if let Some(range) = current.take() {
+                close(range, &mut ranges);
             }
         }
+    }
+    if let Some(range) = current {
+        close(range, &mut ranges);
     }
     Lcs { text, ranges }
 }

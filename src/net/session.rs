@@ -145,8 +145,9 @@ where
         )
         .await
     } else {
+        // The connection stays in the table until `registered` drops.
         let dialect = TextDialect::new(limits);
-        let closed = serve_session(
+        serve_session(
             conn,
             dialect,
             executor,
@@ -155,9 +156,7 @@ where
             shutdown,
             Some(&client),
         )
-        .await;
-        drop(registered);
-        closed
+        .await
     }
 }
 

@@ -188,20 +188,9 @@ impl RespDialect {
         self.answered(Answer::Status("QUEUED"), Op::Other)
     }
 
-    /// A `CLIENT` subcommand's answer; a connection that killed itself is
-    /// answered, then closed.
-    fn client_answer(&self, call: ClientCall) -> Answered<(Answer, Version)> {
-        let (answer, killed) = self.client(call);
-        let answered = self.answered(answer, Op::Other);
-        if killed {
-            answered.closing()
-        } else {
-            answered
-        }
-    }
-
-    /// Runs a `CLIENT` subcommand on the daemon's table of clients.
-    fn client(&self, call: ClientCall) -> (Answer, bool) {
+    /// Runs a `CLIENT` subcommand on the daemon's table of clients; a
+    /// connection that killed itself is answered, then closed.
+    fn client(&self, call: ClientCall) -> Answered<(Answer, Version)> {
         let me = &self.client.client;
         let line = |client: &Client| client.describe(super::table::name);
         let answer = match call {
@@ -246,7 +235,12 @@ impl RespDialect {
                 Answer::Ok
             }
         };
-        (answer, me.is_killed())
+        let answered = self.answered(answer, Op::Other);
+        if me.is_killed() {
+            answered.closing()
+        } else {
+            answered
+        }
     }
 }
 
@@ -271,7 +265,7 @@ impl Dialect for RespDialect {
         match self.pending.pop_front() {
             Some(Queued::Run(command, tag)) => return Decoded::Run(command, tag),
             Some(Queued::Answer(answered)) => return Decoded::Answer(answered),
-            Some(Queued::Client(call)) => return Decoded::Answer(self.client_answer(call)),
+            Some(Queued::Client(call)) => return Decoded::Answer(self.client(call)),
             Some(Queued::Time) => return Decoded::Answer(self.answered(time(), Op::Other)),
             None => {}
         }
@@ -313,7 +307,7 @@ impl Dialect for RespDialect {
             }
             RespRequest::Watch => Decoded::Answer(self.error(WATCH_UNSUPPORTED, Op::Other)),
             RespRequest::Run(command, shape) => Decoded::Run(command, (shape, self.version)),
-            RespRequest::Client(call) => Decoded::Answer(self.client_answer(call)),
+            RespRequest::Client(call) => Decoded::Answer(self.client(call)),
             RespRequest::Time => {
                 let us = crate::sys::wall_us();
                 let (secs, micros) = (us / 1_000_000, us % 1_000_000);
