@@ -25,18 +25,51 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    free_ports::<1>()[0]
 }
 
 /// `N` distinct ports nobody listens on right now (held open together
 /// while they are picked, so two calls cannot return the same one).
+///
+/// They come from below the kernel's ephemeral range (10000..20000 here;
+/// `rcache_local` uses the range above), so no socket bound to port 0 and
+/// no outgoing connection's local port can take one after its daemon stops:
+/// a worker restarted on its old port finds it free. Tests run as separate
+/// processes, so the start is random and a taken port is skipped.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_low >= LOW + SPAN,
+        "the ephemeral port range starts at {ephemeral_low}, inside the test ports"
+    );
+    let mut state = std::process::id() as u64
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0))
+        | 1;
+    let mut next = move || {
+        // xorshift64*: enough to spread concurrent test processes apart.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        LOW + (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as u32 % SPAN
+    };
+    let mut held: Vec<TcpListener> = Vec::with_capacity(N);
+    for _ in 0..10 * SPAN {
+        if held.len() == N {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", next() as u16)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), N, "free test ports below the ephemeral range");
     std::array::from_fn(|i| held[i].local_addr().expect("bound").port())
 }
 
