@@ -61,6 +61,7 @@ fn link_sample() -> Vec<u8> {
         ttl_ms: 1000,
         tombstone: false,
         compressed: false,
+        hash: false,
         raw_len: 5,
         data: b("value"),
     };
@@ -136,6 +137,7 @@ fn link_sample() -> Vec<u8> {
                 key: b("k"),
                 version: 3,
                 tombstone: true,
+                content: 0,
             }],
         },
         Request::Apply {
@@ -145,6 +147,7 @@ fn link_sample() -> Vec<u8> {
                 key: b("evicted"),
                 version: 4,
                 tombstone: false,
+                content: 0,
             }],
         },
     ] {

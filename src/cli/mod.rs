@@ -176,6 +176,16 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
             println!("{n}");
             0
         }
+        (_, Reply::Pairs(pairs)) => {
+            let mut out = std::io::stdout().lock();
+            for (name, value) in pairs {
+                let _ = out.write_all(name);
+                let _ = out.write_all(b" ");
+                let _ = out.write_all(value);
+                let _ = out.write_all(b"\n");
+            }
+            0
+        }
         (_, Reply::Values(values)) => {
             let mut out = std::io::stdout().lock();
             for v in values {

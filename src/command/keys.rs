@@ -2,7 +2,7 @@
 //! `TYPE`, `RENAME`, `COPY`, `DBSIZE`.
 
 use super::{each, Keyspace};
-use crate::protocol::{ErrorCode, ExpireWhen, Expiry, Reply, SetWhen};
+use crate::protocol::{ErrorCode, ErrorReply, ExpireWhen, Expiry, Reply, ScanType, SetWhen};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -90,10 +90,23 @@ pub async fn expire_time<K: Keyspace>(ks: &K, key: Bytes) -> Reply {
 }
 
 pub async fn key_type<K: Keyspace>(ks: &K, key: Bytes) -> Reply {
-    match ks.ttl(key).await {
-        Ok(Some(_)) => Reply::Status("string"),
-        Ok(None) => Reply::Status("none"),
+    match kind_of(ks, key).await {
+        Ok(kind) => Reply::Status(kind),
         Err(e) => Reply::Error(e),
+    }
+}
+
+/// `string`, `hash`, or `none` for a missing key.
+async fn kind_of<K: Keyspace>(ks: &K, key: Bytes) -> Result<&'static str, ErrorReply> {
+    if ks.ttl(key.clone()).await?.is_none() {
+        return Ok("none");
+    }
+    match ks.read_hash(key).await {
+        Ok(Some(_)) => Ok("hash"),
+        // Gone between the two reads.
+        Ok(None) => Ok("none"),
+        Err(e) if e.code == ErrorCode::WrongType => Ok("string"),
+        Err(e) => Err(e),
     }
 }
 
@@ -172,19 +185,48 @@ pub async fn scan<K: Keyspace>(
     cursor: u64,
     pattern: Bytes,
     count: usize,
-    strings: bool,
+    kind: ScanType,
 ) -> Reply {
-    match ks.scan(cursor, count, pattern).await {
-        Ok((next, keys)) => Reply::Array(vec![
-            Reply::Value(Bytes::from(next.to_string())),
-            Reply::Values(if strings {
-                keys.into_iter().map(Some).collect()
+    let (next, keys) = match ks.scan(cursor, count, pattern).await {
+        Ok(step) => step,
+        Err(e) => return Reply::Error(e),
+    };
+    let wanted = match kind {
+        ScanType::Any => Some(keys),
+        ScanType::Nothing => None,
+        ScanType::String | ScanType::Hash => {
+            // Each key's type is asked where it is; a key gone meanwhile
+            // is left out.
+            let name = if kind == ScanType::Hash {
+                "hash"
             } else {
-                Vec::new()
-            }),
-        ]),
-        Err(e) => Reply::Error(e),
-    }
+                "string"
+            };
+            let mut kept = Vec::new();
+            let walked = each::<K, _, _, _, _>(
+                &keys,
+                |key| {
+                    let key = key.clone();
+                    async move { (kind_of(ks, key.clone()).await, key) }
+                },
+                |(found, key)| {
+                    if found? == name {
+                        kept.push(key);
+                    }
+                    Ok(())
+                },
+            )
+            .await;
+            if let Err(e) = walked {
+                return Reply::Error(e);
+            }
+            Some(kept)
+        }
+    };
+    Reply::Array(vec![
+        Reply::Value(Bytes::from(next.to_string())),
+        Reply::Values(wanted.unwrap_or_default().into_iter().map(Some).collect()),
+    ])
 }
 
 /// Keys one `SCAN` step of `KEYS` and `RANDOMKEY` looks at.

@@ -9,10 +9,12 @@
 //! the table, one line per command. Decoding stays in [`crate::protocol`],
 //! executing batches in [`crate::net`].
 
+pub mod hashes;
 pub mod keys;
 pub mod server;
 pub mod strings;
 
+use crate::protocol::fields::{FieldUpdate, Fields};
 use crate::protocol::Op;
 use crate::protocol::{Command, ErrorReply, InfoSections, Limits, Reply, SetWhen, Update};
 use bytes::Bytes;
@@ -48,6 +50,31 @@ pub trait Keyspace: Send + Sync + 'static {
         key: Bytes,
         update: Update,
     ) -> impl Future<Output = Result<Updated, ErrorReply>> + Send;
+
+    /// The hash under `key` and its remaining time to live in
+    /// milliseconds (0: none); `None` when the key is missing, the wrong
+    /// type when it holds a string.
+    fn read_hash(
+        &self,
+        key: Bytes,
+    ) -> impl Future<Output = Result<Option<(Fields, u64)>, ErrorReply>> + Send;
+
+    /// Writes fields of `key`'s hash (a value, or `None` to delete one):
+    /// how many fields it added and removed.
+    fn write_fields(
+        &self,
+        key: Bytes,
+        fields: Vec<(Bytes, Option<Bytes>)>,
+    ) -> impl Future<Output = Result<(u32, u32), ErrorReply>> + Send;
+
+    /// Runs a read-modify-write of one field where the hash is, once:
+    /// whether it changed the field, and the field's value after.
+    fn update_field(
+        &self,
+        key: Bytes,
+        field: Bytes,
+        update: FieldUpdate,
+    ) -> impl Future<Output = Result<(bool, Option<Bytes>), ErrorReply>> + Send;
 
     /// Stores `value`; `false` when the condition `when` did not hold.
     fn set(
@@ -109,8 +136,15 @@ pub trait Keyspace: Send + Sync + 'static {
         key: Bytes,
     ) -> impl Future<Output = Result<Option<u64>, ErrorReply>> + Send {
         async move {
-            let read = self.read(key.clone()).await?;
-            Ok(read.map(|(value, _)| (key.len() + value.len() + ENTRY_OVERHEAD_ESTIMATE) as u64))
+            let size = match self.read(key.clone()).await {
+                Ok(read) => read.map(|(value, _)| value.len()),
+                Err(e) if e.code == crate::protocol::ErrorCode::WrongType => self
+                    .read_hash(key.clone())
+                    .await?
+                    .map(|(fields, _)| fields.encoded_len()),
+                Err(e) => return Err(e),
+            };
+            Ok(size.map(|len| (key.len() + len + ENTRY_OVERHEAD_ESTIMATE) as u64))
         }
     }
 
@@ -152,6 +186,17 @@ impl Updated {
             )),
         }
     }
+}
+
+/// A hash's fields as a worker sent them; bytes that do not decode are
+/// the worker's fault, told as unavailable.
+pub fn decode_fields(bytes: &Bytes) -> Result<Fields, ErrorReply> {
+    Fields::decode(bytes).map_err(|e| {
+        ErrorReply::new(
+            crate::protocol::ErrorCode::Unavailable,
+            format!("a worker sent a hash that does not decode: {e}"),
+        )
+    })
 }
 
 /// What `MEMORY USAGE` adds to a key and value where the daemon does not
@@ -265,6 +310,8 @@ pub fn spec(command: &Command) -> Spec<'_> {
         Command::Info { .. } => Spec::read(Op::Info, AllPairs),
         Command::Inspect { key, .. } => Spec::read(Op::Get, Key(key)),
         Command::Lcs { a, b, .. } => Spec::read(Op::Get, Pair(a, b)),
+        Command::Hash { key, op } if op.writes() => Spec::write(Op::HWrite, Key(key)),
+        Command::Hash { key, .. } => Spec::read(Op::HRead, Key(key)),
         Command::Ping => Spec::read(Op::Ping, Local),
         Command::Auth { .. } => Spec::read(Op::Auth, Local),
         Command::Exit => Spec::read(Op::Exit, Local),
@@ -308,8 +355,9 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
             cursor,
             pattern,
             count,
-            strings,
-        } => Box::pin(keys::scan(ks, cursor, pattern, count, strings)).await,
+            kind,
+        } => Box::pin(keys::scan(ks, cursor, pattern, count, kind)).await,
+        Command::Hash { key, op } => Box::pin(hashes::run(ks, key, op)).await,
         Command::Keys { pattern } => Box::pin(keys::keys(ks, pattern)).await,
         Command::RandomKey => Box::pin(keys::random_key(ks)).await,
         Command::Flush => Box::pin(keys::flush(ks)).await,

@@ -142,21 +142,37 @@ pub async fn inspect<K: Keyspace>(ks: &K, key: Bytes, what: Inspect) -> Reply {
                 Err(e) => Reply::Error(e),
             }
         }
-        _ => match ks.read(key).await {
+        _ => match ks.read(key.clone()).await {
             Ok(Some((value, _))) => value,
             Ok(None) => return Reply::not_found(),
+            Err(e) if e.code == ErrorCode::WrongType => {
+                return match (what, ks.read_hash(key).await) {
+                    (_, Err(e)) => Reply::Error(e),
+                    (_, Ok(None)) => Reply::not_found(),
+                    (Inspect::Encoding, Ok(Some(_))) => {
+                        Reply::Value(Bytes::from_static(b"hashtable"))
+                    }
+                    (Inspect::RefCount, Ok(Some(_))) => Reply::Integer(1),
+                    (_, Ok(Some(_))) => Reply::Error(no_lfu()),
+                }
+            }
             Err(e) => return Reply::Error(e),
         },
     };
     match what {
         Inspect::Encoding => Reply::Value(Bytes::from_static(encoding(&found).as_bytes())),
         Inspect::RefCount => Reply::Integer(1),
-        Inspect::Freq | Inspect::MemoryUsage => Reply::Error(ErrorReply::new(
-            ErrorCode::InvalidCommand,
-            "An LFU maxmemory policy is not selected, access frequency not tracked. \
-             rcache evicts with SIEVE.",
-        )),
+        Inspect::Freq | Inspect::MemoryUsage => Reply::Error(no_lfu()),
     }
+}
+
+/// `OBJECT FREQ`'s error: eviction is SIEVE, not LFU.
+fn no_lfu() -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::InvalidCommand,
+        "An LFU maxmemory policy is not selected, access frequency not tracked. \
+         rcache evicts with SIEVE.",
+    )
 }
 
 /// How Redis would encode a string value: `int` for a 64-bit integer in

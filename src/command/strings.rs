@@ -140,7 +140,11 @@ pub async fn mget<K: Keyspace>(ks: &K, keys: Vec<Bytes>) -> Reply {
         &keys,
         |key| ks.read(key.clone()),
         |value| {
-            let value = value?.map(|(v, _)| v);
+            // A key of another type reads as missing, as in Redis.
+            let value = match value {
+                Err(e) if e.code == crate::protocol::ErrorCode::WrongType => None,
+                value => value?.map(|(v, _)| v),
+            };
             bytes += value.as_ref().map_or(0, |v| v.len());
             if bytes > budget {
                 return Err(ErrorReply::too_large(budget));

@@ -3,9 +3,10 @@
 use super::pool::{Backend, Health};
 use super::route::tell_missed;
 use super::{Router, FAN_OUT};
-use crate::command::{Info, Keyspace, Updated};
+use crate::command::{decode_fields, Info, Keyspace, Updated};
 use crate::hash::DIGEST_BUCKETS;
 use crate::join::join_all;
+use crate::protocol::fields::{FieldUpdate, Fields};
 use crate::protocol::link::{Request, Response};
 use crate::protocol::{ErrorCode, ErrorReply, InfoSections, Limits, SetWhen, Update};
 use bytes::Bytes;
@@ -43,6 +44,52 @@ impl Keyspace for Router {
             Response::NotFound => Ok(None),
             other => Err(unexpected(&other)),
         }
+    }
+
+    async fn read_hash(&self, key: Bytes) -> Result<Option<(Fields, u64)>, ErrorReply> {
+        match self.read_with(key.clone(), Request::HGet { key }).await? {
+            Response::Value { value, ttl_ms, .. } => Ok(Some((decode_fields(&value)?, ttl_ms))),
+            Response::NotFound => Ok(None),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Writes the fields to both workers of the pair. A worker that missed
+    /// earlier writes may count a field as added that the other had, or
+    /// miss a removal: the smaller count of added fields and the larger of
+    /// removed ones are told.
+    async fn write_fields(
+        &self,
+        key: Bytes,
+        fields: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<(u32, u32), ErrorReply> {
+        let request = Request::HSet {
+            version: self.clock.next(),
+            key: key.clone(),
+            fields,
+        };
+        let mut counts: Option<(u32, u32)> = None;
+        for response in self.write(&key, request).await? {
+            match response {
+                Response::FieldsWritten { added, removed } => {
+                    counts = Some(
+                        counts.map_or((added, removed), |(a, r)| (a.min(added), r.max(removed))),
+                    );
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(counts.unwrap_or((0, 0)))
+    }
+
+    async fn update_field(
+        &self,
+        key: Bytes,
+        field: Bytes,
+        update: FieldUpdate,
+    ) -> Result<(bool, Option<Bytes>), ErrorReply> {
+        Updated::from_response(self.update_field_decided(key, field, update).await?)
+            .map(|u| (u.changed, u.value))
     }
 
     async fn update(&self, key: Bytes, update: Update) -> Result<Updated, ErrorReply> {

@@ -4,6 +4,7 @@
 
 use super::pool::{Backend, Health};
 use super::{placement, Router, RESTAMPS};
+use crate::protocol::fields::FieldUpdate;
 use crate::protocol::link::{Request, Response};
 use crate::protocol::{ErrorCode, ErrorReply, SetWhen, Update};
 use bytes::Bytes;
@@ -362,6 +363,58 @@ impl Router {
         })
     }
 
+    /// A read-modify-write of one field of `key`'s hash (`HINCRBY`,
+    /// `HSETNX`), decided as [`Router::update_decided`] decides: the
+    /// field's new value is then written to the partner at the version the
+    /// decider stored it at. Answers the decider's [`Response::Updated`].
+    pub(super) async fn update_field_decided(
+        &self,
+        key: Bytes,
+        field: Bytes,
+        update: FieldUpdate,
+    ) -> Result<Response, ErrorReply> {
+        let topology = self.topology();
+        let slot = placement::locate(&key, topology.pairs.len());
+        let pair = &topology.pairs[slot.pair];
+        let Some(decider) = Backend::decider(pair, slot.first, self.probe.settle()) else {
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "no worker of pair {} is up with every write to decide the update",
+                    slot.pair
+                ),
+            ));
+        };
+        let request = Arc::new(Request::HUpdate {
+            version: self.clock.next(),
+            key: key.clone(),
+            field: field.clone(),
+            update,
+        });
+        let outcome = |decided: &Response| match decided {
+            Response::Updated {
+                changed: true,
+                version,
+                value: Some(value),
+                ..
+            } => {
+                self.clock.observe(*version);
+                Some(Request::HSet {
+                    version: *version,
+                    key: key.clone(),
+                    fields: vec![(field.clone(), Some(value.clone()))],
+                })
+            }
+            _ => None,
+        };
+        let decided = self
+            .write_decided(pair, decider, &request, &outcome)
+            .await?;
+        decided.into_iter().next().ok_or_else(|| {
+            ErrorReply::new(ErrorCode::Unavailable, "no answer from the deciding worker")
+        })
+    }
+
     /// A write one worker decides while it is up: a conditional set (so
     /// `NX` holds exactly when a read finds no value, whatever the
     /// partners evicted) or a read-modify-write. The worker reads go to
@@ -411,6 +464,7 @@ impl Router {
         let key = match &outcome {
             Request::Set { key, .. }
             | Request::Del { key, .. }
+            | Request::HSet { key, .. }
             | Request::Replicate { key, .. } => key.clone(),
             _ => Bytes::new(),
         };

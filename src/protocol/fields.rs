@@ -20,6 +20,7 @@
 //! version (u64), the value's length (u32; `u32::MAX` for a deleted field)
 //! and the value.
 
+use crate::protocol::{ErrorCode, ErrorReply};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -149,6 +150,26 @@ impl Fields {
         changed
     }
 
+    /// Writes of one version, one per field: a value (`HSET`) or a
+    /// deletion (`HDEL`); a field named twice keeps its last write.
+    pub fn writes(
+        version: u64,
+        writes: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
+    ) -> Fields {
+        let mut fields = BTreeMap::new();
+        for (name, value) in writes {
+            fields.insert(name, Field { version, value });
+        }
+        Fields { base: 0, fields }
+    }
+
+    /// [`Fields::encode`] into a buffer of its own.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut out);
+        out.into()
+    }
+
     /// The bytes [`Fields::encode`] writes.
     pub fn encoded_len(&self) -> usize {
         12 + self
@@ -211,6 +232,85 @@ impl Fields {
         }
         Ok(Fields { base, fields })
     }
+}
+
+/// A read-modify-write of one field, decided where the hash is
+/// (`HINCRBY`, `HINCRBYFLOAT`, `HSETNX`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldUpdate {
+    IncrBy(i64),
+    /// The increment's bits (`f64::to_bits`), so the type stays `Eq`.
+    IncrByFloat(u64),
+    /// Sets the field only if it is missing.
+    SetNx(Bytes),
+}
+
+impl FieldUpdate {
+    /// The field's new value from its current one, or `None` when it
+    /// stays as it is (`HSETNX` of a present field); Redis's errors for a
+    /// value that is not a number and a result out of range.
+    pub fn apply(&self, current: Option<&Bytes>) -> Result<Option<Bytes>, ErrorReply> {
+        use crate::protocol::update::{format_float, parse_float, parse_int};
+        match self {
+            FieldUpdate::IncrBy(by) => {
+                let now = match current {
+                    None => 0,
+                    Some(v) => parse_int(v).ok_or_else(|| {
+                        ErrorReply::new(ErrorCode::Parse, "hash value is not an integer")
+                    })?,
+                };
+                let next = now.checked_add(*by).ok_or_else(|| {
+                    ErrorReply::new(ErrorCode::Parse, "increment or decrement would overflow")
+                })?;
+                Ok(Some(next.to_string().into()))
+            }
+            FieldUpdate::IncrByFloat(bits) => {
+                let now = match current {
+                    None => 0.0,
+                    Some(v) => parse_float(v).ok_or_else(|| {
+                        ErrorReply::new(ErrorCode::Parse, "hash value is not a float")
+                    })?,
+                };
+                let next = now + f64::from_bits(*bits);
+                if !next.is_finite() {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Parse,
+                        "increment would produce NaN or Infinity",
+                    ));
+                }
+                Ok(Some(format_float(next).into()))
+            }
+            FieldUpdate::SetNx(value) => Ok(current.is_none().then(|| value.clone())),
+        }
+    }
+}
+
+/// Whether a canonical encoding holds a live field, read without copying
+/// (false for bytes that are not one).
+pub fn has_live(bytes: &[u8]) -> bool {
+    let word = |at: usize| -> Option<u32> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let Some(count) = word(8) else {
+        return false;
+    };
+    let mut at = 12usize;
+    for _ in 0..count {
+        let Some(name) = word(at) else {
+            return false;
+        };
+        at = at
+            .saturating_add(4)
+            .saturating_add(name as usize)
+            .saturating_add(8);
+        match word(at) {
+            None => return false,
+            Some(DELETED) => at += 4,
+            Some(_) => return true,
+        }
+    }
+    false
 }
 
 struct Reader<'a> {
@@ -364,7 +464,34 @@ mod tests {
             },
         );
         let bytes = encoded(&h);
-        assert_eq!(Fields::decode(&bytes), Ok(h));
+        assert!(has_live(&bytes));
+        assert!(!has_live(&bytes[..25]), "cut before a's value");
+        assert_eq!(Fields::decode(&bytes), Ok(h.clone()));
+        h.write(
+            "a".into(),
+            Field {
+                version: 8,
+                value: None,
+            },
+        );
+        assert!(!has_live(&encoded(&h)), "both deleted");
+        let bytes = {
+            h.write(
+                "a".into(),
+                Field {
+                    version: 9,
+                    value: Some("x".into()),
+                },
+            );
+            h.write(
+                "b".into(),
+                Field {
+                    version: 10,
+                    value: None,
+                },
+            );
+            encoded(&h)
+        };
         for cut in 0..bytes.len() {
             assert!(Fields::decode(&bytes.slice(..cut)).is_err(), "cut at {cut}");
         }

@@ -102,13 +102,17 @@ pub enum Command {
     },
     /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`: keys of the next
     /// stretch of the cluster, pair by pair and bucket by bucket; replies
-    /// the next cursor (0: done) and the keys. `strings`: the `TYPE`
-    /// filter lets strings through (every key is one).
+    /// the next cursor (0: done) and the keys of type `kind`.
     Scan {
         cursor: u64,
         pattern: Bytes,
         count: usize,
-        strings: bool,
+        kind: ScanType,
+    },
+    /// A command on the hash under `key` (`HSET`, `HGET`, …).
+    Hash {
+        key: Bytes,
+        op: HashOp,
     },
     /// Every key matching the pattern ([`Reply::Values`]).
     Keys {
@@ -165,6 +169,76 @@ pub enum Command {
     /// between records, `name=value` fields within one (see
     /// docs/protocol.md).
     Cluster,
+}
+
+/// The keys a `SCAN … TYPE` lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanType {
+    /// No `TYPE`: every key.
+    Any,
+    String,
+    Hash,
+    /// A type rcache holds none of (`list`, `set`, …).
+    Nothing,
+}
+
+/// What a [`Command::Hash`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOp {
+    /// `HSET` (replies the fields added) or `HMSET` (`ok`: replies OK).
+    Set {
+        fields: Vec<(Bytes, Bytes)>,
+        ok: bool,
+    },
+    /// `HSETNX`, `HINCRBY`, `HINCRBYFLOAT`: decided where the hash is.
+    Update {
+        field: Bytes,
+        update: fields::FieldUpdate,
+    },
+    /// `HDEL`: replies the fields removed.
+    Del {
+        fields: Vec<Bytes>,
+    },
+    Get {
+        field: Bytes,
+    },
+    MGet {
+        fields: Vec<Bytes>,
+    },
+    GetAll,
+    Exists {
+        field: Bytes,
+    },
+    Len,
+    Keys,
+    Vals,
+    StrLen {
+        field: Bytes,
+    },
+    /// `HRANDFIELD key [count [WITHVALUES]]`: `count` `None` answers one
+    /// field (nil for a missing key); negative counts may repeat fields.
+    RandField {
+        count: Option<i64>,
+        with_values: bool,
+    },
+    /// `HSCAN key cursor [MATCH p] [COUNT n] [NOVALUES]`: every matching
+    /// field in one step (next cursor 0), as Redis answers a small hash; a
+    /// cursor other than 0 (never given out) finds nothing more.
+    Scan {
+        cursor: u64,
+        pattern: Bytes,
+        no_values: bool,
+    },
+}
+
+impl HashOp {
+    /// Whether it changes the hash.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            HashOp::Set { .. } | HashOp::Update { .. } | HashOp::Del { .. }
+        )
+    }
 }
 
 /// What `LCS` answers.
@@ -315,6 +389,9 @@ pub enum Reply {
     /// Names and replies: a map in RESP3, a flat array in RESP2 (`LCS …
     /// IDX`).
     Map(Vec<(&'static str, Reply)>),
+    /// Fields and values: a map in RESP3, a flat array in RESP2
+    /// (`HGETALL`).
+    Pairs(Vec<(Bytes, Bytes)>),
     Error(ErrorReply),
 }
 
@@ -378,6 +455,8 @@ pub enum ErrorCode {
     TooManyConnections = 8,
     /// Authentication failed or is required.
     Auth = 9,
+    /// A string command on a hash, or a hash command on a string.
+    WrongType = 10,
 }
 
 impl ErrorCode {
@@ -396,6 +475,7 @@ impl ErrorCode {
             7 => ErrorCode::Loading,
             8 => ErrorCode::TooManyConnections,
             9 => ErrorCode::Auth,
+            10 => ErrorCode::WrongType,
             _ => return None,
         })
     }
@@ -418,6 +498,15 @@ impl ErrorReply {
 
     pub fn not_found() -> ErrorReply {
         ErrorReply::new(ErrorCode::NotFound, "key not found")
+    }
+
+    /// Redis's error for a command of one type on a key of another
+    /// (`WRONGTYPE` in RESP).
+    pub fn wrong_type() -> ErrorReply {
+        ErrorReply::new(
+            ErrorCode::WrongType,
+            "Operation against a key holding the wrong kind of value",
+        )
     }
 }
 

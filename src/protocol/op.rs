@@ -28,6 +28,10 @@ pub enum Op {
     /// The other read-modify-writes of a string (`APPEND`, `SETRANGE`,
     /// `GETSET`, `SET … GET`, `GETDEL`, `GETEX`, `PERSIST`).
     Update,
+    /// Reads of a hash (`HGET`, `HGETALL`, `HSCAN`, …).
+    HRead,
+    /// Writes of a hash (`HSET`, `HDEL`, `HINCRBY`, …).
+    HWrite,
     /// Connection housekeeping of Redis clients (`HELLO`, `SELECT`,
     /// `CLIENT`, `CONFIG`, `COMMAND`, `ECHO`, `QUIT`).
     Other,
@@ -41,7 +45,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 26] = [
         Op::Get,
         Op::Set,
         Op::Del,
@@ -60,6 +64,8 @@ impl Op {
         Op::Update,
         Op::Scan,
         Op::Flush,
+        Op::HRead,
+        Op::HWrite,
         Op::Other,
         Op::Meta,
         Op::Status,
@@ -88,6 +94,8 @@ impl Op {
             Op::Update => "update",
             Op::Scan => "scan",
             Op::Flush => "flush",
+            Op::HRead => "hread",
+            Op::HWrite => "hwrite",
             Op::Other => "other",
             Op::Meta => "meta",
             Op::Status => "status",

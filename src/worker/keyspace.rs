@@ -3,8 +3,10 @@
 
 use super::store::Applied;
 use super::{antientropy, Worker};
+use crate::command::decode_fields;
 use crate::command::{Info, Keyspace, Updated};
 use crate::hash::DIGEST_BUCKETS;
+use crate::protocol::fields::{FieldUpdate, Fields};
 use crate::protocol::{ErrorCode, ErrorReply, InfoSections, Limits, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -28,6 +30,31 @@ impl Keyspace for Worker {
             .store
             .get(&key)
             .map(|found| (found.value, found.ttl_ms)))
+    }
+
+    async fn read_hash(&self, key: Bytes) -> Result<Option<(Fields, u64)>, ErrorReply> {
+        match self.read_hash(&key)? {
+            Some(found) => Ok(Some((decode_fields(&found.value)?, found.ttl_ms))),
+            None => Ok(None),
+        }
+    }
+
+    async fn write_fields(
+        &self,
+        key: Bytes,
+        fields: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<(u32, u32), ErrorReply> {
+        self.write_fields_direct(&key, fields)
+    }
+
+    async fn update_field(
+        &self,
+        key: Bytes,
+        field: Bytes,
+        update: FieldUpdate,
+    ) -> Result<(bool, Option<Bytes>), ErrorReply> {
+        Updated::from_response(self.decide_field(&key, 0, field, &update))
+            .map(|u| (u.changed, u.value))
     }
 
     async fn update(&self, key: Bytes, update: Update) -> Result<Updated, ErrorReply> {

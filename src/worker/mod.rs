@@ -10,6 +10,7 @@
 
 pub mod antientropy;
 mod arena;
+mod hashes;
 mod keyspace;
 mod link;
 pub mod metrics;
@@ -362,6 +363,7 @@ impl Worker {
                     return Response::Error(Worker::loading());
                 }
                 match self.store.get(&key) {
+                    Some(found) if found.hash => Response::Error(ErrorReply::wrong_type()),
                     Some(found) => Response::Value {
                         version: found.version,
                         ttl_ms: found.ttl_ms,
@@ -459,6 +461,37 @@ impl Worker {
                 }
                 self.clock.observe(version);
                 self.replicate(&key, version, ttl_ms, base, value.as_deref())
+            }
+            Request::HSet {
+                version,
+                key,
+                fields,
+            } => {
+                if let Some(refused) = Worker::implausible(version) {
+                    return refused;
+                }
+                self.clock.observe(version);
+                self.write_fields(&key, version, fields)
+            }
+            Request::HGet { key } => match self.read_hash(&key) {
+                Ok(Some(found)) => Response::Value {
+                    version: found.version,
+                    ttl_ms: found.ttl_ms,
+                    value: found.value,
+                },
+                Ok(None) => Response::NotFound,
+                Err(e) => Response::Error(e),
+            },
+            Request::HUpdate {
+                version,
+                key,
+                field,
+                update,
+            } => {
+                if let Some(refused) = Worker::implausible(version) {
+                    return refused;
+                }
+                self.decide_field(&key, version, field, &update)
             }
             Request::Ping => Response::Pong,
             // Checked by the session loop (`net::serve_session`), never executed.

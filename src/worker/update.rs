@@ -31,6 +31,9 @@ impl Worker {
         let max_value_bytes = self.live.load().limits.max_value_bytes;
         for _ in 0..TRIES {
             let found = self.store.get(key);
+            if found.as_ref().is_some_and(|f| f.hash) {
+                return Err(ErrorReply::wrong_type());
+            }
             let held = found.as_ref().map(|f| f.version);
             let old_ttl = found.as_ref().map_or(0, |f| f.ttl_ms);
             let old = found.map(|f| f.value);
@@ -87,6 +90,8 @@ impl Worker {
                 Applied::Newer(v) | Applied::Evicted(v) => self.clock.observe(v),
                 // Another write got in since the read: read again.
                 Applied::Unmet | Applied::Stale | Applied::NoRoom => {}
+                // A hash got there since the read.
+                Applied::WrongType => return Err(ErrorReply::wrong_type()),
             }
         }
         Err(ErrorReply::new(

@@ -14,6 +14,7 @@
 
 use super::{Backend, Health, CATCHUP_ROUNDS, HINT_BATCH, HINT_OVERHEAD_BYTES};
 use crate::client::ClientError;
+use crate::protocol::fields::Fields;
 use crate::protocol::link::Request;
 use crate::protocol::SetWhen;
 use bytes::Bytes;
@@ -89,6 +90,9 @@ pub(super) enum HintKind {
     Expire {
         expires_at: Instant,
     },
+    /// Field writes of a hash at `version` (`HSET`, `HDEL`), the value
+    /// their encoding ([`Fields`]).
+    Fields,
 }
 
 impl Hint {
@@ -125,17 +129,30 @@ impl Hint {
                 key,
                 &[],
             ),
+            Request::HSet {
+                version,
+                key,
+                fields,
+            } => {
+                let encoded = Fields::writes(*version, fields.iter().cloned()).to_bytes();
+                return Some(Hint::packed(*version, HintKind::Fields, key, &encoded));
+            }
             _ => return None,
         };
+        Some(Hint::packed(version, kind, key, value))
+    }
+
+    /// A hint of `kind` holding `key` and `value` in one allocation.
+    fn packed(version: u64, kind: HintKind, key: &[u8], value: &[u8]) -> Hint {
         let mut data = Vec::with_capacity(key.len() + value.len());
         data.extend_from_slice(key);
         data.extend_from_slice(value);
-        Some(Hint {
+        Hint {
             version,
             kind,
             key_len: key.len() as u32,
             data: data.into_boxed_slice(),
-        })
+        }
     }
 
     /// What this hint costs against `max_hint_bytes`.
@@ -168,6 +185,14 @@ impl Hint {
             HintKind::Del => Request::Del {
                 version: self.version,
                 key,
+            },
+            HintKind::Fields => Request::HSet {
+                version: self.version,
+                key,
+                // Encoded from a request when the hint was taken.
+                fields: Fields::decode(&data.slice(self.key_len as usize..))
+                    .map(|f| f.all().map(|(n, f)| (n.clone(), f.value.clone())).collect())
+                    .unwrap_or_default(),
             },
             HintKind::Expire { expires_at } => match remaining_ms(expires_at) {
                 Some(ttl_ms) => Request::Expire {

@@ -131,6 +131,13 @@ fn request_bytes(request: &Request) -> usize {
     64 + match request {
         Request::Set { key, value, .. } => key.len() + value.len(),
         Request::Del { key, .. } | Request::Expire { key, .. } => key.len(),
+        Request::HSet { key, fields, .. } => {
+            key.len()
+                + fields
+                    .iter()
+                    .map(|(n, v)| 9 + n.len() + v.as_ref().map_or(0, |v| v.len()))
+                    .sum::<usize>()
+        }
         _ => 0,
     }
 }

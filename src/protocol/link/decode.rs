@@ -3,9 +3,10 @@
 
 use super::{
     op, status, BucketDigest, Entry, LinkError, Request, RequestKind, Response, Summary,
-    WorkerState, FLAG_COMPRESSED, FLAG_TOMBSTONE, MAX_TOKEN_BYTES,
+    WorkerState, FLAG_COMPRESSED, FLAG_HASH, FLAG_TOMBSTONE, MAX_TOKEN_BYTES,
 };
 use crate::hash::DIGEST_BUCKETS;
+use crate::protocol::fields::FieldUpdate;
 use crate::protocol::update::{TtlChange, Update};
 use crate::protocol::{ErrorCode, ErrorReply, Expiry, Limits, SetWhen};
 use bytes::{Buf, Bytes, BytesMut};
@@ -97,10 +98,20 @@ impl Reader {
         for _ in 0..count {
             let flags = self.u8()?;
             let version = self.u64()?;
+            let key = self.key(limits)?;
+            let content = if flags & FLAG_HASH != 0 {
+                match self.u64()? {
+                    0 => return Err(LinkError::Malformed("a hash summary without content")),
+                    content => content,
+                }
+            } else {
+                0
+            };
             summaries.push(Summary {
-                key: self.key(limits)?,
+                key,
                 version,
                 tombstone: flags & FLAG_TOMBSTONE != 0,
+                content,
             });
         }
         Ok(summaries)
@@ -127,11 +138,22 @@ impl Reader {
                 ttl_ms,
                 tombstone: flags & FLAG_TOMBSTONE != 0,
                 compressed: flags & FLAG_COMPRESSED != 0,
+                hash: flags & FLAG_HASH != 0,
                 raw_len,
                 data,
             });
         }
         Ok(entries)
+    }
+
+    /// A field name or value (`len:u32` and the bytes), at most
+    /// `max_value_bytes`.
+    pub(super) fn long(&mut self, limits: &Limits) -> Result<Bytes, LinkError> {
+        let len = self.u32()? as usize;
+        if len > limits.max_value_bytes {
+            return Err(LinkError::Malformed("field over max_value_bytes"));
+        }
+        self.bytes(len)
     }
 
     /// A key or, with length 0, no bound.
@@ -290,6 +312,55 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
                 value: (!deleted).then_some(value),
             }
         }
+        op::HSET => {
+            let version = r.u64()?;
+            let key = r.key(limits)?;
+            // A field takes at least 5 bytes.
+            let n = r.count(5)?;
+            if n == 0 {
+                return Err(LinkError::Malformed("no fields"));
+            }
+            let mut fields = Vec::with_capacity(n);
+            let mut total = 0usize;
+            for _ in 0..n {
+                let name = r.long(limits)?;
+                let value = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.long(limits)?),
+                    _ => return Err(LinkError::Malformed("unknown field flag")),
+                };
+                total += name.len() + value.as_ref().map_or(0, |v| v.len());
+                fields.push((name, value));
+            }
+            if total > limits.max_value_bytes {
+                return Err(LinkError::Malformed("fields over max_value_bytes"));
+            }
+            Request::HSet {
+                version,
+                key,
+                fields,
+            }
+        }
+        op::HGET => Request::HGet {
+            key: r.key(limits)?,
+        },
+        op::HUPDATE => {
+            let version = r.u64()?;
+            let key = r.key(limits)?;
+            let field = r.long(limits)?;
+            let update = match r.u8()? {
+                1 => FieldUpdate::IncrBy(r.u64()? as i64),
+                2 => FieldUpdate::IncrByFloat(r.u64()?),
+                3 => FieldUpdate::SetNx(r.value(limits)?),
+                _ => return Err(LinkError::Malformed("unknown field update")),
+            };
+            Request::HUpdate {
+                version,
+                key,
+                field,
+                update,
+            }
+        }
         op::PING => Request::Ping,
         op::AUTH => {
             let token = r.rest();
@@ -362,7 +433,7 @@ pub fn decode_response(
     let mut r = Reader(frame);
     let response = match r.u8()? {
         status::OK => match request {
-            RequestKind::Get => {
+            RequestKind::Get | RequestKind::HGet => {
                 let version = r.u64()?;
                 let ttl_ms = r.u64()?;
                 let value = r.rest();
@@ -451,7 +522,11 @@ pub fn decode_response(
                     wanted,
                 }
             }
-            RequestKind::Update => {
+            RequestKind::HSet => Response::FieldsWritten {
+                added: r.u32()?,
+                removed: r.u32()?,
+            },
+            RequestKind::Update | RequestKind::HUpdate => {
                 let flags = r.u8()?;
                 let version = r.u64()?;
                 let base = r.u64()?;
@@ -483,7 +558,7 @@ pub fn decode_response(
         status::NEWER
             if matches!(
                 request,
-                RequestKind::Set | RequestKind::Del | RequestKind::Replicate
+                RequestKind::Set | RequestKind::Del | RequestKind::Replicate | RequestKind::HSet
             ) =>
         {
             Response::Newer { version: r.u64()? }

@@ -83,6 +83,8 @@ impl Request {
             }
             Request::Scan { .. } => Op::Scan,
             Request::Flush { .. } => Op::Flush,
+            Request::HGet { .. } => Op::HRead,
+            Request::HSet { .. } | Request::HUpdate { .. } => Op::HWrite,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Requests and responses to frames.
 
-use super::{op, status, Entry, Request, Response, Summary, FLAG_COMPRESSED, FLAG_TOMBSTONE};
+use super::{
+    op, status, Entry, Request, Response, Summary, FLAG_COMPRESSED, FLAG_HASH, FLAG_TOMBSTONE,
+};
+use crate::protocol::fields::FieldUpdate;
 use crate::protocol::update::{TtlChange, Update};
 use crate::protocol::SetWhen;
 use bytes::{BufMut, BytesMut};
@@ -95,6 +98,63 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             put_key(out, key);
             out.put_slice(data);
         }
+        Request::HSet {
+            version,
+            key,
+            fields,
+        } => {
+            out.reserve(
+                key.len()
+                    + 16
+                    + fields
+                        .iter()
+                        .map(|(n, v)| 9 + n.len() + v.as_ref().map_or(0, |v| v.len()))
+                        .sum::<usize>(),
+            );
+            out.put_u8(op::HSET);
+            out.put_u64(*version);
+            put_key(out, key);
+            out.put_u32(fields.len() as u32);
+            for (name, value) in fields {
+                put_long(out, name);
+                match value {
+                    None => out.put_u8(0),
+                    Some(value) => {
+                        out.put_u8(1);
+                        put_long(out, value);
+                    }
+                }
+            }
+        }
+        Request::HGet { key } => {
+            out.put_u8(op::HGET);
+            put_key(out, key);
+        }
+        Request::HUpdate {
+            version,
+            key,
+            field,
+            update,
+        } => {
+            out.put_u8(op::HUPDATE);
+            out.put_u64(*version);
+            put_key(out, key);
+            put_long(out, field);
+            match update {
+                FieldUpdate::IncrBy(by) => {
+                    out.put_u8(1);
+                    out.put_i64(*by);
+                }
+                FieldUpdate::IncrByFloat(bits) => {
+                    out.put_u8(2);
+                    out.put_u64(*bits);
+                }
+                FieldUpdate::SetNx(value) => {
+                    out.put_u8(3);
+                    out.put_slice(value);
+                }
+            }
+        }
         Request::Ping => out.put_u8(op::PING),
         Request::Auth { token } => {
             out.put_u8(op::AUTH);
@@ -151,6 +211,12 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
     })
 }
 
+/// A field name or value: `len:u32` and the bytes.
+fn put_long(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u32(bytes.len() as u32);
+    out.put_slice(bytes);
+}
+
 fn put_update(out: &mut BytesMut, key: &[u8], update: &Update) {
     let kind = match update {
         Update::IncrBy(_) => 1,
@@ -199,9 +265,13 @@ fn put_ttl(out: &mut BytesMut, ttl: TtlChange) {
 
 pub(super) fn put_summaries(out: &mut BytesMut, summaries: &[Summary]) {
     for s in summaries {
-        out.put_u8(if s.tombstone { FLAG_TOMBSTONE } else { 0 });
+        let hash = s.content != 0;
+        out.put_u8(if s.tombstone { FLAG_TOMBSTONE } else { 0 } | if hash { FLAG_HASH } else { 0 });
         out.put_u64(s.version);
         put_key(out, &s.key);
+        if hash {
+            out.put_u64(s.content);
+        }
     }
 }
 
@@ -209,7 +279,8 @@ pub(super) fn put_entries(out: &mut BytesMut, entries: &[Entry]) {
     out.put_u32(entries.len() as u32);
     for e in entries {
         let flags = if e.tombstone { FLAG_TOMBSTONE } else { 0 }
-            | if e.compressed { FLAG_COMPRESSED } else { 0 };
+            | if e.compressed { FLAG_COMPRESSED } else { 0 }
+            | if e.hash { FLAG_HASH } else { 0 };
         out.put_u8(flags);
         out.put_u64(e.version);
         out.put_u64(e.ttl_ms);
@@ -332,6 +403,11 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             out.put_u32(value.len() as u32);
             out.put_slice(value);
             out.put_slice(old);
+        }
+        Response::FieldsWritten { added, removed } => {
+            out.put_u8(status::OK);
+            out.put_u32(*added);
+            out.put_u32(*removed);
         }
         Response::NotFound => out.put_u8(status::NOT_FOUND),
         Response::Error(error) => {

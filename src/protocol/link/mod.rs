@@ -21,6 +21,11 @@
 //!   SYNC    8  n:u16 bucket:u16* after:bound upto:bound m:u32 summary*
 //!   APPLY   9  last:u8 count:u32 entry* n:u32 summary*  (summaries: evict)
 //!   REPLICATE 16 version:u64 ttl_ms:u64 base:u64 deleted:u8 key value(rest)
+//!   HSET   19  version:u64 key n:u32 (name value?)*      a hash's fields
+//!              (name = len:u32 bytes; value? = 0 deleted | 1 len:u32 bytes)
+//!   HGET   20  key                    a hash's fields (OK: as GET, value = encoding)
+//!   HUPDATE 21 version:u64 key name kind:u8 args  (1 INCRBY i64
+//!              | 2 INCRBYFLOAT f64-bits | 3 SETNX rest)  decided, as UPDATE
 //!   UPDATE 15  version:u64 kind:u8 key args               read-modify-write
 //!              (1 INCRBY i64 | 2 INCRBYFLOAT f64-bits | 3 APPEND rest
 //!               | 4 SETRANGE offset:u64 rest | 5 REPLACE when:u8 ttl rest
@@ -36,7 +41,8 @@
 //!                  APPLY: applied:u32 n:u32 summary*   (refused for room);
 //!                  UPDATE: flags:u8 version:u64 base:u64 ttl_ms:u64 len:u32
 //!                          value old(rest)   flags: 1 changed, 2 value, 4 old;
-//!                  REPLICATE: applied:u8)
+//!                  REPLICATE: applied:u8;  HSET: added:u32 removed:u32;
+//!                  HUPDATE: as UPDATE, value = the field's)
 //!   NOT_FOUND   2
 //!   NOT_STORED  3                      (a conditional set's condition failed)
 //!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
@@ -45,7 +51,8 @@
 //!   END        11  entries:u64 floor:u64  (refill stream)
 //! key     = len:u16 bytes
 //! entry   = flags:u8 version:u64 ttl_ms:u64 key raw_len:u32 len:u32 data
-//! summary = flags:u8 version:u64 key
+//!           (flags: 1 tombstone, 2 compressed, 4 hash)
+//! summary = flags:u8 version:u64 key [content:u64 if flags has 4]
 //! bound   = len:u16 bytes              (len 0: unbounded)
 //! ```
 //!
@@ -63,13 +70,14 @@ pub use decode::{decode_request, decode_response, read_frame};
 pub use dialect::{LinkAnswer, LinkDialect, LinkReply};
 pub use encode::{encode_request, encode_response};
 
+use super::fields::FieldUpdate;
 use super::{ErrorReply, Limits, SetWhen, Update};
 use bytes::Bytes;
 use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
 /// protocol name and its version.
-pub const HELLO: &[u8; 5] = b"\xF0rcl\x08";
+pub const HELLO: &[u8; 5] = b"\xF0rcl\x09";
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;
@@ -235,6 +243,30 @@ pub enum Request {
         key: Bytes,
         value: Option<Bytes>,
     },
+    /// Writes fields of a hash at `version` (`None`: deletes the field),
+    /// merged with what the worker holds; answered
+    /// [`Response::FieldsWritten`], `Newer` when a whole-key write newer
+    /// than `version` is there, or `WRONGTYPE` over a string.
+    HSet {
+        version: u64,
+        key: Bytes,
+        fields: Vec<(Bytes, Option<Bytes>)>,
+    },
+    /// A hash's fields: answered `Value` with their encoding
+    /// ([`crate::protocol::fields`]), `NotFound`, or `WRONGTYPE`.
+    HGet {
+        key: Bytes,
+    },
+    /// A read-modify-write of one field this worker decides (as
+    /// [`Request::Update`]): answered [`Response::Updated`] with the
+    /// field's new value and the version it was stored at, which the
+    /// orchestrator writes to the partner as an `HSet`.
+    HUpdate {
+        version: u64,
+        key: Bytes,
+        field: Bytes,
+        update: FieldUpdate,
+    },
 }
 
 /// One bucket of a store's digest: a sum of its entries' fingerprints
@@ -245,12 +277,25 @@ pub struct BucketDigest {
     pub entries: u32,
 }
 
-/// What anti-entropy compares of an entry: its key, version and kind.
+/// What anti-entropy compares of an entry: its key, version and kind,
+/// and for a hash a hash of its fields (`content`; 0 for anything else),
+/// since replicas of one version may hold different fields until they
+/// merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub key: Bytes,
     pub version: u64,
     pub tombstone: bool,
+    pub content: u64,
+}
+
+impl Summary {
+    /// Whether the entry summarized holds everything `other`'s does: a
+    /// newer version, or the same one with the same content.
+    pub fn covers(&self, other: &Summary) -> bool {
+        self.version > other.version
+            || (self.version == other.version && self.content == other.content)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,6 +390,12 @@ pub enum Response {
         value: Option<Bytes>,
         old: Option<Bytes>,
     },
+    /// What an `HSet` did: fields it added (not live before) and removed
+    /// (live before, deleted now).
+    FieldsWritten {
+        added: u32,
+        removed: u32,
+    },
     NotFound,
     Error(ErrorReply),
     Chunk(Vec<Entry>),
@@ -365,6 +416,8 @@ pub struct Entry {
     pub ttl_ms: u64,
     pub tombstone: bool,
     pub compressed: bool,
+    /// The data is a hash's fields ([`crate::protocol::fields`]).
+    pub hash: bool,
     /// Length of the value once decompressed.
     pub raw_len: u32,
     pub data: Bytes,
@@ -372,6 +425,7 @@ pub struct Entry {
 
 const FLAG_TOMBSTONE: u8 = 1;
 const FLAG_COMPRESSED: u8 = 2;
+const FLAG_HASH: u8 = 4;
 
 mod op {
     pub const GET: u8 = 1;
@@ -393,6 +447,9 @@ mod op {
     pub const REPLICATE: u8 = 16;
     pub const SCAN: u8 = 17;
     pub const FLUSH: u8 = 18;
+    pub const HSET: u8 = 19;
+    pub const HGET: u8 = 20;
+    pub const HUPDATE: u8 = 21;
 }
 
 mod status {
@@ -425,11 +482,14 @@ pub enum RequestKind {
     Replicate,
     Scan,
     Flush,
+    HSet,
+    HGet,
+    HUpdate,
 }
 
 impl RequestKind {
     /// Every kind, for code that must try them all (decoders under test).
-    pub const ALL: [RequestKind; 17] = [
+    pub const ALL: [RequestKind; 20] = [
         RequestKind::Auth,
         RequestKind::Get,
         RequestKind::Set,
@@ -447,6 +507,9 @@ impl RequestKind {
         RequestKind::Replicate,
         RequestKind::Scan,
         RequestKind::Flush,
+        RequestKind::HSet,
+        RequestKind::HGet,
+        RequestKind::HUpdate,
     ];
 }
 
@@ -458,6 +521,8 @@ impl Request {
         if let Request::Set { version: v, .. }
         | Request::Del { version: v, .. }
         | Request::Update { version: v, .. }
+        | Request::HSet { version: v, .. }
+        | Request::HUpdate { version: v, .. }
         | Request::Replicate { version: v, .. } = &mut request
         {
             *v = version;
@@ -515,6 +580,9 @@ impl Request {
             Request::Missed => RequestKind::Missed,
             Request::Update { .. } => RequestKind::Update,
             Request::Replicate { .. } => RequestKind::Replicate,
+            Request::HSet { .. } => RequestKind::HSet,
+            Request::HGet { .. } => RequestKind::HGet,
+            Request::HUpdate { .. } => RequestKind::HUpdate,
         }
     }
 }

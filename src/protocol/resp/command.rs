@@ -5,34 +5,35 @@ use super::frame::parse_i64;
 use super::{Answer, RespRequest, Shape};
 use crate::protocol::update::{parse_float, parse_int};
 use crate::protocol::{
-    Command, ExpireWhen, Expiry, Inspect, LcsMode, Limits, SetWhen, TtlChange, Update, UpdateReply,
+    Command, ExpireWhen, Expiry, Inspect, LcsMode, Limits, ScanType, SetWhen, TtlChange, Update,
+    UpdateReply,
 };
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::time::Duration;
 
-fn error(message: impl Into<Cow<'static, str>>) -> RespRequest {
+pub(super) fn error(message: impl Into<Cow<'static, str>>) -> RespRequest {
     RespRequest::Answer(Answer::Error(message.into()))
 }
 
-fn wrong_args(name: &str) -> RespRequest {
+pub(super) fn wrong_args(name: &str) -> RespRequest {
     error(format!(
         "ERR wrong number of arguments for '{name}' command"
     ))
 }
 
-fn too_many_keys() -> RespRequest {
+pub(super) fn too_many_keys() -> RespRequest {
     error(format!(
         "ERR too many keys: at most {} per command",
         crate::protocol::MAX_KEYS_PER_COMMAND
     ))
 }
 
-fn syntax_error() -> RespRequest {
+pub(super) fn syntax_error() -> RespRequest {
     error("ERR syntax error")
 }
 
-fn not_integer() -> RespRequest {
+pub(super) fn not_integer() -> RespRequest {
     error("ERR value is not an integer or out of range")
 }
 
@@ -48,7 +49,7 @@ fn shown(arg: &[u8]) -> String {
     s
 }
 
-fn check_key(key: &Bytes, limits: &Limits) -> Result<(), RespRequest> {
+pub(super) fn check_key(key: &Bytes, limits: &Limits) -> Result<(), RespRequest> {
     if key.is_empty() {
         return Err(error("ERR empty keys are not supported"));
     }
@@ -61,7 +62,7 @@ fn check_key(key: &Bytes, limits: &Limits) -> Result<(), RespRequest> {
     Ok(())
 }
 
-fn check_value(value: &Bytes, limits: &Limits) -> Result<(), RespRequest> {
+pub(super) fn check_value(value: &Bytes, limits: &Limits) -> Result<(), RespRequest> {
     if value.len() > limits.max_value_bytes {
         return Err(error(format!(
             "ERR value longer than {} bytes",
@@ -517,7 +518,7 @@ fn parse_known(name: &str, args: &[Bytes], limits: &Limits) -> Option<RespReques
                 )),
             }
         }
-        _ => return None,
+        _ => return super::hash::parse(name, args, limits),
     })
 }
 
@@ -656,7 +657,7 @@ fn expiry_option(option: &[u8], arg: &[u8], command: &str) -> Result<Expiry, Res
 }
 
 /// A pattern as the walk takes it: `*` (every key) as no pattern at all.
-fn match_all(pattern: &Bytes) -> Bytes {
+pub(super) fn match_all(pattern: &Bytes) -> Bytes {
     if pattern.as_ref() == b"*" {
         Bytes::new()
     } else {
@@ -670,7 +671,7 @@ fn parse_scan(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespReques
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
         .ok_or_else(|| error("ERR invalid cursor"))?;
-    let (mut pattern, mut count, mut strings) = (Bytes::new(), 10, true);
+    let (mut pattern, mut count, mut kind) = (Bytes::new(), 10, ScanType::Any);
     for option in args[1..].chunks(2) {
         let [name, value] = option else {
             return Err(syntax_error());
@@ -687,8 +688,13 @@ fn parse_scan(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespReques
                 Some(_) => return Err(syntax_error()),
                 None => return Err(not_integer()),
             },
-            // Every key is a string; another type filters every key out.
-            b"type" => strings = value.eq_ignore_ascii_case(b"string"),
+            b"type" => {
+                kind = match value.to_ascii_lowercase().as_slice() {
+                    b"string" => ScanType::String,
+                    b"hash" => ScanType::Hash,
+                    _ => ScanType::Nothing,
+                }
+            }
             _ => return Err(syntax_error()),
         }
     }
@@ -697,7 +703,7 @@ fn parse_scan(args: &[Bytes], limits: &Limits) -> Result<RespRequest, RespReques
             cursor,
             pattern,
             count,
-            strings,
+            kind,
         },
         Shape::Plain,
     ))

@@ -154,6 +154,7 @@ mod client;
 mod command;
 mod dialect;
 mod frame;
+mod hash;
 mod reply;
 mod table;
 #[cfg(test)]

@@ -147,6 +147,13 @@ pub fn encode_reply(reply: &Reply, shape: Shape, version: Version, out: &mut Byt
                 encode_reply(item, Shape::Plain, version, out);
             }
         }
+        (Reply::Pairs(pairs), _) => {
+            put_map_header(out, pairs.len(), version);
+            for (name, value) in pairs {
+                put_bulk(out, name);
+                put_bulk(out, value);
+            }
+        }
         (Reply::Error(e), _) if e.code == ErrorCode::NotFound => put_nil(out, version),
         (Reply::Error(e), _) => put_error(out, &error_line(e)),
     }
@@ -158,6 +165,7 @@ fn error_line(e: &ErrorReply) -> String {
         ErrorCode::Loading => "LOADING",
         ErrorCode::OutOfMemory => "OOM",
         ErrorCode::Auth => "NOAUTH",
+        ErrorCode::WrongType => "WRONGTYPE",
         _ => "ERR",
     };
     format!("{prefix} {}", e.message)

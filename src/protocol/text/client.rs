@@ -74,6 +74,7 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         | Command::Rename { .. }
         | Command::Copy { .. }
         | Command::Scan { .. }
+        | Command::Hash { .. }
         | Command::Keys { .. }
         | Command::RandomKey
         | Command::Flush

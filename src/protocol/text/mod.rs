@@ -262,7 +262,7 @@ pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
             out.put_slice(word.as_bytes());
             out.put_u8(b'\n');
         }
-        Reply::Values(_) | Reply::Array(_) | Reply::Map(_) => encode_error(
+        Reply::Values(_) | Reply::Array(_) | Reply::Map(_) | Reply::Pairs(_) => encode_error(
             &ErrorReply::new(ErrorCode::NotText, "several values: read them over RESP"),
             out,
         ),

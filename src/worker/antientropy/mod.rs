@@ -204,6 +204,7 @@ fn apply_all(worker: &Worker, entries: &[Entry], admit: bool) -> (u32, Vec<Summa
                 key: entry.key.clone(),
                 version: entry.version,
                 tombstone: entry.tombstone,
+                content: 0,
             }),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "repair entry dropped"),
@@ -352,6 +353,7 @@ mod tests {
             key: Bytes::copy_from_slice(key.as_bytes()),
             version: 1,
             tombstone: false,
+            content: 0,
         }
     }
 

@@ -187,18 +187,20 @@ pub(super) fn window<'s>(sorted: &'s [Summary], after: &[u8], upto: &[u8]) -> &'
 /// (`mine`): returns this side's newer entries (bounded by a refill chunk)
 /// and the keys the initiator holds newer.
 pub(super) fn sync(worker: &Worker, mine: &[Summary], summaries: Vec<Summary>) -> Response {
-    let theirs: HashMap<&[u8], u64> = summaries.iter().map(|s| (&s.key[..], s.version)).collect();
-    let my_versions: HashMap<&[u8], u64> = mine.iter().map(|s| (&s.key[..], s.version)).collect();
+    // Of one version, hashes holding different fields are each sent to
+    // the other side, which merges them (`Summary::covers`).
+    let theirs: HashMap<&[u8], &Summary> = summaries.iter().map(|s| (&s.key[..], s)).collect();
+    let my_versions: HashMap<&[u8], &Summary> = mine.iter().map(|s| (&s.key[..], s)).collect();
     let wanted: Vec<Bytes> = summaries
         .iter()
-        .filter(|s| !my_versions.get(&s.key[..]).is_some_and(|&v| v >= s.version))
+        .filter(|s| !my_versions.get(&s.key[..]).is_some_and(|m| m.covers(s)))
         .map(|s| s.key.clone())
         .collect();
     let mut budget = REFILL_CHUNK_BYTES.saturating_sub(wanted.iter().map(|k| k.len() + 2).sum());
     let mut entries = Vec::new();
     let mut complete = true;
     for s in mine {
-        if theirs.get(&s.key[..]).is_some_and(|&v| v >= s.version) {
+        if theirs.get(&s.key[..]).is_some_and(|t| t.covers(s)) {
             continue;
         }
         let Some(entry) = worker.store.entry(&s.key) else {

@@ -7,9 +7,11 @@
 //! entries included, until the active expiry or a read removes them).
 //!
 
-use super::{Store, BUCKETS_PER_SHARD, FLAG_FREE, FLAG_TOMBSTONE, SHARD_COUNT};
+use super::slot::Slot;
+use super::{Store, BUCKETS_PER_SHARD, FLAG_FREE, FLAG_HASH, FLAG_TOMBSTONE, SHARD_COUNT};
 use crate::hash::{digest_bucket, DIGEST_BUCKETS};
 use crate::protocol::link::{BucketDigest, Entry, Summary};
+use crate::worker::arena::Arena;
 use bytes::Bytes;
 
 /// A set of anti-entropy buckets.
@@ -44,9 +46,23 @@ impl BucketSet {
 }
 
 /// An entry's share of its bucket's digest: two partners holding the same
-/// version (and kind) of a key add the same number.
-pub(super) fn fingerprint(key_hash: u64, version: u64, tombstone: bool) -> u64 {
-    crate::hash::fmix64(key_hash ^ version.rotate_left(17) ^ tombstone as u64)
+/// version (and kind, and for a hash the same fields: `content`) of a key
+/// add the same number.
+pub(super) fn fingerprint(key_hash: u64, version: u64, tombstone: bool, content: u64) -> u64 {
+    crate::hash::fmix64(key_hash ^ version.rotate_left(17) ^ tombstone as u64 ^ content)
+}
+
+/// What a slot's content adds to its fingerprint and summary: for a hash,
+/// a hash of its fields' bytes (replicas of one version may hold
+/// different fields until they merged: two `HSET`s of different fields
+/// arrived in different orders); 0 for anything else, whose version says
+/// it all.
+pub(super) fn content_print(slot: &Slot, arena: &Arena) -> u64 {
+    if slot.is(FLAG_HASH) && !slot.is(FLAG_TOMBSTONE) {
+        crate::hash::key_hash(slot.value(arena).0) | 1
+    } else {
+        0
+    }
 }
 
 impl Store {
@@ -115,6 +131,7 @@ impl Store {
                 key: Bytes::copy_from_slice(key),
                 version: slot.version,
                 tombstone: slot.is(FLAG_TOMBSTONE),
+                content: content_print(slot, &shard.arena),
             });
         }
     }

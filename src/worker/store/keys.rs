@@ -32,7 +32,11 @@ impl Store {
             {
                 let shard = self.shard(index);
                 for slot in &shard.slots {
-                    if slot.is(FLAG_FREE) || slot.is(FLAG_TOMBSTONE) || slot.expired(now) {
+                    if slot.is(FLAG_FREE)
+                        || slot.is(FLAG_TOMBSTONE)
+                        || slot.expired(now)
+                        || slot.reads_missing(&shard.arena)
+                    {
                         continue;
                     }
                     let key = slot.key(&shard.arena);

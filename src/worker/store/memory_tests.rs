@@ -335,6 +335,7 @@ fn corrupt_compressed_refill_entries_are_skipped() {
         ttl_ms: 0,
         tombstone: false,
         compressed: true,
+        hash: false,
         raw_len: 1000,
         data: Bytes::from_static(b"\xff\xff\xff garbage"),
     };

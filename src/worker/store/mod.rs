@@ -49,6 +49,7 @@
 use super::arena;
 use crate::defaults;
 use crate::hash::{bucket_of_hash, DIGEST_BUCKETS};
+use crate::protocol::fields::Fields;
 use crate::protocol::link::{BucketDigest, Entry};
 use crate::protocol::SetWhen;
 use bytes::Bytes;
@@ -60,6 +61,7 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 mod digest;
+mod hashes;
 mod keys;
 #[cfg(test)]
 mod memory_tests;
@@ -97,6 +99,9 @@ const FLAG_TOMBSTONE: u8 = 1;
 const FLAG_COMPRESSED: u8 = 2;
 const FLAG_VISITED: u8 = 4;
 const FLAG_FREE: u8 = 8;
+/// The value is a hash's fields ([`crate::protocol::fields`]), never
+/// compressed: replicas merge it field by field (`hashes.rs`).
+const FLAG_HASH: u8 = 16;
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -130,6 +135,9 @@ pub struct Found {
     pub version: u64,
     /// Remaining time to live in milliseconds; 0 = no expiry.
     pub ttl_ms: u64,
+    /// The value is a hash's fields (their canonical encoding), with at
+    /// least one live field.
+    pub hash: bool,
 }
 
 /// Whether a versioned write took effect.
@@ -153,6 +161,8 @@ pub enum Applied {
     Evicted(u64),
     /// A conditional set found the key present (`NX`) or absent (`XX`).
     Unmet,
+    /// Field writes found a live string there (Redis's `WRONGTYPE`).
+    WrongType,
 }
 
 /// The share of `max_memory` beyond which anti-entropy stops adding keys a
@@ -301,7 +311,7 @@ impl Store {
         let shard = self.shard(index);
         let idx = shard.find(hash, key)?;
         let slot = &shard.slots[idx as usize];
-        if slot.expired(now) || slot.is(FLAG_TOMBSTONE) {
+        if slot.expired(now) || slot.is(FLAG_TOMBSTONE) || slot.reads_missing(&shard.arena) {
             return None;
         }
         Some(slot.charge(&shard.arena))
@@ -311,7 +321,7 @@ impl Store {
     pub fn get(&self, key: &[u8]) -> Option<Found> {
         let (hash, _, index) = self.locate(key);
         let now = self.now();
-        let (data, compressed, raw_len, version, ttl_ms) = {
+        let (data, compressed, raw_len, version, ttl_ms, hash) = {
             let mut shard = self.shard(index);
             let idx = shard.find(hash, key)?;
             let Shard { slots, arena, .. } = &mut *shard;
@@ -325,7 +335,7 @@ impl Store {
                 self.charged.fetch_sub(freed, Ordering::Relaxed);
                 return None;
             }
-            if slot.is(FLAG_TOMBSTONE) {
+            if slot.is(FLAG_TOMBSTONE) || slot.reads_missing(arena) {
                 return None;
             }
             slot.set_flags(slot.flags() | FLAG_VISITED);
@@ -336,6 +346,7 @@ impl Store {
                 raw_len,
                 slot.version,
                 slot.ttl_ms(now),
+                slot.is(FLAG_HASH),
             )
         };
         let value = if compressed {
@@ -355,6 +366,7 @@ impl Store {
             value,
             version,
             ttl_ms,
+            hash,
         })
     }
 
@@ -366,7 +378,7 @@ impl Store {
         let shard = self.shard(index);
         let idx = shard.find(hash, key)?;
         let slot = &shard.slots[idx as usize];
-        if slot.is(FLAG_TOMBSTONE) || slot.expired(now) {
+        if slot.is(FLAG_TOMBSTONE) || slot.expired(now) || slot.reads_missing(&shard.arena) {
             return None;
         }
         Some((slot.version, slot.ttl_ms(now)))
@@ -422,6 +434,8 @@ impl Store {
             expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis() as u64)),
             flags: if compressed { FLAG_COMPRESSED } else { 0 },
             replace_only: false,
+            force: false,
+            fields_write: false,
             require,
         };
         self.put(key, new, now).map(|p| p.applied)
@@ -488,6 +502,8 @@ impl Store {
             expires_at: now.saturating_add(self.config.tombstone_ttl.as_millis() as u64),
             flags: FLAG_TOMBSTONE,
             replace_only: false,
+            force: false,
+            fields_write: false,
             require,
         };
         let put = self.put(key, new, now)?;
@@ -516,8 +532,14 @@ impl Store {
             tracing::warn!(key = ?String::from_utf8_lossy(&entry.key), version = entry.version, "entry from the partner with a version far in the future; skipped");
             return Ok(Applied::Stale);
         }
-        // A tombstone has no value, whatever its flags say.
-        let compressed = entry.compressed && !entry.tombstone;
+        // A tombstone has no value, whatever its flags say; a hash is
+        // never compressed, and only its canonical encoding is taken.
+        let hash = entry.hash && !entry.tombstone;
+        if hash && crate::protocol::fields::Fields::decode(&entry.data).is_err() {
+            tracing::warn!(key = ?String::from_utf8_lossy(&entry.key), "hash entry from the partner is malformed; skipped");
+            return Ok(Applied::Stale);
+        }
+        let compressed = entry.compressed && !entry.tombstone && !hash;
         if compressed {
             let ok = lz4_flex::block::decompress(&entry.data, entry.raw_len as usize)
                 .is_ok_and(|v| v.len() == entry.raw_len as usize);
@@ -529,6 +551,8 @@ impl Store {
         let now = self.now();
         let flags = if entry.tombstone {
             FLAG_TOMBSTONE
+        } else if hash {
+            FLAG_HASH
         } else if compressed {
             FLAG_COMPRESSED
         } else {
@@ -550,6 +574,8 @@ impl Store {
             },
             flags,
             replace_only,
+            force: false,
+            fields_write: false,
             require: Require::Nothing,
         };
         self.put(&entry.key, new, now).map(|p| p.applied)
@@ -566,13 +592,33 @@ impl Store {
     }
 
     fn put(&self, key: &[u8], new: NewSlot, now: u64) -> Result<Put, StoreError> {
+        // Refused before taking the lock when its size alone says so (a
+        // merged hash is checked again once merged).
         let charge = new.bytes() + ENTRY_OVERHEAD_BYTES;
         let max = self.max_memory();
         if charge > max || new.bytes() > arena::MAX_ENTRY_BYTES {
             return Err(StoreError::TooLarge { charge, max });
         }
+        self.put_with(key, now, |_, _| Ok(new))
+    }
+
+    /// Stores the write `make` prepares under the shard's lock from what
+    /// the shard holds of the key (its slab index), or gives `make`'s
+    /// answer when it stores nothing.
+    fn put_with<'a>(
+        &self,
+        key: &[u8],
+        now: u64,
+        make: impl FnOnce(&Shard, Option<u32>) -> Result<NewSlot<'a>, Put>,
+    ) -> Result<Put, StoreError> {
+        let max = self.max_memory();
         let (hash, key_hash, index) = self.locate(key);
         let mut shard = self.shard(index);
+        let found = shard.find(hash, key);
+        let new = match make(&shard, found) {
+            Ok(new) => new,
+            Err(answer) => return Ok(answer),
+        };
         // Read under the shard's lock: a flush raises the floor before it
         // sweeps each shard, so a write older than it either lands before
         // the sweep (and is swept) or sees it.
@@ -585,7 +631,15 @@ impl Store {
                 was_live: false,
             });
         }
-        let put = shard.put((hash, key_hash), key, new, now, &self.hasher);
+        let (new, answer) = match hashes::resolve(&shard, found, new, now, self.tombstone_ms()) {
+            Ok(resolved) => resolved,
+            Err(answer) => return Ok(answer),
+        };
+        let charge = new.bytes() + ENTRY_OVERHEAD_BYTES;
+        if charge > max || new.bytes() > arena::MAX_ENTRY_BYTES {
+            return Err(StoreError::TooLarge { charge, max });
+        }
+        let mut put = shard.put(found, (hash, key_hash), key, new, now, &self.hasher);
         drop(shard);
         if put.added > put.freed {
             self.charged
@@ -597,7 +651,75 @@ impl Store {
         if self.charged.load(Ordering::Relaxed) > max {
             self.evict(index);
         }
+        if let (Some(answer), Applied::Yes) = (answer, put.applied) {
+            put.applied = answer;
+        }
         Ok(put)
+    }
+
+    /// Writes fields of the hash under `key` (a value, or `None` to delete
+    /// one): `compute` gets the live hash there (`None`: missing) and the
+    /// version of whatever entry is there (0: none), and gives the version
+    /// to stamp and the writes, under the shard's lock, so nothing comes
+    /// between its read and its write (`HINCRBY`). A live string there is
+    /// the wrong type ([`Applied::WrongType`], `compute` not called).
+    pub fn write_fields<E>(
+        &self,
+        key: &[u8],
+        compute: impl FnOnce(Option<&Fields>, u64) -> Result<(u64, Vec<(Bytes, Option<Bytes>)>), E>,
+    ) -> Result<Result<Applied, E>, StoreError> {
+        let now = self.now();
+        let mut refused = None;
+        let put = self.put_with(key, now, |shard, found| {
+            let held = found.map(|idx| &shard.slots[idx as usize]);
+            let live = held.filter(|s| !s.is(FLAG_TOMBSTONE) && !s.expired(now));
+            let answer = |applied| Put {
+                applied,
+                added: 0,
+                freed: 0,
+                was_live: live.is_some(),
+            };
+            let current = match live {
+                Some(slot) if slot.is(FLAG_HASH) => {
+                    let bytes = Bytes::copy_from_slice(slot.value(&shard.arena).0);
+                    Some(Fields::decode(&bytes).map_err(|e| {
+                        tracing::error!(error = %e, "a hash in the store does not decode");
+                        answer(Applied::Stale)
+                    })?)
+                }
+                Some(_) => return Err(answer(Applied::WrongType)),
+                None => None,
+            };
+            let (version, writes) = match compute(current.as_ref(), held.map_or(0, |s| s.version)) {
+                Ok(computed) => computed,
+                Err(e) => {
+                    refused = Some(e);
+                    return Err(answer(Applied::Stale));
+                }
+            };
+            if writes.is_empty() {
+                return Err(answer(Applied::Stale));
+            }
+            let fields = Fields::writes(version, writes);
+            let mut value = Vec::with_capacity(fields.encoded_len());
+            fields.encode(&mut value);
+            Ok(NewSlot {
+                raw_len: None,
+                value: value.into(),
+                key_len: key_len(key),
+                version,
+                expires_at: NEVER,
+                flags: FLAG_HASH,
+                replace_only: false,
+                require: Require::Nothing,
+                force: false,
+                fields_write: true,
+            })
+        })?;
+        Ok(match refused {
+            Some(e) => Err(e),
+            None => Ok(put.applied),
+        })
     }
 
     /// Evicts until the charge is under the limit, starting with `first`.

@@ -12,7 +12,7 @@
 //! `sieve_beats_lru_on_a_zipf_trace` measures that on a Zipf trace.
 //!
 
-use super::digest::fingerprint;
+use super::digest::{content_print, fingerprint};
 use super::slot::{pack_meta, NewSlot, Put, Slot};
 use super::{
     key_len, Applied, BUCKETS_PER_SHARD, FLAG_FREE, FLAG_TOMBSTONE, FLAG_VISITED, NEVER, NIL,
@@ -63,15 +63,17 @@ impl Shard {
 
     /// Inserts or replaces, keeping the newer version.
     /// `hashes` are the key's table hash and stable hash.
+    /// `found`: the key's slab index ([`Shard::find`]).
     pub(super) fn put(
         &mut self,
+        found: Option<u32>,
         (hash, key_hash): (u64, u64),
         key: &[u8],
         new: NewSlot<'_>,
         now: u64,
         hasher: &crate::sys::TableHasher,
     ) -> Put {
-        if let Some(idx) = self.find(hash, key) {
+        if let Some(idx) = found {
             let slot = &self.slots[idx as usize];
             let was_live = !slot.is(FLAG_TOMBSTONE) && !slot.expired(now);
             // The same write again (a retry after a link broke): already
@@ -99,7 +101,8 @@ impl Shard {
                 && new.flags & FLAG_TOMBSTONE != 0
                 && !slot.is(FLAG_TOMBSTONE)
                 && slot.expired(now);
-            let newer = new.version > slot.version
+            let newer = new.force
+                || new.version > slot.version
                 || same_expired
                 || (new.version == slot.version && new.content() > slot.content(&self.arena));
             if !newer {
@@ -112,7 +115,7 @@ impl Shard {
             }
             // No live value here (a tombstone, an expired entry): a value
             // is as suspect as for a key the shard lacks.
-            if !was_live && new.flags & FLAG_TOMBSTONE == 0 {
+            if !was_live && !new.force && new.flags & FLAG_TOMBSTONE == 0 {
                 if let Some(evicted) = self.evicted_above(key_hash, new.version) {
                     return Put {
                         applied: Applied::Evicted(evicted),
@@ -241,7 +244,12 @@ impl Shard {
     /// and of its bucket's digest (`key_hash` is its key's stable hash).
     pub(super) fn account(&mut self, idx: u32, sign: i64, key_hash: u64) {
         let slot = &self.slots[idx as usize];
-        let print = fingerprint(key_hash, slot.version, slot.is(FLAG_TOMBSTONE));
+        let print = fingerprint(
+            key_hash,
+            slot.version,
+            slot.is(FLAG_TOMBSTONE),
+            content_print(slot, &self.arena),
+        );
         if let Some(d) = self
             .digest
             .get_mut(bucket_of_hash(key_hash) as usize % BUCKETS_PER_SHARD)

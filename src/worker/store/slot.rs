@@ -1,7 +1,7 @@
 //! One entry of a shard's slab, packed in 32 bytes, and a write prepared
 //! outside the shard's lock.
 
-use super::{Applied, ENTRY_OVERHEAD_BYTES, FLAG_COMPRESSED, FLAG_TOMBSTONE, NEVER};
+use super::{Applied, ENTRY_OVERHEAD_BYTES, FLAG_COMPRESSED, FLAG_HASH, FLAG_TOMBSTONE, NEVER};
 use crate::protocol::link::Entry;
 use crate::worker::arena::{self, Arena, Loc};
 use bytes::Bytes;
@@ -77,6 +77,12 @@ impl Slot {
         self.flags() & flag != 0
     }
 
+    /// A hash whose fields are all deleted: kept (the deletions' versions
+    /// still count against older writes of them) but read as missing.
+    pub(super) fn reads_missing(&self, arena: &Arena) -> bool {
+        self.is(FLAG_HASH) && !crate::protocol::fields::has_live(self.value(arena).0)
+    }
+
     /// What two writes of one version are compared by: the stored value
     /// (the same order as comparing key and value, the key being equal),
     /// then its kind and raw length, so no two different entries compare
@@ -110,6 +116,7 @@ impl Slot {
             ttl_ms: self.ttl_ms(now),
             tombstone: self.is(FLAG_TOMBSTONE),
             compressed: self.is(FLAG_COMPRESSED),
+            hash: self.is(FLAG_HASH),
             raw_len,
             data: Bytes::copy_from_slice(value),
         }
@@ -117,7 +124,7 @@ impl Slot {
 }
 
 /// The flags that say what an entry holds (not how it is used).
-pub(super) const KIND_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_COMPRESSED;
+pub(super) const KIND_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_COMPRESSED | FLAG_HASH;
 
 impl NewSlot<'_> {
     /// As [`Slot::content`].
@@ -182,6 +189,13 @@ pub(super) struct NewSlot<'a> {
     pub(super) replace_only: bool,
     /// What must hold of the entry there for the write to apply.
     pub(super) require: Require,
+    /// Replaces the entry there whatever their versions say: a hash
+    /// merged with it under the shard's lock (`hashes.rs`).
+    pub(super) force: bool,
+    /// A hash's field writes (`HSET`, `HDEL`), not a whole entry: they
+    /// merge into the hash there and keep its TTL, and find a live
+    /// string there the wrong type.
+    pub(super) fields_write: bool,
 }
 
 /// A write's condition on the entry it replaces, checked under the

@@ -113,9 +113,12 @@ fn scanned_digest(s: &Store) -> Vec<BucketDigest> {
             let hash = crate::hash::key_hash(slot.key(&shard.arena));
             assert_eq!(shard_of(hash), index, "a key in another shard");
             let b = &mut out[bucket_of_hash(hash) as usize];
-            b.hash = b
-                .hash
-                .wrapping_add(fingerprint(hash, slot.version, slot.is(FLAG_TOMBSTONE)));
+            b.hash = b.hash.wrapping_add(fingerprint(
+                hash,
+                slot.version,
+                slot.is(FLAG_TOMBSTONE),
+                super::digest::content_print(slot, &shard.arena),
+            ));
             b.entries += 1;
         }
     }
@@ -208,6 +211,7 @@ fn an_evicted_key_does_not_come_back_as_an_older_copy() {
         ttl_ms: 0,
         tombstone,
         compressed: false,
+        hash: false,
         raw_len: 3,
         data: Bytes::from_static(b"old"),
     };
@@ -251,6 +255,7 @@ fn repairs_near_the_memory_limit_add_no_new_keys() {
         ttl_ms: 0,
         tombstone,
         compressed: false,
+        hash: false,
         raw_len: 1,
         data: Bytes::from_static(b"y"),
     };
@@ -348,6 +353,7 @@ async fn an_expired_entry_leaves_a_tombstone_of_its_version() {
         ttl_ms: 0,
         tombstone: false,
         compressed: false,
+        hash: false,
         raw_len: 3,
         data: Bytes::from_static(b"old"),
     };
@@ -431,4 +437,181 @@ fn writes_of_one_version_converge_in_any_order() {
         let kept = s.get(b"x").expect("live").value;
         assert_eq!(&kept[..], expected, "the larger stored bytes win");
     }
+}
+
+/// One write of a hash test: fields (`None`: deleted) at a version, or a
+/// whole-key write (a string value, or a delete).
+#[derive(Debug, Clone)]
+enum HashWrite {
+    Fields(u64, Vec<(Bytes, Option<Bytes>)>),
+    Set(u64, Bytes),
+    Del(u64),
+}
+
+/// Applies `w`: whether the replica took it (a client's field writes over
+/// a string are the wrong type there).
+fn write(s: &Store, key: &[u8], w: &HashWrite) -> bool {
+    match w {
+        HashWrite::Fields(version, writes) => {
+            let version = *version;
+            let writes = writes.clone();
+            matches!(
+                s.write_fields(key, move |_, _| Ok::<_, ()>((version, writes))),
+                Ok(Ok(Applied::Yes | Applied::Stale))
+            )
+        }
+        HashWrite::Set(version, value) => s.set(key, value, None, *version).is_ok(),
+        HashWrite::Del(version) => s.delete(key, *version).is_ok(),
+    }
+}
+
+/// What a replica holds of `key`, as anti-entropy compares it.
+fn held(s: &Store, key: &[u8]) -> Option<(u64, bool, bool, Bytes)> {
+    s.entry(key)
+        .map(|e| (e.version, e.tombstone, e.hash, e.data))
+}
+
+/// Replicas that took the same field writes, string writes and deletes in
+/// different orders hold the same entry, bytes and digests once they
+/// swapped entries (an anti-entropy round); no field written after the
+/// last whole-key write is lost.
+#[test]
+fn hashes_converge_whatever_order_writes_arrive_in() {
+    let seed = crate::sys::random_u64();
+    println!("seed {seed}");
+    let mut rng = crate::zipf::Rng::new(seed);
+    for round in 0..300 {
+        let keys: [&[u8]; 3] = [b"h0", b"h1", b"h2"];
+        let mut writes: Vec<(usize, HashWrite)> = Vec::new();
+        let mut versions: Vec<u64> = (1..=12).map(|v| v * 10).collect();
+        // Distinct versions, as clocks stamp them.
+        for i in (1..versions.len()).rev() {
+            versions.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for version in versions {
+            let key = rng.below(3) as usize;
+            let w = match rng.below(10) {
+                0 => HashWrite::Set(version, Bytes::from(format!("s{version}"))),
+                1 => HashWrite::Del(version),
+                _ => HashWrite::Fields(
+                    version,
+                    (0..1 + rng.below(3))
+                        .map(|_| {
+                            let name = Bytes::from(vec![b'a' + rng.below(4) as u8]);
+                            let value =
+                                (rng.below(4) > 0).then(|| Bytes::from(format!("v{version}")));
+                            (name, value)
+                        })
+                        .collect(),
+                ),
+            };
+            writes.push((key, w));
+        }
+        let (a, b) = (store(1 << 30), store(1 << 30));
+        // Acknowledged: some replica took it.
+        let mut taken = vec![false; writes.len()];
+        for (i, (key, w)) in writes.iter().enumerate() {
+            taken[i] |= write(&a, keys[*key], w);
+        }
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for &i in &order {
+            let (key, w) = &writes[i];
+            taken[i] |= write(&b, keys[*key], w);
+        }
+        for key in keys {
+            if let Some(e) = a.entry(key) {
+                let _ = b.apply(&e);
+            }
+            if let Some(e) = b.entry(key) {
+                let _ = a.apply(&e);
+            }
+            assert_eq!(
+                held(&a, key),
+                held(&b, key),
+                "seed {seed} round {round}: {writes:?}"
+            );
+        }
+        assert_eq!(digest(&a), digest(&b), "seed {seed} round {round}");
+        // Every field write newer than every whole-key write of its key
+        // is there.
+        for (k, key) in keys.iter().enumerate() {
+            let last_whole = writes
+                .iter()
+                .filter(|(wk, w)| *wk == k && !matches!(w, HashWrite::Fields(..)))
+                .map(|(_, w)| match w {
+                    HashWrite::Set(v, _) | HashWrite::Del(v) | HashWrite::Fields(v, _) => *v,
+                })
+                .max()
+                .unwrap_or(0);
+            let mut newest: std::collections::BTreeMap<Bytes, (u64, Option<Bytes>)> =
+                Default::default();
+            for ((wk, w), _) in writes.iter().zip(&taken).filter(|(_, t)| **t) {
+                if let (true, HashWrite::Fields(v, fields)) = (*wk == k, w) {
+                    for (name, value) in fields {
+                        if *v > last_whole && newest.get(name).map_or(true, |(held, _)| *held <= *v)
+                        {
+                            newest.insert(name.clone(), (*v, value.clone()));
+                        }
+                    }
+                }
+            }
+            let found = a.get(key);
+            let fields = found
+                .as_ref()
+                .filter(|f| f.hash)
+                .map(|f| crate::protocol::fields::Fields::decode(&f.value).expect("decodes"));
+            for (name, (_, value)) in &newest {
+                assert_eq!(
+                    fields.as_ref().and_then(|f| f.get(name)),
+                    value.as_ref(),
+                    "seed {seed} round {round}: field {name:?} of {key:?}: {writes:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn field_writes_over_a_string_are_the_wrong_type_and_a_hash_without_fields_reads_missing() {
+    let s = store(1 << 30);
+    s.set(b"str", b"v", None, 5).expect("fits");
+    let w = |version, writes: Vec<(Bytes, Option<Bytes>)>| {
+        move |_: Option<&crate::protocol::fields::Fields>, _| Ok::<_, ()>((version, writes))
+    };
+    assert_eq!(
+        s.write_fields(b"str", w(6, vec![("f".into(), Some("x".into()))])),
+        Ok(Ok(Applied::WrongType))
+    );
+    assert_eq!(s.get(b"str").map(|f| f.value), Some(Bytes::from("v")));
+    assert_eq!(
+        s.write_fields(b"h", w(7, vec![("f".into(), Some("x".into()))])),
+        Ok(Ok(Applied::Yes))
+    );
+    let found = s.get(b"h").expect("a hash");
+    assert!(found.hash);
+    assert_eq!(
+        s.write_fields(b"h", w(8, vec![("f".into(), None)])),
+        Ok(Ok(Applied::Yes))
+    );
+    assert_eq!(s.get(b"h"), None, "no live field: missing");
+    assert_eq!(s.meta(b"h"), None);
+    // Kept, so an older write of the field cannot come back.
+    assert!(s.entry(b"h").is_some_and(|e| e.hash && !e.tombstone));
+    s.write_fields(b"h", w(7, vec![("f".into(), Some("old".into()))]))
+        .expect("fits")
+        .expect("computed");
+    assert_eq!(s.get(b"h"), None, "the deletion at 8 beats a write at 7");
+    // A delete older than a field takes the fields before it only.
+    s.write_fields(b"h", w(9, vec![("g".into(), Some("y".into()))]))
+        .expect("fits")
+        .expect("computed");
+    assert_eq!(s.delete_at(b"h", 8), Ok((Applied::Newer(9), true)));
+    let fields =
+        crate::protocol::fields::Fields::decode(&s.get(b"h").expect("g").value).expect("decodes");
+    assert_eq!(fields.get(b"g").map(|v| &v[..]), Some(&b"y"[..]));
+    assert_eq!(s.delete_at(b"h", 10), Ok((Applied::Yes, true)));
+    assert_eq!(s.get(b"h"), None);
 }
