@@ -976,3 +976,252 @@ fn lcs_of_values_too_large_for_its_table_is_refused() {
         assert_eq!(r.call(&["LCS", "lcs:big1", "lcs:small", "LEN"]), int(4), "{target}");
     });
 }
+
+/// The same answer with the order of an array's items (or of its
+/// field-value pairs) left out: Redis keeps a small hash's fields in
+/// insertion order, rcache in byte order, and neither order is promised.
+fn unordered(v: Value, pairs: bool) -> Value {
+    match v {
+        Value::Array(Some(items)) if pairs => {
+            let mut chunks: Vec<Vec<Value>> = items.chunks(2).map(|c| c.to_vec()).collect();
+            chunks.sort_by_key(|c| format!("{c:?}"));
+            Value::Array(Some(chunks.into_iter().flatten().collect()))
+        }
+        Value::Array(Some(mut items)) => {
+            items.sort_by_key(|i| format!("{i:?}"));
+            Value::Array(Some(items))
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn hash_commands_answer_as_redis_server_does() {
+    #[rustfmt::skip]
+    let script: &[&[&str]] = &[
+        &["HSET", "h", "a", "1", "b", "2", "c", "3"],
+        &["HSET", "h", "a", "10", "d", "4"],
+        &["HGET", "h", "a"], &["HGET", "h", "zz"], &["HGET", "nohash", "a"],
+        &["HMGET", "h", "a", "zz", "b"], &["HMGET", "nohash", "a"],
+        &["HLEN", "h"], &["HEXISTS", "h", "b"], &["HEXISTS", "h", "zz"],
+        &["HSTRLEN", "h", "a"], &["HSTRLEN", "h", "zz"],
+        &["HDEL", "h", "b", "zz", "b"], &["HDEL", "h", "zz"], &["HDEL", "nohash", "a"],
+        &["HLEN", "h"],
+        &["HSETNX", "h", "a", "x"], &["HSETNX", "h", "e", "5"], &["HGET", "h", "e"],
+        &["HINCRBY", "h", "n", "5"], &["HINCRBY", "h", "n", "-7"], &["HINCRBY", "h", "a", "1"],
+        &["HINCRBY", "h", "e", "x"],
+        &["HSET", "h", "s", "abc"], &["HINCRBY", "h", "s", "1"],
+        &["HINCRBYFLOAT", "h", "f", "1.5"], &["HINCRBYFLOAT", "h", "f", "2.25"],
+        &["HINCRBYFLOAT", "h", "f", "-3.75"], &["HINCRBYFLOAT", "h", "s", "1"],
+        &["HINCRBYFLOAT", "h", "f", "abc"],
+        &["HSET", "h", "big", "9223372036854775807"], &["HINCRBY", "h", "big", "1"],
+        &["HMSET", "h", "m", "1", "n2", "2"],
+        &["TYPE", "h"], &["EXISTS", "h"],
+        &["SET", "str", "v"], &["HSET", "str", "a", "1"], &["HGET", "str", "a"],
+        &["HGETALL", "str"], &["HINCRBY", "str", "a", "1"], &["HSETNX", "str", "a", "1"],
+        &["HDEL", "str", "a"],
+        &["GET", "h"], &["INCR", "h"], &["APPEND", "h", "x"], &["STRLEN", "h"],
+        &["TYPE", "str"], &["MGET", "str", "h", "nohash"],
+        &["HGETALL", "h"], &["HKEYS", "h"], &["HVALS", "h"],
+        &["HGETALL", "nohash"], &["HKEYS", "nohash"], &["HLEN", "nohash"],
+        &["HSCAN", "h", "0", "MATCH", "n*"], &["HSCAN", "nohash", "0"],
+        &["HRANDFIELD", "nohash"], &["HRANDFIELD", "nohash", "3"],
+        &["HRANDFIELD", "h", "100"], &["HRANDFIELD", "h", "0"],
+        &["HSET", "h"], &["HSET", "h", "a"], &["HGET", "h"], &["HMSET", "h", "a"],
+        &["HINCRBY", "h", "a"], &["HRANDFIELD", "h", "1", "WITHVALUE"],
+        &["EXPIRE", "h", "100"], &["TTL", "h"],
+        &["HSET", "h2", "x", "1"], &["DEL", "h2"], &["HGET", "h2", "x"], &["TYPE", "h2"],
+        &["HSET", "h3", "x", "1"], &["HDEL", "h3", "x"], &["EXISTS", "h3"], &["TYPE", "h3"],
+        &["HLEN", "h3"], &["HSET", "h3", "y", "2"], &["HGETALL", "h3"],
+    ];
+    let end: &[&[&str]] = &[
+        &["SET", "h3", "now a string"],
+        &["TYPE", "h3"],
+        &["GET", "h3"],
+    ];
+    let normal = |args: &[&str], v: Value| match args[0] {
+        "HGETALL" => unordered(v, true),
+        "HKEYS" | "HVALS" | "HRANDFIELD" => unordered(v, false),
+        "HSCAN" | "SCAN" => match v {
+            Value::Array(Some(mut parts)) if parts.len() == 2 => {
+                let items = parts.pop().expect("two parts");
+                let cursor = parts.pop().expect("two parts");
+                Value::Array(Some(vec![cursor, unordered(items, args[0] == "HSCAN")]))
+            }
+            other => other,
+        },
+        _ => v,
+    };
+    let Some((mut redis, redis_port)) = redis_server() else {
+        return;
+    };
+    // Every key of a type, by a whole SCAN walk.
+    let walk = |r: &mut Resp, kind: &str| {
+        let (mut cursor, mut keys) = ("0".to_string(), Vec::new());
+        loop {
+            match r.call(&["SCAN", &cursor, "TYPE", kind, "COUNT", "100"]) {
+                Value::Array(Some(parts)) => match &parts[..] {
+                    [Value::Bulk(Some(next)), Value::Array(Some(found))] => {
+                        keys.extend(found.iter().map(|k| format!("{k:?}")));
+                        cursor = String::from_utf8_lossy(next).into_owned();
+                    }
+                    other => panic!("not a SCAN answer: {other:?}"),
+                },
+                other => panic!("not a SCAN answer: {other:?}"),
+            }
+            if cursor == "0" {
+                keys.sort();
+                return keys;
+            }
+        }
+    };
+    let run = |r: &mut Resp| {
+        let mut answers: Vec<Value> = script
+            .iter()
+            .map(|args| normal(args, r.call(args)))
+            .collect();
+        let walks = (walk(r, "hash"), walk(r, "string"), walk(r, "list"));
+        answers.extend(end.iter().map(|args| r.call(args)));
+        (answers, walks)
+    };
+    let (want, want_walks) = run(&mut Resp::connect_plain(redis_port));
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert_eq!(want_walks.0.len(), 2, "{want_walks:?}");
+    targets().each(|r, target| {
+        let (got, walks) = run(r);
+        let all = script.iter().chain(end);
+        for ((args, answer), got) in all.zip(&want).zip(&got) {
+            assert_eq!(got, answer, "{target}: {args:?}");
+        }
+        assert_eq!(walks, want_walks, "{target}: SCAN … TYPE");
+    });
+}
+
+/// Clients writing different fields of the same hashes through two
+/// orchestrators (one with its clock 10 s behind) while a worker of the
+/// pair is killed and comes back empty: every acknowledged field write
+/// survives on both workers, each a different order of the writes, and
+/// every acknowledged field deletion stays deleted. With one value per key
+/// (last writer wins) the concurrent writes of other fields would be lost.
+#[test]
+fn concurrent_field_writes_through_two_orchestrators_all_survive_a_kill_and_refill() {
+    let seed = chaos::seed("concurrent_field_writes");
+    let Some(behind) = skewed_clock("-10s") else {
+        return;
+    };
+    let [pa, pb] = free_ports();
+    let ae = ["--anti-entropy-interval", "300ms"];
+    let mut a = worker_starting(pa, Some(pb), &ae);
+    let mut b = worker_starting(pb, Some(pa), &ae);
+    a.wait_ready();
+    b.wait_ready();
+    let o1 = orchestrator(&[pa, pb], &["--worker-timeout", "300ms"]);
+    let o2 = orchestrator_skewed(&[pa, pb], &behind);
+    const HASHES: usize = 2;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per client: (hash, field, Some(value) | None for deleted) acknowledged.
+    type Acked = Vec<(usize, String, Option<String>)>;
+    let clients: Vec<std::thread::JoinHandle<(Acked, usize)>> = (0..4u64)
+        .map(|i| {
+            let port = if i % 2 == 0 { o1.port } else { o2.port };
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut r = Resp::connect(port);
+                let (mut acked, mut failed) = (Vec::new(), 0);
+                let mut n = 0u64;
+                let mut rng = seed.wrapping_add(i);
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let h = (rng >> 33) as usize % HASHES;
+                    let field = format!("c{i}-{n}");
+                    let value = format!("{i}:{n}");
+                    match r.call(&["HSET", &format!("hash-{h}"), &field, &value]) {
+                        Value::Integer(1) => acked.push((h, field.clone(), Some(value))),
+                        _ => failed += 1,
+                    }
+                    // Every fifth field is deleted again.
+                    if n % 5 == 0 {
+                        match r.call(&["HDEL", &format!("hash-{h}"), &field]) {
+                            Value::Integer(_) => acked.push((h, field, None)),
+                            _ => failed += 1,
+                        }
+                    }
+                }
+                (acked, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let victim = if seed % 2 == 0 { &mut a } else { &mut b };
+    let port = victim.port;
+    let partner = if port == pa { pb } else { pa };
+    victim.kill9();
+    std::thread::sleep(Duration::from_millis(1200));
+    *victim = worker(port, Some(partner), &ae);
+    std::thread::sleep(Duration::from_millis(1200));
+    stop.store(true, Ordering::Relaxed);
+    let mut want: Vec<std::collections::BTreeMap<String, String>> =
+        vec![Default::default(); HASHES];
+    let (mut writes, mut failures) = (0, 0);
+    for c in clients {
+        let (acked, failed) = c.join().expect("client thread");
+        failures += failed;
+        writes += acked.len();
+        for (h, field, value) in acked {
+            match value {
+                Some(v) => want[h].insert(field, v),
+                None => want[h].remove(&field),
+            };
+        }
+    }
+    eprintln!("seed {seed}: {writes} acknowledged field writes, {failures} failed");
+    assert!(
+        writes > 200,
+        "seed {seed}: only {writes} acknowledged writes"
+    );
+    assert!(
+        failures <= 40,
+        "seed {seed}: {failures} writes failed with a worker up throughout"
+    );
+    let all = |port: u16, h: usize| {
+        let reply = Resp::connect(port).call(&["HGETALL", &format!("hash-{h}")]);
+        let Value::Array(Some(items)) = reply else {
+            panic!("seed {seed}: HGETALL answered {reply:?}");
+        };
+        let text = |v: &Value| match v {
+            Value::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("seed {seed}: {other:?} in HGETALL"),
+        };
+        items
+            .chunks(2)
+            .map(|c| (text(&c[0]), text(&c[1])))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    for (h, want) in want.iter().enumerate() {
+        for port in [o1.port, o2.port, pa, pb] {
+            let converged = eventually(Duration::from_secs(15), || all(port, h) == *want);
+            if !converged {
+                let got = all(port, h);
+                let missing: Vec<_> = want
+                    .keys()
+                    .filter(|k| !got.contains_key(*k))
+                    .take(5)
+                    .collect();
+                let extra: Vec<_> = got
+                    .keys()
+                    .filter(|k| !want.contains_key(*k))
+                    .take(5)
+                    .collect();
+                panic!(
+                    "seed {seed}: hash-{h} on port {port}: {} fields, want {}; missing {missing:?}, not wanted {extra:?}",
+                    got.len(),
+                    want.len()
+                );
+            }
+        }
+    }
+}

@@ -26,10 +26,10 @@ impl Keyspace for Worker {
 
     async fn read(&self, key: Bytes) -> Result<Option<(Bytes, u64)>, ErrorReply> {
         self.ready()?;
-        Ok(self
-            .store
-            .get(&key)
-            .map(|found| (found.value, found.ttl_ms)))
+        match self.store.get(&key) {
+            Some(found) if found.hash => Err(ErrorReply::wrong_type()),
+            found => Ok(found.map(|found| (found.value, found.ttl_ms))),
+        }
     }
 
     async fn read_hash(&self, key: Bytes) -> Result<Option<(Fields, u64)>, ErrorReply> {
