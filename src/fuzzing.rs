@@ -71,6 +71,7 @@ fn apply_request(store: &crate::worker::store::Store, request: &Request, limits:
         Request::Apply { entries, .. } => {
             for entry in entries {
                 let _ = store.apply(entry);
+                stored_hash_decodes(store, &entry.key);
             }
         }
         Request::Update {
@@ -113,6 +114,31 @@ fn apply_request(store: &crate::worker::store::Store, request: &Request, limits:
                 None => store.delete_over(key, *version, require).map(|(a, _)| a),
             };
         }
+        Request::HSet {
+            version,
+            key,
+            fields,
+        } => {
+            let (version, fields) = (*version, fields.clone());
+            let _ = store.write_fields(key, move |_, _| Ok::<_, ()>((version, fields)));
+            stored_hash_decodes(store, key);
+        }
+        Request::HUpdate {
+            version,
+            key,
+            field,
+            update,
+        } => {
+            let _ = store.write_fields(key, |current, _| {
+                let old = current.and_then(|f| f.get(field)).cloned();
+                let new = update.apply(old.as_ref())?;
+                Ok::<_, crate::protocol::ErrorReply>((
+                    *version,
+                    new.into_iter().map(|v| (field.clone(), Some(v))).collect(),
+                ))
+            });
+            stored_hash_decodes(store, key);
+        }
         Request::Flush { version } => {
             store.flush(*version);
         }
@@ -131,6 +157,17 @@ fn apply_request(store: &crate::worker::store::Store, request: &Request, limits:
             assert!(next <= crate::hash::DIGEST_BUCKETS);
         }
         _ => {}
+    }
+}
+
+/// Whatever hash the store holds under `key` is a canonical encoding.
+fn stored_hash_decodes(store: &crate::worker::store::Store, key: &[u8]) {
+    if let Some(found) = store.get(key).filter(|f| f.hash) {
+        let decoded = crate::protocol::fields::Fields::decode(&found.value);
+        assert!(
+            decoded.is_ok(),
+            "the store holds a hash that does not decode"
+        );
     }
 }
 
@@ -186,6 +223,7 @@ pub fn link_stream(data: &[u8]) {
             if let Ok(Response::Chunk(entries)) = decode_response(frame.clone(), kind, &limits) {
                 for entry in &entries {
                     let _ = store.apply(entry);
+                    stored_hash_decodes(&store, &entry.key);
                 }
             }
         }

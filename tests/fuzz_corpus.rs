@@ -71,8 +71,55 @@ fn link_sample() -> Vec<u8> {
         data: Bytes::from(lz4_flex::compress(&[b'x'; 200])),
         ..entry.clone()
     };
+    let mut fields = rcache::protocol::fields::Fields::after(3);
+    fields.write(
+        b("f"),
+        rcache::protocol::fields::Field {
+            version: 5,
+            value: Some(b("1")),
+        },
+    );
+    fields.write(
+        b("g"),
+        rcache::protocol::fields::Field {
+            version: 6,
+            value: None,
+        },
+    );
+    let hash = Entry {
+        key: b("h"),
+        hash: true,
+        version: 6,
+        raw_len: fields.encoded_len() as u32,
+        data: fields.to_bytes(),
+        ..entry.clone()
+    };
     let mut out = BytesMut::new();
     for r in [
+        Request::HSet {
+            version: 11,
+            key: b("h"),
+            fields: vec![(b("f"), Some(b("2"))), (b("g"), None)],
+        },
+        Request::HGet { key: b("h") },
+        Request::HUpdate {
+            version: 12,
+            key: b("h"),
+            field: b("n"),
+            update: rcache::protocol::fields::FieldUpdate::IncrBy(-3),
+        },
+        Request::HUpdate {
+            version: 13,
+            key: b("h"),
+            field: b("x"),
+            update: rcache::protocol::fields::FieldUpdate::IncrByFloat(1.5f64.to_bits()),
+        },
+        Request::HUpdate {
+            version: 14,
+            key: b("h"),
+            field: b("y"),
+            update: rcache::protocol::fields::FieldUpdate::SetNx(b("z")),
+        },
         Request::Auth { token: b("t") },
         Request::Get { key: b("k") },
         Request::Set {
@@ -150,10 +197,20 @@ fn link_sample() -> Vec<u8> {
                 content: 0,
             }],
         },
+        Request::Apply {
+            last: false,
+            entries: vec![hash.clone()],
+            evict: vec![Summary {
+                key: b("h"),
+                version: 6,
+                tombstone: false,
+                content: 77,
+            }],
+        },
     ] {
         encode_request(&r, &mut out);
     }
-    encode_response(&Response::Chunk(vec![entry, compressed]), &mut out);
+    encode_response(&Response::Chunk(vec![entry, compressed, hash]), &mut out);
     encode_response(
         &Response::End {
             entries: 2,
