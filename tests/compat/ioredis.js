@@ -101,6 +101,18 @@ async function main() {
   check("keys", (await redis.keys("item:1?")).length, 10);
   check("dbsize", await redis.dbsize(), 200 + 8);
 
+  // Hashes: ioredis turns HGETALL's array into an object.
+  check("hset", await redis.hset("session:1", { user: "ada", hits: 1 }), 2);
+  check("hincrby", await redis.hincrby("session:1", "hits", 9), 10);
+  check("hgetall", await redis.hgetall("session:1"), { user: "ada", hits: "10" });
+  check("hmget", await redis.hmget("session:1", "user", "none"), ["ada", null]);
+  check("hdel", await redis.hdel("session:1", "hits"), 1);
+  check("hlen", await redis.hlen("session:1"), 1);
+  check("type hash", await redis.type("session:1"), "hash");
+  await assert.rejects(redis.get("session:1"), /WRONGTYPE Operation against a key holding the wrong kind of value/);
+  checks += 1;
+  check("del hash", await redis.del("session:1"), 1);
+
   // An error reply rejects the promise with Redis's words.
   await assert.rejects(redis.incr("greeting"), /ERR value is not an integer or out of range/);
   checks += 1;
