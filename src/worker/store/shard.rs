@@ -75,7 +75,10 @@ impl Shard {
     ) -> Put {
         if let Some(idx) = found {
             let slot = &self.slots[idx as usize];
-            let was_live = !slot.is(FLAG_TOMBSTONE) && !slot.expired(now);
+            // A hash without live fields reads as missing, and is so to
+            // a condition on presence.
+            let was_live =
+                !slot.is(FLAG_TOMBSTONE) && !slot.expired(now) && !slot.reads_missing(&self.arena);
             // The same write again (a retry after a link broke): already
             // applied, whatever its condition says now.
             if new.version == slot.version && new.content() == slot.content(&self.arena) {

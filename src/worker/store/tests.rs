@@ -615,3 +615,38 @@ fn field_writes_over_a_string_are_the_wrong_type_and_a_hash_without_fields_reads
     assert_eq!(s.delete_at(b"h", 10), Ok((Applied::Yes, true)));
     assert_eq!(s.get(b"h"), None);
 }
+
+#[test]
+fn a_hash_without_fields_is_missing_to_conditions_and_deletes() {
+    let s = store(1 << 30);
+    let w = |version, writes: Vec<(Bytes, Option<Bytes>)>| {
+        move |_: Option<&crate::protocol::fields::Fields>, _| Ok::<_, ()>((version, writes))
+    };
+    s.write_fields(b"h", w(3, vec![("f".into(), Some("x".into()))]))
+        .expect("fits")
+        .expect("computed");
+    s.write_fields(b"h", w(4, vec![("f".into(), None)]))
+        .expect("fits")
+        .expect("computed");
+    assert_eq!(
+        s.set_when(b"h", b"v", None, 5, SetWhen::Present),
+        Ok(Applied::Unmet),
+        "XX: nothing there"
+    );
+    assert_eq!(
+        s.delete_at(b"h", 6),
+        Ok((Applied::Yes, false)),
+        "DEL: did not exist"
+    );
+    s.write_fields(b"h", w(7, vec![("f".into(), None)]))
+        .expect("fits")
+        .expect("computed");
+    assert_eq!(
+        s.set_when(b"h", b"v", None, 8, SetWhen::Absent),
+        Ok(Applied::Yes)
+    );
+    assert_eq!(
+        s.get(b"h").map(|f| (f.value, f.hash)),
+        Some((Bytes::from("v"), false))
+    );
+}
