@@ -118,6 +118,7 @@ fn apply_request(store: &crate::worker::store::Store, request: &Request, limits:
             version,
             key,
             fields,
+            ..
         } => {
             let (version, fields) = (*version, fields.clone());
             let _ = store.write_fields(key, move |_, _| Ok::<_, ()>((version, fields)));

@@ -1104,6 +1104,9 @@ fn hash_commands_answer_as_redis_server_does() {
 /// survives on both workers, each a different order of the writes, and
 /// every acknowledged field deletion stays deleted. With one value per key
 /// (last writer wins) the concurrent writes of other fields would be lost.
+/// The same clients count in one field with HINCRBY: every acknowledged
+/// increment answered a value no other did, and the count ends between
+/// the acknowledged increments and those plus the unknown outcomes.
 #[test]
 fn concurrent_field_writes_through_two_orchestrators_all_survive_a_kill_and_refill() {
     let seed = chaos::seed("concurrent_field_writes");
@@ -1121,14 +1124,18 @@ fn concurrent_field_writes_through_two_orchestrators_all_survive_a_kill_and_refi
     const HASHES: usize = 2;
     let stop = Arc::new(AtomicBool::new(false));
     // Per client: (hash, field, Some(value) | None for deleted) acknowledged.
-    type Acked = Vec<(usize, String, Option<String>)>;
-    let clients: Vec<std::thread::JoinHandle<(Acked, usize)>> = (0..4u64)
+    // `None` for a deletion; `Err` for a write whose outcome the client
+    // was not told (it may or may not have applied).
+    type Acked = Vec<(usize, String, Result<Option<String>, String>)>;
+    // Values HINCRBY answered, and its unknown outcomes.
+    let hits = Arc::new(Mutex::new((Vec::<i64>::new(), 0i64)));
+    let clients: Vec<std::thread::JoinHandle<(Acked, usize, usize)>> = (0..4u64)
         .map(|i| {
             let port = if i % 2 == 0 { o1.port } else { o2.port };
-            let stop = stop.clone();
+            let (stop, hits) = (stop.clone(), hits.clone());
             std::thread::spawn(move || {
                 let mut r = Resp::connect(port);
-                let (mut acked, mut failed) = (Vec::new(), 0);
+                let (mut acked, mut failed, mut wrong) = (Vec::new(), 0, 0);
                 let mut n = 0u64;
                 let mut rng = seed.wrapping_add(i);
                 while !stop.load(Ordering::Relaxed) {
@@ -1140,18 +1147,40 @@ fn concurrent_field_writes_through_two_orchestrators_all_survive_a_kill_and_refi
                     let field = format!("c{i}-{n}");
                     let value = format!("{i}:{n}");
                     match r.call(&["HSET", &format!("hash-{h}"), &field, &value]) {
-                        Value::Integer(1) => acked.push((h, field.clone(), Some(value))),
-                        _ => failed += 1,
+                        Value::Integer(1) => acked.push((h, field.clone(), Ok(Some(value)))),
+                        // A new field counted as there before: a wrong answer.
+                        Value::Integer(n) => {
+                            wrong += 1;
+                            eprintln!("HSET of the new field {field} answered {n}");
+                            acked.push((h, field.clone(), Ok(Some(value))));
+                        }
+                        other => {
+                            failed += 1;
+                            acked.push((h, field.clone(), Err(format!("HSET: {other:?}"))));
+                        }
+                    }
+                    match r.call(&["HINCRBY", "hash-0", "hits", "1"]) {
+                        Value::Integer(v) => hits.lock().expect("lock").0.push(v),
+                        Value::Error(e) if e.starts_with(b"ERR write outcome unknown") => {
+                            hits.lock().expect("lock").1 += 1
+                        }
+                        other => {
+                            failed += 1;
+                            eprintln!("HINCRBY: {other:?}");
+                        }
                     }
                     // Every fifth field is deleted again.
                     if n % 5 == 0 {
                         match r.call(&["HDEL", &format!("hash-{h}"), &field]) {
-                            Value::Integer(_) => acked.push((h, field, None)),
-                            _ => failed += 1,
+                            Value::Integer(_) => acked.push((h, field, Ok(None))),
+                            other => {
+                                failed += 1;
+                                acked.push((h, field, Err(format!("HDEL: {other:?}"))));
+                            }
                         }
                     }
                 }
-                (acked, failed)
+                (acked, failed, wrong)
             })
         })
         .collect();
@@ -1166,22 +1195,53 @@ fn concurrent_field_writes_through_two_orchestrators_all_survive_a_kill_and_refi
     stop.store(true, Ordering::Relaxed);
     let mut want: Vec<std::collections::BTreeMap<String, String>> =
         vec![Default::default(); HASHES];
-    let (mut writes, mut failures) = (0, 0);
+    // Fields whose last write's outcome is unknown: there or not.
+    let mut uncertain: Vec<HashSet<String>> = vec![HashSet::new(); HASHES];
+    let (mut writes, mut failures, mut wrong) = (0, 0, 0);
     for c in clients {
-        let (acked, failed) = c.join().expect("client thread");
+        let (acked, failed, wrong_answers) = c.join().expect("client thread");
         failures += failed;
-        writes += acked.len();
+        wrong += wrong_answers;
         for (h, field, value) in acked {
             match value {
-                Some(v) => want[h].insert(field, v),
-                None => want[h].remove(&field),
-            };
+                Ok(Some(v)) => {
+                    writes += 1;
+                    uncertain[h].remove(&field);
+                    want[h].insert(field, v);
+                }
+                Ok(None) => {
+                    writes += 1;
+                    uncertain[h].remove(&field);
+                    want[h].remove(&field);
+                }
+                Err(e) => {
+                    eprintln!("seed {seed}: {field}: {e}");
+                    want[h].remove(&field);
+                    uncertain[h].insert(field);
+                }
+            }
         }
     }
+    let (values, unknown) = hits.lock().expect("lock").clone();
+    let distinct: HashSet<i64> = values.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        values.len(),
+        "seed {seed}: two HINCRBYs answered the same count (one was lost)"
+    );
+    let acked = values.len() as i64;
+    // The count is read where every acknowledged write is, below.
+    let count = values.iter().copied().max().unwrap_or(0).max(acked);
+    eprintln!("seed {seed}: {acked} HINCRBYs acknowledged, {unknown} unknown");
+    want[0].insert("hits".into(), String::new());
     eprintln!("seed {seed}: {writes} acknowledged field writes, {failures} failed");
     assert!(
         writes > 200,
         "seed {seed}: only {writes} acknowledged writes"
+    );
+    assert_eq!(
+        wrong, 0,
+        "seed {seed}: HSETs of new fields answered 0 added"
     );
     assert!(
         failures <= 40,
@@ -1201,11 +1261,28 @@ fn concurrent_field_writes_through_two_orchestrators_all_survive_a_kill_and_refi
             .map(|c| (text(&c[0]), text(&c[1])))
             .collect::<std::collections::BTreeMap<_, _>>()
     };
+    let counted = |got: &mut std::collections::BTreeMap<String, String>| {
+        let n: i64 = got.get("hits").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        if (acked..=acked + unknown).contains(&n) && n >= count.min(acked + unknown) {
+            got.insert("hits".into(), String::new());
+        }
+    };
     for (h, want) in want.iter().enumerate() {
         for port in [o1.port, o2.port, pa, pb] {
-            let converged = eventually(Duration::from_secs(15), || all(port, h) == *want);
+            let converged = eventually(Duration::from_secs(15), || {
+                let mut got = all(port, h);
+                counted(&mut got);
+                got.retain(|f, _| !uncertain[h].contains(f));
+                got == *want
+            });
             if !converged {
                 let got = all(port, h);
+                if h == 0 {
+                    eprintln!(
+                        "seed {seed}: hits = {:?} after {acked} acknowledged, {unknown} unknown",
+                        got.get("hits")
+                    );
+                }
                 let missing: Vec<_> = want
                     .keys()
                     .filter(|k| !got.contains_key(*k))

@@ -100,6 +100,13 @@ fn link_sample() -> Vec<u8> {
             version: 11,
             key: b("h"),
             fields: vec![(b("f"), Some(b("2"))), (b("g"), None)],
+            base: None,
+        },
+        Request::HSet {
+            version: 15,
+            key: b("h"),
+            fields: vec![(b("n"), Some(b("7")))],
+            base: Some(12),
         },
         Request::HGet { key: b("h") },
         Request::HUpdate {

@@ -54,10 +54,11 @@ impl Keyspace for Router {
         }
     }
 
-    /// Writes the fields to both workers of the pair. A worker that missed
-    /// earlier writes may count a field as added that the other had, or
-    /// miss a removal: the smaller count of added fields and the larger of
-    /// removed ones are told.
+    /// Writes the fields to both workers of the pair. The counts told are
+    /// the deciding worker's ([`Backend::decider`]: the one that has
+    /// served longest, not a worker that came back and may have had the
+    /// write from its partner's refill or anti-entropy first), or the one
+    /// answer there is.
     async fn write_fields(
         &self,
         key: Bytes,
@@ -67,19 +68,26 @@ impl Keyspace for Router {
             version: self.clock.next(),
             key: key.clone(),
             fields,
+            base: None,
         };
-        let mut counts: Option<(u32, u32)> = None;
-        for response in self.write(&key, request).await? {
-            match response {
-                Response::FieldsWritten { added, removed } => {
-                    counts = Some(
-                        counts.map_or((added, removed), |(a, r)| (a.min(added), r.max(removed))),
-                    );
-                }
-                other => return Err(unexpected(&other)),
-            }
+        let responses = self.write(&key, request).await?;
+        // Both answered: in the pair's order.
+        let decider = (responses.len() == 2)
+            .then(|| {
+                let topology = self.topology();
+                let slot = super::placement::locate(&key, topology.pairs.len());
+                Backend::decider(&topology.pairs[slot.pair], slot.first, self.probe.settle())
+            })
+            .flatten()
+            .unwrap_or(0);
+        match responses.get(decider).or(responses.first()) {
+            Some(Response::FieldsWritten { added, removed }) => Ok((*added, *removed)),
+            Some(other) => Err(unexpected(other)),
+            None => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "no answer to the field writes",
+            )),
         }
-        Ok(counts.unwrap_or((0, 0)))
     }
 
     async fn update_field(

@@ -395,6 +395,7 @@ impl Router {
             Response::Updated {
                 changed: true,
                 version,
+                base,
                 value: Some(value),
                 ..
             } => {
@@ -403,6 +404,7 @@ impl Router {
                     version: *version,
                     key: key.clone(),
                     fields: vec![(field.clone(), Some(value.clone()))],
+                    base: Some(*base),
                 })
             }
             _ => None,
@@ -474,7 +476,10 @@ impl Router {
         // one's client is told its outcome is unknown. A newer version of
         // anyone else there (a later update of this decider, a plain
         // write) descends from or rightly overwrites this one.
-        let replica = matches!(outcome, Request::Replicate { .. });
+        let replica = matches!(
+            outcome,
+            Request::Replicate { .. } | Request::HSet { base: Some(_), .. }
+        );
         let plain = Arc::new(outcome.plain());
         let outcome = Arc::new(outcome);
         let conflict = || {

@@ -84,6 +84,11 @@ impl Fields {
             .fold(self.base, u64::max)
     }
 
+    /// A field's last write, a deletion included.
+    pub fn field(&self, name: &[u8]) -> Option<&Field> {
+        self.fields.get(name)
+    }
+
     /// A field's value (`None` when missing or deleted).
     pub fn get(&self, name: &[u8]) -> Option<&Bytes> {
         self.fields.get(name)?.value.as_ref()

@@ -44,22 +44,41 @@ impl Worker {
     /// Writes fields of `key`'s hash at `version` (the orchestrator's
     /// stamp): answered with how many fields it added and removed,
     /// `Newer` when a whole-key write newer than `version` holds the key,
-    /// the wrong type over a string.
+    /// the wrong type over a string. With a `base` (the partner decided
+    /// the field from its version `base`), `NotStored` when a field holds
+    /// a version after `base` this worker stamped: an update it decided
+    /// itself meanwhile, which the partner's did not see.
     pub(super) fn write_fields(
         &self,
         key: &[u8],
         version: u64,
         fields: Vec<(Bytes, Option<Bytes>)>,
+        base: Option<u64>,
     ) -> Response {
         let max_value_bytes = self.live.load().limits.max_value_bytes;
+        let node = self.clock.node();
         let mut counts = (0u32, 0u32);
+        let mut conflict = false;
         let written = self.store.write_fields(key, |current, _| {
+            if let (Some(base), Some(current)) = (base, current) {
+                conflict = fields.iter().any(|(name, _)| {
+                    current.field(name).is_some_and(|f| {
+                        f.version > base && crate::version::node_of(f.version) == node
+                    })
+                });
+                if conflict {
+                    return Ok((version, Vec::new()));
+                }
+            }
             if current.map_or(12, Fields::encoded_len) + written_bytes(&fields) > max_value_bytes {
                 return Err(too_large(max_value_bytes));
             }
             counts = count_changes(current, &fields);
             Ok((version, fields))
         });
+        if conflict {
+            return Response::NotStored;
+        }
         match written {
             Ok(Ok(Applied::Yes | Applied::Stale)) => Response::FieldsWritten {
                 added: counts.0,
@@ -87,8 +106,8 @@ impl Worker {
         fields: Vec<(Bytes, Option<Bytes>)>,
     ) -> Result<(u32, u32), ErrorReply> {
         for _ in 0..TRIES {
-            match self.write_fields(key, self.clock.next(), fields.clone()) {
-                Response::FieldsWritten { added, removed } => return Ok((added, removed)),
+            match self.write_fields(key, self.clock.next(), fields.clone(), None) {
+                Response::FieldsWritten { added, removed, .. } => return Ok((added, removed)),
                 Response::Newer { version } => self.clock.observe(version),
                 Response::Error(e) => return Err(e),
                 other => return Err(unexpected(&other)),
@@ -120,6 +139,10 @@ impl Worker {
             let written = self.store.write_fields(key, |current, held| {
                 self.clock.observe(held);
                 let old = current.and_then(|f| f.get(&field)).cloned();
+                // The version the result is decided from, for the partner.
+                let base = current
+                    .and_then(|f| f.field(&field))
+                    .map_or(0, |f| f.version);
                 let new = update.apply(old.as_ref())?;
                 let version = self.clock.next();
                 let writes: Vec<_> = new
@@ -131,7 +154,7 @@ impl Worker {
                 {
                     return Err(too_large(max_value_bytes));
                 }
-                outcome = Some((version, held, new, old));
+                outcome = Some((version, base, new, old));
                 Ok((version, writes))
             });
             let applied = match written {

@@ -466,12 +466,13 @@ impl Worker {
                 version,
                 key,
                 fields,
+                base,
             } => {
                 if let Some(refused) = Worker::implausible(version) {
                     return refused;
                 }
                 self.clock.observe(version);
-                self.write_fields(&key, version, fields)
+                self.write_fields(&key, version, fields, base)
             }
             Request::HGet { key } => match self.read_hash(&key) {
                 Ok(Some(found)) => Response::Value {

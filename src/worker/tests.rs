@@ -176,3 +176,49 @@ fn a_missed_write_is_reported_until_a_round_that_began_after_it_completes() {
     w.round_completed();
     assert!(!says_partner_behind(&w));
 }
+
+/// A field increment the partner decided is not stored over one this
+/// worker decided after the version the partner read (answered
+/// `NotStored`: the two conflict and the client hears the outcome is
+/// unknown); over what the partner read, or another node's newer write,
+/// it is.
+#[test]
+fn a_decided_field_write_does_not_land_over_a_field_this_worker_decided_since() {
+    use crate::protocol::fields::FieldUpdate;
+    let w = worker();
+    let key = Bytes::from_static(b"h");
+    let field = Bytes::from_static(b"n");
+    let incr = |w: &Worker| match w.execute(Request::HUpdate {
+        version: 0,
+        key: key.clone(),
+        field: field.clone(),
+        update: FieldUpdate::IncrBy(1),
+    }) {
+        Response::Updated {
+            changed: true,
+            version,
+            base,
+            value: Some(v),
+            ..
+        } => (version, base, v),
+        other => panic!("{other:?}"),
+    };
+    let (first, base, value) = incr(&w);
+    assert_eq!((base, &value[..]), (0, &b"1"[..]));
+    let (second, base, value) = incr(&w);
+    assert_eq!((base, &value[..]), (first, &b"2"[..]));
+    // The partner decided from nothing (it had not seen `first`).
+    let from_partner = |base: u64, version: u64| Request::HSet {
+        version,
+        key: key.clone(),
+        fields: vec![(field.clone(), Some(Bytes::from_static(b"1")))],
+        base: Some(base),
+    };
+    let later = second + (1 << 20);
+    assert_eq!(w.execute(from_partner(0, later)), Response::NotStored);
+    // Decided from the value this worker holds: no conflict.
+    assert!(matches!(
+        w.execute(from_partner(second, later)),
+        Response::FieldsWritten { .. }
+    ));
+}

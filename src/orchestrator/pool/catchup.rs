@@ -129,10 +129,12 @@ impl Hint {
                 key,
                 &[],
             ),
+            // A decided field's condition only guards its first delivery.
             Request::HSet {
                 version,
                 key,
                 fields,
+                ..
             } => {
                 let encoded = Fields::writes(*version, fields.iter().cloned()).to_bytes();
                 return Some(Hint::packed(*version, HintKind::Fields, key, &encoded));
@@ -193,6 +195,7 @@ impl Hint {
                 fields: Fields::decode(&data.slice(self.key_len as usize..))
                     .map(|f| f.all().map(|(n, f)| (n.clone(), f.value.clone())).collect())
                     .unwrap_or_default(),
+                base: None,
             },
             HintKind::Expire { expires_at } => match remaining_ms(expires_at) {
                 Some(ttl_ms) => Request::Expire {

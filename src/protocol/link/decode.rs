@@ -314,6 +314,11 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
         }
         op::HSET => {
             let version = r.u64()?;
+            let base = match r.u8()? {
+                0 => None,
+                1 => Some(r.u64()?),
+                _ => return Err(LinkError::Malformed("unknown field condition")),
+            };
             let key = r.key(limits)?;
             // A field takes at least 5 bytes.
             let n = r.count(5)?;
@@ -339,6 +344,7 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
                 version,
                 key,
                 fields,
+                base,
             }
         }
         op::HGET => Request::HGet {
@@ -552,7 +558,12 @@ pub fn decode_response(
             },
         },
         status::NOT_FOUND => Response::NotFound,
-        status::NOT_STORED if matches!(request, RequestKind::Set | RequestKind::Replicate) => {
+        status::NOT_STORED
+            if matches!(
+                request,
+                RequestKind::Set | RequestKind::Replicate | RequestKind::HSet
+            ) =>
+        {
             Response::NotStored
         }
         status::NEWER

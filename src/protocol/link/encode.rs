@@ -102,6 +102,7 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             version,
             key,
             fields,
+            base,
         } => {
             out.reserve(
                 key.len()
@@ -113,6 +114,13 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             );
             out.put_u8(op::HSET);
             out.put_u64(*version);
+            match base {
+                None => out.put_u8(0),
+                Some(base) => {
+                    out.put_u8(1);
+                    out.put_u64(*base);
+                }
+            }
             put_key(out, key);
             out.put_u32(fields.len() as u32);
             for (name, value) in fields {

@@ -21,7 +21,7 @@
 //!   SYNC    8  n:u16 bucket:u16* after:bound upto:bound m:u32 summary*
 //!   APPLY   9  last:u8 count:u32 entry* n:u32 summary*  (summaries: evict)
 //!   REPLICATE 16 version:u64 ttl_ms:u64 base:u64 deleted:u8 key value(rest)
-//!   HSET   19  version:u64 key n:u32 (name value?)*      a hash's fields
+//!   HSET   19  version:u64 based:u8 [base:u64] key n:u32 (name value?)*
 //!              (name = len:u32 bytes; value? = 0 deleted | 1 len:u32 bytes)
 //!   HGET   20  key                    a hash's fields (OK: as GET, value = encoding)
 //!   HUPDATE 21 version:u64 key name kind:u8 args  (1 INCRBY i64
@@ -247,10 +247,17 @@ pub enum Request {
     /// merged with what the worker holds; answered
     /// [`Response::FieldsWritten`], `Newer` when a whole-key write newer
     /// than `version` is there, or `WRONGTYPE` over a string.
+    ///
+    /// `base`: the result of a field update the partner decided from the
+    /// field at that version ([`Request::HUpdate`]), answered `NotStored`
+    /// where this worker holds a version of the field after `base` that it
+    /// stamped itself (an update it decided meanwhile from an older
+    /// value: the two conflict, as for [`Request::Replicate`]).
     HSet {
         version: u64,
         key: Bytes,
         fields: Vec<(Bytes, Option<Bytes>)>,
+        base: Option<u64>,
     },
     /// A hash's fields: answered `Value` with their encoding
     /// ([`crate::protocol::fields`]), `NotFound`, or `WRONGTYPE`.
@@ -530,9 +537,9 @@ impl Request {
         request
     }
 
-    /// The plain write a [`Request::Replicate`] stands for (a set or a
-    /// delete at its version, without the condition); any other request
-    /// as it is.
+    /// The plain write a [`Request::Replicate`] (or a based `HSet`)
+    /// stands for (a set or a delete at its version, without the
+    /// condition); any other request as it is.
     pub fn plain(&self) -> Request {
         match self {
             Request::Replicate {
@@ -556,6 +563,17 @@ impl Request {
             } => Request::Del {
                 version: *version,
                 key: key.clone(),
+            },
+            Request::HSet {
+                version,
+                key,
+                fields,
+                base: Some(_),
+            } => Request::HSet {
+                version: *version,
+                key: key.clone(),
+                fields: fields.clone(),
+                base: None,
             },
             other => other.clone(),
         }
