@@ -8,7 +8,9 @@
 #                        write stored twice)
 #
 # Every target gets the same redis-benchmark load: SET, GET and INCR
-# (100-byte values, 50 clients, 100,000 keys), pipeline 1 and 16; each run is repeated
+# (100-byte values, 50 clients, 100,000 keys), then HSET of two fields
+# (a 100-byte value and a count) and HGET of one, of 100,000 hashes,
+# pipeline 1 and 16; each run is repeated
 # (3 times by default, the targets interleaved) and the table shows the
 # median requests/s and p99 with the ratios rcache/peer. Then memory per
 # entry: 1,000,000 entries (16-byte keys, 100-byte incompressible values)
@@ -199,6 +201,7 @@ csv="$out/results.csv"
 # twemproxy and the orchestrator.
 echo "repeat,target,test,pipeline,rps,p50_ms,p99_ms,client_us,server_us,backend_us" >"$csv"
 TIMEFORMAT='%U %S'
+value100=$(printf 'v%.0s' $(seq 100))
 for repeat in $(seq "$repeats"); do
   for pipeline in 1 16; do
     n=$requests_p1
@@ -206,15 +209,23 @@ for repeat in $(seq "$repeats"); do
     for target in "${targets[@]}"; do
       IFS=: read -r name port front backends <<<"$target"
       printf '==> repeat %s/%s  %-20s pipeline %-2s ' "$repeat" "$repeats" "$name" "$pipeline"
-      for test in set get incr; do
+      for test in set get incr hset hget; do
+        # HSET and HGET are custom commands (redis-benchmark's own `-t hset`
+        # grows one hash without bound): 100,000 hashes of two fields.
+        case $test in
+          hset) load=(HSET "hash:__rand_int__" value "$value100" visits 1) ;;
+          hget) load=(HGET "hash:__rand_int__" value) ;;
+          *) load=(-t "$test" -d 100) ;;
+        esac
         # shellcheck disable=SC2086
         front_before=$(cpu_ticks $front); back_before=$(cpu_ticks $backends)
-        { time redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -d 100 -c 50 -r 100000 \
-            -n "$n" -P "$pipeline" --csv >"$out/run.csv" 2>/dev/null; } 2>"$out/run.time"
+        { time redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -r 100000 \
+            -n "$n" -P "$pipeline" --csv "${load[@]}" >"$out/run.csv" 2>/dev/null; } 2>"$out/run.time"
         # shellcheck disable=SC2086
         front_after=$(cpu_ticks $front); back_after=$(cpu_ticks $backends)
         python3 bench/row.py "$out/run.csv" "$out/run.time" "$repeat" "$name" "$pipeline" \
-          "$n" "$((front_after - front_before))" "$((back_after - back_before))" "$hz"
+          "$n" "$((front_after - front_before))" "$((back_after - back_before))" "$hz" \
+          "${test^^}"
       done | tee -a "$csv" |
         awk -F, '{printf "%s %.0f/s p99 %sms cpu/req %s+%sus (client %sus)  ", $3, $5, $7, $9, $10, $8} END {print ""}'
     done

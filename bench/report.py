@@ -20,10 +20,15 @@ TARGETS = ["redis", "rcache-worker", "twemproxy", "rcache-orchestrator"]
 # Another build run beside this one (compare.sh --baseline).
 BASELINES = ["rcache-worker@base", "rcache-orchestrator@base"]
 PEER = {"rcache-worker": "redis", "rcache-orchestrator": "twemproxy"}
-TESTS = [("SET", "1"), ("GET", "1"), ("SET", "16"), ("GET", "16"), ("INCR", "1"), ("INCR", "16")]
+TESTS = [
+    ("SET", "1"), ("GET", "1"), ("SET", "16"), ("GET", "16"),
+    ("INCR", "1"), ("INCR", "16"),
+    ("HSET", "1"), ("HGET", "1"), ("HSET", "16"), ("HGET", "16"),
+]
 # The targets of docs/benchmarks.md and the chart are about SET and GET;
 # INCR (a read-modify-write rcache decides on one worker and replicates)
-# is reported beside them.
+# and HSET/HGET of two-field hashes (merged field by field on both
+# workers) are reported beside them.
 TARGETED = TESTS[:4]
 REPEATS = len({r["repeat"] for r in rows})
 

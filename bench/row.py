@@ -5,13 +5,17 @@ ticks from /proc).
 
 Usage: row.py <redis-benchmark csv> <time output: user system> <repeat>
        <target> <pipeline> <requests> <front ticks> <backend ticks>
-       <ticks per second>
+       <ticks per second> [<test name>]
+
+The test name replaces redis-benchmark's (a custom command's is the whole
+command line).
 """
 
 import csv
 import sys
 
-run_csv, run_time, repeat, name, pipeline, n, ticks, backend_ticks, hz = sys.argv[1:]
+run_csv, run_time, repeat, name, pipeline, n, ticks, backend_ticks, hz = sys.argv[1:10]
+test_name = sys.argv[10] if len(sys.argv) > 10 else None
 n = int(n)
 user, system = (float(x) for x in open(run_time).read().split())
 client_us = (user + system) * 1e6 / n
@@ -26,7 +30,7 @@ for row in rows[1:]:
             [
                 repeat,
                 name,
-                r["test"],
+                test_name or r["test"],
                 pipeline,
                 r["rps"],
                 r["p50_latency_ms"],

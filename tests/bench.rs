@@ -175,3 +175,73 @@ fn bench_incr_load_adds_up() {
     }
     assert_eq!(total, sets, "the counters add up to the INCRs acknowledged");
 }
+
+/// `--load hash` through an orchestrator: every HGET of a prefilled field
+/// hits, the orchestrator counted the HSETs it reports as hash writes, and
+/// each hash holds its 8 fields.
+#[test]
+fn bench_hash_load_sets_and_gets_fields() {
+    let (a, b) = pair(&[]);
+    let o = orchestrator(&[a.port, b.port], &[]);
+    let before = http_get(&o.metrics_addr(), "/metrics").1;
+    let (stdout, _) = bench(
+        &o.addr(),
+        &[
+            "--load",
+            "hash",
+            "-c",
+            "4",
+            "-P",
+            "4",
+            "--keys",
+            "80",
+            "--value-size",
+            "32",
+            "--duration",
+            "1s",
+            "--prefill",
+            "--seed",
+            "5",
+        ],
+    );
+    let number = |after: &str| -> u64 {
+        stdout
+            .split(after)
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .map(|n| n.replace(',', ""))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no figure after {after:?} in {stdout}"))
+    };
+    let (gets, sets) = (number("("), number(" misses, "));
+    assert!(gets > 100 && sets > 100, "{stdout}");
+    assert!(
+        stdout.contains(" 0 misses, "),
+        "prefilled fields all hit: {stdout}"
+    );
+    assert!(stdout.contains(" 0 errors"), "{stdout}");
+    let after = http_get(&o.metrics_addr(), "/metrics").1;
+    // The prefill's 80 HSETs, then the run's.
+    assert_eq!(
+        counted(&after, "hwrite") - counted(&before, "hwrite"),
+        (sets + 80) as f64,
+        "HSETs reported vs counted"
+    );
+    assert_eq!(
+        counted(&after, "hread") - counted(&before, "hread"),
+        gets as f64
+    );
+    let mut r = common::resp::Resp::connect(o.port);
+    for h in 0..10 {
+        let key = format!("key:{h:012}");
+        assert_eq!(
+            r.call(&["HLEN", &key]),
+            rcache::protocol::resp::Value::Integer(8),
+            "{key}"
+        );
+        match r.call(&["HGET", &key, "f7"]) {
+            rcache::protocol::resp::Value::Bulk(Some(v)) => assert_eq!(v.len(), 32, "{key}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //! (from the batch's write to its reply) in an HDR histogram. Keys are
 //! `key:%012d` (16 bytes, as redis-benchmark names them) drawn uniformly
 //! or by a Zipf law from `--keys`; `--ratio G:S` mixes gets and sets
-//! (`--load incr`: gets and INCRs of counters). On a
+//! (`--load incr`: gets and INCRs of counters; `--load hash`: HGETs and
+//! HSETs of fields, [`HASH_FIELDS`] to a hash). On a
 //! terminal the rate is shown every second; the summary gives requests/s
 //! and p50/p99/p99.9/max, and `--csv FILE` appends it as one row.
 
@@ -38,7 +39,14 @@ pub enum Load {
     /// `GET key` and `INCR key` (RESP only): counters, each write decided
     /// by one worker of the pair and replicated as its result.
     Incr,
+    /// `HGET` and `HSET` of one field (RESP only): the `--keys` are fields,
+    /// [`HASH_FIELDS`] to a hash (`key:N/8`, field `fN%8`), each write
+    /// merged into the hash on both workers.
+    Hash,
 }
+
+/// Fields of one hash under `--load hash`.
+pub const HASH_FIELDS: u64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Distribution {
@@ -67,7 +75,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1:1", value_parser = parse_ratio)]
     pub ratio: (u32, u32),
     /// What the writes are: `kv` sets values, `incr` increments counters
-    /// (the --ratio's sets are INCRs, its gets read the counters).
+    /// (the --ratio's sets are INCRs, its gets read the counters), `hash`
+    /// sets fields of hashes (HSET; the gets are HGETs).
     #[arg(long, value_enum, default_value = "kv")]
     pub load: Load,
     /// How keys are drawn.
@@ -150,9 +159,9 @@ pub async fn run(cli: &Cli, args: BenchArgs) -> i32 {
         eprintln!("rcache bench: --connections, --pipeline and --keys must be at least 1");
         return 2;
     }
-    if args.load == Load::Incr && args.protocol == Protocol::Text {
+    if args.load != Load::Kv && args.protocol == Protocol::Text {
         eprintln!(
-            "rcache bench: --load incr needs --protocol resp (the text protocol has no INCR)"
+            "rcache bench: --load incr and --load hash need --protocol resp (the text protocol has neither INCR nor HSET)"
         );
         return 2;
     }
@@ -291,6 +300,7 @@ async fn prefill(
                 Load::Kv => encode(&mut conn.wbuf, plan, false, k),
                 // Counters start at 0.
                 Load::Incr => encode_request(&[b"SET", &key_name(k), b"0"], &mut conn.wbuf),
+                Load::Hash => encode(&mut conn.wbuf, plan, false, k),
             }
         }
         conn.io
@@ -343,6 +353,14 @@ fn key_name(k: u64) -> [u8; 16] {
     name
 }
 
+/// The hash and field of key number `k` under `--load hash`.
+pub fn hash_field(k: u64) -> ([u8; 16], [u8; 2]) {
+    (
+        key_name(k / HASH_FIELDS),
+        [b'f', b'0' + (k % HASH_FIELDS) as u8],
+    )
+}
+
 fn encode(out: &mut BytesMut, plan: &Plan, get: bool, k: u64) {
     let key = key_name(k);
     match (plan.args.protocol, get) {
@@ -358,9 +376,17 @@ fn encode(out: &mut BytesMut, plan: &Plan, get: bool, k: u64) {
             out.put_slice(&plan.value);
             out.put_u8(b'\n');
         }
+        (Protocol::Resp, get) if plan.args.load == Load::Hash => {
+            let (hash, field) = hash_field(k);
+            if get {
+                encode_request(&[b"HGET", &hash, &field], out)
+            } else {
+                encode_request(&[b"HSET", &hash, &field, &plan.value], out)
+            }
+        }
         (Protocol::Resp, true) => encode_request(&[b"GET", &key], out),
         (Protocol::Resp, false) => match plan.args.load {
-            Load::Kv => encode_request(&[b"SET", &key, &plan.value], out),
+            Load::Kv | Load::Hash => encode_request(&[b"SET", &key, &plan.value], out),
             Load::Incr => encode_request(&[b"INCR", &key], out),
         },
     }
