@@ -48,8 +48,36 @@ pub async fn run<K: Keyspace>(ks: &K, key: Bytes, op: HashOp) -> Reply {
                 Ok(found) => found.map(|(fields, _)| fields),
                 Err(e) => return Reply::Error(e),
             };
-            answer(fields.as_ref(), read)
+            let budget = crate::protocol::max_reply_bytes(&ks.limits());
+            bounded(answer(fields.as_ref(), read), budget)
         }
+    }
+}
+
+/// The answer, or the too-large error when its values pass `budget`
+/// bytes: `HMGET` and `HRANDFIELD` may name one large field many times.
+fn bounded(reply: Reply, budget: usize) -> Reply {
+    let size = |values: &[Option<Bytes>]| -> usize {
+        values
+            .iter()
+            .map(|v| 16 + v.as_ref().map_or(0, |v| v.len()))
+            .sum()
+    };
+    let bytes = match &reply {
+        Reply::Values(values) => size(values),
+        Reply::Array(parts) => parts
+            .iter()
+            .map(|p| match p {
+                Reply::Values(values) => size(values),
+                _ => 16,
+            })
+            .sum(),
+        _ => 0,
+    };
+    if bytes > budget {
+        Reply::Error(crate::protocol::ErrorReply::too_large(budget))
+    } else {
+        reply
     }
 }
 
@@ -175,6 +203,22 @@ mod tests {
                 .collect(),
             other => panic!("not values: {other:?}"),
         }
+    }
+
+    #[test]
+    fn answers_larger_than_the_budget_are_refused() {
+        let h = hash(&[("big", &"x".repeat(1000))]);
+        let names = vec![Bytes::from_static(b"big"); 100];
+        let reply = answer(
+            Some(&h),
+            HashOp::MGet {
+                fields: names.clone(),
+            },
+        );
+        assert!(matches!(bounded(reply.clone(), 200_000), Reply::Values(_)));
+        assert!(matches!(bounded(reply, 50_000), Reply::Error(_)));
+        let reply = rand_field(Some(&h), &h, Some(-100), true);
+        assert!(matches!(bounded(reply, 50_000), Reply::Error(_)));
     }
 
     #[test]

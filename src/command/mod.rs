@@ -308,7 +308,8 @@ pub fn spec(command: &Command) -> Spec<'_> {
         }
         Command::Flush => Spec::write(Op::Flush, AllPairs),
         Command::Info { .. } => Spec::read(Op::Info, AllPairs),
-        Command::Inspect { key, .. } => Spec::read(Op::Get, Key(key)),
+        // Introspection, not a read of the value: not a keyspace hit.
+        Command::Inspect { key, .. } => Spec::read(Op::Other, Key(key)),
         Command::Lcs { a, b, .. } => Spec::read(Op::Get, Pair(a, b)),
         Command::Hash { key, op } if op.writes() => Spec::write(Op::HWrite, Key(key)),
         Command::Hash { key, .. } => Spec::read(Op::HRead, Key(key)),

@@ -141,7 +141,16 @@ async fn kept_digests_equal_a_scan_through_every_kind_of_change() {
     for step in 0..20_000u64 {
         let key = format!("k{}", next() % 3_000);
         let version = step + 1;
-        match next() % 8 {
+        match next() % 10 {
+            // Field writes: merged hashes, rebased by older deletes.
+            8 | 9 => {
+                let field = Bytes::from(format!("f{}", next() % 4));
+                let value =
+                    (next() % 4 > 0).then(|| Bytes::from(vec![b'h'; (next() % 40) as usize]));
+                let _ = s.write_fields(key.as_bytes(), |_, _| {
+                    Ok::<_, ()>((version, vec![(field, value)]))
+                });
+            }
             0..=2 => {
                 let ttl = (next() % 2 == 0).then(|| Duration::from_millis(next() % 50 + 1));
                 s.set(
