@@ -318,23 +318,11 @@ impl Router {
         key: Bytes,
         update: Update,
     ) -> Result<Response, ErrorReply> {
-        let topology = self.topology();
-        let slot = placement::locate(&key, topology.pairs.len());
-        let pair = &topology.pairs[slot.pair];
-        let Some(decider) = Backend::decider(pair, slot.first, self.probe.settle()) else {
-            return Err(ErrorReply::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "no worker of pair {} is up with every write to decide the update",
-                    slot.pair
-                ),
-            ));
-        };
-        let request = Arc::new(Request::Update {
+        let request = Request::Update {
             version: self.clock.next(),
             key: key.clone(),
             update,
-        });
+        };
         let outcome = |decided: &Response| match decided {
             Response::Updated {
                 changed: true,
@@ -355,12 +343,7 @@ impl Router {
             }
             _ => None,
         };
-        let decided = self
-            .write_decided(pair, decider, &request, &outcome)
-            .await?;
-        decided.into_iter().next().ok_or_else(|| {
-            ErrorReply::new(ErrorCode::Unavailable, "no answer from the deciding worker")
-        })
+        self.decided(&key, request, &outcome).await
     }
 
     /// A read-modify-write of one field of `key`'s hash (`HINCRBY`,
@@ -373,24 +356,12 @@ impl Router {
         field: Bytes,
         update: FieldUpdate,
     ) -> Result<Response, ErrorReply> {
-        let topology = self.topology();
-        let slot = placement::locate(&key, topology.pairs.len());
-        let pair = &topology.pairs[slot.pair];
-        let Some(decider) = Backend::decider(pair, slot.first, self.probe.settle()) else {
-            return Err(ErrorReply::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "no worker of pair {} is up with every write to decide the update",
-                    slot.pair
-                ),
-            ));
-        };
-        let request = Arc::new(Request::HUpdate {
+        let request = Request::HUpdate {
             version: self.clock.next(),
             key: key.clone(),
             field: field.clone(),
             update,
-        });
+        };
         let outcome = |decided: &Response| match decided {
             Response::Updated {
                 changed: true,
@@ -409,8 +380,32 @@ impl Router {
             }
             _ => None,
         };
+        self.decided(&key, request, &outcome).await
+    }
+
+    /// Sends `request` to the worker that decides for `key`'s pair, and
+    /// what `outcome` makes of its answer to the partner: the decider's
+    /// answer.
+    async fn decided(
+        &self,
+        key: &[u8],
+        request: Request,
+        outcome: Outcome<'_>,
+    ) -> Result<Response, ErrorReply> {
+        let topology = self.topology();
+        let slot = placement::locate(key, topology.pairs.len());
+        let pair = &topology.pairs[slot.pair];
+        let Some(decider) = Backend::decider(pair, slot.first, self.probe.settle()) else {
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "no worker of pair {} is up with every write to decide the update",
+                    slot.pair
+                ),
+            ));
+        };
         let decided = self
-            .write_decided(pair, decider, &request, &outcome)
+            .write_decided(pair, decider, &Arc::new(request), outcome)
             .await?;
         decided.into_iter().next().ok_or_else(|| {
             ErrorReply::new(ErrorCode::Unavailable, "no answer from the deciding worker")

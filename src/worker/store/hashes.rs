@@ -67,17 +67,12 @@ pub(super) fn resolve<'a>(
         if !changed && version == slot.version {
             return Err(done(Applied::Stale));
         }
-        let mut expires_at = if new.fields_write || new.version <= slot.version {
+        let expires_at = if new.fields_write || new.version <= slot.version {
             slot.expires_at()
         } else {
             new.expires_at
         };
-        if fields.is_empty() {
-            expires_at = expires_at.min(empty_until);
-        }
-        new.value = encoded(&fields);
-        new.version = version;
-        new.expires_at = expires_at;
+        hold(&mut new, &fields, version, expires_at, empty_until);
         new.force = true;
         return Ok((new, None));
     }
@@ -93,17 +88,12 @@ pub(super) fn resolve<'a>(
         if held.is_some() && version <= t {
             return Err(done(Applied::Newer(t)));
         }
-        let mut expires_at = if new.fields_write {
+        let expires_at = if new.fields_write {
             NEVER
         } else {
             new.expires_at
         };
-        if fields.is_empty() {
-            expires_at = expires_at.min(empty_until);
-        }
-        new.value = encoded(&fields);
-        new.version = version;
-        new.expires_at = expires_at;
+        hold(&mut new, &fields, version, expires_at, empty_until);
         return Ok((new, None));
     }
     // A string or a tombstone over a live hash.
@@ -120,23 +110,39 @@ pub(super) fn resolve<'a>(
     if !fields.rebase(new.version) {
         return Err(done(Applied::Newer(slot.version)));
     }
-    let mut expires_at = slot.expires_at();
-    if fields.is_empty() {
-        expires_at = expires_at.min(empty_until);
-    }
-    let rebased = NewSlot {
+    let mut rebased = NewSlot {
         raw_len: None,
-        value: encoded(&fields),
+        value: Cow::Borrowed(&[]),
         key_len: new.key_len,
-        version: slot.version,
-        expires_at,
+        version: 0,
+        expires_at: NEVER,
         flags: FLAG_HASH,
         replace_only: false,
         require: Require::Nothing,
         force: true,
         fields_write: false,
     };
+    hold(
+        &mut rebased,
+        &fields,
+        slot.version,
+        slot.expires_at(),
+        empty_until,
+    );
     Ok((rebased, Some(Applied::Newer(slot.version))))
+}
+
+/// Makes `new` hold `fields` at `version`, expiring at `expires_at` or,
+/// with no live field left, at `empty_until` if that is sooner (a hash
+/// without fields is kept only as long as a tombstone).
+fn hold(new: &mut NewSlot<'_>, fields: &Fields, version: u64, expires_at: u64, empty_until: u64) {
+    new.value = encoded(fields);
+    new.version = version;
+    new.expires_at = if fields.is_empty() {
+        expires_at.min(empty_until)
+    } else {
+        expires_at
+    };
 }
 
 fn encoded(fields: &Fields) -> Cow<'static, [u8]> {
