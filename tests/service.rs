@@ -381,3 +381,131 @@ fn the_orchestrator_reloads_its_pair_list() {
     );
     assert_eq!(client.req("set||third||v"), "0||");
 }
+
+/// Replacing a dead worker with a new host, without restarting its
+/// partner, under a load that checks every acknowledged write: the
+/// orchestrator's `workers` names the new worker in the dead one's place
+/// (SIGHUP; writes go to the survivor and are hinted for the new one), the
+/// new worker starts with the survivor as its partner and refills from
+/// it, and the survivor's `partner` names the new worker (SIGHUP). No
+/// request fails, and once the survivor is stopped too, every
+/// acknowledged write reads back from the new worker alone.
+#[test]
+fn a_dead_worker_is_replaced_without_restarting_its_partner() {
+    let [pa, pb, pc, port] = free_ports();
+    let a_config = log_dir().join(format!("worker-{pa}.toml"));
+    let a_text = |partner: u16| {
+        format!(
+            "listen = \"127.0.0.1:{pa}\"\npartner = \"127.0.0.1:{partner}\"\n\
+             anti_entropy_interval = \"300ms\"\n"
+        )
+    };
+    write_config(&a_config, &a_text(pb));
+    let config_arg = |path: &Path| vec!["--config".to_string(), path.display().to_string()];
+    let mut a = Daemon::start(&format!("worker-{pa}"), WORKER, &config_arg(&a_config), pa);
+    let ae = ["--anti-entropy-interval", "300ms"];
+    let mut b = worker_starting(pb, Some(pa), &ae);
+    a.wait_ready();
+    b.wait_ready();
+    let o_config = log_dir().join(format!("orchestrator-{port}.toml"));
+    let o_text = |second: u16| {
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nworker_timeout = \"300ms\"\n\
+             workers = [[\"127.0.0.1:{pa}\", \"127.0.0.1:{second}\"]]\n"
+        )
+    };
+    write_config(&o_config, &o_text(pb));
+    let o = Daemon::spawn(
+        &format!("orchestrator-{port}"),
+        ORCHESTRATOR,
+        &config_arg(&o_config),
+        port,
+    );
+    const KEYS: usize = 300;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let mut last = vec![None; KEYS];
+            let mut failed = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let k = n % KEYS;
+                match c.req(&format!("set||k{k}||v{n}")) {
+                    reply if reply == "0||" => last[k] = Some(n),
+                    reply => failed.push(format!("set k{k}: {reply}")),
+                }
+                // A read of a key written before sees its last write.
+                let r = (n * 7) % KEYS;
+                let want = last[r].map_or("2||key not found".to_string(), |v| format!("0||v{v}"));
+                let got = c.req(&format!("get||k{r}"));
+                if got != want {
+                    failed.push(format!("get k{r}: {got}, want {want}"));
+                }
+                n += 1;
+            }
+            (last, failed, n)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    b.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    // 1. Every orchestrator: the new worker in the dead one's place.
+    write_config(&o_config, &o_text(pc));
+    o.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || o
+            .log_text()
+            .contains("config reloaded")),
+        "{}",
+        o.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // 2. The new worker, its partner the survivor: it refills from it.
+    let c = worker(pc, Some(pa), &ae);
+    assert!(
+        c.log_text().contains("refilled from the partner"),
+        "{}",
+        c.log_text()
+    );
+    // 3. The survivor's partner: the new worker, without a restart.
+    write_config(&a_config, &a_text(pc));
+    a.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .log_text()
+            .contains("partner changed")),
+        "{}",
+        a.log_text()
+    );
+    let reached = format!("anti-entropy reaches the partner again partner=127.0.0.1:{pc}");
+    assert!(
+        eventually(Duration::from_secs(10), || a.log_text().contains(&reached)),
+        "the survivor's anti-entropy rounds did not reach the new partner: {}",
+        a.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (last, failed, n) = load.join().expect("load thread");
+    assert!(n > 500, "only {n} writes");
+    assert!(
+        failed.is_empty(),
+        "{} of {n} requests failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // The survivor goes too: the new worker alone holds every write.
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.terminate().and_then(|s| s.code()), Some(0));
+    let mut client = Client::connect(o.port);
+    for (k, v) in last.iter().enumerate() {
+        let want = v.map_or("2||key not found".to_string(), |v| format!("0||v{v}"));
+        assert!(
+            eventually(Duration::from_secs(5), || client.req(&format!("get||k{k}"))
+                == want),
+            "k{k}: {}, want {want}",
+            client.req(&format!("get||k{k}"))
+        );
+    }
+}

@@ -113,6 +113,7 @@ impl RawConfig for RawWorker {
         "max_memory",
         "log_level",
         "tls",
+        "partner",
     ];
 
     /// One: the worker's runtime accepts connections and runs its

@@ -12,8 +12,8 @@ use serde::Serialize;
     name = "rcache-worker",
     version,
     about = "rcache worker: holds entries in memory; partners hold the same data",
-    after_help = "Signals: SIGHUP reloads the config (idle_timeout, request_timeout, max_memory and log_level \
-                  change live), SIGTERM finishes in-flight requests and exits 0. Exit status 2: \
+    after_help = "Signals: SIGHUP reloads the config (idle_timeout, request_timeout, max_memory, log_level, \
+                  tls and partner change live), SIGTERM finishes in-flight requests and exits 0. Exit status 2: \
                   the config is invalid."
 )]
 pub struct WorkerArgs {

@@ -174,7 +174,9 @@ impl Keyspace for Worker {
                 ("rcache_state", self.state().name().to_string()),
                 (
                     "rcache_partner",
-                    self.config.partner.clone().unwrap_or_default(),
+                    self.partner()
+                        .map(|p| String::clone(&p))
+                        .unwrap_or_default(),
                 ),
                 ("rcache_tombstones", usage.tombstones.to_string()),
             ],
@@ -203,7 +205,7 @@ impl Keyspace for Worker {
             "worker={} partner={} state={} complete={} entries={} tombstones={} \
              refilled={} synced={} repaired={} digest={digest:016x}",
             self.config.listen,
-            self.config.partner.as_deref().unwrap_or("-"),
+            self.partner_name(),
             self.state().name(),
             self.incomplete().is_none(),
             usage.entries,

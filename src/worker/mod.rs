@@ -86,6 +86,9 @@ pub struct Worker {
     partner_missed_until: AtomicU64,
     /// Listener settings; a reload may change them.
     pub live: LiveConfig,
+    /// The partner now: `config.partner` until a reload names another
+    /// (a replacement host), which anti-entropy rounds go to from then on.
+    partner: arc_swap::ArcSwapOption<String>,
     pub metrics: metrics::WorkerMetrics,
     /// What connections' read buffers may hold together.
     pub budget: Arc<crate::net::ReadBudget>,
@@ -116,6 +119,7 @@ impl Worker {
             incomplete: std::sync::Mutex::new(None),
             partner_missed_until: AtomicU64::new(0),
             live: LiveConfig::from_pointee(config.server.clone()),
+            partner: arc_swap::ArcSwapOption::from(config.partner.clone().map(Arc::new)),
             metrics,
             budget,
             clients: Arc::default(),
@@ -130,15 +134,36 @@ impl Worker {
         &self.config
     }
 
+    /// The partner's address now (a reload may change it).
+    pub fn partner(&self) -> Option<Arc<String>> {
+        self.partner.load_full()
+    }
+
+    /// The partner's address for logs and status lines (`-`: none).
+    fn partner_name(&self) -> String {
+        self.partner()
+            .map_or_else(|| "-".to_string(), |p| String::clone(&p))
+    }
+
     /// How this worker opens links to its partner.
     pub fn dial(&self) -> crate::client::Dial {
         crate::client::Dial::from_server(&self.live.load())
     }
 
     /// Applies what a reload may change while serving: `idle_timeout`
-    /// (open connections included) and `max_memory` (lowering it evicts
-    /// down to the new limit at once).
+    /// (open connections included), `max_memory` (lowering it evicts
+    /// down to the new limit at once) and `partner` (the next anti-entropy
+    /// round goes to the new one: a replacement of a dead partner, which
+    /// refilled from this worker).
     pub fn reload(&self, new: &WorkerConfig) {
+        if self.partner().as_deref() != new.partner.as_ref() {
+            tracing::info!(
+                from = %self.partner_name(),
+                to = new.partner.as_deref().unwrap_or("-"),
+                "partner changed: anti-entropy rounds go to the new partner"
+            );
+            self.partner.store(new.partner.clone().map(Arc::new));
+        }
         let mut server = ServerConfig::clone(&self.live.load());
         server.idle_timeout = new.server.idle_timeout;
         server.request_timeout = new.server.request_timeout;
@@ -164,7 +189,7 @@ impl Worker {
                 let expected = self.refill_expected.load(Ordering::Relaxed).max(1);
                 format!(
                     "refilling from {}: {}% ({done} of about {expected} entries)",
-                    self.config.partner.as_deref().unwrap_or("-"),
+                    self.partner_name(),
                     (done * 100 / expected).min(100),
                 )
             }
@@ -190,7 +215,7 @@ impl Worker {
         let before = self.partner_missed_until.fetch_max(until, Ordering::AcqRel);
         if before <= self.anti_entropy.rounds() {
             tracing::info!(
-                partner = self.config.partner.as_deref().unwrap_or("-"),
+                partner = %self.partner_name(),
                 "the partner missed a write stored here: orchestrators read here until anti-entropy repairs it"
             );
         }

@@ -88,7 +88,7 @@ impl RefillOutcome {
 }
 
 pub async fn refill_from_partner(worker: &Worker) -> RefillOutcome {
-    let Some(partner) = worker.config.partner.clone() else {
+    let Some(partner) = worker.partner().map(|p| String::clone(&p)) else {
         tracing::info!("no partner configured; starting empty");
         return RefillOutcome::NoPartner;
     };

@@ -232,12 +232,11 @@ fn evict_refused(worker: &Worker, refused: &[Summary]) -> u64 {
 
 /// Runs rounds with the partner about every `interval` (jittered by a
 /// quarter either way) until shutdown. A round is skipped while this
-/// worker is not ready, while another round runs, or when one completed
-/// (in either role) within the last half interval.
+/// worker is not ready or has no partner, while another round runs, or
+/// when one completed (in either role) within the last half interval.
+/// Each round goes to the partner named now: a reload may name another.
 pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown) {
-    let Some(partner) = worker.config.partner.clone() else {
-        return;
-    };
+    let mut partner = worker.partner();
     let mut link: Option<LinkConn> = None;
     let mut partner_down = false;
     let mut first = true;
@@ -255,6 +254,17 @@ pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+        let now = worker.partner();
+        if now != partner {
+            // A link to the old partner is not reused; the first round
+            // that reaches the new one says so.
+            link = None;
+            partner_down = true;
+            partner = now;
+        }
+        let Some(partner) = partner.as_deref() else {
+            continue;
+        };
         if worker.state() != WorkerState::Ready || worker.anti_entropy.ran_within(interval / 2) {
             continue;
         }
@@ -262,7 +272,7 @@ pub async fn run(worker: Arc<Worker>, interval: Duration, mut shutdown: Shutdown
             continue;
         };
         let started = Instant::now();
-        match round(&worker, &partner, &mut link, false).await {
+        match round(&worker, partner, &mut link, false).await {
             Ok(report) => {
                 if partner_down {
                     tracing::info!(%partner, "anti-entropy reaches the partner again");
