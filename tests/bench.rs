@@ -117,6 +117,18 @@ fn bench_reports_what_the_server_served() {
     );
 }
 
+/// The number right after the first `after` in a bench summary
+/// ("(<g> gets, <m> misses, <s> sets, 0 errors)"), commas dropped.
+fn figure(stdout: &str, after: &str) -> u64 {
+    stdout
+        .split(after)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .map(|n| n.replace(',', ""))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure after {after:?} in {stdout}"))
+}
+
 /// `--load incr` through an orchestrator: the counters add up to the
 /// INCRs it reports, and the orchestrator counted as many.
 #[test]
@@ -145,13 +157,7 @@ fn bench_incr_load_adds_up() {
         ],
     );
     // "(<g> gets, <m> misses, <s> sets, 0 errors)": sets are INCRs here.
-    let sets: u64 = stdout
-        .split(" misses, ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .map(|n| n.replace(',', ""))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no sets in {stdout}"));
+    let sets = figure(&stdout, " misses, ");
     assert!(sets > 100, "{stdout}");
     let after = http_get(&o.metrics_addr(), "/metrics").1;
     assert_eq!(
@@ -204,16 +210,7 @@ fn bench_hash_load_sets_and_gets_fields() {
             "5",
         ],
     );
-    let number = |after: &str| -> u64 {
-        stdout
-            .split(after)
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .map(|n| n.replace(',', ""))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no figure after {after:?} in {stdout}"))
-    };
-    let (gets, sets) = (number("("), number(" misses, "));
+    let (gets, sets) = (figure(&stdout, "("), figure(&stdout, " misses, "));
     assert!(gets > 100 && sets > 100, "{stdout}");
     assert!(
         stdout.contains(" 0 misses, "),

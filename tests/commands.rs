@@ -1057,23 +1057,9 @@ fn hash_commands_answer_as_redis_server_does() {
     };
     // Every key of a type, by a whole SCAN walk.
     let walk = |r: &mut Resp, kind: &str| {
-        let (mut cursor, mut keys) = ("0".to_string(), Vec::new());
-        loop {
-            match r.call(&["SCAN", &cursor, "TYPE", kind, "COUNT", "100"]) {
-                Value::Array(Some(parts)) => match &parts[..] {
-                    [Value::Bulk(Some(next)), Value::Array(Some(found))] => {
-                        keys.extend(found.iter().map(|k| format!("{k:?}")));
-                        cursor = String::from_utf8_lossy(next).into_owned();
-                    }
-                    other => panic!("not a SCAN answer: {other:?}"),
-                },
-                other => panic!("not a SCAN answer: {other:?}"),
-            }
-            if cursor == "0" {
-                keys.sort();
-                return keys;
-            }
-        }
+        let mut keys = scan_all(r, &["TYPE", kind, "COUNT", "100"], |_| {});
+        keys.sort();
+        keys
     };
     let run = |r: &mut Resp| {
         let mut answers: Vec<Value> = script
