@@ -7,8 +7,8 @@ use super::{connect_stream, ClientError, Dial};
 use crate::net::Conn;
 use crate::net::Stream;
 use crate::protocol::link::{
-    decode_response, encode_request, max_frame_bytes, read_frame, Request, RequestKind, Response,
-    HELLO,
+    decode_response, encode_request, hello, max_frame_bytes, read_frame, Request, RequestKind,
+    Response, HELLO, LINK_VERSION, OLDEST_LINK_VERSION,
 };
 use crate::protocol::Limits;
 use bytes::BytesMut;
@@ -19,37 +19,48 @@ use tokio::time::Instant;
 pub struct LinkConn {
     conn: Conn<Stream>,
     limits: Limits,
+    /// The link protocol version agreed with the peer.
+    version: u8,
+}
+
+/// A request the link's version cannot carry (a hash request to a peer of
+/// the previous release).
+fn unsupported(request: &Request, version: u8) -> ClientError {
+    ClientError::Unsupported {
+        op: request.op().name(),
+        version,
+    }
 }
 
 impl LinkConn {
-    /// Connects, exchanges hellos and presents the token (if any), all
-    /// within `timeout`.
+    /// Connects, agrees on a link version, and presents the token (if
+    /// any), all within `timeout`. A peer that closes on this build's
+    /// hello is of the previous release: the link is opened again with
+    /// [`OLDEST_LINK_VERSION`].
     pub async fn connect(
         addr: &str,
         dial: &Dial,
         timeout: Duration,
     ) -> Result<LinkConn, ClientError> {
-        let limits = dial.limits;
         let deadline = Instant::now() + timeout;
-        let stream = connect_stream(addr, dial.tls.as_ref(), timeout).await?;
-        let mut conn = Conn::new(stream);
-        conn.wbuf.extend_from_slice(HELLO);
-        // Every step within the one `timeout`.
-        let left = deadline.saturating_duration_since(Instant::now());
-        conn.flush(left).await.map_err(|c| closed(c, timeout))?;
-        while conn.rbuf.len() < HELLO.len() {
-            conn.fill_until(deadline)
-                .await
-                .map_err(|c| closed(c, timeout))?;
-        }
-        if conn.rbuf[..HELLO.len()] != HELLO[..] {
-            return Err(ClientError::Protocol(format!(
-                "{addr} does not speak the rcache link protocol (version {})",
-                HELLO[4]
-            )));
-        }
-        let _ = conn.rbuf.split_to(HELLO.len());
-        let mut link = LinkConn { conn, limits };
+        let conn = match greet(addr, dial, LINK_VERSION, deadline, timeout).await {
+            // Closed on, before any answer: an older release.
+            Err(ClientError::Closed) => {
+                tracing::debug!(
+                    worker = addr,
+                    version = OLDEST_LINK_VERSION,
+                    "the peer closed on the hello: trying the previous link version"
+                );
+                greet(addr, dial, OLDEST_LINK_VERSION, deadline, timeout).await?
+            }
+            other => other?,
+        };
+        let (conn, version) = conn;
+        let mut link = LinkConn {
+            conn,
+            limits: dial.limits,
+            version,
+        };
         if let Some(token) = &dial.token {
             let left = deadline.saturating_duration_since(Instant::now());
             let auth = Request::Auth {
@@ -73,13 +84,27 @@ impl LinkConn {
         Ok(link)
     }
 
+    /// The link protocol version agreed with the peer.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Buffers `request` as the link's version carries it.
+    fn encode(&mut self, request: &Request) -> Result<(), ClientError> {
+        let carried = request
+            .for_version(self.version)
+            .ok_or_else(|| unsupported(request, self.version))?;
+        encode_request(&carried, &mut self.conn.wbuf);
+        Ok(())
+    }
+
     /// Sends one request and waits for its response.
     pub async fn call(
         &mut self,
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
-        encode_request(request, &mut self.conn.wbuf);
+        self.encode(request)?;
         self.conn
             .flush(timeout)
             .await
@@ -89,7 +114,7 @@ impl LinkConn {
 
     /// Sends a request without waiting (a refill then reads the stream).
     pub async fn send(&mut self, request: &Request, timeout: Duration) -> Result<(), ClientError> {
-        encode_request(request, &mut self.conn.wbuf);
+        self.encode(request)?;
         self.conn
             .flush(timeout)
             .await
@@ -127,9 +152,43 @@ impl LinkConn {
             LinkWriter {
                 io: w,
                 wbuf: BytesMut::with_capacity(16 * 1024),
+                version: self.version,
             },
         )
     }
+}
+
+/// Opens a connection and exchanges hellos offering `offered`: the
+/// connection and the version the peer answered with.
+async fn greet(
+    addr: &str,
+    dial: &Dial,
+    offered: u8,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(Conn<Stream>, u8), ClientError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let stream = connect_stream(addr, dial.tls.as_ref(), left).await?;
+    let mut conn = Conn::new(stream);
+    conn.wbuf.extend_from_slice(&hello(offered));
+    // Every step within the one `timeout`.
+    let left = deadline.saturating_duration_since(Instant::now());
+    conn.flush(left).await.map_err(|c| closed(c, timeout))?;
+    while conn.rbuf.len() < HELLO.len() {
+        conn.fill_until(deadline)
+            .await
+            .map_err(|c| closed(c, timeout))?;
+    }
+    let answered = conn.rbuf[HELLO.len() - 1];
+    let prefix = conn.rbuf[..HELLO.len() - 1] == HELLO[..HELLO.len() - 1];
+    if !prefix || !(OLDEST_LINK_VERSION..=offered).contains(&answered) {
+        return Err(ClientError::Protocol(format!(
+            "{addr} does not speak the rcache link protocol (versions \
+             {OLDEST_LINK_VERSION} to {LINK_VERSION})"
+        )));
+    }
+    let _ = conn.rbuf.split_to(HELLO.len());
+    Ok((conn, answered))
 }
 
 pub struct LinkReader {
@@ -186,12 +245,19 @@ impl LinkReader {
 pub struct LinkWriter {
     io: WriteHalf<Stream>,
     wbuf: BytesMut,
+    version: u8,
 }
 
 impl LinkWriter {
-    /// Buffers a request; [`LinkWriter::flush`] sends everything buffered.
-    pub fn queue(&mut self, request: &Request) {
-        encode_request(request, &mut self.wbuf);
+    /// Buffers a request as the link's version carries it;
+    /// [`LinkWriter::flush`] sends everything buffered. A request the
+    /// version cannot carry is refused, and nothing is buffered.
+    pub fn queue(&mut self, request: &Request) -> Result<(), ClientError> {
+        let carried = request
+            .for_version(self.version)
+            .ok_or_else(|| unsupported(request, self.version))?;
+        encode_request(&carried, &mut self.wbuf);
+        Ok(())
     }
 
     pub fn buffered(&self) -> usize {
@@ -211,5 +277,75 @@ impl LinkWriter {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::link::{decode_request, encode_response};
+    use tokio::io::AsyncWriteExt;
+
+    /// A worker of the previous release: it closes on any hello but its
+    /// own version's, then answers pings.
+    async fn previous_release() -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let mut refused = 0;
+            loop {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                let mut hello_bytes = [0u8; 5];
+                socket.read_exact(&mut hello_bytes).await.expect("hello");
+                if hello_bytes != hello(OLDEST_LINK_VERSION) {
+                    refused += 1;
+                    continue;
+                }
+                socket
+                    .write_all(&hello(OLDEST_LINK_VERSION))
+                    .await
+                    .expect("hello");
+                let mut buf = BytesMut::new();
+                while socket.read_buf(&mut buf).await.unwrap_or(0) > 0 {
+                    while let Ok(Some(frame)) = read_frame(&mut buf, 1 << 20) {
+                        let request = decode_request(frame, &Limits::default()).expect("request");
+                        assert_eq!(request, Request::Ping, "sent what v8 cannot read");
+                        let mut out = BytesMut::new();
+                        encode_response(&Response::Pong, &mut out);
+                        socket.write_all(&out).await.expect("answer");
+                    }
+                }
+                return refused;
+            }
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn a_link_to_the_previous_release_falls_back_to_its_version() {
+        let (addr, server) = previous_release().await;
+        let timeout = Duration::from_secs(5);
+        let mut link = LinkConn::connect(&addr, &Dial::default(), timeout)
+            .await
+            .expect("connects at the older version");
+        assert_eq!(link.version(), OLDEST_LINK_VERSION);
+        let hget = Request::HGet {
+            key: bytes::Bytes::from_static(b"h"),
+        };
+        match link.call(&hget, timeout).await {
+            Err(ClientError::Unsupported { version, .. }) => {
+                assert_eq!(version, OLDEST_LINK_VERSION)
+            }
+            other => panic!("a hash request went to an older link: {other:?}"),
+        }
+        // Refused before anything was written: the link still works.
+        assert_eq!(
+            link.call(&Request::Ping, timeout).await.expect("ping"),
+            Response::Pong
+        );
+        drop(link);
+        assert_eq!(server.await.expect("server"), 1, "one hello was refused");
     }
 }

@@ -43,6 +43,8 @@ pub enum ClientError {
     Unsent(Duration),
     #[error("{addr} refused the link: {reason}")]
     Refused { addr: String, reason: String },
+    #[error("{op} cannot be sent on a link of protocol version {version}: the worker runs an older release")]
+    Unsupported { op: &'static str, version: u8 },
 }
 
 impl ClientError {
@@ -56,6 +58,7 @@ impl ClientError {
                 | ClientError::NotConnected(_)
                 | ClientError::Unsent(_)
                 | ClientError::Refused { .. }
+                | ClientError::Unsupported { .. }
         )
     }
 }

@@ -87,7 +87,9 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
         }
         let result = async {
             if link.is_none() {
-                link = Some(LinkConn::connect(&backend.addr, &dial.load(), timeout).await?);
+                let connected = LinkConn::connect(&backend.addr, &dial.load(), timeout).await?;
+                backend.spoke(connected.version());
+                link = Some(connected);
             }
             match link.as_mut() {
                 Some(l) => l.call(&Request::Status, timeout).await,

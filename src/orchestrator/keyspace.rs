@@ -47,6 +47,7 @@ impl Keyspace for Router {
     }
 
     async fn read_hash(&self, key: Bytes) -> Result<Option<(Fields, u64)>, ErrorReply> {
+        self.hashes_reach(&key)?;
         match self.read_with(key.clone(), Request::HGet { key }).await? {
             Response::Value { value, ttl_ms, .. } => Ok(Some((decode_fields(&value)?, ttl_ms))),
             Response::NotFound => Ok(None),
@@ -64,6 +65,7 @@ impl Keyspace for Router {
         key: Bytes,
         fields: Vec<(Bytes, Option<Bytes>)>,
     ) -> Result<(u32, u32), ErrorReply> {
+        self.hashes_reach(&key)?;
         let request = Request::HSet {
             version: self.clock.next(),
             key: key.clone(),
@@ -96,6 +98,7 @@ impl Keyspace for Router {
         field: Bytes,
         update: FieldUpdate,
     ) -> Result<(bool, Option<Bytes>), ErrorReply> {
+        self.hashes_reach(&key)?;
         Updated::from_response(self.update_field_decided(key, field, update).await?)
             .map(|u| (u.changed, u.value))
     }

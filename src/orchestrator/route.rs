@@ -5,7 +5,7 @@
 use super::pool::{Backend, Health};
 use super::{placement, Router, RESTAMPS};
 use crate::protocol::fields::FieldUpdate;
-use crate::protocol::link::{Request, Response};
+use crate::protocol::link::{Request, Response, HASH_LINK_VERSION};
 use crate::protocol::{ErrorCode, ErrorReply, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -58,6 +58,30 @@ pub(super) async fn tell_missed(holder: &Backend) {
 }
 
 impl Router {
+    /// Hash requests go to a pair only while both its workers speak a
+    /// link version that carries hashes: during a rolling upgrade a pair
+    /// with a worker of the previous release takes none (nothing is
+    /// written), so no hash is ever held by one worker alone.
+    pub(super) fn hashes_reach(&self, key: &[u8]) -> Result<(), ErrorReply> {
+        let topology = self.topology();
+        let slot = placement::locate(key, topology.pairs.len());
+        match topology.pairs[slot.pair]
+            .iter()
+            .find(|b| b.link_version() < HASH_LINK_VERSION)
+        {
+            None => Ok(()),
+            Some(old) => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "hash commands wait for the upgrade: worker {} runs the previous release \
+                     (link protocol {}, hashes need {HASH_LINK_VERSION}); nothing was written",
+                    old.addr,
+                    old.link_version()
+                ),
+            )),
+        }
+    }
+
     /// A key's version and remaining TTL, or `None` if it is missing.
     pub(super) async fn meta(&self, key: Bytes) -> Result<Option<(u64, u64)>, ErrorReply> {
         match self.read_with(key.clone(), Request::Meta { key }).await? {

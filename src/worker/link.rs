@@ -13,6 +13,7 @@ use crate::protocol::{Op, Outcome};
 use crate::shutdown::Shutdown;
 use crate::sys::TcpStream;
 use bytes::BytesMut;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -62,6 +63,8 @@ struct Links<'w> {
     responder: antientropy::Responder,
     /// The refill being streamed, once its first chunk was asked for.
     refill: Option<Refill>,
+    /// The link version agreed with the peer: what the stream may carry.
+    version: Arc<AtomicU8>,
 }
 
 impl Drop for Links<'_> {
@@ -92,6 +95,7 @@ pub(super) async fn serve_link<S: AsyncRead + AsyncWrite + Unpin>(
         worker,
         responder: antientropy::Responder::default(),
         refill: None,
+        version: dialect.agreed(),
     };
     let metrics = &worker.metrics.server;
     net::serve_session(conn, dialect, links, &worker.live, metrics, shutdown, None).await
@@ -182,8 +186,14 @@ impl Executor for Links<'_> {
             };
             refill.cursor = store.scan(refill.shard, cursor, REFILL_CHUNK_BYTES, &mut chunk);
             if !chunk.is_empty() {
-                refill.sent += chunk.len() as u64;
-                encode_response(&Response::Chunk(chunk), out);
+                // What the peer's link version carries of it (an older
+                // peer gets no hashes), counted as sent.
+                let chunk = Response::Chunk(chunk);
+                let sent = chunk.for_version(self.version.load(Ordering::Relaxed));
+                if let Response::Chunk(entries) = &*sent {
+                    refill.sent += entries.len() as u64;
+                }
+                encode_response(&sent, out);
                 return true;
             }
         }

@@ -536,6 +536,13 @@ impl Backend {
                 match result {
                     // A refusal (an entry that can never fit) is final.
                     Ok(_) => delivered += 1,
+                    // So is a hint the worker's release cannot take (a
+                    // hash to a worker that went back to the previous
+                    // one): it could never hold it.
+                    Err(error @ ClientError::Unsupported { .. }) => {
+                        tracing::warn!(worker = %self.addr, %error, "hint dropped");
+                        self.metrics.hints_dropped.inc();
+                    }
                     Err(e) => {
                         failed = Some((i, e));
                         break;

@@ -168,7 +168,11 @@ pub(super) async fn run_connected(
                 fail(p, ClientError::Unsent(settings.request_timeout));
                 continue;
             }
-            writer.queue(&p.request);
+            if let Err(e) = writer.queue(&p.request) {
+                // The worker speaks an older link version.
+                fail(p, e);
+                continue;
+            }
             // The reader must learn of a request before its answer can arrive.
             let sent = InFlight {
                 kind: p.request.kind(),

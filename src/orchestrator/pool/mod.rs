@@ -22,7 +22,7 @@ mod link;
 mod tests;
 
 use crate::client::ClientError;
-use crate::protocol::link::{Request, Response};
+use crate::protocol::link::{Request, Response, LINK_VERSION};
 use crate::protocol::Limits;
 use catchup::{Catchup, Hint};
 use link::run_link;
@@ -209,6 +209,10 @@ pub struct Backend {
     /// after `created`, negative for before it ([`catchup::NOT_SERVING`]:
     /// not serving, or not probed yet).
     serving_from: std::sync::atomic::AtomicI64,
+    /// The link protocol version its probe agreed on (this build's until
+    /// a probe connected): below [`crate::protocol::link::HASH_LINK_VERSION`] it runs the
+    /// previous release and takes no hash requests.
+    link_version: AtomicU8,
     created: Instant,
     catchup: Mutex<Catchup>,
     /// Held while hints are being delivered: one delivery at a time, and a
@@ -253,6 +257,7 @@ impl Backend {
             entries: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             serving_from: std::sync::atomic::AtomicI64::new(catchup::NOT_SERVING),
+            link_version: AtomicU8::new(LINK_VERSION),
             created: Instant::now(),
             catchup: Mutex::new(Catchup::default()),
             delivery: tokio::sync::Mutex::new(()),
@@ -293,6 +298,19 @@ impl Backend {
         Health::from_u8(self.health.load(Ordering::Relaxed))
     }
 
+    /// The link protocol version the worker speaks, as its probe found.
+    pub fn link_version(&self) -> u8 {
+        self.link_version.load(Ordering::Relaxed)
+    }
+
+    /// Its probe connected and agreed on `version`.
+    pub fn spoke(&self, version: u8) {
+        let before = self.link_version.swap(version, Ordering::Relaxed);
+        if before != version {
+            tracing::info!(worker = %self.addr, version, "the worker's link protocol version");
+        }
+    }
+
     /// Records a new health; returns the previous one.
     pub fn set_health(&self, health: Health) -> Health {
         let previous = Health::from_u8(self.health.swap(health as u8, Ordering::Relaxed));
@@ -308,9 +326,13 @@ impl Backend {
     /// Marks the worker down after a request failed on it.
     pub fn report_failure(&self, error: &ClientError) {
         self.metrics.errors.inc();
-        // A full queue is this orchestrator's own backlog, not a sign that
-        // the worker is gone.
-        if matches!(error, ClientError::Overloaded(_)) {
+        // A full queue is this orchestrator's own backlog, and a request
+        // an older worker cannot take is a mixed-version cluster: neither
+        // is a sign that the worker is gone.
+        if matches!(
+            error,
+            ClientError::Overloaded(_) | ClientError::Unsupported { .. }
+        ) {
             return;
         }
         if self.health() != Health::Down {

@@ -4,17 +4,20 @@
 //! error and is hung up on, since nothing it sends after can be trusted.
 
 use super::{
-    decode_request, encode_response, max_frame_bytes, read_frame, Request, Response, HELLO,
+    agree, decode_request, encode_response, hello, max_frame_bytes, read_frame, Request, Response,
+    HELLO, LINK_VERSION,
 };
 use crate::protocol::dialect::{Answered, Decoded, Dialect, Gate, Holder};
 use crate::protocol::{ErrorCode, ErrorReply, Limits, Op, Outcome};
 use bytes::{Buf, BytesMut};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 /// What a link server writes without executing anything.
 #[derive(Debug)]
 pub enum LinkAnswer {
-    /// Its own [`HELLO`], answering the peer's.
-    Hello,
+    /// Its own hello, answering the peer's: the version both speak.
+    Hello(u8),
     Response(Response),
 }
 
@@ -34,6 +37,9 @@ pub struct LinkDialect {
     max_frame: usize,
     /// The peer's hello was read.
     greeted: bool,
+    /// The version agreed with the peer ([`LINK_VERSION`] until its hello
+    /// was read), shared with whoever writes streams on the link.
+    version: Arc<AtomicU8>,
 }
 
 impl LinkDialect {
@@ -42,7 +48,18 @@ impl LinkDialect {
             limits,
             max_frame: max_frame_bytes(&limits),
             greeted: false,
+            version: Arc::new(AtomicU8::new(LINK_VERSION)),
         }
+    }
+
+    /// The version agreed with the peer, as it will be once the hello was
+    /// read: what a refill stream may carry.
+    pub fn agreed(&self) -> Arc<AtomicU8> {
+        self.version.clone()
+    }
+
+    fn version(&self) -> u8 {
+        self.version.load(Ordering::Relaxed)
     }
 
     fn hang_up(&self) -> Answered<LinkAnswer> {
@@ -102,15 +119,26 @@ impl Dialect for LinkDialect {
             if buf.len() < HELLO.len() {
                 return Decoded::Incomplete;
             }
-            if buf[..HELLO.len()] != HELLO[..] {
-                // Another protocol version or garbage: framing cannot be
-                // trusted.
-                tracing::info!("closing a link with an unknown hello");
+            let offered = buf[HELLO.len() - 1];
+            let agreed = (buf[..HELLO.len() - 1] == HELLO[..HELLO.len() - 1])
+                .then(|| agree(offered))
+                .flatten();
+            let Some(agreed) = agreed else {
+                // A version too old, or garbage: framing cannot be trusted.
+                tracing::info!(offered, "closing a link with an unknown hello");
                 return Decoded::Greeting(None);
+            };
+            if agreed < LINK_VERSION {
+                tracing::info!(
+                    peer = agreed,
+                    own = LINK_VERSION,
+                    "a peer speaks an older link protocol: it is sent only what that version carries"
+                );
             }
             buf.advance(HELLO.len());
             self.greeted = true;
-            return Decoded::Greeting(Some(LinkAnswer::Hello));
+            self.version.store(agreed, Ordering::Relaxed);
+            return Decoded::Greeting(Some(LinkAnswer::Hello(agreed)));
         }
         let frame = match read_frame(buf, self.max_frame) {
             Ok(Some(frame)) => frame,
@@ -172,13 +200,13 @@ impl Dialect for LinkDialect {
 
     fn encode_reply(&self, reply: &LinkReply, _: (), out: &mut BytesMut) {
         if let LinkReply::Response(response) = reply {
-            encode_response(response, out);
+            encode_response(&response.for_version(self.version()), out);
         }
     }
 
     fn encode_answer(&self, answer: &LinkAnswer, out: &mut BytesMut) {
         match answer {
-            LinkAnswer::Hello => out.extend_from_slice(HELLO),
+            LinkAnswer::Hello(version) => out.extend_from_slice(&hello(*version)),
             LinkAnswer::Response(response) => encode_response(response, out),
         }
     }

@@ -1,8 +1,15 @@
 //! The link protocol: binary, versioned, pipelined framing between the
 //! orchestrator and the workers, and between partners (refill).
 //!
-//! A link opens with [`HELLO`] from the connecting side; the server answers
-//! with its own. Then every message is a frame: a big-endian `u32` body length
+//! A link opens with [`HELLO`] from the connecting side, naming the highest
+//! version it speaks; the server answers with the version both will speak:
+//! the lower of the two, if it is one the server still speaks
+//! ([`OLDEST_LINK_VERSION`]), else it closes. A server of the previous
+//! release closes on any version but its own, so a client whose hello was
+//! closed on tries again with [`OLDEST_LINK_VERSION`]. Daemons of releases
+//! N and N−1 thus work together during a rolling upgrade; what a version
+//! cannot carry is never sent on a link that speaks it
+//! ([`Request::for_version`], [`Response::for_version`]). Then every message is a frame: a big-endian `u32` body length
 //! and the body. Requests and responses are matched by order (pipelining).
 //! Every write carries the version the orchestrator stamped, so replicas can
 //! keep the newest (see `crate::version`). All integers are big-endian.
@@ -65,6 +72,7 @@ mod dialect;
 mod encode;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 pub use decode::{decode_request, decode_response, read_frame};
 pub use dialect::{LinkAnswer, LinkDialect, LinkReply};
@@ -76,8 +84,33 @@ use bytes::Bytes;
 use thiserror::Error;
 
 /// First bytes of a link: a marker no text or RESP request starts with, the
-/// protocol name and its version.
+/// protocol name and the highest version this build speaks.
 pub const HELLO: &[u8; 5] = b"\xF0rcl\x09";
+
+/// The link protocol version this build speaks best.
+pub const LINK_VERSION: u8 = HELLO[4];
+
+/// The oldest version this build still speaks: the previous release's,
+/// so that one worker of a pair (or one orchestrator) can be upgraded at
+/// a time.
+pub const OLDEST_LINK_VERSION: u8 = 8;
+
+/// The first version that carries hashes (`HSET`, `HGET`, `HUPDATE`, hash
+/// entries and hash summaries).
+pub const HASH_LINK_VERSION: u8 = 9;
+
+/// The hello of one version.
+pub fn hello(version: u8) -> [u8; 5] {
+    let mut hello = *HELLO;
+    hello[4] = version;
+    hello
+}
+
+/// The version a server speaks with a peer whose hello named `offered`:
+/// the lower of the two, or `None` when the peer is too old.
+pub fn agree(offered: u8) -> Option<u8> {
+    (offered >= OLDEST_LINK_VERSION).then(|| offered.min(LINK_VERSION))
+}
 
 /// The first byte of [`HELLO`]: a listener that sees it speaks the link protocol.
 pub const HELLO_FIRST_BYTE: u8 = 0xF0;

@@ -402,7 +402,7 @@ fn the_link_dialect_greets_then_gates_frames_on_the_token() {
     encode_request(&Request::Status, &mut buf);
     assert!(matches!(
         dialect.decode(&mut buf, &gate),
-        Decoded::Greeting(Some(LinkAnswer::Hello))
+        Decoded::Greeting(Some(LinkAnswer::Hello(LINK_VERSION)))
     ));
     // A request before the token is refused, and the refusal closes.
     let Decoded::Refused(Request::Ping) = dialect.decode(&mut buf, &gate) else {
@@ -450,4 +450,136 @@ fn the_link_dialect_greets_then_gates_frames_on_the_token() {
         panic!("an oversized frame was not answered");
     };
     assert!(answered.close && answered.answer.is_none());
+}
+
+fn entry(key: &str, hash: bool) -> Entry {
+    Entry {
+        key: b(key),
+        version: 5,
+        ttl_ms: 0,
+        tombstone: false,
+        compressed: false,
+        hash,
+        raw_len: 1,
+        data: b("x"),
+    }
+}
+
+fn summary(key: &str, content: u64) -> Summary {
+    Summary {
+        key: b(key),
+        version: 5,
+        tombstone: false,
+        content,
+    }
+}
+
+#[test]
+fn the_server_answers_with_the_highest_version_both_speak() {
+    use crate::protocol::dialect::{Decoded, Dialect, Gate};
+    let gate = Gate {
+        required: false,
+        authenticated: false,
+    };
+    let greet = |offered: u8| {
+        let mut dialect = LinkDialect::new(limits());
+        let mut buf = BytesMut::from(&hello(offered)[..]);
+        match dialect.decode(&mut buf, &gate) {
+            Decoded::Greeting(Some(LinkAnswer::Hello(v))) => {
+                assert_eq!(
+                    dialect.agreed().load(std::sync::atomic::Ordering::Relaxed),
+                    v
+                );
+                Some(v)
+            }
+            Decoded::Greeting(None) => None,
+            _ => panic!("a hello was not a greeting"),
+        }
+    };
+    assert_eq!(greet(LINK_VERSION), Some(LINK_VERSION));
+    // The previous release's hello: spoken.
+    assert_eq!(greet(OLDEST_LINK_VERSION), Some(OLDEST_LINK_VERSION));
+    // A later release's: answered with this one's, which it then speaks.
+    assert_eq!(greet(LINK_VERSION + 1), Some(LINK_VERSION));
+    // Older than that: closed.
+    assert_eq!(greet(OLDEST_LINK_VERSION - 1), None);
+    assert_eq!(HELLO[4], LINK_VERSION);
+    assert!(OLDEST_LINK_VERSION < HASH_LINK_VERSION && HASH_LINK_VERSION <= LINK_VERSION);
+}
+
+#[test]
+fn an_older_link_is_sent_no_hashes() {
+    use crate::protocol::dialect::{Decoded, Dialect, Gate};
+    let old = OLDEST_LINK_VERSION;
+    // Requests: hash ones cannot go; anti-entropy goes without hashes.
+    let hget = Request::HGet { key: b("h") };
+    assert!(hget.for_version(old).is_none());
+    assert_eq!(hget.for_version(LINK_VERSION).as_deref(), Some(&hget));
+    let sync = Request::Sync {
+        buckets: vec![1],
+        after: b(""),
+        upto: b(""),
+        summaries: vec![summary("s", 0), summary("h", 77)],
+    };
+    let Some(Request::Sync { summaries, .. }) = sync.for_version(old).as_deref().cloned() else {
+        panic!("a sync could not go to an older link");
+    };
+    assert_eq!(summaries, vec![summary("s", 0)]);
+    let apply = Request::Apply {
+        last: true,
+        entries: vec![entry("h", true), entry("s", false)],
+        evict: vec![summary("h", 77)],
+    };
+    assert_eq!(
+        apply.for_version(old).as_deref(),
+        Some(&Request::Apply {
+            last: true,
+            entries: vec![entry("s", false)],
+            evict: vec![],
+        })
+    );
+    // What an older peer would decode is what it was sent.
+    let mut out = BytesMut::new();
+    encode_request(&apply.for_version(old).expect("carried"), &mut out);
+    let frame = read_frame(&mut out, 1 << 20)
+        .expect("frame")
+        .expect("whole");
+    let Request::Apply { entries, .. } = decode_request(frame, &limits()).expect("decodes") else {
+        panic!("not an apply");
+    };
+    assert!(entries.iter().all(|e| !e.hash));
+
+    // Responses: a server that agreed on the older version encodes them so.
+    let mut dialect = LinkDialect::new(limits());
+    let gate = Gate {
+        required: false,
+        authenticated: false,
+    };
+    let mut buf = BytesMut::from(&hello(old)[..]);
+    assert!(matches!(
+        dialect.decode(&mut buf, &gate),
+        Decoded::Greeting(Some(LinkAnswer::Hello(8)))
+    ));
+    let synced = Response::Synced {
+        complete: true,
+        entries: vec![entry("h", true), entry("s", false)],
+        wanted: vec![b("w")],
+    };
+    let mut out = BytesMut::new();
+    dialect.encode_reply(&LinkReply::Response(synced.clone()), (), &mut out);
+    let frame = read_frame(&mut out, 1 << 20)
+        .expect("frame")
+        .expect("whole");
+    assert_eq!(
+        decode_response(frame, RequestKind::Sync, &limits()),
+        Ok(Response::Synced {
+            complete: true,
+            entries: vec![entry("s", false)],
+            wanted: vec![b("w")],
+        })
+    );
+    // The same reply on a link of this version keeps its hashes.
+    assert_eq!(synced.for_version(LINK_VERSION).into_owned(), synced);
+    let chunk = Response::Chunk(vec![entry("h", true)]);
+    assert_eq!(chunk.for_version(old).into_owned(), Response::Chunk(vec![]));
 }
