@@ -99,6 +99,8 @@ pub const OLDEST_LINK_VERSION: u8 = 8;
 /// entries and hash summaries).
 pub const HASH_LINK_VERSION: u8 = 9;
 
+const _: () = assert!(OLDEST_LINK_VERSION < HASH_LINK_VERSION && HASH_LINK_VERSION <= LINK_VERSION);
+
 /// The hello of one version.
 pub fn hello(version: u8) -> [u8; 5] {
     let mut hello = *HELLO;
