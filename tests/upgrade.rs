@@ -114,10 +114,13 @@ struct Load {
     /// The port each client uses now.
     using: Vec<Arc<AtomicU16>>,
     requests: Arc<AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<(Vec<Option<usize>>, Vec<String>)>>,
+    threads: Vec<std::thread::JoinHandle<Written>>,
 }
 
 const KEYS: usize = 200;
+
+/// What one client wrote last to each of its keys, and what failed.
+type Written = (Vec<Option<usize>>, Vec<String>);
 
 impl Load {
     fn start(orchestrators: [u16; 2], clients: usize) -> Load {
