@@ -63,14 +63,32 @@ pub enum CliCommand {
     Del { key: String },
     /// Check that the server answers.
     Ping,
-    /// Show the cluster as the orchestrator sees it (pairs, health, entries,
-    /// hints queued, anti-entropy rounds), or a worker's own state.
-    Cluster,
+    /// Show the cluster as the orchestrator sees it (layout epoch, pairs,
+    /// health, entries, hints queued, anti-entropy rounds), or a worker's
+    /// own state; or change the cluster's layout.
+    Cluster {
+        #[command(subcommand)]
+        action: Option<ClusterAction>,
+    },
     /// Run an orchestrator and two worker pairs on loopback until Ctrl-C.
     Local(local::LocalArgs),
     /// Load a server with gets and sets (text or RESP) and report
     /// requests/s and latency percentiles.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterAction {
+    /// NEW takes OLD's place in its pair, under the layout's next epoch:
+    /// start NEW empty with OLD's partner as its partner and wait until it
+    /// is ready (it refilled) first. Every orchestrator and the partner
+    /// follow, without a restart or a config edit.
+    ReplaceWorker {
+        /// The worker to replace (HOST:PORT, as the layout names it).
+        old: String,
+        /// Its replacement (HOST:PORT, as orchestrators will reach it).
+        new: String,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,7 +110,13 @@ pub async fn run(mut cli: Cli) -> i32 {
         },
         Some(CliCommand::Del { key }) => Command::Del { key: key.into() },
         Some(CliCommand::Ping) => Command::Ping,
-        Some(CliCommand::Cluster) => Command::Cluster,
+        Some(CliCommand::Cluster { action: None }) => Command::Cluster,
+        Some(CliCommand::Cluster {
+            action: Some(ClusterAction::ReplaceWorker { old, new }),
+        }) => Command::ReplaceWorker {
+            old: old.into(),
+            new: new.into(),
+        },
     };
     let client = match connect(&cli).await {
         Ok(c) => c,
@@ -155,6 +179,10 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
             0
         }
         (Command::Cluster, Reply::Value(v)) => {
+            print!("{}", cluster_table(&String::from_utf8_lossy(v)));
+            0
+        }
+        (Command::ReplaceWorker { .. }, Reply::Value(v)) => {
             print!("{}", cluster_table(&String::from_utf8_lossy(v)));
             0
         }

@@ -150,6 +150,21 @@ pub trait Keyspace: Send + Sync + 'static {
 
     /// The `CLUSTER` answer: the daemon's view of the cluster.
     fn describe(&self) -> impl Future<Output = String> + Send;
+
+    /// `cluster||replace-worker||OLD||NEW`: what changed, as `name=value`
+    /// fields. Only an orchestrator holds a layout to change.
+    fn replace_worker(
+        &self,
+        _old: Bytes,
+        _new: Bytes,
+    ) -> impl Future<Output = Result<String, ErrorReply>> + Send {
+        async {
+            Err(ErrorReply::new(
+                crate::protocol::ErrorCode::InvalidCommand,
+                "replace-worker is an orchestrator's: ask one",
+            ))
+        }
+    }
 }
 
 /// What a read-modify-write did ([`Keyspace::update`]).
@@ -317,6 +332,7 @@ pub fn spec(command: &Command) -> Spec<'_> {
         Command::Auth { .. } => Spec::read(Op::Auth, Local),
         Command::Exit => Spec::read(Op::Exit, Local),
         Command::Cluster => Spec::read(Op::Cluster, Local),
+        Command::ReplaceWorker { .. } => Spec::read(Op::Cluster, Local),
     }
 }
 
@@ -368,6 +384,10 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
         Command::Ping => server::ping(),
         Command::Auth { .. } | Command::Exit => server::done(),
         Command::Cluster => Box::pin(server::cluster(ks)).await,
+        Command::ReplaceWorker { old, new } => match Box::pin(ks.replace_worker(old, new)).await {
+            Ok(done) => Reply::Value(done.into()),
+            Err(e) => Reply::Error(e),
+        },
     }
 }
 

@@ -9,10 +9,11 @@
 //! down worker is paced by the probes: its links stay unused (writes
 //! become hints) until a probe reaches it.
 
+use super::layout::LayoutBoard;
 use super::pool::{Backend, Health};
 use super::{OrchestratorConfig, Router};
 use crate::client::link::LinkConn;
-use crate::protocol::link::{Request, Response, WorkerState};
+use crate::protocol::link::{Request, Response, WorkerState, HASH_LINK_VERSION};
 use crate::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,9 @@ pub struct ProbeSettings {
     timeout: Duration,
     failures_to_down: u32,
     hint_timeout: Duration,
+    /// The highest layout seen, which each probe gives the worker and
+    /// takes from it ([`super::layout`]).
+    pub layouts: Arc<LayoutBoard>,
 }
 
 impl ProbeSettings {
@@ -61,6 +65,7 @@ impl ProbeSettings {
             timeout: config.health_timeout,
             failures_to_down: config.health_failures,
             hint_timeout: config.worker_timeout,
+            layouts: Arc::default(),
         }
     }
 }
@@ -119,6 +124,11 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                 if backend.probed(healthy, incarnation, entries, synced) {
                     tokio::spawn(backend.clone().deliver_hints(settings.hint_timeout));
                 }
+                if let Some(l) = link.as_mut() {
+                    if !gossip(l, &backend, &settings.layouts, timeout).await {
+                        link = None;
+                    }
+                }
                 backend.probe_done(Some(partner_behind));
             }
             other => {
@@ -133,6 +143,37 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                 }
                 backend.probe_done(None);
             }
+        }
+    }
+}
+
+/// Gives the worker the highest layout seen and takes its own if higher
+/// (workers of the previous release hold none); false when the link
+/// failed.
+async fn gossip(
+    link: &mut LinkConn,
+    backend: &Backend,
+    layouts: &LayoutBoard,
+    timeout: Duration,
+) -> bool {
+    if link.version() < HASH_LINK_VERSION {
+        return true;
+    }
+    let request = Request::Layout {
+        layout: layouts.current(),
+        you: backend.addr.clone(),
+    };
+    match link.call(&request, timeout).await {
+        Ok(Response::Layout(Some(layout))) => {
+            if layouts.offer(layout) {
+                tracing::info!(worker = %backend.addr, epoch = layouts.epoch(), "learned the cluster's layout from a worker");
+            }
+            true
+        }
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(worker = %backend.addr, error = %e, "layout exchange failed");
+            false
         }
     }
 }

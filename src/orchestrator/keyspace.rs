@@ -298,4 +298,9 @@ impl Keyspace for Router {
     async fn describe(&self) -> String {
         Router::describe(self)
     }
+
+    async fn replace_worker(&self, old: Bytes, new: Bytes) -> Result<String, ErrorReply> {
+        let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+        Router::replace_worker(self, &text(&old), &text(&new)).await
+    }
 }

@@ -15,6 +15,7 @@
 
 pub mod health;
 mod keyspace;
+pub mod layout;
 pub mod metrics;
 pub mod placement;
 pub mod pool;
@@ -94,6 +95,9 @@ pub struct Router {
     /// Held while the pair list changes, so every worker gets exactly one
     /// probe whether a reload comes before or after the probes start.
     probing: std::sync::Mutex<Option<Shutdown>>,
+    /// The config's `workers`: the pairs in force until the cluster's
+    /// layout is learned, and the seed it is learned from.
+    seed: std::sync::Mutex<Vec<[String; 2]>>,
     /// Client listener settings; a reload may change them.
     pub live: LiveConfig,
     pub metrics: metrics::OrchestratorMetrics,
@@ -132,6 +136,7 @@ impl Router {
             worker_timeout: config.worker_timeout,
             probe: health::ProbeSettings::from_config(config, dial),
             probing: std::sync::Mutex::new(None),
+            seed: std::sync::Mutex::new(config.pairs.clone()),
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
             budget: net::ReadBudget::new(&config.server, &metrics.server),
@@ -169,9 +174,9 @@ impl Router {
     }
 
     /// Applies what a reload may change while serving: `idle_timeout` and
-    /// the pair list. Workers that stay keep their links, health and hints;
-    /// new ones are probed from now on; removed ones are let go once their
-    /// last request is answered.
+    /// the pair list ([`Router::install_pairs`]), unless the cluster holds
+    /// a layout: then the file's `workers` only seed, and a list that
+    /// differs is logged as stale ([`layout`]).
     pub fn reload(&self, new: &OrchestratorConfig) {
         let mut server = ServerConfig::clone(&self.live.load());
         server.idle_timeout = new.server.idle_timeout;
@@ -182,6 +187,33 @@ impl Router {
             .dial
             .store(Arc::new(crate::client::Dial::from_server(&server)));
         self.live.store(Arc::new(server));
+        *self.seed() = new.pairs.clone();
+        if let Some(layout) = self.probe.layouts.current() {
+            // The cluster's layout is in force: the file only seeds.
+            self.warn_if_stale(&layout);
+            return;
+        }
+        if let Some((pairs_before, pairs_now, added, removed)) = self.install_pairs(&new.pairs) {
+            tracing::warn!(
+                pairs_before,
+                pairs = pairs_now,
+                workers_added = added,
+                workers_removed = removed,
+                "pair list changed: keys that now map to another pair read as misses until written again"
+            );
+        }
+    }
+
+    /// The config's `workers` as last read.
+    fn seed(&self) -> std::sync::MutexGuard<'_, Vec<[String; 2]>> {
+        self.seed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts `pairs` in force: workers that stay keep their links, health
+    /// and hints; new ones are probed from now on; removed ones are let go
+    /// once their last request is answered. `None` when they already are;
+    /// else the pairs before and after, and the workers added and removed.
+    fn install_pairs(&self, pairs: &[[String; 2]]) -> Option<(usize, usize, usize, usize)> {
         let probing = self.probing();
         let old = self.topology();
         let current: Vec<[String; 2]> = old
@@ -189,8 +221,8 @@ impl Router {
             .iter()
             .map(|[a, b]| [a.addr.clone(), b.addr.clone()])
             .collect();
-        if current == new.pairs {
-            return;
+        if current == pairs {
+            return None;
         }
         let mut existing: HashMap<&str, &Arc<Backend>> = HashMap::new();
         for backend in old.pairs.iter().flatten() {
@@ -212,8 +244,7 @@ impl Router {
                 b
             }
         };
-        let pairs: Vec<[Arc<Backend>; 2]> =
-            new.pairs.iter().map(|[a, b]| [get(a), get(b)]).collect();
+        let pairs: Vec<[Arc<Backend>; 2]> = pairs.iter().map(|[a, b]| [get(a), get(b)]).collect();
         let kept: std::collections::HashSet<String> =
             pairs.iter().flatten().map(|b| b.addr.clone()).collect();
         let (pairs_before, pairs_now) = (old.pairs.len(), pairs.len());
@@ -227,13 +258,7 @@ impl Router {
             }
         }
         drop(probing);
-        tracing::warn!(
-            pairs_before,
-            pairs = pairs_now,
-            workers_added = started,
-            workers_removed = retired,
-            "pair list changed: keys that now map to another pair read as misses until written again"
-        );
+        Some((pairs_before, pairs_now, started, retired))
     }
 
     /// One line for systemd's STATUS=.
@@ -250,12 +275,13 @@ impl Router {
 
     /// The workers as this orchestrator sees them, for `cluster`.
     pub fn describe(&self) -> String {
+        let epoch = self.probe.layouts.epoch();
         let mut records = Vec::new();
         for (i, pair) in self.topology().pairs.iter().enumerate() {
             for (j, backend) in pair.iter().enumerate() {
                 let v = backend.view();
                 records.push(format!(
-                    "pair={i} worker={} health={} entries={} hints={} synced={}",
+                    "epoch={epoch} pair={i} worker={} health={} entries={} hints={} synced={}",
                     v.addr,
                     Backend::standing(pair, j).name(),
                     v.entries,
@@ -328,6 +354,7 @@ impl Bound {
             return;
         }
         self.probes = Some(health::start(&self.router, shutdown.clone()));
+        tokio::spawn(self.router.clone().follow_layouts(shutdown.clone()));
         let bound = 2 * self.config.health_timeout;
         let backends: Vec<_> = self
             .router
@@ -346,6 +373,9 @@ impl Bound {
             answered = tokio::time::timeout(bound, all) => answered.is_ok(),
             _ = shutdown.wait() => return,
         };
+        // The first probes gave the cluster's layout, if it has one: it is
+        // in force before the first request.
+        self.router.follow_layout();
         if !answered {
             // Unanswered, a worker is taken as down: it serves reads only
             // once a probe reaches it and anti-entropy confirms it holds

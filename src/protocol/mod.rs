@@ -169,6 +169,13 @@ pub enum Command {
     /// between records, `name=value` fields within one (see
     /// docs/protocol.md).
     Cluster,
+    /// `cluster||replace-worker||OLD||NEW` (orchestrators): `new`, a worker
+    /// that refilled from `old`'s partner, takes `old`'s place in the
+    /// cluster's layout, under the next epoch.
+    ReplaceWorker {
+        old: Bytes,
+        new: Bytes,
+    },
 }
 
 /// The keys a `SCAN … TYPE` lets through.

@@ -21,7 +21,7 @@ mod tests;
 mod update;
 
 use crate::net::{self, LiveConfig, ServerConfig};
-use crate::protocol::link::{Request, Response, WorkerState};
+use crate::protocol::link::{Layout, Request, Response, WorkerState};
 use crate::protocol::{ErrorCode, ErrorReply, SetWhen};
 use crate::shutdown::Shutdown;
 use crate::sys::TcpListener;
@@ -89,6 +89,9 @@ pub struct Worker {
     /// The partner now: `config.partner` until a reload names another
     /// (a replacement host), which anti-entropy rounds go to from then on.
     partner: arc_swap::ArcSwapOption<String>,
+    /// The cluster's layout, as the orchestrators gave it, and the address
+    /// they know this worker by: its partner there is its partner.
+    layout: std::sync::Mutex<Option<(Layout, String)>>,
     pub metrics: metrics::WorkerMetrics,
     /// What connections' read buffers may hold together.
     pub budget: Arc<crate::net::ReadBudget>,
@@ -120,6 +123,7 @@ impl Worker {
             partner_missed_until: AtomicU64::new(0),
             live: LiveConfig::from_pointee(config.server.clone()),
             partner: arc_swap::ArcSwapOption::from(config.partner.clone().map(Arc::new)),
+            layout: std::sync::Mutex::new(None),
             metrics,
             budget,
             clients: Arc::default(),
@@ -145,6 +149,49 @@ impl Worker {
             .map_or_else(|| "-".to_string(), |p| String::clone(&p))
     }
 
+    /// The layout's epoch and the partner it names for this worker, when
+    /// it holds a layout that has this worker and this worker has a
+    /// partner at all.
+    fn layout_partner(&self) -> Option<(u64, String)> {
+        self.partner()?;
+        let held = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+        let (layout, me) = held.as_ref()?;
+        Some((layout.epoch, layout.partner_of(me)?.to_string()))
+    }
+
+    /// Takes `offered` if its epoch is higher than the layout held (`you`:
+    /// the address its sender knows this worker by), and the partner it
+    /// names: anti-entropy rounds go there from the next one (a replaced
+    /// partner). Returns the layout held after.
+    pub fn adopt_layout(&self, offered: Option<Layout>, you: String) -> Option<Layout> {
+        let held = {
+            let mut held = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(offered) = offered {
+                if held.as_ref().map_or(true, |(h, _)| offered.epoch > h.epoch) {
+                    tracing::info!(
+                        epoch = offered.epoch,
+                        pairs = offered.pairs.len(),
+                        "the cluster's layout"
+                    );
+                    *held = Some((offered, you));
+                }
+            }
+            held.as_ref().map(|(layout, _)| layout.clone())
+        };
+        if let Some((epoch, named)) = self.layout_partner() {
+            if self.partner().as_deref() != Some(&named) {
+                tracing::info!(
+                    from = %self.partner_name(),
+                    to = %named,
+                    epoch,
+                    "partner changed by the cluster's layout: anti-entropy rounds go to the new partner"
+                );
+                self.partner.store(Some(Arc::new(named)));
+            }
+        }
+        held
+    }
+
     /// How this worker opens links to its partner.
     pub fn dial(&self) -> crate::client::Dial {
         crate::client::Dial::from_server(&self.live.load())
@@ -156,7 +203,17 @@ impl Worker {
     /// round goes to the new one: a replacement of a dead partner, which
     /// refilled from this worker).
     pub fn reload(&self, new: &WorkerConfig) {
-        if self.partner().as_deref() != new.partner.as_ref() {
+        let named = self.layout_partner();
+        if let (Some((epoch, named)), Some(file)) = (&named, &new.partner) {
+            if named != file {
+                tracing::warn!(
+                    config = %file,
+                    layout = %named,
+                    epoch,
+                    "the config's partner is stale: the cluster's layout names another, which stays"
+                );
+            }
+        } else if self.partner().as_deref() != new.partner.as_ref() {
             tracing::info!(
                 from = %self.partner_name(),
                 to = new.partner.as_deref().unwrap_or("-"),
@@ -383,6 +440,7 @@ impl Worker {
     /// Executes one link request (not `Refill`, which streams).
     fn execute(&self, request: Request) -> Response {
         match request {
+            Request::Layout { layout, you } => Response::Layout(self.adopt_layout(layout, you)),
             Request::Get { key } => {
                 if self.state() != WorkerState::Ready {
                     return Response::Error(Worker::loading());

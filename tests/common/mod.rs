@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod load;
 pub mod resp;
 pub mod secure;
 

@@ -2,8 +2,8 @@
 //! used.
 
 use super::{
-    op, status, BucketDigest, Entry, LinkError, Request, RequestKind, Response, Summary,
-    WorkerState, FLAG_COMPRESSED, FLAG_HASH, FLAG_TOMBSTONE, MAX_TOKEN_BYTES,
+    op, status, BucketDigest, Entry, Layout, LinkError, Request, RequestKind, Response, Summary,
+    WorkerState, FLAG_COMPRESSED, FLAG_HASH, FLAG_TOMBSTONE, MAX_LAYOUT_PAIRS, MAX_TOKEN_BYTES,
 };
 use crate::hash::DIGEST_BUCKETS;
 use crate::protocol::fields::FieldUpdate;
@@ -144,6 +144,36 @@ impl Reader {
             });
         }
         Ok(entries)
+    }
+
+    /// A worker's address: 1 to 255 bytes of UTF-8.
+    pub(super) fn addr(&mut self) -> Result<String, LinkError> {
+        let len = self.u16()? as usize;
+        if len == 0 || len > 255 {
+            return Err(LinkError::Malformed("an address of 0 or over 255 bytes"));
+        }
+        let bytes = self.bytes(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| LinkError::Malformed("an address not UTF-8"))
+    }
+
+    /// `has:u8` and, if 1, a layout.
+    pub(super) fn layout(&mut self) -> Result<Option<Layout>, LinkError> {
+        match self.u8()? {
+            0 => return Ok(None),
+            1 => {}
+            _ => return Err(LinkError::Malformed("unknown layout flag")),
+        }
+        let epoch = self.u64()?;
+        let n = self.u16()? as usize;
+        // An address takes at least 3 bytes.
+        if n == 0 || n > MAX_LAYOUT_PAIRS || n * 6 > self.0.len() {
+            return Err(LinkError::Malformed("a layout's pair count"));
+        }
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
+            pairs.push([self.addr()?, self.addr()?]);
+        }
+        Ok(Some(Layout { epoch, pairs }))
     }
 
     /// A field name or value (`len:u32` and the bytes), at most
@@ -396,6 +426,10 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
             }
         }
         op::FLUSH => Request::Flush { version: r.u64()? },
+        op::LAYOUT => Request::Layout {
+            you: r.addr()?,
+            layout: r.layout()?,
+        },
         op::SYNC => {
             let n = r.u16()? as usize;
             if n > DIGEST_BUCKETS {
@@ -509,6 +543,7 @@ pub fn decode_response(
                 }
                 Response::Keys { next, keys }
             }
+            RequestKind::Layout => Response::Layout(r.layout()?),
             RequestKind::Flush => Response::Flushed {
                 floor: r.u64()?,
                 removed: r.u64()?,

@@ -1,7 +1,8 @@
 //! Requests and responses to frames.
 
 use super::{
-    op, status, Entry, Request, Response, Summary, FLAG_COMPRESSED, FLAG_HASH, FLAG_TOMBSTONE,
+    op, status, Entry, Layout, Request, Response, Summary, FLAG_COMPRESSED, FLAG_HASH,
+    FLAG_TOMBSTONE,
 };
 use crate::protocol::fields::FieldUpdate;
 use crate::protocol::update::{TtlChange, Update};
@@ -185,6 +186,11 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             out.put_u32(*count);
             out.put_slice(pattern);
         }
+        Request::Layout { layout, you } => {
+            out.put_u8(op::LAYOUT);
+            put_addr(out, you);
+            put_layout(out, layout.as_ref());
+        }
         Request::Flush { version } => {
             out.put_u8(op::FLUSH);
             out.put_u64(*version);
@@ -217,6 +223,26 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             put_summaries(out, evict);
         }
     })
+}
+
+fn put_addr(out: &mut BytesMut, addr: &str) {
+    out.put_u16(addr.len() as u16);
+    out.put_slice(addr.as_bytes());
+}
+
+fn put_layout(out: &mut BytesMut, layout: Option<&Layout>) {
+    let Some(layout) = layout else {
+        out.put_u8(0);
+        return;
+    };
+    out.put_u8(1);
+    out.put_u64(layout.epoch);
+    out.put_u16(layout.pairs.len() as u16);
+    for pair in &layout.pairs {
+        for addr in pair {
+            put_addr(out, addr);
+        }
+    }
 }
 
 /// A field name or value: `len:u32` and the bytes.
@@ -365,6 +391,10 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
             for key in keys {
                 put_key(out, key);
             }
+        }
+        Response::Layout(layout) => {
+            out.put_u8(status::OK);
+            put_layout(out, layout.as_ref());
         }
         Response::Flushed { floor, removed } => {
             out.put_u8(status::OK);

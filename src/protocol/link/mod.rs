@@ -33,6 +33,9 @@
 //!   HGET   20  key                    a hash's fields (OK: as GET, value = encoding)
 //!   HUPDATE 21 version:u64 key name kind:u8 args  (1 INCRBY i64
 //!              | 2 INCRBYFLOAT f64-bits | 3 SETNX rest)  decided, as UPDATE
+//!   LAYOUT 22  you:addr has:u8 [layout]   the cluster's layout: the sender's
+//!              (if it has one) and the address it knows the worker by;
+//!              answered with the layout the worker holds after
 //!   UPDATE 15  version:u64 kind:u8 key args               read-modify-write
 //!              (1 INCRBY i64 | 2 INCRBYFLOAT f64-bits | 3 APPEND rest
 //!               | 4 SETRANGE offset:u64 rest | 5 REPLACE when:u8 ttl rest
@@ -49,7 +52,8 @@
 //!                  UPDATE: flags:u8 version:u64 base:u64 ttl_ms:u64 len:u32
 //!                          value old(rest)   flags: 1 changed, 2 value, 4 old;
 //!                  REPLICATE: applied:u8;  HSET: added:u32 removed:u32;
-//!                  HUPDATE: as UPDATE, value = the field's)
+//!                  HUPDATE: as UPDATE, value = the field's;
+//!                  LAYOUT: has:u8 [layout])
 //!   NOT_FOUND   2
 //!   NOT_STORED  3                      (a conditional set's condition failed)
 //!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
@@ -61,6 +65,8 @@
 //!           (flags: 1 tombstone, 2 compressed, 4 hash)
 //! summary = flags:u8 version:u64 key [content:u64 if flags has 4]
 //! bound   = len:u16 bytes              (len 0: unbounded)
+//! layout  = epoch:u64 n:u16 (addr addr)*   pairs in placement order
+//! addr    = len:u16 bytes              (1 to 255 bytes of UTF-8)
 //! ```
 //!
 //! Decoding checks every length against the frame and the configured limits
@@ -299,6 +305,14 @@ pub enum Request {
     HGet {
         key: Bytes,
     },
+    /// The cluster's layout, gossiped by the orchestrators' probes: the
+    /// sender's (`None`: it has none yet) and `you`, the address the sender
+    /// knows this worker by. The worker keeps the one with the higher
+    /// epoch and answers [`Response::Layout`] with what it holds then.
+    Layout {
+        layout: Option<Layout>,
+        you: String,
+    },
     /// A read-modify-write of one field this worker decides (as
     /// [`Request::Update`]): answered [`Response::Updated`] with the
     /// field's new value and the version it was stored at, which the
@@ -438,6 +452,8 @@ pub enum Response {
         added: u32,
         removed: u32,
     },
+    /// The layout a worker holds (`None`: none yet).
+    Layout(Option<Layout>),
     NotFound,
     Error(ErrorReply),
     Chunk(Vec<Entry>),
@@ -446,6 +462,35 @@ pub enum Response {
         entries: u64,
         floor: u64,
     },
+}
+
+/// The cluster's pairs as the cluster holds them (on every worker, given
+/// by the orchestrators): in placement order, with an epoch that grows
+/// with every change (`rcache cluster replace-worker`). An orchestrator
+/// places keys by the layout with the highest epoch it has seen; its
+/// config's `workers` only seed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub epoch: u64,
+    pub pairs: Vec<[String; 2]>,
+}
+
+/// The most pairs a layout holds.
+pub const MAX_LAYOUT_PAIRS: usize = 4096;
+
+impl Layout {
+    /// Where `addr` is: its pair and its place in the pair.
+    pub fn find(&self, addr: &str) -> Option<(usize, usize)> {
+        self.pairs
+            .iter()
+            .enumerate()
+            .find_map(|(i, pair)| pair.iter().position(|a| a == addr).map(|j| (i, j)))
+    }
+
+    /// The partner of the worker at `addr`, if the layout has it.
+    pub fn partner_of(&self, addr: &str) -> Option<&str> {
+        self.find(addr).map(|(i, j)| self.pairs[i][1 - j].as_str())
+    }
 }
 
 /// One stored entry as it travels in a refill: the stored form, compressed
@@ -492,6 +537,7 @@ mod op {
     pub const HSET: u8 = 19;
     pub const HGET: u8 = 20;
     pub const HUPDATE: u8 = 21;
+    pub const LAYOUT: u8 = 22;
 }
 
 mod status {
@@ -527,11 +573,12 @@ pub enum RequestKind {
     HSet,
     HGet,
     HUpdate,
+    Layout,
 }
 
 impl RequestKind {
     /// Every kind, for code that must try them all (decoders under test).
-    pub const ALL: [RequestKind; 20] = [
+    pub const ALL: [RequestKind; 21] = [
         RequestKind::Auth,
         RequestKind::Get,
         RequestKind::Set,
@@ -552,6 +599,7 @@ impl RequestKind {
         RequestKind::HSet,
         RequestKind::HGet,
         RequestKind::HUpdate,
+        RequestKind::Layout,
     ];
 }
 
@@ -636,6 +684,7 @@ impl Request {
             Request::HSet { .. } => RequestKind::HSet,
             Request::HGet { .. } => RequestKind::HGet,
             Request::HUpdate { .. } => RequestKind::HUpdate,
+            Request::Layout { .. } => RequestKind::Layout,
         }
     }
 }

@@ -31,7 +31,11 @@ impl Request {
             return Some(Cow::Borrowed(self));
         }
         match self {
-            Request::HSet { .. } | Request::HGet { .. } | Request::HUpdate { .. } => None,
+            // Version 8 has neither hashes nor layouts.
+            Request::HSet { .. }
+            | Request::HGet { .. }
+            | Request::HUpdate { .. }
+            | Request::Layout { .. } => None,
             Request::Sync {
                 buckets,
                 after,

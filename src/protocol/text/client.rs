@@ -54,6 +54,11 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         Command::Ping => put_fields(out, &[b"ping"]),
         Command::Exit => put_fields(out, &[b"exit"]),
         Command::Cluster => put_fields(out, &[b"cluster"]),
+        Command::ReplaceWorker { old, new } => {
+            check(old, "worker", false)?;
+            check(new, "worker", false)?;
+            put_fields(out, &[b"cluster", b"replace-worker", old, new]);
+        }
         Command::Auth { token } => {
             check(token, "token", true)?;
             put_fields(out, &[b"auth", token]);

@@ -142,7 +142,21 @@ pub fn parse_line(line: Bytes, limits: &Limits) -> Result<Command, ErrorReply> {
         }
         b"ping" => no_fields(rest, Command::Ping),
         b"exit" => no_fields(rest, Command::Exit),
-        b"cluster" => no_fields(rest, Command::Cluster),
+        b"cluster" => match rest {
+            None => Ok(Command::Cluster),
+            Some(rest) => {
+                let (action, rest) = split_field(rest)
+                    .ok_or_else(|| parse_error("usage: cluster||replace-worker||OLD||NEW"))?;
+                if !action.eq_ignore_ascii_case(b"replace-worker") {
+                    return Err(parse_error(
+                        "unknown cluster action: replace-worker is the one there is",
+                    ));
+                }
+                let (old, new) = split_field(rest)
+                    .ok_or_else(|| parse_error("usage: cluster||replace-worker||OLD||NEW"))?;
+                Ok(Command::ReplaceWorker { old, new })
+            }
+        },
         b"auth" => {
             let token = rest.ok_or_else(|| parse_error("missing token"))?;
             Ok(Command::Auth { token })
