@@ -2,9 +2,13 @@ use super::*;
 use bytes::Bytes;
 
 fn worker() -> Worker {
+    partnered(None)
+}
+
+fn partnered(partner: Option<&str>) -> Worker {
     let worker = Worker::new(WorkerConfig {
         listen: "127.0.0.1:0".into(),
-        partner: None,
+        partner: partner.map(str::to_string),
         metrics_listen: "127.0.0.1:0".into(),
         server: Default::default(),
         store: Default::default(),
@@ -221,4 +225,41 @@ fn a_decided_field_write_does_not_land_over_a_field_this_worker_decided_since() 
         w.execute(from_partner(second, later)),
         Response::FieldsWritten { .. }
     ));
+}
+
+#[test]
+fn the_layout_with_the_higher_epoch_names_the_partner() {
+    let w = partnered(Some("old:2"));
+    let layout = |epoch: u64, partner: &str| Layout {
+        epoch,
+        pairs: vec![
+            ["other:1".into(), "other:2".into()],
+            ["me:1".into(), partner.into()],
+        ],
+    };
+    let adopt = |l: Option<Layout>| match w.execute(Request::Layout {
+        layout: l,
+        you: "me:1".into(),
+    }) {
+        Response::Layout(held) => held,
+        other => panic!("LAYOUT answered {other:?}"),
+    };
+    // Nothing offered, nothing held.
+    assert_eq!(adopt(None), None);
+    assert_eq!(adopt(Some(layout(2, "new:2"))), Some(layout(2, "new:2")));
+    assert_eq!(w.partner().as_deref().map(String::as_str), Some("new:2"));
+    // An older epoch changes nothing; asking gives the one held.
+    assert_eq!(adopt(Some(layout(1, "stale:2"))), Some(layout(2, "new:2")));
+    assert_eq!(adopt(None), Some(layout(2, "new:2")));
+    assert_eq!(w.partner().as_deref().map(String::as_str), Some("new:2"));
+    // A reload with the file's old partner keeps the layout's.
+    w.reload(w.config());
+    assert_eq!(w.partner().as_deref().map(String::as_str), Some("new:2"));
+    // A worker without a partner takes none from a layout.
+    let solo = worker();
+    solo.execute(Request::Layout {
+        layout: Some(layout(3, "x:2")),
+        you: "me:1".into(),
+    });
+    assert_eq!(solo.partner(), None);
 }

@@ -10,6 +10,16 @@ fn limits() -> Limits {
     }
 }
 
+fn layout() -> Layout {
+    Layout {
+        epoch: 7,
+        pairs: vec![
+            ["10.0.0.1:7001".into(), "10.0.0.2:7001".into()],
+            ["h3:7001".into(), "[::1]:7004".into()],
+        ],
+    }
+}
+
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -154,6 +164,14 @@ fn requests_round_trip() {
                 tombstone: false,
                 content: 0,
             }],
+        },
+        Request::Layout {
+            layout: None,
+            you: "10.0.0.1:7001".into(),
+        },
+        Request::Layout {
+            layout: Some(layout()),
+            you: "10.0.0.1:7001".into(),
         },
     ];
     let mut buf = BytesMut::new();
@@ -580,4 +598,35 @@ fn an_older_link_is_sent_no_hashes() {
     assert_eq!(synced.for_version(LINK_VERSION).into_owned(), synced);
     let chunk = Response::Chunk(vec![entry("h", true)]);
     assert_eq!(chunk.for_version(old).into_owned(), Response::Chunk(vec![]));
+}
+
+#[test]
+fn layouts_round_trip_and_bad_ones_are_refused() {
+    for response in [Response::Layout(None), Response::Layout(Some(layout()))] {
+        let mut buf = BytesMut::new();
+        encode_response(&response, &mut buf);
+        let frame = read_frame(&mut buf, 4096).expect("valid").expect("whole");
+        assert_eq!(
+            decode_response(frame, RequestKind::Layout, &limits()),
+            Ok(response)
+        );
+    }
+    let l = layout();
+    assert_eq!(l.find("h3:7001"), Some((1, 0)));
+    assert_eq!(l.partner_of("10.0.0.2:7001"), Some("10.0.0.1:7001"));
+    assert_eq!(l.partner_of("elsewhere:1"), None);
+    // No pairs, a pair count beyond the frame, an empty or non-UTF-8
+    // address, an unknown flag.
+    for body in [
+        &b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00"[..],
+        b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\xff\xff\x00\x01a",
+        b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00",
+        b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x01\xff\x00\x01a\x00\x00",
+        b"\x00\x07",
+    ] {
+        assert!(
+            decode_response(Bytes::copy_from_slice(body), RequestKind::Layout, &limits()).is_err(),
+            "{body:?}"
+        );
+    }
 }

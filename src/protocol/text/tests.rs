@@ -191,6 +191,10 @@ fn commands_round_trip_through_the_encoder() {
         Command::Ping,
         Command::Exit,
         Command::Cluster,
+        Command::ReplaceWorker {
+            old: b("10.0.0.2:7002"),
+            new: b("10.0.0.3:7002"),
+        },
     ];
     let mut out = BytesMut::new();
     for c in &commands {
