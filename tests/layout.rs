@@ -68,6 +68,9 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
 
     b.kill9();
     load.run(1_000);
+    // Not settled while a worker is down: `wait` says so at its timeout.
+    let (ok, said) = rcache(p1, &["cluster", "wait", "--timeout", "1s"]);
+    assert!(!ok && said.contains(&format!("{old} down")), "{said}");
     // Refused while the replacement is not there: nothing changes.
     let (ok, said) = rcache(p1, &["cluster", "replace-worker", &old, &new]);
     assert!(!ok && said.contains("does not answer"), "{said}");
@@ -109,6 +112,11 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
     );
     let (_, shown) = rcache(p2, &["cluster"]);
     assert!(shown.contains(&new) && !shown.contains(&old), "{shown}");
+    // Settled: every worker of the layout up, no hints left.
+    for port in [p1, p2] {
+        let (ok, said) = rcache(port, &["cluster", "wait", "--timeout", "30s"]);
+        assert!(ok && said.contains("settled: 2 workers up"), "{said}");
+    }
     load.run(2_000);
 
     // An orchestrator restarted with its original file (the dead worker in

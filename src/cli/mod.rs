@@ -89,6 +89,13 @@ pub enum ClusterAction {
         /// Its replacement (HOST:PORT, as orchestrators will reach it).
         new: String,
     },
+    /// Wait until no refill or catch-up runs: every worker up, no hints
+    /// queued. Shows progress on a terminal; exits 1 at the timeout,
+    /// naming what is left.
+    Wait {
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -112,6 +119,9 @@ pub async fn run(mut cli: Cli) -> i32 {
         Some(CliCommand::Ping) => Command::Ping,
         Some(CliCommand::Cluster { action: None }) => Command::Cluster,
         Some(CliCommand::Cluster {
+            action: Some(ClusterAction::Wait { timeout }),
+        }) => return wait(&cli, timeout).await,
+        Some(CliCommand::Cluster {
             action: Some(ClusterAction::ReplaceWorker { old, new }),
         }) => Command::ReplaceWorker {
             old: old.into(),
@@ -132,6 +142,103 @@ pub async fn run(mut cli: Cli) -> i32 {
             eprintln!("rcache: {}: {e}", cli.addr);
             1
         }
+    }
+}
+
+/// What is left before a cluster has settled, from a `cluster` reply: the
+/// workers not up (with their entries against their partner's while they
+/// load), and the hints queued.
+fn unsettled(reply: &str) -> (Vec<String>, u64) {
+    let records: Vec<std::collections::HashMap<&str, &str>> = reply
+        .split(';')
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| {
+            r.split_whitespace()
+                .filter_map(|f| f.split_once('='))
+                .collect()
+        })
+        .collect();
+    let number = |r: &std::collections::HashMap<&str, &str>, k: &str| -> u64 {
+        r.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let mut left = Vec::new();
+    let mut hints = 0;
+    for (i, r) in records.iter().enumerate() {
+        hints += number(r, "hints");
+        // A worker asked directly tells its own state.
+        let health = match (r.get("health"), r.get("state")) {
+            (Some(h), _) => *h,
+            (None, Some(&"ready")) => "up",
+            (None, Some(s)) => *s,
+            (None, None) => "unknown",
+        };
+        if health == "up" {
+            continue;
+        }
+        let worker = r.get("worker").copied().unwrap_or("?");
+        // Records come in pairs: the partner is the other of the two.
+        let partner = records.get(i ^ 1).map(|p| number(p, "entries"));
+        match partner {
+            Some(of) if health == "loading" && of > 0 => {
+                let have = number(r, "entries").min(of);
+                left.push(format!("{worker} loading {}%", have * 100 / of));
+            }
+            _ => left.push(format!("{worker} {health}")),
+        }
+    }
+    (left, hints)
+}
+
+/// `rcache cluster wait`: polls `cluster` until every worker is up and no
+/// hints are queued.
+async fn wait(cli: &Cli, timeout: Duration) -> i32 {
+    use std::io::IsTerminal;
+    let client = match connect(cli).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rcache: {e}");
+            return 1;
+        }
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let started = tokio::time::Instant::now();
+    loop {
+        let reply = match client.request(&Command::Cluster).await {
+            Ok(Reply::Value(v)) => String::from_utf8_lossy(&v).into_owned(),
+            Ok(other) => {
+                eprintln!("rcache: {}: unexpected answer {other:?}", cli.addr);
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("rcache: {}: {e}", cli.addr);
+                return 1;
+            }
+        };
+        let (left, hints) = unsettled(&reply);
+        let workers = reply.split(';').filter(|r| !r.trim().is_empty()).count();
+        if left.is_empty() && hints == 0 {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            println!("settled: {workers} workers up, no hints queued");
+            return 0;
+        }
+        let status = format!(
+            "{} of {workers} workers up; {hints} hints queued; {}",
+            workers - left.len(),
+            left.join(", ")
+        );
+        if started.elapsed() >= timeout {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("rcache: not settled after {timeout:?}: {status}");
+            return 1;
+        }
+        if terminal {
+            eprint!("\r\x1b[K{status}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -401,6 +508,24 @@ async fn shell(cli: &Cli) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_left_before_a_cluster_settles() {
+        let reply = "epoch=0 pair=0 worker=a:1 health=up entries=1000 hints=3 synced=1;\
+                     epoch=0 pair=0 worker=a:2 health=loading entries=250 hints=0 synced=0;\
+                     epoch=0 pair=1 worker=b:1 health=down entries=0 hints=0 synced=0;\
+                     epoch=0 pair=1 worker=b:2 health=up entries=9 hints=0 synced=4";
+        assert_eq!(
+            unsettled(reply),
+            (
+                vec!["a:2 loading 25%".to_string(), "b:1 down".to_string()],
+                3
+            )
+        );
+        let settled = "epoch=1 pair=0 worker=a:1 health=up entries=5 hints=0 synced=1;\
+                       epoch=1 pair=0 worker=a:2 health=up entries=5 hints=0 synced=1";
+        assert_eq!(unsettled(settled), (vec![], 0));
+    }
 
     #[test]
     fn cluster_replies_become_a_table() {
