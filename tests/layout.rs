@@ -143,13 +143,7 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
         o2.log_text()
     );
     load.run(1_000);
-    let (lasts, failed, requests) = load.stop();
-    assert!(
-        failed.is_empty(),
-        "{} of {requests} requests failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let (lasts, requests) = load.stop_without_failures();
     let (_, shown) = rcache(p2, &["cluster"]);
     assert!(
         shown.contains(&new) && !shown.contains(&old),

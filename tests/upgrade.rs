@@ -188,13 +188,7 @@ fn a_running_cluster_upgrades_from_the_previous_release_with_no_failed_request()
         serves_from(&o1, w, i / 2);
     }
     load.run(2_000);
-    let (lasts, failed, requests) = load.stop();
-    assert!(
-        failed.is_empty(),
-        "{} of {requests} requests failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let (lasts, requests) = load.stop_without_failures();
 
     // Everything upgraded: hashes work, through both orchestrators.
     assert!(

@@ -112,7 +112,20 @@ impl Load {
         );
     }
 
-    pub fn stop(self) -> (Vec<Vec<Option<usize>>>, Vec<String>, usize) {
+    /// Stops the clients and fails the test if any request failed: what
+    /// each client wrote last to each key, and the requests made.
+    pub fn stop_without_failures(self) -> (Vec<Vec<Option<usize>>>, usize) {
+        let (lasts, failed, requests) = self.stop();
+        assert!(
+            failed.is_empty(),
+            "{} of {requests} requests failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        (lasts, requests)
+    }
+
+    fn stop(self) -> (Vec<Vec<Option<usize>>>, Vec<String>, usize) {
         self.stop.store(true, Ordering::Relaxed);
         let mut lasts = Vec::new();
         let mut failed = Vec::new();
