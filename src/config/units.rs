@@ -118,6 +118,10 @@ pub fn size_text(bytes: u64) -> Scalar {
 /// Checks a `host:port` address without resolving it (that happens when
 /// connecting, so DNS names follow their records).
 pub fn check_address(address: &str) -> Result<(), String> {
+    // The longest a layout carries (a DNS name is at most 253 bytes).
+    if address.len() > 255 {
+        return Err("longer than 255 bytes".into());
+    }
     let (host, port) = address
         .rsplit_once(':')
         .ok_or("expected host:port, e.g. \"127.0.0.1:7001\"")?;

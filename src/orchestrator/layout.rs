@@ -37,11 +37,12 @@ impl LayoutBoard {
         self.held().as_ref().map_or(0, |l| l.epoch)
     }
 
-    /// Keeps `offered` if its epoch is higher than the one held, and wakes
-    /// whoever follows the layout; true when it did.
+    /// Keeps `offered` if it supersedes the one held
+    /// ([`Layout::supersedes`]), and wakes whoever follows the layout; true
+    /// when it did.
     pub fn offer(&self, offered: Layout) -> bool {
         let mut held = self.held();
-        if held.as_ref().is_some_and(|h| h.epoch >= offered.epoch) {
+        if held.as_ref().is_some_and(|h| !offered.supersedes(h)) {
             return false;
         }
         *held = Some(offered);
@@ -120,10 +121,8 @@ impl Router {
     /// force here and given to every worker; other orchestrators take it
     /// at their next probe.
     pub async fn replace_worker(&self, old: &str, new: &str) -> Result<String, ErrorReply> {
-        if new.is_empty() || new.len() > 255 || !new.contains(':') {
-            return Err(refused(format!(
-                "{new:?} is not a worker address (HOST:PORT)"
-            )));
+        if let Err(e) = crate::config::units::check_address(new) {
+            return Err(refused(format!("{new:?} is not a worker address: {e}")));
         }
         let base = self.layout();
         let Some((pair, place)) = base.find(old) else {
@@ -208,7 +207,7 @@ impl Router {
         .await;
         answers
             .iter()
-            .filter(|a| matches!(a, Ok(Response::Layout(Some(l))) if l.epoch >= layout.epoch))
+            .filter(|a| matches!(a, Ok(Response::Layout(Some(l))) if l == layout))
             .count()
     }
 }

@@ -159,7 +159,7 @@ impl Worker {
         Some((layout.epoch, layout.partner_of(me)?.to_string()))
     }
 
-    /// Takes `offered` if its epoch is higher than the layout held (`you`:
+    /// Takes `offered` if it supersedes the layout held (`you`:
     /// the address its sender knows this worker by), and the partner it
     /// names: anti-entropy rounds go there from the next one (a replaced
     /// partner). Returns the layout held after.
@@ -167,7 +167,7 @@ impl Worker {
         let held = {
             let mut held = self.layout.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(offered) = offered {
-                if held.as_ref().map_or(true, |(h, _)| offered.epoch > h.epoch) {
+                if held.as_ref().map_or(true, |(h, _)| offered.supersedes(h)) {
                     tracing::info!(
                         epoch = offered.epoch,
                         pairs = offered.pairs.len(),

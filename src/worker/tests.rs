@@ -252,9 +252,15 @@ fn the_layout_with_the_higher_epoch_names_the_partner() {
     assert_eq!(adopt(Some(layout(1, "stale:2"))), Some(layout(2, "new:2")));
     assert_eq!(adopt(None), Some(layout(2, "new:2")));
     assert_eq!(w.partner().as_deref().map(String::as_str), Some("new:2"));
+    // Two layouts of one epoch (two orchestrators changed it at once):
+    // the greater is kept, whichever came first.
+    assert_eq!(adopt(Some(layout(2, "alt:2"))), Some(layout(2, "new:2")));
+    assert_eq!(adopt(Some(layout(2, "z:2"))), Some(layout(2, "z:2")));
+    assert_eq!(adopt(Some(layout(2, "new:2"))), Some(layout(2, "z:2")));
+    assert_eq!(w.partner().as_deref().map(String::as_str), Some("z:2"));
     // A reload with the file's old partner keeps the layout's.
     w.reload(w.config());
-    assert_eq!(w.partner().as_deref().map(String::as_str), Some("new:2"));
+    assert_eq!(w.partner().as_deref().map(String::as_str), Some("z:2"));
     // A worker without a partner takes none from a layout.
     let solo = worker();
     solo.execute(Request::Layout {

@@ -487,6 +487,14 @@ impl Layout {
             .find_map(|(i, pair)| pair.iter().position(|a| a == addr).map(|j| (i, j)))
     }
 
+    /// Whether this layout replaces `other`: a higher epoch, or the same
+    /// one with greater pairs. Two orchestrators that changed the layout
+    /// at once made two layouts of one epoch; everyone keeps the same one
+    /// of them.
+    pub fn supersedes(&self, other: &Layout) -> bool {
+        self.epoch > other.epoch || (self.epoch == other.epoch && self.pairs > other.pairs)
+    }
+
     /// The partner of the worker at `addr`, if the layout has it.
     pub fn partner_of(&self, addr: &str) -> Option<&str> {
         self.find(addr).map(|(i, j)| self.pairs[i][1 - j].as_str())
