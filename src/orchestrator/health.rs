@@ -13,7 +13,7 @@ use super::layout::LayoutBoard;
 use super::pool::{Backend, Health};
 use super::{OrchestratorConfig, Router};
 use crate::client::link::LinkConn;
-use crate::protocol::link::{Request, Response, WorkerState, HASH_LINK_VERSION};
+use crate::protocol::link::{Request, Response, WorkerState, HASH_LINK_VERSION, LINK_VERSION};
 use crate::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,7 +125,12 @@ async fn probe_loop(backend: Arc<Backend>, settings: ProbeSettings, mut shutdown
                     tokio::spawn(backend.clone().deliver_hints(settings.hint_timeout));
                 }
                 if let Some(l) = link.as_mut() {
-                    if !gossip(l, &backend, &settings.layouts, timeout).await {
+                    // A link at an older version is opened afresh at the
+                    // next probe: a worker upgraded since (or one that
+                    // closed the first hello for another reason) is found
+                    // at this build's version within one interval.
+                    let older = l.version() < LINK_VERSION;
+                    if !gossip(l, &backend, &settings.layouts, timeout).await || older {
                         link = None;
                     }
                 }
