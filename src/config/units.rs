@@ -115,26 +115,7 @@ pub fn size_text(bytes: u64) -> Scalar {
     }
 }
 
-/// Checks a `host:port` address without resolving it (that happens when
-/// connecting, so DNS names follow their records).
-pub fn check_address(address: &str) -> Result<(), String> {
-    // The longest a layout carries (a DNS name is at most 253 bytes).
-    if address.len() > 255 {
-        return Err("longer than 255 bytes".into());
-    }
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or("expected host:port, e.g. \"127.0.0.1:7001\"")?;
-    if host.is_empty() {
-        return Err("the host is empty".into());
-    }
-    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err("write an IPv6 address in brackets, e.g. \"[::1]:7001\"".into());
-    }
-    port.parse::<u16>()
-        .map_err(|_| format!("{port:?} is not a port number"))?;
-    Ok(())
-}
+pub use crate::net::check_address;
 
 #[cfg(test)]
 mod tests {

@@ -121,7 +121,7 @@ impl Router {
     /// force here and given to every worker; other orchestrators take it
     /// at their next probe.
     pub async fn replace_worker(&self, old: &str, new: &str) -> Result<String, ErrorReply> {
-        if let Err(e) = crate::config::units::check_address(new) {
+        if let Err(e) = crate::net::check_address(new) {
             return Err(refused(format!("{new:?} is not a worker address: {e}")));
         }
         let base = self.layout();
