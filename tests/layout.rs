@@ -87,7 +87,14 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
     );
     let (ok, said) = rcache(p1, &["cluster", "replace-worker", &old, &new]);
     assert!(ok, "{said}");
-    assert!(said.contains("1") && said.contains(&new), "{said}");
+    // A table: the header, then epoch 1, pair 0, the two workers.
+    let row: Vec<&str> = said
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["1", "0", old.as_str(), new.as_str()], "{said}");
     // The survivor follows: its anti-entropy rounds go to the new worker.
     assert!(
         eventually(Duration::from_secs(5), || a

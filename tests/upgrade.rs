@@ -144,6 +144,15 @@ fn a_running_cluster_upgrades_from_the_previous_release_with_no_failed_request()
         "{}",
         o2.log_text()
     );
+    // A hash key of each pair.
+    let hash_keys: Vec<String> = (0..2)
+        .map(|p| {
+            (0..)
+                .map(|i| format!("h{i}"))
+                .find(|k| rcache::orchestrator::placement::locate(k.as_bytes(), 2).pair == p)
+                .expect("a key of the pair")
+        })
+        .collect();
     let refused = resp(&mut hashes, &["HSET", "h", "f", "v"]);
     assert!(
         refused.starts_with("-") && refused.contains("wait for the upgrade"),
@@ -169,6 +178,28 @@ fn a_running_cluster_upgrades_from_the_previous_release_with_no_failed_request()
             serves_from(&o1, w, pair);
             serves_from(&o2, w, pair);
             load.run(1_000);
+            // Hashes go to a pair once both its workers run this release.
+            let upgraded = w == b;
+            for (p, key) in hash_keys.iter().enumerate() {
+                let both_new = p < pair || (p == pair && upgraded);
+                if both_new {
+                    assert!(
+                        eventually(Duration::from_secs(10), || resp(
+                            &mut hashes,
+                            &["HSET", key, "f", "v"]
+                        )
+                        .starts_with(':')),
+                        "HSET {key} on pair {p}, both workers upgraded: {}",
+                        resp(&mut hashes, &["HSET", key, "f", "v"])
+                    );
+                } else {
+                    let refused = resp(&mut hashes, &["HSET", key, "f", "v"]);
+                    assert!(
+                        refused.contains("wait for the upgrade"),
+                        "HSET {key} on pair {p}, a worker of the previous release: {refused}"
+                    );
+                }
+            }
         }
     }
     // The first upgraded worker spoke the previous version to its partner

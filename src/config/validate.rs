@@ -331,6 +331,13 @@ impl RawOrchestrator {
                     .into(),
             );
         }
+        if self.workers.len() > crate::protocol::link::MAX_LAYOUT_PAIRS {
+            p.push(
+                "workers",
+                format!("{} pairs", self.workers.len()),
+                "at most 4096 pairs (what the cluster's layout holds)",
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, pair) in self.workers.iter().enumerate() {
             let key = format!("workers[{i}]");

@@ -12,7 +12,7 @@ use super::pool::Health;
 use super::Router;
 use crate::client::link::LinkConn;
 use crate::join::join_all;
-use crate::protocol::link::{Layout, Request, Response, WorkerState};
+use crate::protocol::link::{Layout, Request, Response, WorkerState, HASH_LINK_VERSION};
 use crate::protocol::{ErrorCode, ErrorReply};
 use std::sync::{Arc, Mutex};
 
@@ -64,6 +64,9 @@ fn refused(message: String) -> ErrorReply {
 impl Router {
     /// Puts the highest layout seen in force, if it is not already.
     pub fn follow_layout(&self) {
+        // Read and put in force under one lock, so a reload or another
+        // follower never puts an older list in force after a newer one.
+        let _changing = self.changing();
         let Some(layout) = self.probe.layouts.current() else {
             return;
         };
@@ -145,13 +148,52 @@ impl Router {
                 "{old}'s partner {survivor} does not serve: the pair would have no worker to read from"
             )));
         }
+        if let Some(old_release) = topology
+            .pairs
+            .iter()
+            .flatten()
+            .find(|b| b.link_version() < HASH_LINK_VERSION)
+        {
+            return Err(refused(format!(
+                "{} does not run this release (or was not probed yet): workers of the \
+                 previous release hold no layout",
+                old_release.addr
+            )));
+        }
+        let dial = self.settings.dial.load_full();
+        if dial.token.is_some() && dial.tls.is_none() {
+            // NEW is not in the layout yet: nothing shows it is a worker of
+            // this cluster but a certificate from the cluster's CA.
+            return Err(refused(format!(
+                "{new} would be sent the cluster_token over a link that cannot verify it: \
+                 replace-worker needs TLS links (tls.ca) when links carry a token"
+            )));
+        }
         self.ready_to_replace(new).await?;
+        if self.layout() != base {
+            return Err(refused(
+                "the cluster's layout changed meanwhile: nothing was changed; look at \
+                 `rcache cluster` and run the command again"
+                    .to_string(),
+            ));
+        }
         let mut next = base.clone();
         next.epoch = base.epoch + 1;
         next.pairs[pair][place] = new.to_string();
-        self.probe.layouts.offer(next.clone());
+        if !self.probe.layouts.offer(next.clone()) {
+            return Err(refused(
+                "another change of the layout came first: nothing was changed".to_string(),
+            ));
+        }
         self.follow_layout();
         let told = self.give_layout(&next).await;
+        if self.probe.layouts.current().as_ref() != Some(&next) {
+            return Err(refused(format!(
+                "another orchestrator changed the layout at epoch {} at the same moment, and \
+                 its change is the one in force: `rcache cluster` shows it",
+                next.epoch
+            )));
+        }
         tracing::warn!(
             epoch = next.epoch,
             pair,
@@ -178,8 +220,16 @@ impl Router {
         match status.await {
             Ok(Response::Status {
                 state: WorkerState::Ready,
+                complete: true,
                 ..
             }) => Ok(()),
+            Ok(Response::Status {
+                state: WorkerState::Ready,
+                ..
+            }) => Err(refused(format!(
+                "{new} is ready but may lack its partner's data (it started empty): start it \
+                 with the survivor as its partner and wait until it refilled"
+            ))),
             Ok(Response::Status { state, .. }) => Err(refused(format!(
                 "{new} is {}: start it with the survivor as its partner and wait until it is ready",
                 state.name()

@@ -98,6 +98,7 @@ pub struct Router {
     /// The config's `workers`: the pairs in force until the cluster's
     /// layout is learned, and the seed it is learned from.
     seed: std::sync::Mutex<Vec<[String; 2]>>,
+    changing: std::sync::Mutex<()>,
     /// Client listener settings; a reload may change them.
     pub live: LiveConfig,
     pub metrics: metrics::OrchestratorMetrics,
@@ -137,6 +138,7 @@ impl Router {
             probe: health::ProbeSettings::from_config(config, dial),
             probing: std::sync::Mutex::new(None),
             seed: std::sync::Mutex::new(config.pairs.clone()),
+            changing: std::sync::Mutex::new(()),
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
             budget: net::ReadBudget::new(&config.server, &metrics.server),
@@ -188,6 +190,7 @@ impl Router {
             .store(Arc::new(crate::client::Dial::from_server(&server)));
         self.live.store(Arc::new(server));
         *self.seed() = new.pairs.clone();
+        let _changing = self.changing();
         if let Some(layout) = self.probe.layouts.current() {
             // The cluster's layout is in force: the file only seeds.
             self.warn_if_stale(&layout);
@@ -202,6 +205,12 @@ impl Router {
                 "pair list changed: keys that now map to another pair read as misses until written again"
             );
         }
+    }
+
+    /// Held while the pairs in force are chosen and put in force (a
+    /// reload's, a layout's).
+    fn changing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The config's `workers` as last read.

@@ -70,6 +70,14 @@ impl Router {
             .find(|b| b.link_version() < HASH_LINK_VERSION)
         {
             None => Ok(()),
+            Some(old) if old.link_version() == 0 => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "hash commands wait for worker {} to answer a probe (its release is not \
+                     known yet); nothing was written",
+                    old.addr
+                ),
+            )),
             Some(old) => Err(ErrorReply::new(
                 ErrorCode::Unavailable,
                 format!(

@@ -164,21 +164,26 @@ impl Worker {
     /// names: anti-entropy rounds go there from the next one (a replaced
     /// partner). Returns the layout held after.
     pub fn adopt_layout(&self, offered: Option<Layout>, you: String) -> Option<Layout> {
-        let held = {
-            let mut held = self.layout.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(offered) = offered {
-                if held.as_ref().map_or(true, |(h, _)| offered.supersedes(h)) {
-                    tracing::info!(
-                        epoch = offered.epoch,
-                        pairs = offered.pairs.len(),
-                        "the cluster's layout"
-                    );
-                    *held = Some((offered, you));
-                }
+        // The partner is chosen and stored under the lock, so concurrent
+        // offers cannot leave an older layout's partner in place.
+        let mut held = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(offered) = offered {
+            if held.as_ref().map_or(true, |(h, _)| offered.supersedes(h)) {
+                tracing::info!(
+                    epoch = offered.epoch,
+                    pairs = offered.pairs.len(),
+                    "the cluster's layout"
+                );
+                *held = Some((offered, you));
             }
-            held.as_ref().map(|(layout, _)| layout.clone())
+        }
+        let named = match (&*held, self.partner()) {
+            (Some((layout, me)), Some(_)) => {
+                layout.partner_of(me).map(|p| (layout.epoch, p.to_string()))
+            }
+            _ => None,
         };
-        if let Some((epoch, named)) = self.layout_partner() {
+        if let Some((epoch, named)) = named {
             if self.partner().as_deref() != Some(&named) {
                 tracing::info!(
                     from = %self.partner_name(),
@@ -189,7 +194,7 @@ impl Worker {
                 self.partner.store(Some(Arc::new(named)));
             }
         }
-        held
+        held.as_ref().map(|(layout, _)| layout.clone())
     }
 
     /// How this worker opens links to its partner.

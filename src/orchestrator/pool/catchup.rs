@@ -536,10 +536,15 @@ impl Backend {
                 match result {
                     // A refusal (an entry that can never fit) is final.
                     Ok(_) => delivered += 1,
-                    // So is a hint the worker's release cannot take (a
-                    // hash to a worker that went back to the previous
-                    // one): it could never hold it.
-                    Err(error @ ClientError::Unsupported { .. }) => {
+                    // So is a hint a worker of the previous release
+                    // cannot take (a hash to a worker that went back to
+                    // it): it could never hold it. A link that spoke the
+                    // older version to a worker its probe finds at this
+                    // one keeps the hint for the next delivery.
+                    Err(error @ ClientError::Unsupported { .. })
+                        if self.link_version() != 0
+                            && self.link_version() < crate::protocol::link::HASH_LINK_VERSION =>
+                    {
                         tracing::warn!(worker = %self.addr, %error, "hint dropped");
                         self.metrics.hints_dropped.inc();
                     }

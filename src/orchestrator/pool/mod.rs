@@ -209,9 +209,10 @@ pub struct Backend {
     /// after `created`, negative for before it ([`catchup::NOT_SERVING`]:
     /// not serving, or not probed yet).
     serving_from: std::sync::atomic::AtomicI64,
-    /// The link protocol version its probe agreed on (this build's until
-    /// a probe connected): below [`crate::protocol::link::HASH_LINK_VERSION`] it runs the
-    /// previous release and takes no hash requests.
+    /// The link protocol version its probe agreed on (0 until a probe
+    /// connected): below [`crate::protocol::link::HASH_LINK_VERSION`] it
+    /// runs the previous release, or is not known yet, and takes no hash
+    /// requests.
     link_version: AtomicU8,
     created: Instant,
     catchup: Mutex<Catchup>,
@@ -257,7 +258,7 @@ impl Backend {
             entries: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             serving_from: std::sync::atomic::AtomicI64::new(catchup::NOT_SERVING),
-            link_version: AtomicU8::new(LINK_VERSION),
+            link_version: AtomicU8::new(0),
             created: Instant::now(),
             catchup: Mutex::new(Catchup::default()),
             delivery: tokio::sync::Mutex::new(()),
@@ -306,7 +307,8 @@ impl Backend {
     /// Its probe connected and agreed on `version`.
     pub fn spoke(&self, version: u8) {
         let before = self.link_version.swap(version, Ordering::Relaxed);
-        if before != version {
+        // Logged when it is not this build's, or changes: an upgrade.
+        if before != version && (before != 0 || version < LINK_VERSION) {
             tracing::info!(worker = %self.addr, version, "the worker's link protocol version");
         }
     }

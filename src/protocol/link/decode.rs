@@ -170,8 +170,15 @@ impl Reader {
             return Err(LinkError::Malformed("a layout's pair count"));
         }
         let mut pairs = Vec::with_capacity(n);
+        let mut seen = std::collections::HashSet::with_capacity(2 * n);
         for _ in 0..n {
-            pairs.push([self.addr()?, self.addr()?]);
+            let pair = [self.addr()?, self.addr()?];
+            for addr in &pair {
+                if !seen.insert(addr.clone()) {
+                    return Err(LinkError::Malformed("a worker twice in a layout"));
+                }
+            }
+            pairs.push(pair);
         }
         Ok(Some(Layout { epoch, pairs }))
     }

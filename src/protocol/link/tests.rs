@@ -598,6 +598,22 @@ fn an_older_link_is_sent_no_hashes() {
     assert_eq!(synced.for_version(LINK_VERSION).into_owned(), synced);
     let chunk = Response::Chunk(vec![entry("h", true)]);
     assert_eq!(chunk.for_version(old).into_owned(), Response::Chunk(vec![]));
+    // An error code the older version has no name for goes as one it has.
+    let mut out = BytesMut::new();
+    let wrong = Response::Error(ErrorReply::wrong_type());
+    dialect.encode_reply(&LinkReply::Response(wrong), (), &mut out);
+    let frame = read_frame(&mut out, 1 << 20)
+        .expect("frame")
+        .expect("whole");
+    let code = frame[1];
+    assert!(
+        (1..=9).contains(&code) && code != ErrorCode::WrongType.as_u8(),
+        "code {code} to a version-8 peer"
+    );
+    assert!(matches!(
+        decode_response(frame, RequestKind::Get, &limits()),
+        Ok(Response::Error(e)) if e.message.contains("wrong kind")
+    ));
 }
 
 #[test]

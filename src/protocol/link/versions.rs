@@ -3,6 +3,7 @@
 //! sent what that version cannot express.
 
 use super::{Entry, Request, Response, Summary, HASH_LINK_VERSION};
+use crate::protocol::{ErrorCode, ErrorReply};
 use std::borrow::Cow;
 
 fn entries_for(entries: &[Entry], version: u8) -> Option<Vec<Entry>> {
@@ -96,6 +97,14 @@ impl Response {
                 }),
                 None => Cow::Borrowed(self),
             },
+            // Version 8 knows error codes 1 to 9: WRONGTYPE goes as an
+            // invalid command, its words kept.
+            Response::Error(e) if e.code == ErrorCode::WrongType => {
+                Cow::Owned(Response::Error(ErrorReply {
+                    code: ErrorCode::InvalidCommand,
+                    ..e.clone()
+                }))
+            }
             Response::Applied { count, refused } => match summaries_for(refused, version) {
                 Some(refused) => Cow::Owned(Response::Applied {
                     count: *count,

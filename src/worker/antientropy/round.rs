@@ -64,6 +64,14 @@ pub(super) async fn round(
     link: &mut Option<LinkConn>,
     admit: bool,
 ) -> Result<RoundReport, RoundError> {
+    // A link at an older version is opened afresh each round: a partner
+    // upgraded since is then reached at this build's version (hashes).
+    if link
+        .as_ref()
+        .is_some_and(|l| l.version() < crate::protocol::link::LINK_VERSION)
+    {
+        *link = None;
+    }
     if link.is_none() {
         *link = Some(LinkConn::connect(partner, &worker.dial(), ROUND_TIMEOUT).await?);
     }
