@@ -23,13 +23,18 @@ pub struct LinkConn {
     version: u8,
 }
 
-/// A request the link's version cannot carry (a hash request to a peer of
-/// the previous release).
-fn unsupported(request: &Request, version: u8) -> ClientError {
-    ClientError::Unsupported {
-        op: request.op().name(),
-        version,
-    }
+/// Encodes `request` as a link of `version` carries it; refused (nothing
+/// buffered) when that version cannot carry it at all (a hash request to
+/// a peer of the previous release).
+fn encode_for(request: &Request, version: u8, out: &mut BytesMut) -> Result<(), ClientError> {
+    let carried = request
+        .for_version(version)
+        .ok_or(ClientError::Unsupported {
+            op: request.op().name(),
+            version,
+        })?;
+    encode_request(&carried, out);
+    Ok(())
 }
 
 impl LinkConn {
@@ -91,11 +96,7 @@ impl LinkConn {
 
     /// Buffers `request` as the link's version carries it.
     fn encode(&mut self, request: &Request) -> Result<(), ClientError> {
-        let carried = request
-            .for_version(self.version)
-            .ok_or_else(|| unsupported(request, self.version))?;
-        encode_request(&carried, &mut self.conn.wbuf);
-        Ok(())
+        encode_for(request, self.version, &mut self.conn.wbuf)
     }
 
     /// Sends one request and waits for its response.
@@ -253,11 +254,7 @@ impl LinkWriter {
     /// [`LinkWriter::flush`] sends everything buffered. A request the
     /// version cannot carry is refused, and nothing is buffered.
     pub fn queue(&mut self, request: &Request) -> Result<(), ClientError> {
-        let carried = request
-            .for_version(self.version)
-            .ok_or_else(|| unsupported(request, self.version))?;
-        encode_request(&carried, &mut self.wbuf);
-        Ok(())
+        encode_for(request, self.version, &mut self.wbuf)
     }
 
     pub fn buffered(&self) -> usize {
