@@ -7,8 +7,8 @@ use super::{connect_stream, ClientError, Dial};
 use crate::net::Conn;
 use crate::net::Stream;
 use crate::protocol::link::{
-    decode_response, encode_request, hello, max_frame_bytes, read_frame, Request, RequestKind,
-    Response, HELLO, LINK_VERSION, OLDEST_LINK_VERSION,
+    decode_response, encode_request, hello, hello_version, max_frame_bytes, read_frame, Request,
+    RequestKind, Response, HELLO, LINK_VERSION, OLDEST_LINK_VERSION,
 };
 use crate::protocol::Limits;
 use bytes::BytesMut;
@@ -180,14 +180,14 @@ async fn greet(
             .await
             .map_err(|c| closed(c, timeout))?;
     }
-    let answered = conn.rbuf[HELLO.len() - 1];
-    let prefix = conn.rbuf[..HELLO.len() - 1] == HELLO[..HELLO.len() - 1];
-    if !prefix || !(OLDEST_LINK_VERSION..=offered).contains(&answered) {
+    let Some(answered) =
+        hello_version(&conn.rbuf).filter(|v| (OLDEST_LINK_VERSION..=offered).contains(v))
+    else {
         return Err(ClientError::Protocol(format!(
             "{addr} does not speak the rcache link protocol (versions \
              {OLDEST_LINK_VERSION} to {LINK_VERSION})"
         )));
-    }
+    };
     let _ = conn.rbuf.split_to(HELLO.len());
     Ok((conn, answered))
 }

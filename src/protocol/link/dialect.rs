@@ -4,8 +4,8 @@
 //! error and is hung up on, since nothing it sends after can be trusted.
 
 use super::{
-    agree, decode_request, encode_response, hello, max_frame_bytes, read_frame, Request, Response,
-    HELLO, LINK_VERSION,
+    agree, decode_request, encode_response, hello, hello_version, max_frame_bytes, read_frame,
+    Request, Response, HELLO, LINK_VERSION,
 };
 use crate::protocol::dialect::{Answered, Decoded, Dialect, Gate, Holder};
 use crate::protocol::{ErrorCode, ErrorReply, Limits, Op, Outcome};
@@ -120,13 +120,12 @@ impl Dialect for LinkDialect {
             if buf.len() < HELLO.len() {
                 return Decoded::Incomplete;
             }
-            let offered = buf[HELLO.len() - 1];
-            let agreed = (buf[..HELLO.len() - 1] == HELLO[..HELLO.len() - 1])
-                .then(|| agree(offered))
-                .flatten();
-            let Some(agreed) = agreed else {
+            let Some(agreed) = hello_version(buf).and_then(agree) else {
                 // A version too old, or garbage: framing cannot be trusted.
-                tracing::info!(offered, "closing a link with an unknown hello");
+                tracing::info!(
+                    offered = buf[HELLO.len() - 1],
+                    "closing a link with an unknown hello"
+                );
                 return Decoded::Greeting(None);
             };
             if agreed < LINK_VERSION {

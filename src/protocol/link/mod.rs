@@ -114,6 +114,13 @@ pub fn hello(version: u8) -> [u8; 5] {
     hello
 }
 
+/// The version a hello names, if `bytes` (at least [`HELLO`]'s length)
+/// start with one.
+pub fn hello_version(bytes: &[u8]) -> Option<u8> {
+    let prefix = HELLO.len() - 1;
+    (bytes.len() >= HELLO.len() && bytes[..prefix] == HELLO[..prefix]).then(|| bytes[prefix])
+}
+
 /// The version a server speaks with a peer whose hello named `offered`:
 /// the lower of the two, or `None` when the peer is too old.
 pub fn agree(offered: u8) -> Option<u8> {
