@@ -96,19 +96,12 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
         .collect();
     assert_eq!(row[..4], ["1", "0", old.as_str(), new.as_str()], "{said}");
     // The survivor follows: its anti-entropy rounds go to the new worker.
-    assert!(
-        eventually(Duration::from_secs(5), || a
-            .log_text()
-            .contains("partner changed by the cluster's layout")),
-        "{}",
-        a.log_text()
+    a.wait_for_log(
+        "partner changed by the cluster's layout",
+        Duration::from_secs(5),
     );
     let reached = format!("anti-entropy reaches the partner again partner={new}");
-    assert!(
-        eventually(Duration::from_secs(10), || a.log_text().contains(&reached)),
-        "{}",
-        a.log_text()
-    );
+    a.wait_for_log(&reached, Duration::from_secs(10));
     // The other orchestrator learns the layout from a probe.
     serves_from(&o1, pc, 0);
     serves_from(&o2, pc, 0);
@@ -142,13 +135,7 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
     load.run(2_000);
     // A reload with the same stale file changes nothing.
     o2.signal(libc::SIGHUP);
-    assert!(
-        eventually(Duration::from_secs(5), || o2
-            .log_text()
-            .contains("config reloaded")),
-        "{}",
-        o2.log_text()
-    );
+    o2.wait_for_log("config reloaded", Duration::from_secs(5));
     load.run(1_000);
     let (lasts, requests) = load.stop_without_failures();
     let (_, shown) = rcache(p2, &["cluster"]);

@@ -454,13 +454,7 @@ fn a_dead_worker_is_replaced_without_restarting_its_partner() {
     // 1. Every orchestrator: the new worker in the dead one's place.
     write_config(&o_config, &o_text(pc));
     o.signal(libc::SIGHUP);
-    assert!(
-        eventually(Duration::from_secs(5), || o
-            .log_text()
-            .contains("config reloaded")),
-        "{}",
-        o.log_text()
-    );
+    o.wait_for_log("config reloaded", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     // 2. The new worker, its partner the survivor: it refills from it.
     let c = worker(pc, Some(pa), &ae);
@@ -472,19 +466,9 @@ fn a_dead_worker_is_replaced_without_restarting_its_partner() {
     // 3. The survivor's partner: the new worker, without a restart.
     write_config(&a_config, &a_text(pc));
     a.signal(libc::SIGHUP);
-    assert!(
-        eventually(Duration::from_secs(5), || a
-            .log_text()
-            .contains("partner changed")),
-        "{}",
-        a.log_text()
-    );
+    a.wait_for_log("partner changed", Duration::from_secs(5));
     let reached = format!("anti-entropy reaches the partner again partner=127.0.0.1:{pc}");
-    assert!(
-        eventually(Duration::from_secs(10), || a.log_text().contains(&reached)),
-        "the survivor's anti-entropy rounds did not reach the new partner: {}",
-        a.log_text()
-    );
+    a.wait_for_log(&reached, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (last, failed, n) = load.join().expect("load thread");

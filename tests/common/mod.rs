@@ -239,6 +239,17 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `timeout` for `text` in the log; fails the test with
+    /// the log otherwise.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        assert!(
+            eventually(timeout, || self.log_text().contains(text)),
+            "{} never logged {text:?}:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
