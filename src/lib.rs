@@ -46,6 +46,7 @@ pub mod join;
 pub mod metrics;
 pub mod net;
 pub mod orchestrator;
+pub mod placement;
 pub mod protocol;
 pub mod shutdown;
 pub mod sys;

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["protocol"],
     &["tls", "auth"],
-    &["version", "hash", "zipf"],
+    &["version", "hash", "zipf", "placement"],
     &["sys", "shutdown", "join", "defaults", "clients"],
 ];
 

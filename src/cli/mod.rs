@@ -6,7 +6,7 @@ pub mod bench;
 pub mod local;
 
 use crate::client::{Client, Error};
-use crate::protocol::{Command, Expiry, Reply, SetWhen};
+use crate::protocol::{ClusterChange, Command, Expiry, Reply, SetWhen};
 use bytes::Bytes;
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -89,9 +89,25 @@ pub enum ClusterAction {
         /// Its replacement (HOST:PORT, as orchestrators will reach it).
         new: String,
     },
-    /// Wait until no refill or catch-up runs: every worker up, no hints
-    /// queued. Shows progress on a terminal; exits 1 at the timeout,
-    /// naming what is left.
+    /// Add a pair: A and B, two new workers started empty as partners of
+    /// each other. The keys the pair takes over move to it while every
+    /// pair serves; `rcache cluster wait` returns once they have.
+    AddPair {
+        /// A worker of the new pair (HOST:PORT, as orchestrators will reach it).
+        a: String,
+        /// Its partner.
+        b: String,
+    },
+    /// Remove the pair of WORKER: its keys move to the other pairs while
+    /// every pair serves, then its workers drop them and leave the layout
+    /// (stop them once `rcache cluster wait` returns).
+    RemovePair {
+        /// Either worker of the pair (HOST:PORT, as the layout names it).
+        worker: String,
+    },
+    /// Wait until no migration, refill or catch-up runs: every worker up,
+    /// no keys moving, no hints queued. Shows progress on a terminal;
+    /// exits 1 at the timeout, naming what is left.
     Wait {
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
@@ -123,10 +139,21 @@ pub async fn run(mut cli: Cli) -> i32 {
         }) => return wait(&cli, timeout).await,
         Some(CliCommand::Cluster {
             action: Some(ClusterAction::ReplaceWorker { old, new }),
-        }) => Command::ReplaceWorker {
+        }) => Command::ChangeCluster(ClusterChange::ReplaceWorker {
             old: old.into(),
             new: new.into(),
-        },
+        }),
+        Some(CliCommand::Cluster {
+            action: Some(ClusterAction::AddPair { a, b }),
+        }) => Command::ChangeCluster(ClusterChange::AddPair {
+            a: a.into(),
+            b: b.into(),
+        }),
+        Some(CliCommand::Cluster {
+            action: Some(ClusterAction::RemovePair { worker }),
+        }) => Command::ChangeCluster(ClusterChange::RemovePair {
+            worker: worker.into(),
+        }),
     };
     let client = match connect(&cli).await {
         Ok(c) => c,
@@ -289,7 +316,7 @@ fn print_reply(command: &Command, reply: &Reply) -> i32 {
             print!("{}", cluster_table(&String::from_utf8_lossy(v)));
             0
         }
-        (Command::ReplaceWorker { .. }, Reply::Value(v)) => {
+        (Command::ChangeCluster(_), Reply::Value(v)) => {
             print!("{}", cluster_table(&String::from_utf8_lossy(v)));
             0
         }

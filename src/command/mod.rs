@@ -151,17 +151,16 @@ pub trait Keyspace: Send + Sync + 'static {
     /// The `CLUSTER` answer: the daemon's view of the cluster.
     fn describe(&self) -> impl Future<Output = String> + Send;
 
-    /// `cluster||replace-worker||OLD||NEW`: what changed, as `name=value`
-    /// fields. Only an orchestrator holds a layout to change.
-    fn replace_worker(
+    /// `cluster||ACTION||...`: what changed, as `name=value` fields. Only
+    /// an orchestrator holds a layout to change.
+    fn change_cluster(
         &self,
-        _old: Bytes,
-        _new: Bytes,
+        _change: crate::protocol::ClusterChange,
     ) -> impl Future<Output = Result<String, ErrorReply>> + Send {
         async {
             Err(ErrorReply::new(
                 crate::protocol::ErrorCode::InvalidCommand,
-                "replace-worker is an orchestrator's: ask one",
+                "changing the cluster's layout is an orchestrator's: ask one",
             ))
         }
     }
@@ -332,7 +331,7 @@ pub fn spec(command: &Command) -> Spec<'_> {
         Command::Auth { .. } => Spec::read(Op::Auth, Local),
         Command::Exit => Spec::read(Op::Exit, Local),
         Command::Cluster => Spec::read(Op::Cluster, Local),
-        Command::ReplaceWorker { .. } => Spec::read(Op::Cluster, Local),
+        Command::ChangeCluster(_) => Spec::read(Op::Cluster, Local),
     }
 }
 
@@ -384,7 +383,7 @@ pub async fn run<K: Keyspace>(ks: &K, command: Command) -> Reply {
         Command::Ping => server::ping(),
         Command::Auth { .. } | Command::Exit => server::done(),
         Command::Cluster => Box::pin(server::cluster(ks)).await,
-        Command::ReplaceWorker { old, new } => match Box::pin(ks.replace_worker(old, new)).await {
+        Command::ChangeCluster(change) => match Box::pin(ks.change_cluster(change)).await {
             Ok(done) => Reply::Value(done.into()),
             Err(e) => Reply::Error(e),
         },

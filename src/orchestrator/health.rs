@@ -169,9 +169,12 @@ async fn gossip(
         you: backend.addr.clone(),
     };
     match link.call(&request, timeout).await {
-        Ok(Response::Layout(Some(layout))) => {
-            if layouts.offer(layout) {
-                tracing::info!(worker = %backend.addr, epoch = layouts.epoch(), "learned the cluster's layout from a worker");
+        Ok(Response::Layout { layout, handoff }) => {
+            backend.set_handoff(handoff);
+            if let Some(layout) = layout {
+                if layouts.offer(layout) {
+                    tracing::info!(worker = %backend.addr, epoch = layouts.epoch(), "learned the cluster's layout from a worker");
+                }
             }
             true
         }

@@ -8,7 +8,9 @@ use crate::hash::DIGEST_BUCKETS;
 use crate::join::join_all;
 use crate::protocol::fields::{FieldUpdate, Fields};
 use crate::protocol::link::{Request, Response};
-use crate::protocol::{ErrorCode, ErrorReply, InfoSections, Limits, SetWhen, Update};
+use crate::protocol::{
+    ClusterChange, ErrorCode, ErrorReply, InfoSections, Limits, SetWhen, Update,
+};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +79,7 @@ impl Keyspace for Router {
         let decider = (responses.len() == 2)
             .then(|| {
                 let topology = self.topology();
-                let slot = super::placement::locate(&key, topology.pairs.len());
+                let slot = topology.locate(&key);
                 Backend::decider(&topology.pairs[slot.pair], slot.first, self.probe.settle())
             })
             .flatten()
@@ -228,7 +230,25 @@ impl Keyspace for Router {
                     }
                 }
             });
-        join_all(asks.collect()).await.into_iter().collect()
+        // Workers of a pair keys are moving to hold copies of them: they
+        // flush too, or the copies would come back once the move settles.
+        let joining = topology.joining.iter().map(|b| async move {
+            match b.call(Arc::new(Request::Flush { version })).await {
+                Ok(Response::Flushed { .. }) => Ok(()),
+                other => Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{} (a worker keys are moving to) did not flush ({other:?}): flush again",
+                        b.addr
+                    ),
+                )),
+            }
+        });
+        let (pairs, joining) = tokio::join!(
+            join_all(asks.collect()),
+            join_all(joining.collect::<Vec<_>>())
+        );
+        pairs.into_iter().chain(joining).collect()
     }
 
     /// Live entries in the cluster: one worker's count per pair (an up one
@@ -299,8 +319,14 @@ impl Keyspace for Router {
         Router::describe(self)
     }
 
-    async fn replace_worker(&self, old: Bytes, new: Bytes) -> Result<String, ErrorReply> {
+    async fn change_cluster(&self, change: ClusterChange) -> Result<String, ErrorReply> {
         let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
-        Router::replace_worker(self, &text(&old), &text(&new)).await
+        match change {
+            ClusterChange::ReplaceWorker { old, new } => {
+                Router::replace_worker(self, &text(&old), &text(&new)).await
+            }
+            ClusterChange::AddPair { a, b } => Router::add_pair(self, &text(&a), &text(&b)).await,
+            ClusterChange::RemovePair { worker } => Router::remove_pair(self, &text(&worker)).await,
+        }
     }
 }

@@ -7,14 +7,31 @@
 //! epoch and given to every worker; the others take it from their next
 //! probe, within one `health_interval`, and workers take the partner it
 //! names for them.
+//!
+//! `cluster||add-pair` and `cluster||remove-pair` move keys: the next
+//! epoch names the pairs after the change and, as its source, the pairs
+//! before; requests go by the source while the workers losing keys hand
+//! them over ([`crate::worker`]'s `migrate`). Every orchestrator moves the
+//! change on ([`Router::advance_migration`]): once every worker of the
+//! source says its part is done, the next epoch seals the move; once
+//! they say the seal's part is done, the next settles it (no source).
+//! Each step is the same whoever makes it, so orchestrators that make it
+//! at once agree, and one killed mid-way leaves the others to go on.
 
-use super::pool::Health;
+use super::pool::{Backend, Health};
 use super::Router;
 use crate::client::link::LinkConn;
 use crate::join::join_all;
-use crate::protocol::link::{Layout, Request, Response, WorkerState, HASH_LINK_VERSION};
+use crate::protocol::link::{
+    hole, is_hole, Layout, Request, Response, Source, WorkerState, HASH_LINK_VERSION,
+    MAX_LAYOUT_PAIRS,
+};
 use crate::protocol::{ErrorCode, ErrorReply};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often an orchestrator asks the workers how a migration goes.
+pub const MIGRATION_TICK: Duration = Duration::from_millis(50);
 
 /// The highest layout this orchestrator has seen.
 #[derive(Debug, Default)]
@@ -61,6 +78,14 @@ fn refused(message: String) -> ErrorReply {
     ErrorReply::new(ErrorCode::Parse, message)
 }
 
+fn migrating(layout: &Layout) -> ErrorReply {
+    refused(format!(
+        "keys are moving between pairs (epoch {}): wait for it (`rcache cluster wait`), then \
+         run the command again",
+        layout.epoch
+    ))
+}
+
 impl Router {
     /// Puts the highest layout seen in force, if it is not already.
     pub fn follow_layout(&self) {
@@ -70,7 +95,16 @@ impl Router {
         let Some(layout) = self.probe.layouts.current() else {
             return;
         };
-        if let Some((pairs_before, pairs, added, removed)) = self.install_pairs(&layout.pairs) {
+        let serving = layout.serving();
+        let joining: Vec<String> = layout
+            .workers()
+            .into_iter()
+            .filter(|a| layout.find_serving(a).is_none())
+            .map(str::to_string)
+            .collect();
+        if let Some((pairs_before, pairs, added, removed)) =
+            self.install_pairs(serving, &joining, Some(&layout))
+        {
             tracing::warn!(
                 epoch = layout.epoch,
                 pairs_before,
@@ -94,27 +128,144 @@ impl Router {
         }
     }
 
-    /// Follows layout changes the probes learn of until the router is
-    /// dropped or `shutdown`.
+    /// Follows layout changes the probes learn of, and moves migrations
+    /// on, until the router is dropped or `shutdown`.
     pub async fn follow_layouts(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
         loop {
+            let moving = self
+                .probe
+                .layouts
+                .current()
+                .is_some_and(|l| l.source.is_some());
+            let tick = async {
+                if moving {
+                    tokio::time::sleep(MIGRATION_TICK).await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = self.probe.layouts.changed() => self.follow_layout(),
+                _ = tick => {
+                    self.advance_migration().await;
+                }
             }
         }
     }
 
+    /// Gives `layout` to `backends` (the layout held, for a newer one of
+    /// theirs), records each one's part in the migration and offers what
+    /// they hold; how many hold exactly `layout` after.
+    async fn exchange(&self, backends: &[Arc<Backend>], layout: Option<&Layout>) -> usize {
+        let answers = join_all(
+            backends
+                .iter()
+                .map(|b| {
+                    let request = Arc::new(Request::Layout {
+                        layout: layout.cloned(),
+                        you: b.addr.clone(),
+                    });
+                    async move { b.call(request).await }
+                })
+                .collect(),
+        )
+        .await;
+        let mut holding = 0;
+        for (backend, answer) in backends.iter().zip(answers) {
+            if let Ok(Response::Layout {
+                layout: held,
+                handoff,
+            }) = answer
+            {
+                backend.set_handoff(handoff);
+                if let Some(held) = held {
+                    holding += usize::from(Some(&held) == layout);
+                    self.probe.layouts.offer(held);
+                }
+            }
+        }
+        holding
+    }
+
+    /// Takes the layout from every worker after one answered `MOVED`
+    /// (when the layout held is still `seen`'s: one fetch serves every
+    /// request that was told so at once). Whether the layout changed.
+    pub(super) async fn learn_layout(&self, seen: u64) -> bool {
+        let _one = self.learning.lock().await;
+        if self.probe.layouts.epoch() == seen {
+            let backends: Vec<_> = self.topology().workers().cloned().collect();
+            let held = self.probe.layouts.current();
+            self.exchange(&backends, held.as_ref()).await;
+        }
+        self.follow_layout();
+        self.probe.layouts.epoch() != seen
+    }
+
+    /// Moves a migration on when every worker of its source has done its
+    /// part: copied, to sealed; sealed, to settled. Any orchestrator may:
+    /// the next layout is the same whoever makes it.
+    pub async fn advance_migration(&self) {
+        let Some(layout) = self.probe.layouts.current() else {
+            return;
+        };
+        let Some(source) = &layout.source else {
+            return;
+        };
+        let topology = self.topology();
+        let backends: Vec<_> = topology.workers().cloned().collect();
+        self.exchange(&backends, Some(&layout)).await;
+        if self.probe.layouts.current().as_ref() != Some(&layout) {
+            self.follow_layout();
+            return;
+        }
+        let done = topology.pairs.iter().flatten().all(|b| {
+            b.handoff()
+                .is_some_and(|h| h.epoch == layout.epoch && h.done)
+        });
+        if !done {
+            return;
+        }
+        let next = if source.sealed {
+            Layout::settled(layout.epoch + 1, layout.pairs.clone())
+        } else {
+            Layout {
+                epoch: layout.epoch + 1,
+                pairs: layout.pairs.clone(),
+                source: Some(Source {
+                    pairs: source.pairs.clone(),
+                    sealed: true,
+                }),
+            }
+        };
+        if !self.probe.layouts.offer(next.clone()) {
+            return;
+        }
+        // Every worker of the move hears of the next step before this
+        // orchestrator routes by it (a settled layout retires the workers
+        // of a removed pair).
+        let told = self.exchange(&backends, Some(&next)).await;
+        self.follow_layout();
+        tracing::warn!(
+            epoch = next.epoch,
+            told,
+            workers = backends.len(),
+            step = if source.sealed { "settled" } else { "sealed" },
+            "migration moved on"
+        );
+    }
+
     /// The layout in force: the cluster's, or the config's pairs as epoch 0.
     pub fn layout(&self) -> Layout {
-        self.probe.layouts.current().unwrap_or_else(|| Layout {
-            epoch: 0,
-            pairs: self
-                .topology()
-                .pairs
-                .iter()
-                .map(|[a, b]| [a.addr.clone(), b.addr.clone()])
-                .collect(),
+        self.probe.layouts.current().unwrap_or_else(|| {
+            Layout::settled(
+                0,
+                self.topology()
+                    .pairs
+                    .iter()
+                    .map(|[a, b]| [a.addr.clone(), b.addr.clone()])
+                    .collect(),
+            )
         })
     }
 
@@ -128,6 +279,9 @@ impl Router {
             return Err(refused(format!("{new:?} is not a worker address: {e}")));
         }
         let base = self.layout();
+        if base.source.is_some() {
+            return Err(migrating(&base));
+        }
         let Some((pair, place)) = base.find(old) else {
             return Err(refused(format!(
                 "{old} is not a worker of the cluster's layout"
@@ -148,52 +302,12 @@ impl Router {
                 "{old}'s partner {survivor} does not serve: the pair would have no worker to read from"
             )));
         }
-        if let Some(old_release) = topology
-            .pairs
-            .iter()
-            .flatten()
-            .find(|b| b.link_version() < HASH_LINK_VERSION)
-        {
-            return Err(refused(format!(
-                "{} does not run this release (or was not probed yet): workers of the \
-                 previous release hold no layout",
-                old_release.addr
-            )));
-        }
-        let dial = self.settings.dial.load_full();
-        if dial.token.is_some() && dial.tls.is_none() {
-            // NEW is not in the layout yet: nothing shows it is a worker of
-            // this cluster but a certificate from the cluster's CA.
-            return Err(refused(format!(
-                "{new} would be sent the cluster_token over a link that cannot verify it: \
-                 replace-worker needs TLS links (tls.ca) when links carry a token"
-            )));
-        }
+        self.changeable(&[new])?;
         self.ready_to_replace(new).await?;
-        if self.layout() != base {
-            return Err(refused(
-                "the cluster's layout changed meanwhile: nothing was changed; look at \
-                 `rcache cluster` and run the command again"
-                    .to_string(),
-            ));
-        }
         let mut next = base.clone();
         next.epoch = base.epoch + 1;
         next.pairs[pair][place] = new.to_string();
-        if !self.probe.layouts.offer(next.clone()) {
-            return Err(refused(
-                "another change of the layout came first: nothing was changed".to_string(),
-            ));
-        }
-        self.follow_layout();
-        let told = self.give_layout(&next).await;
-        if self.probe.layouts.current().as_ref() != Some(&next) {
-            return Err(refused(format!(
-                "another orchestrator changed the layout at epoch {} at the same moment, and \
-                 its change is the one in force: `rcache cluster` shows it",
-                next.epoch
-            )));
-        }
+        let told = self.commit(&base, &next).await?;
         tracing::warn!(
             epoch = next.epoch,
             pair,
@@ -205,19 +319,216 @@ impl Router {
         Ok(format!(
             "epoch={} pair={pair} old={old} new={new} told={told}/{}",
             next.epoch,
-            next.pairs.len() * 2
+            next.workers().len()
         ))
+    }
+
+    /// What every change of the layout needs: every worker of this
+    /// release, and a way to hand `newcomers` the token safely.
+    fn changeable(&self, newcomers: &[&str]) -> Result<(), ErrorReply> {
+        let topology = self.topology();
+        if let Some(old_release) = topology
+            .workers()
+            .find(|b| b.link_version() < HASH_LINK_VERSION)
+        {
+            return Err(refused(format!(
+                "{} does not run this release (or was not probed yet): workers of the \
+                 previous release hold no layout",
+                old_release.addr
+            )));
+        }
+        let dial = self.settings.dial.load_full();
+        if dial.token.is_some() && dial.tls.is_none() {
+            // A newcomer is not in the layout yet: nothing shows it is a
+            // worker of this cluster but a certificate from the cluster's CA.
+            return Err(refused(format!(
+                "{} would be sent the cluster_token over a link that cannot verify it: \
+                 changing the layout needs TLS links (tls.ca) when links carry a token",
+                newcomers.join(" and ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Puts `next` (made from `base`) in force and gives it to every
+    /// worker; how many took it.
+    async fn commit(&self, base: &Layout, next: &Layout) -> Result<usize, ErrorReply> {
+        if self.layout() != *base {
+            return Err(refused(
+                "the cluster's layout changed meanwhile: nothing was changed; look at \
+                 `rcache cluster` and run the command again"
+                    .to_string(),
+            ));
+        }
+        if !self.probe.layouts.offer(next.clone()) {
+            return Err(refused(
+                "another change of the layout came first: nothing was changed".to_string(),
+            ));
+        }
+        self.follow_layout();
+        let told = self.give_layout(next).await;
+        if self.probe.layouts.current().as_ref() != Some(next) {
+            return Err(refused(format!(
+                "another orchestrator changed the layout at epoch {} at the same moment, and \
+                 its change is the one in force: `rcache cluster` shows it",
+                next.epoch
+            )));
+        }
+        Ok(told)
+    }
+
+    /// Every worker of the layout is up (a move needs both workers of
+    /// each pair to hand keys over and take them).
+    fn all_up(&self) -> Result<(), ErrorReply> {
+        match self.topology().workers().find(|b| b.health() != Health::Up) {
+            Some(b) => Err(refused(format!(
+                "{} is {}: keys move only while every worker is up",
+                b.addr,
+                b.health().name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds the pair `a`, `b` (two new, empty workers, partners of each
+    /// other): the keys it takes over move to it while every pair serves.
+    pub async fn add_pair(&self, a: &str, b: &str) -> Result<String, ErrorReply> {
+        for addr in [a, b] {
+            if let Err(e) = crate::net::check_address(addr) {
+                return Err(refused(format!("{addr:?} is not a worker address: {e}")));
+            }
+        }
+        if a == b {
+            return Err(refused(format!("{a} twice: a pair is two workers")));
+        }
+        let base = self.layout();
+        if base.source.is_some() {
+            return Err(migrating(&base));
+        }
+        if let Some(known) = [a, b].into_iter().find(|w| base.find(w).is_some()) {
+            return Err(refused(format!(
+                "{known} is in the cluster's layout already"
+            )));
+        }
+        self.changeable(&[a, b])?;
+        self.all_up()?;
+        for addr in [a, b] {
+            self.ready_to_join(addr).await?;
+        }
+        let mut pairs = base.pairs.clone();
+        let place = match pairs.iter().position(is_hole) {
+            Some(i) => {
+                pairs[i] = [a.to_string(), b.to_string()];
+                i
+            }
+            None if pairs.len() >= MAX_LAYOUT_PAIRS => {
+                return Err(refused(format!(
+                    "the layout holds {MAX_LAYOUT_PAIRS} pairs at most"
+                )))
+            }
+            None => {
+                pairs.push([a.to_string(), b.to_string()]);
+                pairs.len() - 1
+            }
+        };
+        let next = Layout {
+            epoch: base.epoch + 1,
+            pairs,
+            source: Some(Source {
+                pairs: base.pairs.clone(),
+                sealed: false,
+            }),
+        };
+        let told = self.commit(&base, &next).await?;
+        tracing::warn!(epoch = next.epoch, pair = place, %a, %b, told, "adding a pair: keys move to it");
+        Ok(format!(
+            "epoch={} pair={place} added={a},{b} told={told}/{}",
+            next.epoch,
+            next.workers().len()
+        ))
+    }
+
+    /// Removes the pair of `addr`: its keys move to the other pairs, then
+    /// its workers drop them and leave the layout (a hole keeps the other
+    /// pairs' places).
+    pub async fn remove_pair(&self, addr: &str) -> Result<String, ErrorReply> {
+        let base = self.layout();
+        if base.source.is_some() {
+            return Err(migrating(&base));
+        }
+        let Some((place, _)) = base.find(addr) else {
+            return Err(refused(format!(
+                "{addr} is not a worker of the cluster's layout"
+            )));
+        };
+        if base.live_pairs() < 2 {
+            return Err(refused(
+                "the cluster's only pair cannot be removed: its keys would have nowhere to go"
+                    .to_string(),
+            ));
+        }
+        self.changeable(&[])?;
+        self.all_up()?;
+        let mut pairs = base.pairs.clone();
+        let [x, y] = std::mem::replace(&mut pairs[place], hole());
+        let next = Layout {
+            epoch: base.epoch + 1,
+            pairs,
+            source: Some(Source {
+                pairs: base.pairs.clone(),
+                sealed: false,
+            }),
+        };
+        let told = self.commit(&base, &next).await?;
+        tracing::warn!(epoch = next.epoch, pair = place, %x, %y, told, "removing a pair: its keys move to the others");
+        Ok(format!(
+            "epoch={} pair={place} removed={x},{y} told={told}/{}",
+            next.epoch,
+            next.workers().len()
+        ))
+    }
+
+    /// Checks that a worker of a new pair answers, is ready and holds
+    /// nothing (what it held could come back over the keys moved to it).
+    async fn ready_to_join(&self, addr: &str) -> Result<(), ErrorReply> {
+        match self.status_of(addr).await? {
+            Response::Status {
+                state: WorkerState::Ready,
+                entries: 0,
+                ..
+            } => Ok(()),
+            Response::Status {
+                state: WorkerState::Ready,
+                entries,
+                ..
+            } => Err(refused(format!(
+                "{addr} holds {entries} entries: a new pair starts empty (restart it without data)"
+            ))),
+            Response::Status { state, .. } => Err(refused(format!(
+                "{addr} is {}: wait until it is ready",
+                state.name()
+            ))),
+            other => Err(refused(format!("{addr} answered {other:?} to STATUS"))),
+        }
+    }
+
+    /// STATUS of a worker outside the layout, over a link of its own.
+    async fn status_of(&self, addr: &str) -> Result<Response, ErrorReply> {
+        let dial = self.settings.dial.load_full();
+        let timeout = self.worker_timeout().max(std::time::Duration::from_secs(1));
+        let status = async {
+            let mut link = LinkConn::connect(addr, &dial, timeout).await?;
+            link.call(&Request::Status, timeout).await
+        };
+        status
+            .await
+            .map_err(|e| refused(format!("{addr} does not answer: {e}")))
     }
 
     /// Checks that `new` answers and has refilled.
     async fn ready_to_replace(&self, new: &str) -> Result<(), ErrorReply> {
-        let dial = self.settings.dial.load_full();
-        let timeout = self.worker_timeout().max(std::time::Duration::from_secs(1));
-        let status = async {
-            let mut link = LinkConn::connect(new, &dial, timeout).await?;
-            link.call(&Request::Status, timeout).await
-        };
-        match status.await {
+        let status = self.status_of(new).await;
+        match status {
             Ok(Response::Status {
                 state: WorkerState::Ready,
                 complete: true,
@@ -235,29 +546,13 @@ impl Router {
                 state.name()
             ))),
             Ok(other) => Err(refused(format!("{new} answered {other:?} to STATUS"))),
-            Err(e) => Err(refused(format!("{new} does not answer: {e}"))),
+            Err(e) => Err(e),
         }
     }
 
     /// Gives `layout` to every worker in force; how many took it.
     async fn give_layout(&self, layout: &Layout) -> usize {
-        let backends: Vec<_> = self.topology().pairs.iter().flatten().cloned().collect();
-        let answers = join_all(
-            backends
-                .iter()
-                .map(|b| {
-                    let request = Arc::new(Request::Layout {
-                        layout: Some(layout.clone()),
-                        you: b.addr.clone(),
-                    });
-                    async move { b.call(request).await }
-                })
-                .collect(),
-        )
-        .await;
-        answers
-            .iter()
-            .filter(|a| matches!(a, Ok(Response::Layout(Some(l))) if l == layout))
-            .count()
+        let backends: Vec<_> = self.topology().workers().cloned().collect();
+        self.exchange(&backends, Some(layout)).await
     }
 }

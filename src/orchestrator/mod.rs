@@ -17,12 +17,13 @@ pub mod health;
 mod keyspace;
 pub mod layout;
 pub mod metrics;
-pub mod placement;
+pub use crate::placement;
 pub mod pool;
 mod route;
 
 use crate::join::join_all;
 use crate::net::{self, Closed, Conn, Handler, LiveConfig, ServerConfig};
+use crate::protocol::link::{is_hole, placement_of};
 use crate::shutdown::Shutdown;
 use crate::sys::{TcpListener, TcpStream};
 use crate::version::Clock;
@@ -59,12 +60,38 @@ pub struct OrchestratorConfig {
     pub pairs: Vec<[String; 2]>,
 }
 
-/// The worker pairs in force; a reload swaps in a new one.
+/// The worker pairs in force; a reload or a new layout swaps in another.
 pub struct Topology {
+    /// The pairs requests go to (the layout's source while keys move),
+    /// holes left out.
     pub pairs: Vec<[Arc<Backend>; 2]>,
+    /// Where keys go: over the layout's buckets, holes included.
+    placement: placement::Placement,
+    /// Each bucket's index in `pairs` (a hole's is never used).
+    buckets: Vec<usize>,
+    /// Workers of pairs keys are moving to: probed and given the layout,
+    /// sent no requests until the move settled.
+    pub joining: Vec<Arc<Backend>>,
+    /// What was put in force: the pairs with their holes, and the joining
+    /// workers' addresses.
+    spec: (Vec<[String; 2]>, Vec<String>),
 }
 
 impl Topology {
+    /// The key's pair (an index in `pairs`) and which worker reads first.
+    pub fn locate(&self, key: &[u8]) -> placement::Slot {
+        let slot = self.placement.locate(key);
+        placement::Slot {
+            pair: self.buckets.get(slot.pair).copied().unwrap_or(0),
+            first: slot.first,
+        }
+    }
+
+    /// Every worker: the pairs' and the joining ones.
+    pub fn workers(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.pairs.iter().flatten().chain(self.joining.iter())
+    }
+
     /// Workers whose health is up.
     pub fn workers_up(&self) -> usize {
         self.pairs
@@ -99,6 +126,8 @@ pub struct Router {
     /// layout is learned, and the seed it is learned from.
     seed: std::sync::Mutex<Vec<[String; 2]>>,
     changing: std::sync::Mutex<()>,
+    /// Held while the layout is fetched after a `MOVED`.
+    learning: tokio::sync::Mutex<()>,
     /// Client listener settings; a reload may change them.
     pub live: LiveConfig,
     pub metrics: metrics::OrchestratorMetrics,
@@ -126,19 +155,26 @@ impl Router {
         let start = |addr: &String| {
             Backend::start_measured(addr.clone(), settings.clone(), metrics.backend(addr))
         };
-        let pairs = config
+        let pairs: Vec<_> = config
             .pairs
             .iter()
             .map(|[a, b]| [start(a), start(b)])
             .collect();
         Router {
-            topology: ArcSwap::from_pointee(Topology { pairs }),
+            topology: ArcSwap::from_pointee(Topology {
+                placement: placement::Placement::new(vec![false; pairs.len()]),
+                buckets: (0..pairs.len()).collect(),
+                pairs,
+                joining: Vec::new(),
+                spec: (config.pairs.clone(), Vec::new()),
+            }),
             clock: Clock::with_random_node(),
             worker_timeout: config.worker_timeout,
             probe: health::ProbeSettings::from_config(config, dial),
             probing: std::sync::Mutex::new(None),
             seed: std::sync::Mutex::new(config.pairs.clone()),
             changing: std::sync::Mutex::new(()),
+            learning: tokio::sync::Mutex::new(()),
             settings,
             live: LiveConfig::from_pointee(config.server.clone()),
             budget: net::ReadBudget::new(&config.server, &metrics.server),
@@ -168,9 +204,7 @@ impl Router {
         }
         *probing = Some(shutdown.clone());
         self.topology()
-            .pairs
-            .iter()
-            .flatten()
+            .workers()
             .map(|b| health::spawn_probe(b.clone(), self.probe.clone(), shutdown.clone()))
             .collect()
     }
@@ -196,7 +230,9 @@ impl Router {
             self.warn_if_stale(&layout);
             return;
         }
-        if let Some((pairs_before, pairs_now, added, removed)) = self.install_pairs(&new.pairs) {
+        if let Some((pairs_before, pairs_now, added, removed)) =
+            self.install_pairs(&new.pairs, &[], None)
+        {
             tracing::warn!(
                 pairs_before,
                 pairs = pairs_now,
@@ -218,23 +254,28 @@ impl Router {
         self.seed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts `pairs` in force: workers that stay keep their links, health
-    /// and hints; new ones are probed from now on; removed ones are let go
-    /// once their last request is answered. `None` when they already are;
-    /// else the pairs before and after, and the workers added and removed.
-    fn install_pairs(&self, pairs: &[[String; 2]]) -> Option<(usize, usize, usize, usize)> {
+    /// Puts `pairs` (holes among them) in force, and probes `joining`:
+    /// workers that stay keep their links, health and hints; new ones are
+    /// probed from now on; removed ones are let go once their last request
+    /// is answered. `None` when they already are; else the pairs before
+    /// and after, and the workers added and removed.
+    ///
+    /// A worker let go is given `farewell` first (the layout that leaves
+    /// it out: a removed pair's workers then drop what they hold).
+    fn install_pairs(
+        &self,
+        pairs: &[[String; 2]],
+        joining: &[String],
+        farewell: Option<&crate::protocol::link::Layout>,
+    ) -> Option<(usize, usize, usize, usize)> {
         let probing = self.probing();
         let old = self.topology();
-        let current: Vec<[String; 2]> = old
-            .pairs
-            .iter()
-            .map(|[a, b]| [a.addr.clone(), b.addr.clone()])
-            .collect();
-        if current == pairs {
+        let spec = (pairs.to_vec(), joining.to_vec());
+        if old.spec == spec {
             return None;
         }
         let mut existing: HashMap<&str, &Arc<Backend>> = HashMap::new();
-        for backend in old.pairs.iter().flatten() {
+        for backend in old.workers() {
             existing.insert(&backend.addr, backend);
         }
         let mut started = 0;
@@ -253,15 +294,42 @@ impl Router {
                 b
             }
         };
-        let pairs: Vec<[Arc<Backend>; 2]> = pairs.iter().map(|[a, b]| [get(a), get(b)]).collect();
+        let mut serving = Vec::new();
+        let mut buckets = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            buckets.push(if is_hole(pair) { 0 } else { serving.len() });
+            if !is_hole(pair) {
+                serving.push([get(&pair[0]), get(&pair[1])]);
+            }
+        }
+        let joining: Vec<Arc<Backend>> = joining.iter().map(&mut get).collect();
+        let topology = Topology {
+            placement: placement_of(pairs),
+            buckets,
+            pairs: serving,
+            joining,
+            spec,
+        };
         let kept: std::collections::HashSet<String> =
-            pairs.iter().flatten().map(|b| b.addr.clone()).collect();
-        let (pairs_before, pairs_now) = (old.pairs.len(), pairs.len());
-        self.topology.store(Arc::new(Topology { pairs }));
+            topology.workers().map(|b| b.addr.clone()).collect();
+        let (pairs_before, pairs_now) = (old.pairs.len(), topology.pairs.len());
+        self.topology.store(Arc::new(topology));
         let mut retired = 0;
-        for backend in old.pairs.iter().flatten() {
+        for backend in old.workers() {
             if !kept.contains(&backend.addr) {
-                backend.retire();
+                if let Some(layout) = farewell {
+                    let request = Arc::new(crate::protocol::link::Request::Layout {
+                        layout: Some(layout.clone()),
+                        you: backend.addr.clone(),
+                    });
+                    let backend = backend.clone();
+                    tokio::spawn(async move {
+                        let _ = backend.call(request).await;
+                        backend.retire();
+                    });
+                } else {
+                    backend.retire();
+                }
                 self.metrics.forget(&backend.addr);
                 retired += 1;
             }
@@ -365,13 +433,7 @@ impl Bound {
         self.probes = Some(health::start(&self.router, shutdown.clone()));
         tokio::spawn(self.router.clone().follow_layouts(shutdown.clone()));
         let bound = 2 * self.config.health_timeout;
-        let backends: Vec<_> = self
-            .router
-            .topology()
-            .pairs
-            .iter()
-            .flat_map(|pair| pair.iter().cloned())
-            .collect();
+        let backends: Vec<_> = self.router.topology().workers().cloned().collect();
         let all = join_all(
             backends
                 .iter()

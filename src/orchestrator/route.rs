@@ -3,12 +3,24 @@
 //! conditional sets decided by one worker.
 
 use super::pool::{Backend, Health};
-use super::{placement, Router, RESTAMPS};
+use super::{Router, RESTAMPS};
 use crate::protocol::fields::FieldUpdate;
 use crate::protocol::link::{Request, Response, HASH_LINK_VERSION};
 use crate::protocol::{ErrorCode, ErrorReply, SetWhen, Update};
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a request for a key on its way to another pair waits for the
+/// move to settle (`TRYAGAIN` from the workers) before it fails.
+const MOVING_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a worker refused because the key is leaving its pair (or has
+/// left it): the request is for the key's new pair.
+pub(super) fn moving(e: &ErrorReply) -> bool {
+    matches!(e.code, ErrorCode::Moved | ErrorCode::TryAgain)
+}
 
 /// What one worker said to a write.
 pub(super) enum WriteOutcome {
@@ -58,13 +70,48 @@ pub(super) async fn tell_missed(holder: &Backend) {
 }
 
 impl Router {
+    /// Runs `attempt` (a request at the key's pair in the layout in force)
+    /// until no worker says the key is elsewhere: on `MOVED` the layout
+    /// is taken from the workers, on `TRYAGAIN` (the key is sealed on its
+    /// way) it waits a moment, for at most [`MOVING_WAIT`].
+    pub(super) async fn rerouted<T, F, Fut>(&self, mut attempt: F) -> Result<T, ErrorReply>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ErrorReply>>,
+    {
+        let deadline = Instant::now() + MOVING_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let epoch = self.probe.layouts.epoch();
+            let e = match attempt().await {
+                Err(e) if moving(&e) => e,
+                other => return other,
+            };
+            if Instant::now() >= deadline {
+                return Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the key is moving to another pair and did not settle within \
+                         {MOVING_WAIT:?} ({}): try again",
+                        e.message
+                    ),
+                ));
+            }
+            if e.code == ErrorCode::Moved && self.learn_layout(epoch).await {
+                continue;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
     /// Hash requests go to a pair only while both its workers speak a
     /// link version that carries hashes: during a rolling upgrade a pair
     /// with a worker of the previous release takes none (nothing is
     /// written), so no hash is ever held by one worker alone.
     pub(super) fn hashes_reach(&self, key: &[u8]) -> Result<(), ErrorReply> {
         let topology = self.topology();
-        let slot = placement::locate(key, topology.pairs.len());
+        let slot = topology.locate(key);
         match topology.pairs[slot.pair]
             .iter()
             .find(|b| b.link_version() < HASH_LINK_VERSION)
@@ -109,8 +156,14 @@ impl Router {
         key: Bytes,
         request: Request,
     ) -> Result<Response, ErrorReply> {
+        self.rerouted(|| self.read_here(key.clone(), request.clone()))
+            .await
+    }
+
+    /// [`Router::read_with`] at the pair the layout in force names.
+    async fn read_here(&self, key: Bytes, request: Request) -> Result<Response, ErrorReply> {
         let topology = self.topology();
-        let slot = placement::locate(&key, topology.pairs.len());
+        let slot = topology.locate(&key);
         self.read_from(&topology.pairs[slot.pair], slot.pair, slot.first, request)
             .await
     }
@@ -195,6 +248,12 @@ impl Router {
         key: &[u8],
         request: Request,
     ) -> Result<Vec<Response>, ErrorReply> {
+        self.rerouted(|| self.write_here(key, request.clone()))
+            .await
+    }
+
+    /// [`Router::write`] at the pair the layout in force names.
+    async fn write_here(&self, key: &[u8], request: Request) -> Result<Vec<Response>, ErrorReply> {
         let mut request = Arc::new(request);
         for _ in 0..RESTAMPS {
             let responses = self.write_once(key, &request).await?;
@@ -218,7 +277,7 @@ impl Router {
         request: &Arc<Request>,
     ) -> Result<Vec<Response>, ErrorReply> {
         let topology = self.topology();
-        let slot = placement::locate(key, topology.pairs.len());
+        let slot = topology.locate(key);
         let pair = &topology.pairs[slot.pair];
         if let Request::Set {
             version,
@@ -267,12 +326,16 @@ impl Router {
         let changed_somewhere = [&a, &b]
             .iter()
             .any(|o| matches!(o, WriteOutcome::Stored(r) if !matches!(r, Response::NotStored)));
+        // A worker that refused because the key is leaving its pair
+        // missed nothing: its partner, which stored the write, hands it to
+        // the key's new pair before the move settles.
         let unchanged = |o: &WriteOutcome| {
             changed_somewhere
-                && matches!(
-                    o,
-                    WriteOutcome::Stored(Response::NotStored) | WriteOutcome::Refused(_)
-                )
+                && match o {
+                    WriteOutcome::Stored(Response::NotStored) => true,
+                    WriteOutcome::Refused(e) => !moving(e),
+                    _ => false,
+                }
         };
         let a_missed =
             matches!(a, WriteOutcome::Failed { .. } | WriteOutcome::NotAsked) || unchanged(&a);
@@ -424,8 +487,18 @@ impl Router {
         request: Request,
         outcome: Outcome<'_>,
     ) -> Result<Response, ErrorReply> {
+        self.rerouted(|| self.decided_here(key, request.clone(), outcome))
+            .await
+    }
+
+    async fn decided_here(
+        &self,
+        key: &[u8],
+        request: Request,
+        outcome: Outcome<'_>,
+    ) -> Result<Response, ErrorReply> {
         let topology = self.topology();
-        let slot = placement::locate(key, topology.pairs.len());
+        let slot = topology.locate(key);
         let pair = &topology.pairs[slot.pair];
         let Some(decider) = Backend::decider(pair, slot.first, self.probe.settle()) else {
             return Err(ErrorReply::new(
@@ -540,6 +613,9 @@ impl Router {
             }
             WriteOutcome::Stored(Response::NotStored) if replica => return conflict(),
             WriteOutcome::Stored(_) => {}
+            // The key is leaving the pair: the decider hands its result to
+            // the new pair before the move settles.
+            WriteOutcome::Refused(e) if moving(&e) => {}
             WriteOutcome::Refused(_) | WriteOutcome::Failed { .. } | WriteOutcome::NotAsked => {
                 other.missed_write(&plain);
                 tell_missed(first).await;

@@ -169,13 +169,34 @@ pub enum Command {
     /// between records, `name=value` fields within one (see
     /// docs/protocol.md).
     Cluster,
-    /// `cluster||replace-worker||OLD||NEW` (orchestrators): `new`, a worker
-    /// that refilled from `old`'s partner, takes `old`'s place in the
-    /// cluster's layout, under the next epoch.
-    ReplaceWorker {
-        old: Bytes,
-        new: Bytes,
-    },
+    /// `cluster||ACTION||...` (orchestrators): a change of the cluster's
+    /// layout, under the next epoch.
+    ChangeCluster(ClusterChange),
+}
+
+/// A change of the cluster's layout (docs/operations.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterChange {
+    /// `replace-worker||OLD||NEW`: `new`, a worker that refilled from
+    /// `old`'s partner, takes `old`'s place.
+    ReplaceWorker { old: Bytes, new: Bytes },
+    /// `add-pair||A||B`: two new, empty workers, partners of each other,
+    /// become a pair; the keys it takes over move to it.
+    AddPair { a: Bytes, b: Bytes },
+    /// `remove-pair||WORKER`: the pair of `worker` leaves once its keys
+    /// moved to the other pairs.
+    RemovePair { worker: Bytes },
+}
+
+impl ClusterChange {
+    /// The action's name and its fields, as the text protocol carries them.
+    pub fn fields(&self) -> (&'static [u8], Vec<&Bytes>) {
+        match self {
+            ClusterChange::ReplaceWorker { old, new } => (b"replace-worker", vec![old, new]),
+            ClusterChange::AddPair { a, b } => (b"add-pair", vec![a, b]),
+            ClusterChange::RemovePair { worker } => (b"remove-pair", vec![worker]),
+        }
+    }
 }
 
 /// The keys a `SCAN … TYPE` lets through.
@@ -464,6 +485,13 @@ pub enum ErrorCode {
     Auth = 9,
     /// A string command on a hash, or a hash command on a string.
     WrongType = 10,
+    /// Link only: the key belongs to another pair in the worker's layout
+    /// (newer than the sender's): take the layout from the worker and send
+    /// the request to the key's pair.
+    Moved = 11,
+    /// The key is moving to another pair and this moment takes no
+    /// requests for it: try again shortly.
+    TryAgain = 12,
 }
 
 impl ErrorCode {
@@ -483,6 +511,8 @@ impl ErrorCode {
             8 => ErrorCode::TooManyConnections,
             9 => ErrorCode::Auth,
             10 => ErrorCode::WrongType,
+            11 => ErrorCode::Moved,
+            12 => ErrorCode::TryAgain,
             _ => return None,
         })
     }

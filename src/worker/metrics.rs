@@ -34,6 +34,11 @@ pub struct WorkerMetrics {
     ae_sent_bytes: IntCounter,
     ae_evicted: IntCounter,
     ae_leases_expired: IntCounter,
+    pub migration_keys_moved: IntCounter,
+    pub migration_bytes_moved: IntCounter,
+    pub migration_keys_left: IntGauge,
+    pub migration_keys_dropped: IntCounter,
+    pub migration_keys_taken: IntCounter,
 }
 
 impl Default for WorkerMetrics {
@@ -128,6 +133,26 @@ impl WorkerMetrics {
             ae_leases_expired: b.counter(
                 "rcache_anti_entropy_leases_expired_total",
                 "Rounds of the partner cut off for holding this worker's round lock past anti_entropy_lease",
+            ),
+            migration_keys_moved: b.counter(
+                "rcache_migration_keys_moved_total",
+                "Entries of keys moving to another pair that this worker handed to it",
+            ),
+            migration_bytes_moved: b.counter(
+                "rcache_migration_bytes_moved_total",
+                "Bytes (keys and stored values) of those entries",
+            ),
+            migration_keys_left: b.gauge(
+                "rcache_migration_keys_left",
+                "Keys this worker still has to hand to their new pair (0: none, or no migration)",
+            ),
+            migration_keys_dropped: b.counter(
+                "rcache_migration_keys_dropped_total",
+                "Keys dropped once they lived on their new pair (memory given back)",
+            ),
+            migration_keys_taken: b.counter(
+                "rcache_migration_keys_taken_total",
+                "Entries of keys moving to this worker's pair that it stored (newer than what it held)",
             ),
             registry,
         }

@@ -14,6 +14,7 @@ mod hashes;
 mod keyspace;
 mod link;
 pub mod metrics;
+mod migrate;
 pub mod refill;
 pub mod store;
 #[cfg(test)]
@@ -21,7 +22,7 @@ mod tests;
 mod update;
 
 use crate::net::{self, LiveConfig, ServerConfig};
-use crate::protocol::link::{Layout, Request, Response, WorkerState};
+use crate::protocol::link::{Handoff, Layout, Request, Response, WorkerState};
 use crate::protocol::{ErrorCode, ErrorReply, SetWhen};
 use crate::shutdown::Shutdown;
 use crate::sys::TcpListener;
@@ -92,6 +93,16 @@ pub struct Worker {
     /// The cluster's layout, as the orchestrators gave it, and the address
     /// they know this worker by: its partner there is its partner.
     layout: std::sync::Mutex<Option<(Layout, String)>>,
+    /// What that layout makes of each key ([`migrate::Ownership`]).
+    ownership: arc_swap::ArcSwapOption<migrate::Ownership>,
+    /// Held (shared) by a request from its ownership check to its end
+    /// while keys move, and (alone) by a change of the layout then: once
+    /// a seal is in force, no request is still storing a key it sealed.
+    gate: std::sync::RwLock<()>,
+    /// This worker's part in the migration its layout makes.
+    handoff: std::sync::Mutex<Option<Handoff>>,
+    /// Woken when the layout held changes ([`migrate::run`]).
+    layout_changed: tokio::sync::Notify,
     pub metrics: metrics::WorkerMetrics,
     /// What connections' read buffers may hold together.
     pub budget: Arc<crate::net::ReadBudget>,
@@ -124,6 +135,10 @@ impl Worker {
             live: LiveConfig::from_pointee(config.server.clone()),
             partner: arc_swap::ArcSwapOption::from(config.partner.clone().map(Arc::new)),
             layout: std::sync::Mutex::new(None),
+            ownership: arc_swap::ArcSwapOption::empty(),
+            gate: std::sync::RwLock::new(()),
+            handoff: std::sync::Mutex::new(None),
+            layout_changed: tokio::sync::Notify::new(),
             metrics,
             budget,
             clients: Arc::default(),
@@ -171,10 +186,20 @@ impl Worker {
             if held.as_ref().map_or(true, |(h, _)| offered.supersedes(h)) {
                 tracing::info!(
                     epoch = offered.epoch,
-                    pairs = offered.pairs.len(),
+                    pairs = offered.live_pairs(),
+                    moving = offered.source.is_some(),
+                    sealed = offered.source.as_ref().is_some_and(|s| s.sealed),
                     "the cluster's layout"
                 );
+                let ownership = Arc::new(migrate::Ownership::of(&offered, &you));
+                {
+                    // No request checked against the old ownership is
+                    // still running once this returns.
+                    let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+                    self.ownership.store(Some(ownership));
+                }
                 *held = Some((offered, you));
+                self.layout_changed.notify_one();
             }
         }
         let named = match (&*held, self.partner()) {
@@ -195,6 +220,64 @@ impl Worker {
             }
         }
         held.as_ref().map(|(layout, _)| layout.clone())
+    }
+
+    /// The layout held, and the address it knows this worker by.
+    fn held_layout(&self) -> Option<(Layout, String)> {
+        self.layout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The epoch of the layout held (0: none).
+    fn held_epoch(&self) -> u64 {
+        self.ownership.load().as_ref().map_or(0, |o| o.epoch())
+    }
+
+    /// Whether the layout held is `epoch`'s, sealed.
+    fn held_sealed(&self, epoch: u64) -> bool {
+        self.ownership
+            .load()
+            .as_ref()
+            .is_some_and(|o| o.epoch() == epoch && o.sealed())
+    }
+
+    /// This worker's part in the migration its layout makes.
+    pub fn handoff(&self) -> Option<Handoff> {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_handoff(&self, handoff: Option<Handoff>) {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = handoff;
+    }
+
+    /// Whether this worker keeps `key` (takes it from its partner): not
+    /// when its layout gives the key to another pair for good.
+    fn owns(&self, key: &[u8]) -> bool {
+        self.ownership.load().as_ref().map_or(true, |o| {
+            o.check(key)
+                .map_or_else(|e| e.code != ErrorCode::Moved, |()| true)
+        })
+    }
+
+    /// Checks that this worker serves `key` now, and while keys move holds
+    /// the gate until the guard is dropped (the request's end).
+    fn serves(&self, key: &[u8]) -> Result<Option<std::sync::RwLockReadGuard<'_, ()>>, Response> {
+        let ownership = self.ownership.load();
+        let Some(o) = ownership.as_ref() else {
+            return Ok(None);
+        };
+        if !o.moving() {
+            return o.check(key).map(|()| None).map_err(Response::Error);
+        }
+        let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        // Read again under the gate: a change may have come meanwhile.
+        let ownership = self.ownership.load();
+        match ownership.as_ref().map(|o| o.check(key)) {
+            Some(Err(e)) => Err(Response::Error(e)),
+            _ => Ok(Some(gate)),
+        }
     }
 
     /// How this worker opens links to its partner.
@@ -442,10 +525,38 @@ impl Worker {
         })
     }
 
-    /// Executes one link request (not `Refill`, which streams).
+    /// Executes one link request (not `Refill`, which streams): one for a
+    /// key only if this worker serves the key now ([`Worker::serves`]).
     fn execute(&self, request: Request) -> Response {
+        let _gate = match request.key().map(|key| self.serves(key)) {
+            Some(Err(refused)) => return refused,
+            Some(Ok(gate)) => gate,
+            None => None,
+        };
+        self.execute_served(request)
+    }
+
+    fn execute_served(&self, request: Request) -> Response {
         match request {
-            Request::Layout { layout, you } => Response::Layout(self.adopt_layout(layout, you)),
+            Request::Layout { layout, you } => Response::Layout {
+                layout: self.adopt_layout(layout, you),
+                handoff: self.handoff(),
+            },
+            Request::Take { entries } => {
+                let mut applied = 0;
+                for entry in &entries {
+                    self.clock.observe(entry.version);
+                    match self.store.apply(entry) {
+                        Ok(Applied::Yes) => applied += 1,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(key = ?String::from_utf8_lossy(&entry.key), error = %e, "a moving key's entry was not stored")
+                        }
+                    }
+                }
+                self.metrics.migration_keys_taken.inc_by(u64::from(applied));
+                Response::Taken { applied }
+            }
             Request::Get { key } => {
                 if self.state() != WorkerState::Ready {
                     return Response::Error(Worker::loading());
@@ -610,7 +721,9 @@ impl Worker {
                 if self.state() != WorkerState::Ready {
                     return Response::Error(Worker::loading());
                 }
-                let (next, keys) = self.scan_keys(usize::from(from), count as usize, &pattern);
+                let (next, mut keys) = self.scan_keys(usize::from(from), count as usize, &pattern);
+                // Keys that moved away are listed by their new pair.
+                keys.retain(|k| self.owns(k));
                 Response::Keys {
                     next: next as u32,
                     keys,
@@ -677,6 +790,7 @@ impl Bound {
             shutdown.clone(),
         ));
         let expiry = tokio::spawn(run_expiry(worker.clone(), shutdown.clone()));
+        let migration = tokio::spawn(migrate::run(worker.clone(), shutdown.clone()));
         let anti_entropy = tokio::spawn(antientropy::run(
             worker.clone(),
             worker.config.anti_entropy_interval,
@@ -699,6 +813,7 @@ impl Bound {
         let _ = server.await;
         expiry.abort();
         anti_entropy.abort();
+        migration.abort();
     }
 }
 

@@ -205,6 +205,9 @@ async fn refill(worker: &Worker, partner: &str) -> Result<RefillOutcome, Unreach
                 Response::Chunk(chunk) => {
                     for entry in &chunk {
                         worker.clock.observe(entry.version);
+                        if !worker.owns(&entry.key) {
+                            continue;
+                        }
                         if let Err(e) = worker.store.apply(entry) {
                             tracing::warn!(error = %e, "refill entry dropped");
                         }

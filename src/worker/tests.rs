@@ -236,12 +236,13 @@ fn the_layout_with_the_higher_epoch_names_the_partner() {
             ["other:1".into(), "other:2".into()],
             ["me:1".into(), partner.into()],
         ],
+        source: None,
     };
     let adopt = |l: Option<Layout>| match w.execute(Request::Layout {
         layout: l,
         you: "me:1".into(),
     }) {
-        Response::Layout(held) => held,
+        Response::Layout { layout, .. } => layout,
         other => panic!("LAYOUT answered {other:?}"),
     };
     // Nothing offered, nothing held.

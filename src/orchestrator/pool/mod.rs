@@ -232,6 +232,8 @@ pub struct Backend {
     /// Set once a probe has answered (see [`Backend::first_probe`]).
     probed_once: AtomicBool,
     probe_seen: tokio::sync::Notify,
+    /// The worker's part in a migration, as its last layout answer said.
+    handoff: Mutex<Option<crate::protocol::link::Handoff>>,
 }
 
 impl Backend {
@@ -269,7 +271,17 @@ impl Backend {
             partner_behind: AtomicBool::new(false),
             probed_once: AtomicBool::new(false),
             probe_seen: tokio::sync::Notify::new(),
+            handoff: Mutex::new(None),
         })
+    }
+
+    /// The worker's part in a migration, as its last layout answer said.
+    pub fn handoff(&self) -> Option<crate::protocol::link::Handoff> {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_handoff(&self, handoff: Option<crate::protocol::link::Handoff>) {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = handoff;
     }
 
     pub fn view(&self) -> BackendView {

@@ -2,8 +2,9 @@
 //! used.
 
 use super::{
-    op, status, BucketDigest, Entry, Layout, LinkError, Request, RequestKind, Response, Summary,
-    WorkerState, FLAG_COMPRESSED, FLAG_HASH, FLAG_TOMBSTONE, MAX_LAYOUT_PAIRS, MAX_TOKEN_BYTES,
+    op, status, BucketDigest, Entry, Handoff, Layout, LinkError, Request, RequestKind, Response,
+    Summary, WorkerState, FLAG_COMPRESSED, FLAG_HASH, FLAG_TOMBSTONE, MAX_LAYOUT_PAIRS,
+    MAX_TOKEN_BYTES,
 };
 use crate::hash::DIGEST_BUCKETS;
 use crate::protocol::fields::FieldUpdate;
@@ -156,22 +157,21 @@ impl Reader {
         String::from_utf8(bytes.to_vec()).map_err(|_| LinkError::Malformed("an address not UTF-8"))
     }
 
-    /// `has:u8` and, if 1, a layout.
-    pub(super) fn layout(&mut self) -> Result<Option<Layout>, LinkError> {
-        match self.u8()? {
-            0 => return Ok(None),
-            1 => {}
-            _ => return Err(LinkError::Malformed("unknown layout flag")),
-        }
-        let epoch = self.u64()?;
+    /// A layout's pairs: at least one that is not a hole, no worker twice.
+    fn pairs(&mut self) -> Result<Vec<[String; 2]>, LinkError> {
         let n = self.u16()? as usize;
-        // An address takes at least 3 bytes.
-        if n == 0 || n > MAX_LAYOUT_PAIRS || n * 6 > self.0.len() {
+        // A pair takes at least 4 bytes (a hole).
+        if n == 0 || n > MAX_LAYOUT_PAIRS || n * 4 > self.0.len() {
             return Err(LinkError::Malformed("a layout's pair count"));
         }
         let mut pairs = Vec::with_capacity(n);
         let mut seen = std::collections::HashSet::with_capacity(2 * n);
         for _ in 0..n {
+            if self.0.len() >= 4 && self.0[..4] == [0; 4] {
+                self.bytes(4)?;
+                pairs.push(super::hole());
+                continue;
+            }
             let pair = [self.addr()?, self.addr()?];
             for addr in &pair {
                 if !seen.insert(addr.clone()) {
@@ -180,7 +180,49 @@ impl Reader {
             }
             pairs.push(pair);
         }
-        Ok(Some(Layout { epoch, pairs }))
+        if seen.is_empty() {
+            return Err(LinkError::Malformed("a layout of holes only"));
+        }
+        Ok(pairs)
+    }
+
+    /// `has:u8` and, if 1, a layout.
+    pub(super) fn layout(&mut self) -> Result<Option<Layout>, LinkError> {
+        match self.u8()? {
+            0 => return Ok(None),
+            1 => {}
+            _ => return Err(LinkError::Malformed("unknown layout flag")),
+        }
+        let epoch = self.u64()?;
+        let pairs = self.pairs()?;
+        let source = match self.u8()? {
+            0 => None,
+            flag @ (1 | 2) => Some(super::Source {
+                pairs: self.pairs()?,
+                sealed: flag == 2,
+            }),
+            _ => return Err(LinkError::Malformed("unknown layout source flag")),
+        };
+        Ok(Some(Layout {
+            epoch,
+            pairs,
+            source,
+        }))
+    }
+
+    /// `has:u8` and, if 1, a worker's part in a migration.
+    fn handoff(&mut self) -> Result<Option<Handoff>, LinkError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(Handoff {
+                epoch: self.u64()?,
+                done: self.u8()? != 0,
+                keys_moved: self.u64()?,
+                bytes_moved: self.u64()?,
+                keys_left: self.u64()?,
+            })),
+            _ => Err(LinkError::Malformed("unknown handoff flag")),
+        }
     }
 
     /// A field name or value (`len:u32` and the bytes), at most
@@ -465,6 +507,9 @@ pub fn decode_request(frame: Bytes, limits: &Limits) -> Result<Request, LinkErro
             entries: r.entries(limits)?,
             evict: r.summaries(limits)?,
         },
+        op::TAKE => Request::Take {
+            entries: r.entries(limits)?,
+        },
         _ => return Err(LinkError::Malformed("unknown op")),
     };
     r.end()?;
@@ -550,7 +595,11 @@ pub fn decode_response(
                 }
                 Response::Keys { next, keys }
             }
-            RequestKind::Layout => Response::Layout(r.layout()?),
+            RequestKind::Layout => Response::Layout {
+                layout: r.layout()?,
+                handoff: r.handoff()?,
+            },
+            RequestKind::Take => Response::Taken { applied: r.u32()? },
             RequestKind::Flush => Response::Flushed {
                 floor: r.u64()?,
                 removed: r.u64()?,

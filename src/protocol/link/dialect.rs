@@ -102,7 +102,7 @@ impl Request {
             Request::Flush { .. } => Op::Flush,
             Request::HGet { .. } => Op::HRead,
             Request::HSet { .. } | Request::HUpdate { .. } => Op::HWrite,
-            Request::Layout { .. } => Op::Cluster,
+            Request::Layout { .. } | Request::Take { .. } => Op::Cluster,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Requests and responses to frames.
 
 use super::{
-    op, status, Entry, Layout, Request, Response, Summary, FLAG_COMPRESSED, FLAG_HASH,
+    op, status, Entry, Handoff, Layout, Request, Response, Summary, FLAG_COMPRESSED, FLAG_HASH,
     FLAG_TOMBSTONE,
 };
 use crate::protocol::fields::FieldUpdate;
@@ -222,12 +222,25 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
             out.put_u32(evict.len() as u32);
             put_summaries(out, evict);
         }
+        Request::Take { entries } => {
+            out.put_u8(op::TAKE);
+            put_entries(out, entries);
+        }
     })
 }
 
 fn put_addr(out: &mut BytesMut, addr: &str) {
     out.put_u16(addr.len() as u16);
     out.put_slice(addr.as_bytes());
+}
+
+fn put_pairs(out: &mut BytesMut, pairs: &[[String; 2]]) {
+    out.put_u16(pairs.len() as u16);
+    for pair in pairs {
+        for addr in pair {
+            put_addr(out, addr);
+        }
+    }
 }
 
 fn put_layout(out: &mut BytesMut, layout: Option<&Layout>) {
@@ -237,12 +250,27 @@ fn put_layout(out: &mut BytesMut, layout: Option<&Layout>) {
     };
     out.put_u8(1);
     out.put_u64(layout.epoch);
-    out.put_u16(layout.pairs.len() as u16);
-    for pair in &layout.pairs {
-        for addr in pair {
-            put_addr(out, addr);
+    put_pairs(out, &layout.pairs);
+    match &layout.source {
+        None => out.put_u8(0),
+        Some(source) => {
+            out.put_u8(if source.sealed { 2 } else { 1 });
+            put_pairs(out, &source.pairs);
         }
     }
+}
+
+fn put_handoff(out: &mut BytesMut, handoff: Option<&Handoff>) {
+    let Some(h) = handoff else {
+        out.put_u8(0);
+        return;
+    };
+    out.put_u8(1);
+    out.put_u64(h.epoch);
+    out.put_u8(h.done as u8);
+    out.put_u64(h.keys_moved);
+    out.put_u64(h.bytes_moved);
+    out.put_u64(h.keys_left);
 }
 
 /// A field name or value: `len:u32` and the bytes.
@@ -392,9 +420,14 @@ pub fn encode_response(response: &Response, out: &mut BytesMut) {
                 put_key(out, key);
             }
         }
-        Response::Layout(layout) => {
+        Response::Layout { layout, handoff } => {
             out.put_u8(status::OK);
             put_layout(out, layout.as_ref());
+            put_handoff(out, handoff.as_ref());
+        }
+        Response::Taken { applied } => {
+            out.put_u8(status::OK);
+            out.put_u32(*applied);
         }
         Response::Flushed { floor, removed } => {
             out.put_u8(status::OK);

@@ -36,6 +36,8 @@
 //!   LAYOUT 22  you:addr has:u8 [layout]   the cluster's layout: the sender's
 //!              (if it has one) and the address it knows the worker by;
 //!              answered with the layout the worker holds after
+//!   TAKE   23  count:u32 entry*       entries of keys moving to this
+//!              worker's pair: each kept where newer than what it holds
 //!   UPDATE 15  version:u64 kind:u8 key args               read-modify-write
 //!              (1 INCRBY i64 | 2 INCRBYFLOAT f64-bits | 3 APPEND rest
 //!               | 4 SETRANGE offset:u64 rest | 5 REPLACE when:u8 ttl rest
@@ -53,7 +55,8 @@
 //!                          value old(rest)   flags: 1 changed, 2 value, 4 old;
 //!                  REPLICATE: applied:u8;  HSET: added:u32 removed:u32;
 //!                  HUPDATE: as UPDATE, value = the field's;
-//!                  LAYOUT: has:u8 [layout])
+//!                  LAYOUT: has:u8 [layout] moving:u8 [handoff];
+//!                  TAKE: applied:u32)
 //!   NOT_FOUND   2
 //!   NOT_STORED  3                      (a conditional set's condition failed)
 //!   NEWER       4  version:u64         (SET, DEL: a newer version is held)
@@ -65,8 +68,12 @@
 //!           (flags: 1 tombstone, 2 compressed, 4 hash)
 //! summary = flags:u8 version:u64 key [content:u64 if flags has 4]
 //! bound   = len:u16 bytes              (len 0: unbounded)
-//! layout  = epoch:u64 n:u16 (addr addr)*   pairs in placement order
-//! addr    = len:u16 bytes              (1 to 255 bytes of UTF-8)
+//! layout  = epoch:u64 pairs source:u8 [pairs]   (source 0 none, 1 moving
+//!           from those pairs, 2 moving and sealed)
+//! pairs   = n:u16 (addr addr)*        in placement order; a hole (a removed
+//!           pair) is two empty addresses
+//! handoff = epoch:u64 done:u8 keys_moved:u64 bytes_moved:u64 keys_left:u64
+//! addr    = len:u16 bytes              (1 to 255 bytes of UTF-8; 0 in a hole)
 //! ```
 //!
 //! Decoding checks every length against the frame and the configured limits
@@ -320,6 +327,13 @@ pub enum Request {
         layout: Option<Layout>,
         you: String,
     },
+    /// Entries of keys that move to this worker's pair, from a worker that
+    /// loses them (see [`Handoff`]): each is kept where it is newer than
+    /// what this worker holds, as a refill's are. Answered
+    /// [`Response::Taken`].
+    Take {
+        entries: Vec<Entry>,
+    },
     /// A read-modify-write of one field this worker decides (as
     /// [`Request::Update`]): answered [`Response::Updated`] with the
     /// field's new value and the version it was stored at, which the
@@ -459,8 +473,17 @@ pub enum Response {
         added: u32,
         removed: u32,
     },
-    /// The layout a worker holds (`None`: none yet).
-    Layout(Option<Layout>),
+    /// The layout a worker holds (`None`: none yet), and its part in the
+    /// migration that layout makes, if it makes one.
+    Layout {
+        layout: Option<Layout>,
+        handoff: Option<Handoff>,
+    },
+    /// How many entries of a [`Request::Take`] were newer than what the
+    /// worker held.
+    Taken {
+        applied: u32,
+    },
     NotFound,
     Error(ErrorReply),
     Chunk(Vec<Entry>),
@@ -473,38 +496,139 @@ pub enum Response {
 
 /// The cluster's pairs as the cluster holds them (on every worker, given
 /// by the orchestrators): in placement order, with an epoch that grows
-/// with every change (`rcache cluster replace-worker`). An orchestrator
-/// places keys by the layout with the highest epoch it has seen; its
-/// config's `workers` only seed it.
+/// with every change (`rcache cluster replace-worker`, `add-pair`,
+/// `remove-pair`). An orchestrator places keys by the layout with the
+/// highest epoch it has seen; its config's `workers` only seed it.
+///
+/// A removed pair leaves a hole (two empty addresses) so the pairs after
+/// it keep their places ([`crate::placement`]). While keys move between
+/// pairs, `source` holds the pairs they move from: requests still go by
+/// it, and the workers losing keys copy them to their new pairs (see
+/// [`Handoff`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub epoch: u64,
     pub pairs: Vec<[String; 2]>,
+    pub source: Option<Source>,
+}
+
+/// The pairs a migration moves keys from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Source {
+    pub pairs: Vec<[String; 2]>,
+    /// The workers losing keys take no more requests for them (answered
+    /// `TRYAGAIN`) and send what they took last: the step before the
+    /// layout without a source.
+    pub sealed: bool,
+}
+
+/// A worker's part in a migration, answered with LAYOUT: for the layout
+/// of `epoch`, the keys and bytes it copied to their new pairs so far,
+/// the keys it still has to copy, and whether it is `done` (every moving
+/// key reached every worker of its new pair, and, at a sealed layout,
+/// nothing it took before the seal is left to send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Handoff {
+    pub epoch: u64,
+    pub done: bool,
+    pub keys_moved: u64,
+    pub bytes_moved: u64,
+    pub keys_left: u64,
 }
 
 /// The most pairs a layout holds.
 pub const MAX_LAYOUT_PAIRS: usize = 4096;
 
+/// What a removed pair leaves in a layout.
+pub fn hole() -> [String; 2] {
+    [String::new(), String::new()]
+}
+
+pub fn is_hole(pair: &[String; 2]) -> bool {
+    pair[0].is_empty()
+}
+
+fn find_in(pairs: &[[String; 2]], addr: &str) -> Option<(usize, usize)> {
+    if addr.is_empty() {
+        return None;
+    }
+    pairs
+        .iter()
+        .enumerate()
+        .find_map(|(i, pair)| pair.iter().position(|a| a == addr).map(|j| (i, j)))
+}
+
+/// Placement over `pairs`, holes included.
+pub fn placement_of(pairs: &[[String; 2]]) -> crate::placement::Placement {
+    crate::placement::Placement::new(pairs.iter().map(is_hole).collect())
+}
+
 impl Layout {
-    /// Where `addr` is: its pair and its place in the pair.
+    /// A layout of `pairs` with nothing moving.
+    pub fn settled(epoch: u64, pairs: Vec<[String; 2]>) -> Layout {
+        Layout {
+            epoch,
+            pairs,
+            source: None,
+        }
+    }
+
+    /// Where `addr` is in the pairs keys go to: its pair and its place in
+    /// the pair.
     pub fn find(&self, addr: &str) -> Option<(usize, usize)> {
-        self.pairs
-            .iter()
-            .enumerate()
-            .find_map(|(i, pair)| pair.iter().position(|a| a == addr).map(|j| (i, j)))
+        find_in(&self.pairs, addr)
+    }
+
+    /// Where `addr` is in the pairs requests go to now (the source while
+    /// keys move).
+    pub fn find_serving(&self, addr: &str) -> Option<(usize, usize)> {
+        find_in(self.serving(), addr)
+    }
+
+    /// The pairs requests go to now: the source while keys move.
+    pub fn serving(&self) -> &[[String; 2]] {
+        self.source.as_ref().map_or(&self.pairs, |s| &s.pairs)
+    }
+
+    pub fn placement(&self) -> crate::placement::Placement {
+        placement_of(&self.pairs)
+    }
+
+    /// Every worker the layout names (the source's too), once each.
+    pub fn workers(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = Vec::new();
+        let source = self.source.iter().flat_map(|s| s.pairs.iter());
+        for addr in self.pairs.iter().chain(source).flatten() {
+            if !addr.is_empty() && !all.contains(&addr.as_str()) {
+                all.push(addr);
+            }
+        }
+        all
+    }
+
+    /// Pairs that are not holes.
+    pub fn live_pairs(&self) -> usize {
+        self.pairs.iter().filter(|p| !is_hole(p)).count()
     }
 
     /// Whether this layout replaces `other`: a higher epoch, or the same
-    /// one with greater pairs. Two orchestrators that changed the layout
-    /// at once made two layouts of one epoch; everyone keeps the same one
-    /// of them.
+    /// one with greater pairs (then source). Two orchestrators that
+    /// changed the layout at once made two layouts of one epoch; everyone
+    /// keeps the same one of them.
     pub fn supersedes(&self, other: &Layout) -> bool {
-        self.epoch > other.epoch || (self.epoch == other.epoch && self.pairs > other.pairs)
+        (self.epoch, &self.pairs, &self.source) > (other.epoch, &other.pairs, &other.source)
     }
 
-    /// The partner of the worker at `addr`, if the layout has it.
+    /// The partner of the worker at `addr`, if the layout has it (in the
+    /// source, for a pair that is leaving).
     pub fn partner_of(&self, addr: &str) -> Option<&str> {
-        self.find(addr).map(|(i, j)| self.pairs[i][1 - j].as_str())
+        match self.find(addr) {
+            Some((i, j)) => Some(self.pairs[i][1 - j].as_str()),
+            None => self
+                .source
+                .as_ref()
+                .and_then(|s| find_in(&s.pairs, addr).map(|(i, j)| s.pairs[i][1 - j].as_str())),
+        }
     }
 }
 
@@ -553,6 +677,7 @@ mod op {
     pub const HGET: u8 = 20;
     pub const HUPDATE: u8 = 21;
     pub const LAYOUT: u8 = 22;
+    pub const TAKE: u8 = 23;
 }
 
 mod status {
@@ -589,11 +714,12 @@ pub enum RequestKind {
     HGet,
     HUpdate,
     Layout,
+    Take,
 }
 
 impl RequestKind {
     /// Every kind, for code that must try them all (decoders under test).
-    pub const ALL: [RequestKind; 21] = [
+    pub const ALL: [RequestKind; 22] = [
         RequestKind::Auth,
         RequestKind::Get,
         RequestKind::Set,
@@ -615,6 +741,7 @@ impl RequestKind {
         RequestKind::HGet,
         RequestKind::HUpdate,
         RequestKind::Layout,
+        RequestKind::Take,
     ];
 }
 
@@ -677,6 +804,23 @@ impl Request {
         }
     }
 
+    /// The key a request reads or writes, if it names one.
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Request::Get { key }
+            | Request::Set { key, .. }
+            | Request::Del { key, .. }
+            | Request::Meta { key }
+            | Request::Expire { key, .. }
+            | Request::Update { key, .. }
+            | Request::Replicate { key, .. }
+            | Request::HSet { key, .. }
+            | Request::HGet { key }
+            | Request::HUpdate { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> RequestKind {
         match self {
             Request::Get { .. } => RequestKind::Get,
@@ -700,6 +844,7 @@ impl Request {
             Request::HGet { .. } => RequestKind::HGet,
             Request::HUpdate { .. } => RequestKind::HUpdate,
             Request::Layout { .. } => RequestKind::Layout,
+            Request::Take { .. } => RequestKind::Take,
         }
     }
 }

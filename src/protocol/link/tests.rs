@@ -17,6 +17,26 @@ fn layout() -> Layout {
             ["10.0.0.1:7001".into(), "10.0.0.2:7001".into()],
             ["h3:7001".into(), "[::1]:7004".into()],
         ],
+        source: None,
+    }
+}
+
+/// A layout moving keys off a removed middle pair.
+fn moving_layout(sealed: bool) -> Layout {
+    let before = vec![
+        ["a:1".to_string(), "a:2".to_string()],
+        ["b:1".into(), "b:2".into()],
+        ["c:1".into(), "c:2".into()],
+    ];
+    let mut after = before.clone();
+    after[1] = super::hole();
+    Layout {
+        epoch: 9,
+        pairs: after,
+        source: Some(super::Source {
+            pairs: before,
+            sealed,
+        }),
     }
 }
 
@@ -618,7 +638,31 @@ fn an_older_link_is_sent_no_hashes() {
 
 #[test]
 fn layouts_round_trip_and_bad_ones_are_refused() {
-    for response in [Response::Layout(None), Response::Layout(Some(layout()))] {
+    let handoff = super::Handoff {
+        epoch: 9,
+        done: true,
+        keys_moved: 3,
+        bytes_moved: 1 << 40,
+        keys_left: 2,
+    };
+    for response in [
+        Response::Layout {
+            layout: None,
+            handoff: None,
+        },
+        Response::Layout {
+            layout: Some(layout()),
+            handoff: None,
+        },
+        Response::Layout {
+            layout: Some(moving_layout(false)),
+            handoff: Some(handoff),
+        },
+        Response::Layout {
+            layout: Some(moving_layout(true)),
+            handoff: None,
+        },
+    ] {
         let mut buf = BytesMut::new();
         encode_response(&response, &mut buf);
         let frame = read_frame(&mut buf, 4096).expect("valid").expect("whole");
@@ -631,6 +675,19 @@ fn layouts_round_trip_and_bad_ones_are_refused() {
     assert_eq!(l.find("h3:7001"), Some((1, 0)));
     assert_eq!(l.partner_of("10.0.0.2:7001"), Some("10.0.0.1:7001"));
     assert_eq!(l.partner_of("elsewhere:1"), None);
+    // A removed pair: not where keys go, still where requests go, and its
+    // workers keep their partner until it settled.
+    let m = moving_layout(false);
+    assert_eq!(m.find("b:1"), None);
+    assert_eq!(m.find_serving("b:1"), Some((1, 0)));
+    assert_eq!(m.partner_of("b:1"), Some("b:2"));
+    assert_eq!(m.find(""), None, "a hole is nobody");
+    assert_eq!(m.workers().len(), 6);
+    assert_eq!(m.live_pairs(), 2);
+    assert!(
+        moving_layout(true).supersedes(&m),
+        "the seal of one epoch wins"
+    );
     // No pairs, a pair count beyond the frame, an empty or non-UTF-8
     // address, an unknown flag.
     for body in [
@@ -639,6 +696,10 @@ fn layouts_round_trip_and_bad_ones_are_refused() {
         b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00",
         b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x01\xff\x00\x01a\x00\x00",
         b"\x00\x07",
+        // Holes only; a half hole; an unknown source flag.
+        b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00\x00",
+        b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x00\x00\x01a\x00\x00",
+        b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x01a\x00\x01b\x03\x00",
     ] {
         assert!(
             decode_response(Bytes::copy_from_slice(body), RequestKind::Layout, &limits()).is_err(),

@@ -36,7 +36,8 @@ impl Request {
             Request::HSet { .. }
             | Request::HGet { .. }
             | Request::HUpdate { .. }
-            | Request::Layout { .. } => None,
+            | Request::Layout { .. }
+            | Request::Take { .. } => None,
             Request::Sync {
                 buckets,
                 after,
@@ -98,10 +99,17 @@ impl Response {
                 None => Cow::Borrowed(self),
             },
             // Version 8 knows error codes 1 to 9: WRONGTYPE goes as an
-            // invalid command, its words kept.
+            // invalid command, its words kept; a key on the move (never
+            // sent to it: layouts need this release) as unavailable.
             Response::Error(e) if e.code == ErrorCode::WrongType => {
                 Cow::Owned(Response::Error(ErrorReply {
                     code: ErrorCode::InvalidCommand,
+                    ..e.clone()
+                }))
+            }
+            Response::Error(e) if matches!(e.code, ErrorCode::Moved | ErrorCode::TryAgain) => {
+                Cow::Owned(Response::Error(ErrorReply {
+                    code: ErrorCode::Unavailable,
                     ..e.clone()
                 }))
             }

@@ -166,6 +166,7 @@ fn error_line(e: &ErrorReply) -> String {
         ErrorCode::OutOfMemory => "OOM",
         ErrorCode::Auth => "NOAUTH",
         ErrorCode::WrongType => "WRONGTYPE",
+        ErrorCode::TryAgain => "TRYAGAIN",
         _ => "ERR",
     };
     format!("{prefix} {}", e.message)

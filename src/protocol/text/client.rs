@@ -54,10 +54,14 @@ pub fn encode_command(command: &Command, out: &mut BytesMut) -> Result<(), Error
         Command::Ping => put_fields(out, &[b"ping"]),
         Command::Exit => put_fields(out, &[b"exit"]),
         Command::Cluster => put_fields(out, &[b"cluster"]),
-        Command::ReplaceWorker { old, new } => {
-            check(old, "worker", false)?;
-            check(new, "worker", false)?;
-            put_fields(out, &[b"cluster", b"replace-worker", old, new]);
+        Command::ChangeCluster(change) => {
+            let (action, workers) = change.fields();
+            let mut fields: Vec<&[u8]> = vec![b"cluster", action];
+            for w in workers {
+                check(w, "worker", false)?;
+                fields.push(w);
+            }
+            put_fields(out, &fields);
         }
         Command::Auth { token } => {
             check(token, "token", true)?;

@@ -12,7 +12,9 @@ mod tests;
 pub use client::{encode_command, parse_reply};
 
 use super::dialect::{Answered, Decoded, Dialect, Gate};
-use super::{Command, ErrorCode, ErrorReply, Expiry, Limits, Op, Outcome, Reply, SetWhen};
+use super::{
+    ClusterChange, Command, ErrorCode, ErrorReply, Expiry, Limits, Op, Outcome, Reply, SetWhen,
+};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::time::Duration;
 
@@ -145,16 +147,25 @@ pub fn parse_line(line: Bytes, limits: &Limits) -> Result<Command, ErrorReply> {
         b"cluster" => match rest {
             None => Ok(Command::Cluster),
             Some(rest) => {
-                let (action, rest) = split_field(rest)
-                    .ok_or_else(|| parse_error("usage: cluster||replace-worker||OLD||NEW"))?;
-                if !action.eq_ignore_ascii_case(b"replace-worker") {
-                    return Err(parse_error(
-                        "unknown cluster action: replace-worker is the one there is",
-                    ));
-                }
-                let (old, new) = split_field(rest)
-                    .ok_or_else(|| parse_error("usage: cluster||replace-worker||OLD||NEW"))?;
-                Ok(Command::ReplaceWorker { old, new })
+                const USAGE: &str = "usage: cluster||replace-worker||OLD||NEW, \
+                                     cluster||add-pair||A||B or cluster||remove-pair||WORKER";
+                let (action, rest) = match split_field(rest.clone()) {
+                    Some(split) => split,
+                    None => (rest, Bytes::new()),
+                };
+                let two = |rest: Bytes| split_field(rest).ok_or_else(|| parse_error(USAGE));
+                let change = if action.eq_ignore_ascii_case(b"replace-worker") {
+                    let (old, new) = two(rest)?;
+                    ClusterChange::ReplaceWorker { old, new }
+                } else if action.eq_ignore_ascii_case(b"add-pair") {
+                    let (a, b) = two(rest)?;
+                    ClusterChange::AddPair { a, b }
+                } else if action.eq_ignore_ascii_case(b"remove-pair") && !rest.is_empty() {
+                    ClusterChange::RemovePair { worker: rest }
+                } else {
+                    return Err(parse_error(USAGE));
+                };
+                Ok(Command::ChangeCluster(change))
             }
         },
         b"auth" => {

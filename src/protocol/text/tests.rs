@@ -191,10 +191,17 @@ fn commands_round_trip_through_the_encoder() {
         Command::Ping,
         Command::Exit,
         Command::Cluster,
-        Command::ReplaceWorker {
+        Command::ChangeCluster(ClusterChange::ReplaceWorker {
             old: b("10.0.0.2:7002"),
             new: b("10.0.0.3:7002"),
-        },
+        }),
+        Command::ChangeCluster(ClusterChange::AddPair {
+            a: b("10.0.0.4:7002"),
+            b: b("10.0.0.5:7002"),
+        }),
+        Command::ChangeCluster(ClusterChange::RemovePair {
+            worker: b("10.0.0.2:7002"),
+        }),
     ];
     let mut out = BytesMut::new();
     for c in &commands {

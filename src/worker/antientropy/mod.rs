@@ -191,6 +191,10 @@ fn apply_all(worker: &Worker, entries: &[Entry], admit: bool) -> (u32, Vec<Summa
     let mut refused = Vec::new();
     for entry in entries {
         worker.clock.observe(entry.version);
+        // A key that moved to another pair stays there.
+        if !worker.owns(&entry.key) {
+            continue;
+        }
         let applied_here = if admit {
             worker.store.apply(entry)
         } else {

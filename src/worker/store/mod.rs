@@ -65,12 +65,14 @@ mod hashes;
 mod keys;
 #[cfg(test)]
 mod memory_tests;
+mod moving;
 mod shard;
 mod slot;
 #[cfg(test)]
 mod tests;
 
 pub use digest::BucketSet;
+pub use moving::{Moving, Watch};
 use shard::Shard;
 pub use slot::Require;
 use slot::{NewSlot, Put, Slot};
@@ -207,6 +209,8 @@ pub struct Store {
     config: StoreConfig,
     epoch: Instant,
     pub stats: StoreStats,
+    /// Keys written that a migration sends again ([`Watch`]).
+    watch: arc_swap::ArcSwapOption<Watch>,
 }
 
 impl Store {
@@ -232,6 +236,7 @@ impl Store {
             config,
             epoch: Instant::now(),
             stats: StoreStats::default(),
+            watch: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -470,6 +475,8 @@ impl Store {
         slot.version = crate::version::after(slot.version);
         slot.set_expires_at(now.saturating_add(ttl_ms.max(1)));
         shard.account(idx, 1, key_hash);
+        drop(shard);
+        self.note_write(key);
         true
     }
 
@@ -650,6 +657,9 @@ impl Store {
         }
         if self.charged.load(Ordering::Relaxed) > max {
             self.evict(index);
+        }
+        if put.applied == Applied::Yes {
+            self.note_write(key);
         }
         if let (Some(answer), Applied::Yes) = (answer, put.applied) {
             put.applied = answer;
