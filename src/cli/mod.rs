@@ -172,9 +172,10 @@ pub async fn run(mut cli: Cli) -> i32 {
     }
 }
 
-/// What is left before a cluster has settled, from a `cluster` reply: the
-/// workers not up (with their entries against their partner's while they
-/// load), and the hints queued.
+/// What is left before a cluster has settled, from a `cluster` reply: a
+/// migration's step and the keys left to move, the workers not up (with
+/// their entries against their partner's while they load), and the hints
+/// queued.
 fn unsettled(reply: &str) -> (Vec<String>, u64) {
     let records: Vec<std::collections::HashMap<&str, &str>> = reply
         .split(';')
@@ -190,6 +191,15 @@ fn unsettled(reply: &str) -> (Vec<String>, u64) {
     };
     let mut left = Vec::new();
     let mut hints = 0;
+    if let Some(step) = records
+        .iter()
+        .filter_map(|r| r.get("step"))
+        .find(|s| **s != "settled")
+    {
+        let keys: u64 = records.iter().map(|r| number(r, "left")).sum();
+        let moved: u64 = records.iter().map(|r| number(r, "moved")).sum();
+        left.push(format!("keys moving ({step}): {moved} moved, {keys} left"));
+    }
     for (i, r) in records.iter().enumerate() {
         hints += number(r, "hints");
         // A worker asked directly tells its own state.
@@ -247,12 +257,16 @@ async fn wait(cli: &Cli, timeout: Duration) -> i32 {
             if terminal {
                 eprint!("\r\x1b[K");
             }
-            println!("settled: {workers} workers up, no hints queued");
+            println!("settled: {workers} workers up, no keys moving, no hints queued");
             return 0;
         }
+        let not_up = left
+            .iter()
+            .filter(|l| !l.starts_with("keys moving"))
+            .count();
         let status = format!(
             "{} of {workers} workers up; {hints} hints queued; {}",
-            workers - left.len(),
+            workers - not_up,
             left.join(", ")
         );
         if started.elapsed() >= timeout {
@@ -552,6 +566,17 @@ mod tests {
         let settled = "epoch=1 pair=0 worker=a:1 health=up entries=5 hints=0 synced=1;\
                        epoch=1 pair=0 worker=a:2 health=up entries=5 hints=0 synced=1";
         assert_eq!(unsettled(settled), (vec![], 0));
+        let moving = "epoch=4 pair=0 worker=a:1 health=up entries=5 hints=0 synced=1 step=copying moved=7 left=30;\
+                      epoch=4 pair=0 worker=a:2 health=up entries=5 hints=0 synced=1 step=copying moved=3 left=12;\
+                      epoch=4 pair=1 worker=c:1 health=up entries=0 hints=0 synced=1 step=copying moved=0 left=0;\
+                      epoch=4 pair=1 worker=c:2 health=up entries=0 hints=0 synced=1 step=copying moved=0 left=0";
+        assert_eq!(
+            unsettled(moving),
+            (
+                vec!["keys moving (copying): 10 moved, 42 left".to_string()],
+                0
+            )
+        );
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl Keyspace for Router {
     }
 
     async fn describe(&self) -> String {
-        Router::describe(self)
+        Router::describe(self).await
     }
 
     async fn change_cluster(&self, change: ClusterChange) -> Result<String, ErrorReply> {

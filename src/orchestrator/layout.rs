@@ -157,7 +157,11 @@ impl Router {
     /// Gives `layout` to `backends` (the layout held, for a newer one of
     /// theirs), records each one's part in the migration and offers what
     /// they hold; how many hold exactly `layout` after.
-    async fn exchange(&self, backends: &[Arc<Backend>], layout: Option<&Layout>) -> usize {
+    pub(super) async fn exchange(
+        &self,
+        backends: &[Arc<Backend>],
+        layout: Option<&Layout>,
+    ) -> usize {
         let answers = join_all(
             backends
                 .iter()

@@ -350,22 +350,63 @@ impl Router {
         )
     }
 
-    /// The workers as this orchestrator sees them, for `cluster`.
-    pub fn describe(&self) -> String {
-        let epoch = self.probe.layouts.epoch();
+    /// The workers as this orchestrator sees them, for `cluster`: each
+    /// one's pair (its place in the layout), health, entries, hints,
+    /// anti-entropy rounds, and the migration's step with the keys the
+    /// worker handed over and has left to hand over.
+    ///
+    /// The layout and each worker's part in a migration are asked of the
+    /// workers now, so what it shows is not a probe interval old.
+    pub async fn describe(&self) -> String {
+        let backends: Vec<_> = self.topology().workers().cloned().collect();
+        let held = self.probe.layouts.current();
+        self.exchange(&backends, held.as_ref()).await;
+        self.follow_layout();
+        let layout = self.probe.layouts.current();
+        let epoch = layout.as_ref().map_or(0, |l| l.epoch);
+        let step = match layout.as_ref().and_then(|l| l.source.as_ref()) {
+            None => "settled",
+            Some(s) if s.sealed => "sealed",
+            Some(_) => "copying",
+        };
+        let topology = self.topology();
+        let places: Vec<usize> = topology
+            .spec
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !is_hole(p))
+            .map(|(i, _)| i)
+            .collect();
         let mut records = Vec::new();
-        for (i, pair) in self.topology().pairs.iter().enumerate() {
+        let mut record = |place: usize, backend: &Backend, standing: Health| {
+            let v = backend.view();
+            let (moved, left) = match backend.handoff() {
+                Some(h) if h.epoch == epoch => (h.keys_moved, h.keys_left),
+                _ => (0, 0),
+            };
+            records.push(format!(
+                "epoch={epoch} pair={place} worker={} health={} entries={} hints={} synced={} \
+                 step={step} moved={moved} left={left}",
+                v.addr,
+                standing.name(),
+                v.entries,
+                v.hints,
+                v.synced
+            ));
+        };
+        for (i, pair) in topology.pairs.iter().enumerate() {
             for (j, backend) in pair.iter().enumerate() {
-                let v = backend.view();
-                records.push(format!(
-                    "epoch={epoch} pair={i} worker={} health={} entries={} hints={} synced={}",
-                    v.addr,
-                    Backend::standing(pair, j).name(),
-                    v.entries,
-                    v.hints,
-                    v.synced
-                ));
+                let place = places.get(i).copied().unwrap_or(i);
+                record(place, backend, Backend::standing(pair, j));
             }
+        }
+        for backend in &topology.joining {
+            let place = layout
+                .as_ref()
+                .and_then(|l| l.find(&backend.addr))
+                .map_or(0, |(i, _)| i);
+            record(place, backend, backend.health());
         }
         records.join(";")
     }

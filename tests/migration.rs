@@ -1,0 +1,310 @@
+//! Growing and shrinking a live cluster (`rcache cluster add-pair`,
+//! `remove-pair`): keys move to their new pair while every pair serves,
+//! under a load through two orchestrators that checks every acknowledged
+//! write, and the old pair gives the moved keys back. On real processes.
+
+mod common;
+
+use common::load::Load;
+use common::*;
+use rcache::placement::Placement;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn rcache(orchestrator: u16, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rcache"))
+        .arg("--addr")
+        .arg(format!("127.0.0.1:{orchestrator}"))
+        .args(args)
+        .output()
+        .expect("rcache runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// An orchestrator config naming `pairs` (ports), never edited after.
+fn config(port: u16, pairs: &[[u16; 2]]) -> PathBuf {
+    let workers: Vec<String> = pairs
+        .iter()
+        .map(|[a, b]| format!("[\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]"))
+        .collect();
+    let path = log_dir().join(format!("orchestrator-{port}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nworker_timeout = \"300ms\"\n\
+             health_interval = \"200ms\"\nworkers = [{}]\n",
+            workers.join(", ")
+        ),
+    )
+    .expect("config");
+    path
+}
+
+fn orchestrator_from(config: &Path, port: u16) -> Daemon {
+    Daemon::spawn(
+        &format!("orchestrator-{port}"),
+        env!("CARGO_BIN_EXE_rcache-orchestrator"),
+        &["--config".to_string(), config.display().to_string()],
+        port,
+    )
+}
+
+/// Two workers started together as partners.
+fn new_pair(ports: [u16; 2]) -> [Daemon; 2] {
+    let ae = ["--anti-entropy-interval", "300ms"];
+    let mut a = worker_starting(ports[0], Some(ports[1]), &ae);
+    let mut b = worker_starting(ports[1], Some(ports[0]), &ae);
+    a.wait_ready();
+    b.wait_ready();
+    [a, b]
+}
+
+const VALUE: &str = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// Writes `n` keys `pre{i}` through the orchestrator on `port`, pipelined.
+fn preload(port: u16, n: usize) {
+    let mut c = Client::connect(port);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let mut lines = String::new();
+        for i in chunk {
+            lines.push_str(&format!("set||pre{i}||{VALUE}{i}\n"));
+        }
+        c.send_raw(lines.as_bytes());
+        for i in chunk {
+            assert_eq!(c.read_line(), "0||", "set pre{i}");
+        }
+    }
+}
+
+/// Every preloaded key reads back through the orchestrator on `port`.
+fn check_preloaded(port: u16, n: usize) {
+    let mut c = Client::connect(port);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let mut lines = String::new();
+        for i in chunk {
+            lines.push_str(&format!("get||pre{i}\n"));
+        }
+        c.send_raw(lines.as_bytes());
+        for i in chunk {
+            assert_eq!(c.read_line(), format!("0||{VALUE}{i}"), "pre{i} via {port}");
+        }
+    }
+}
+
+/// How many of the `n` preloaded keys a worker holds, asked directly.
+fn held(worker: u16, n: usize, keys: impl Fn(usize) -> bool) -> (usize, usize) {
+    let mut c = Client::connect(worker);
+    let (mut there, mut asked) = (0, 0);
+    for chunk in (0..n).filter(|i| keys(*i)).collect::<Vec<_>>().chunks(500) {
+        let mut lines = String::new();
+        for i in chunk {
+            lines.push_str(&format!("get||pre{i}\n"));
+        }
+        c.send_raw(lines.as_bytes());
+        for _ in chunk {
+            asked += 1;
+            there += usize::from(c.read_line().starts_with("0||"));
+        }
+    }
+    (there, asked)
+}
+
+fn pair_of(i: usize, holes: &[bool]) -> usize {
+    Placement::new(holes.to_vec())
+        .locate(format!("pre{i}").as_bytes())
+        .pair
+}
+
+/// Waits for `rcache cluster wait` to say the cluster settled.
+fn settled(port: u16) -> Duration {
+    let started = Instant::now();
+    let (ok, said) = rcache(port, &["cluster", "wait", "--timeout", "60s"]);
+    assert!(ok && said.contains("no keys moving"), "via {port}: {said}");
+    started.elapsed()
+}
+
+#[test]
+fn a_pair_added_to_two_takes_a_third_of_the_keys_under_load() {
+    let [a1, a2, b1, b2, c1, c2, p1, p2] = free_ports();
+    let a = new_pair([a1, a2]);
+    let b = new_pair([b1, b2]);
+    let (f1, f2) = (
+        config(p1, &[[a1, a2], [b1, b2]]),
+        config(p2, &[[a1, a2], [b1, b2]]),
+    );
+    let o1 = orchestrator_from(&f1, p1);
+    let o2 = orchestrator_from(&f2, p2);
+    const N: usize = 20_000;
+    preload(p1, N);
+    let load = Load::start([p1, p2], 4);
+    load.run(2_000);
+
+    let c = new_pair([c1, c2]);
+    let (ca, cb) = (format!("127.0.0.1:{c1}"), format!("127.0.0.1:{c2}"));
+    let (ok, said) = rcache(p1, &["cluster", "add-pair", &ca, &cb]);
+    assert!(ok, "{said}");
+    // A table: the header, then epoch 1, pair 2.
+    let row: Vec<&str> = said
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..2], ["1", "2"], "{said}");
+    let took = settled(p1);
+    settled(p2);
+    load.run(2_000);
+    let (lasts, requests) = load.stop_without_failures();
+    for port in [p1, p2] {
+        Load::check_all(port, &lasts);
+        check_preloaded(port, N);
+    }
+    // The new pair holds the keys it took over, about a third; the old
+    // pairs gave them back.
+    let moved = |i: usize| pair_of(i, &[false; 3]) == 2;
+    let count = (0..N).filter(|i| moved(*i)).count();
+    assert!((N / 4..N * 2 / 5).contains(&count), "{count} of {N} moved");
+    for w in [c1, c2] {
+        assert_eq!(held(w, N, moved), (count, count), "new worker {w}");
+    }
+    for w in [a1, a2, b1, b2] {
+        assert_eq!(
+            held(w, N, moved).0,
+            0,
+            "old worker {w} still holds moved keys"
+        );
+    }
+    let dropped: f64 = a
+        .iter()
+        .chain(&b)
+        .map(|w| scrape(&w.metrics_addr(), "rcache_migration_keys_dropped_total").unwrap_or(0.0))
+        .sum();
+    assert!(
+        dropped >= 2.0 * count as f64,
+        "dropped {dropped}, moved {count}"
+    );
+    let (_, shown) = rcache(p2, &["cluster"]);
+    assert!(shown.contains(&ca) && shown.contains("settled"), "{shown}");
+    drop(c);
+    println!(
+        "added a pair under load: {count} of {N} keys moved in {took:?}, {requests} requests, 0 failed"
+    );
+    drop((o1, o2));
+}
+
+#[test]
+fn one_pair_of_three_is_removed_under_load_and_its_workers_empty() {
+    let [a1, a2, b1, b2, c1, c2, p1, p2] = free_ports();
+    let _a = new_pair([a1, a2]);
+    let mut b = new_pair([b1, b2]);
+    let _c = new_pair([c1, c2]);
+    let pairs = [[a1, a2], [b1, b2], [c1, c2]];
+    let (f1, f2) = (config(p1, &pairs), config(p2, &pairs));
+    let _o1 = orchestrator_from(&f1, p1);
+    let _o2 = orchestrator_from(&f2, p2);
+    const N: usize = 20_000;
+    preload(p1, N);
+    let load = Load::start([p1, p2], 4);
+    load.run(2_000);
+
+    let (ok, said) = rcache(p2, &["cluster", "remove-pair", &format!("127.0.0.1:{b2}")]);
+    assert!(ok, "{said}");
+    settled(p1);
+    settled(p2);
+    load.run(2_000);
+    // The removed pair's workers gave every key back.
+    for w in &b {
+        let metrics = w.metrics_addr();
+        assert!(
+            eventually(Duration::from_secs(10), || scrape(
+                &metrics,
+                "rcache_entries"
+            ) == Some(0.0)),
+            "{} still holds entries",
+            w.name
+        );
+    }
+    let (_, shown) = rcache(p1, &["cluster"]);
+    assert!(!shown.contains(&format!("127.0.0.1:{b1}")), "{shown}");
+    // Nothing depends on them now.
+    for d in &mut b {
+        assert_eq!(d.terminate().and_then(|s| s.code()), Some(0));
+    }
+    load.run(2_000);
+    let (lasts, requests) = load.stop_without_failures();
+    for port in [p1, p2] {
+        Load::check_all(port, &lasts);
+        check_preloaded(port, N);
+    }
+    // The keys of the other pairs stayed where they were.
+    let kept = |i: usize| pair_of(i, &[false; 3]) == 0;
+    let there = (0..N).filter(|i| kept(*i)).count();
+    assert_eq!(held(a1, N, kept), (there, there));
+    println!("removed a pair under load: {requests} requests, 0 failed");
+}
+
+#[test]
+fn a_migration_goes_on_when_the_orchestrator_that_started_it_is_killed() {
+    let [a1, a2, b1, b2, p1, p2] = free_ports();
+    let _a = new_pair([a1, a2]);
+    let pairs = [[a1, a2]];
+    let (f1, f2) = (config(p1, &pairs), config(p2, &pairs));
+    let mut o1 = orchestrator_from(&f1, p1);
+    let o2 = orchestrator_from(&f2, p2);
+    const N: usize = 50_000;
+    preload(p2, N);
+    let load = Load::start([p1, p2], 4);
+    load.run(1_000);
+    let _b = new_pair([b1, b2]);
+    // Clients leave the orchestrator that makes the change, which dies
+    // as soon as the change is made.
+    load.drain(p1);
+    let (ok, said) = rcache(
+        p1,
+        &[
+            "cluster",
+            "add-pair",
+            &format!("127.0.0.1:{b1}"),
+            &format!("127.0.0.1:{b2}"),
+        ],
+    );
+    o1.kill9();
+    assert!(ok, "{said}");
+    // The other orchestrator moves it on: it seals and settles it.
+    settled(p2);
+    for step in ["step=\"sealed\"", "step=\"settled\""] {
+        assert!(
+            o2.log_text().contains(step),
+            "{step} not made by the survivor: {}",
+            o2.log_text()
+        );
+    }
+    load.run(2_000);
+    // Restarted with its original file (one pair), the orchestrator takes
+    // the two-pair layout before it serves.
+    let o1 = orchestrator_from(&f1, p1);
+    assert!(
+        o1.log_text().contains("the cluster's layout is in force"),
+        "{}",
+        o1.log_text()
+    );
+    load.undrain();
+    load.run(2_000);
+    let (lasts, requests) = load.stop_without_failures();
+    for port in [p1, p2] {
+        Load::check_all(port, &lasts);
+        check_preloaded(port, N);
+    }
+    let moved = |i: usize| pair_of(i, &[false; 2]) == 1;
+    let count = (0..N).filter(|i| moved(*i)).count();
+    assert_eq!(held(b1, N, moved), (count, count));
+    assert_eq!(held(a1, N, moved).0, 0);
+    println!("migration finished by the surviving orchestrator: {requests} requests, 0 failed");
+}
