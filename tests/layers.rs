@@ -18,7 +18,8 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["protocol"],
     &["tls", "auth"],
-    &["version", "hash", "zipf", "placement"],
+    &["placement"],
+    &["version", "hash", "zipf"],
     &["sys", "shutdown", "join", "defaults", "clients"],
 ];
 
