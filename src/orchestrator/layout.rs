@@ -155,8 +155,9 @@ impl Router {
     }
 
     /// Gives `layout` to `backends` (the layout held, for a newer one of
-    /// theirs), records each one's part in the migration and offers what
-    /// they hold; how many hold exactly `layout` after.
+    /// theirs), records each one's part in the migration (none for one
+    /// that did not answer) and offers what they hold; how many hold
+    /// exactly `layout` after.
     pub(super) async fn exchange(
         &self,
         backends: &[Arc<Backend>],
@@ -177,16 +178,18 @@ impl Router {
         .await;
         let mut holding = 0;
         for (backend, answer) in backends.iter().zip(answers) {
-            if let Ok(Response::Layout {
-                layout: held,
-                handoff,
-            }) = answer
-            {
-                backend.set_handoff(handoff);
-                if let Some(held) = held {
-                    holding += usize::from(Some(&held) == layout);
-                    self.probe.layouts.offer(held);
+            match answer {
+                Ok(Response::Layout {
+                    layout: held,
+                    handoff,
+                }) => {
+                    backend.set_handoff(handoff);
+                    if let Some(held) = held {
+                        holding += usize::from(Some(&held) == layout);
+                        self.probe.layouts.offer(held);
+                    }
                 }
+                _ => backend.set_handoff(None),
             }
         }
         holding
@@ -208,7 +211,9 @@ impl Router {
 
     /// Moves a migration on when every worker of its source has done its
     /// part: copied, to sealed; sealed, to settled. Any orchestrator may:
-    /// the next layout is the same whoever makes it.
+    /// the next layout is the same whoever makes it. Each worker must have
+    /// said so just now: a worker that is down may hold writes its partner
+    /// missed, which it hands over once it is back.
     pub async fn advance_migration(&self) {
         let Some(layout) = self.probe.layouts.current() else {
             return;

@@ -166,8 +166,9 @@ impl Plan {
 /// the keys it no longer owns once one settled, until `shutdown`.
 pub(super) async fn run(worker: Arc<Worker>, mut shutdown: Shutdown) {
     let mut swept = 0;
-    // The watch outlives a copy layout into its sealed one.
-    let mut current: Option<(Plan, Arc<Watch>)> = None;
+    // The watch and the progress outlive a copy layout into its sealed
+    // one: the seal sends only what was written since.
+    let mut current: Option<(Plan, Arc<Watch>, Progress)> = None;
     let mut links: HashMap<String, LinkConn> = HashMap::new();
     loop {
         if shutdown.is_triggered() {
@@ -177,17 +178,27 @@ pub(super) async fn run(worker: Arc<Worker>, mut shutdown: Shutdown) {
         match held {
             Some((layout, me)) if layout.source.is_some() => {
                 if let Some(plan) = Plan::of(&layout, &me) {
-                    let watch = match current.take() {
-                        Some((before, watch)) if before.same_move(&plan) => watch,
+                    let (watch, mut progress) = match current.take() {
+                        Some((before, watch, progress)) if before.same_move(&plan) => {
+                            (watch, progress)
+                        }
                         _ => {
                             let watch = Watch::new(plan.moving.clone());
                             worker.store.watch(Some(watch.clone()));
-                            watch
+                            (watch, Progress::of(&worker, &plan))
                         }
                     };
                     // Returns when the layout changes.
-                    hand_off(&worker, &plan, &watch, &mut links, &mut shutdown).await;
-                    current = Some((plan, watch));
+                    hand_off(
+                        &worker,
+                        &plan,
+                        &watch,
+                        &mut progress,
+                        &mut links,
+                        &mut shutdown,
+                    )
+                    .await;
+                    current = Some((plan, watch, progress));
                     continue;
                 }
                 // Nothing of this worker moves.
@@ -224,6 +235,44 @@ struct Sent {
     bytes: u64,
 }
 
+/// How far one move got at this worker.
+struct Progress {
+    /// The workers of the new pairs this worker's keys go to.
+    dests: Vec<String>,
+    /// Those that had a whole pass since they last failed.
+    complete: HashSet<String>,
+    /// Keys that moved when the watch began.
+    to_move: u64,
+    moved: Sent,
+}
+
+impl Progress {
+    /// Counts the keys that move, by new pair: for the progress, and for
+    /// the workers that must each have a pass.
+    fn of(worker: &Worker, plan: &Plan) -> Progress {
+        let store = &worker.store;
+        let mut to_move = 0u64;
+        let mut pairs_to: HashSet<usize> = HashSet::new();
+        for shard in 0..store.shard_count() {
+            for key in store.keys_where(shard, &*plan.moving) {
+                to_move += 1;
+                pairs_to.insert(plan.target.locate(&key).pair);
+            }
+        }
+        let dests = pairs_to
+            .iter()
+            .flat_map(|&p| plan.pairs[p].iter().cloned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        Progress {
+            dests,
+            complete: HashSet::new(),
+            to_move,
+            moved: Sent::default(),
+        }
+    }
+}
+
 /// Sends this worker's moving keys until the layout changes (or
 /// `shutdown`): a whole pass to every worker of a new pair that did not
 /// have one yet, then the keys written since, reporting progress.
@@ -231,51 +280,35 @@ async fn hand_off(
     worker: &Worker,
     plan: &Plan,
     watch: &Watch,
+    progress: &mut Progress,
     links: &mut HashMap<String, LinkConn>,
     shutdown: &mut Shutdown,
 ) {
     let store = &worker.store;
-    // The keys that move, by new pair: for the progress, and for the
-    // workers that must each have a pass.
-    let mut to_move = 0u64;
-    let mut pairs_to: HashSet<usize> = HashSet::new();
-    for shard in 0..store.shard_count() {
-        for key in store.keys_where(shard, &*plan.moving) {
-            to_move += 1;
-            pairs_to.insert(plan.target.locate(&key).pair);
-        }
-    }
-    let dests: Vec<String> = pairs_to
-        .iter()
-        .flat_map(|&p| plan.pairs[p].iter().cloned())
-        .filter(|a| !a.is_empty())
-        .collect();
-    let mut complete: HashSet<String> = HashSet::new();
-    let mut moved = Sent::default();
     tracing::info!(
         epoch = plan.epoch,
         sealed = plan.sealed,
-        keys = to_move,
-        workers = dests.len(),
+        keys = progress.to_move,
+        workers = progress.dests.len(),
         "handing off the keys that move to other pairs"
     );
-    worker.metrics.migration_keys_left.set(to_move as i64);
     loop {
         if worker.held_epoch() != plan.epoch || shutdown.is_triggered() {
             return;
         }
-        let need: Vec<String> = dests
+        let need: Vec<String> = progress
+            .dests
             .iter()
-            .filter(|d| !complete.contains(*d))
+            .filter(|d| !progress.complete.contains(*d))
             .cloned()
             .collect();
         let mut failed = false;
         if !need.is_empty() {
-            let (sent, ok) = pass(worker, plan, &need, links, to_move).await;
-            moved.keys += sent.keys;
-            moved.bytes += sent.bytes;
+            let (sent, ok) = pass(worker, plan, &need, links, progress.to_move).await;
+            progress.moved.keys += sent.keys;
+            progress.moved.bytes += sent.bytes;
             failed = ok.len() < need.len();
-            complete.extend(ok);
+            progress.complete.extend(ok);
         }
         // A drain that began once the seal is in force sends every write
         // taken before it.
@@ -283,24 +316,26 @@ async fn hand_off(
         let keys = watch.take();
         if !keys.is_empty() {
             let entries: Vec<Entry> = keys.iter().filter_map(|k| store.entry(k)).collect();
-            let sent = send_entries(worker, plan, entries, &mut complete, links).await;
-            failed |= !sent.1;
-            moved.keys += sent.0.keys;
-            moved.bytes += sent.0.bytes;
+            let (sent, clean) =
+                send_entries(worker, plan, entries, &mut progress.complete, links).await;
+            failed |= !clean;
+            progress.moved.keys += sent.keys;
+            progress.moved.bytes += sent.bytes;
         }
-        let all = dests.iter().all(|d| complete.contains(d));
+        let all = progress.dests.iter().all(|d| progress.complete.contains(d));
         let done = all && !failed && (!plan.sealed || sealed_now);
-        worker.metrics.migration_keys_left.set(if all {
-            watch.len() as i64
+        let left = if all {
+            watch.len() as u64
         } else {
-            to_move as i64
-        });
+            progress.to_move
+        };
+        worker.metrics.migration_keys_left.set(left as i64);
         worker.set_handoff(Some(Handoff {
             epoch: plan.epoch,
             done,
-            keys_moved: moved.keys,
-            bytes_moved: moved.bytes,
-            keys_left: if all { watch.len() as u64 } else { to_move },
+            keys_moved: progress.moved.keys,
+            bytes_moved: progress.moved.bytes,
+            keys_left: left,
         }));
         let pause = if failed { RETRY_PAUSE } else { DRAIN_PAUSE };
         tokio::select! {
