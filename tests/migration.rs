@@ -308,3 +308,57 @@ fn a_migration_goes_on_when_the_orchestrator_that_started_it_is_killed() {
     assert_eq!(held(a1, N, moved).0, 0);
     println!("migration finished by the surviving orchestrator: {requests} requests, 0 failed");
 }
+
+#[test]
+fn a_worker_killed_while_its_keys_move_comes_back_and_the_move_completes() {
+    let [a1, a2, b1, b2, p1, p2] = free_ports();
+    let [mut w1, _w2] = new_pair([a1, a2]);
+    let pairs = [[a1, a2]];
+    let (f1, f2) = (config(p1, &pairs), config(p2, &pairs));
+    let _o1 = orchestrator_from(&f1, p1);
+    let _o2 = orchestrator_from(&f2, p2);
+    const N: usize = 50_000;
+    preload(p1, N);
+    let load = Load::start([p1, p2], 4);
+    load.run(1_000);
+    let _b = new_pair([b1, b2]);
+    let (ok, said) = rcache(
+        p1,
+        &[
+            "cluster",
+            "add-pair",
+            &format!("127.0.0.1:{b1}"),
+            &format!("127.0.0.1:{b2}"),
+        ],
+    );
+    assert!(ok, "{said}");
+    // A worker handing keys over dies; its partner serves the pair, and
+    // the move waits for it.
+    w1.kill9();
+    load.run(2_000);
+    let ae = ["--anti-entropy-interval", "300ms"];
+    let mut back = worker_starting(a1, Some(a2), &ae);
+    back.wait_ready();
+    settled(p1);
+    settled(p2);
+    assert!(
+        back.log_text().contains("handing off the keys that move"),
+        "the restarted worker took no part: {}",
+        back.log_text()
+    );
+    load.run(2_000);
+    let (lasts, requests) = load.stop_without_failures();
+    for port in [p1, p2] {
+        Load::check_all(port, &lasts);
+        check_preloaded(port, N);
+    }
+    let moved = |i: usize| pair_of(i, &[false; 2]) == 1;
+    let count = (0..N).filter(|i| moved(*i)).count();
+    for w in [b1, b2] {
+        assert_eq!(held(w, N, moved), (count, count), "new worker {w}");
+    }
+    for w in [a1, a2] {
+        assert_eq!(held(w, N, moved).0, 0, "old worker {w}");
+    }
+    println!("a worker killed mid-move: {requests} requests, 0 failed");
+}

@@ -489,3 +489,85 @@ async fn sweep(worker: &Worker, layout: &Layout, me: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::link::Source;
+
+    fn pairs(names: &[&str]) -> Vec<[String; 2]> {
+        names
+            .iter()
+            .map(|n| [format!("{n}:1"), format!("{n}:2")])
+            .collect()
+    }
+
+    /// Adding pair `c` to `a`, `b`: each step as `a:1` and `c:1` see it.
+    #[test]
+    fn a_key_is_served_by_its_old_pair_until_the_move_settles() {
+        let before = pairs(&["a", "b"]);
+        let after = pairs(&["a", "b", "c"]);
+        let step = |epoch, sealed: Option<bool>| Layout {
+            epoch,
+            pairs: after.clone(),
+            source: sealed.map(|sealed| Source {
+                pairs: before.clone(),
+                sealed,
+            }),
+        };
+        let target = placement_of(&after);
+        let from = placement_of(&before);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| target.locate(k.as_bytes()).pair == 2 && from.locate(k.as_bytes()).pair == 0)
+            .unwrap_or_default();
+        let key = key.as_bytes();
+        let code = |o: &Ownership| o.check(key).err().map(|e| e.code);
+        let (copy, sealed, settled) = (step(1, Some(false)), step(2, Some(true)), step(3, None));
+        // The losing worker: serves it, then asks to try again, then says moved.
+        assert_eq!(code(&Ownership::of(&copy, "a:1")), None);
+        assert_eq!(
+            code(&Ownership::of(&sealed, "a:1")),
+            Some(ErrorCode::TryAgain)
+        );
+        assert_eq!(
+            code(&Ownership::of(&settled, "a:1")),
+            Some(ErrorCode::Moved)
+        );
+        // The new owner serves it at every step; a pair it never was on
+        // says moved.
+        for l in [&copy, &sealed, &settled] {
+            assert_eq!(code(&Ownership::of(l, "c:1")), None);
+            assert_eq!(code(&Ownership::of(l, "b:1")), Some(ErrorCode::Moved));
+        }
+        // Only the losing worker moves it, and only there.
+        let plan = Plan::of(&copy, "a:2").expect("a loses keys");
+        assert!((plan.moving)(key));
+        assert_eq!(plan.destination(key), &after[2]);
+        let stays = Plan::of(&copy, "b:1").expect("b is in the source");
+        assert!(!(stays.moving)(key));
+        assert!(Plan::of(&copy, "c:1").is_none(), "c loses nothing");
+        assert!(Plan::of(&settled, "a:1").is_none());
+    }
+
+    /// Removing the middle pair: a worker of it serves nothing once settled.
+    #[test]
+    fn a_removed_pair_serves_nothing_once_settled() {
+        let before = pairs(&["a", "b", "c"]);
+        let mut after = before.clone();
+        after[1] = crate::protocol::link::hole();
+        let settled = Layout::settled(5, after.clone());
+        let gone = Ownership::of(&settled, "b:1");
+        let kept = Ownership::of(&settled, "a:1");
+        for i in 0..200 {
+            let key = format!("k{i}");
+            assert_eq!(
+                gone.check(key.as_bytes()).err().map(|e| e.code),
+                Some(ErrorCode::Moved)
+            );
+            let owner = placement_of(&after).locate(key.as_bytes()).pair;
+            assert_ne!(owner, 1, "{key} placed in the hole");
+            assert_eq!(kept.check(key.as_bytes()).is_ok(), owner == 0, "{key}");
+        }
+    }
+}
