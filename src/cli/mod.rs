@@ -64,8 +64,9 @@ pub enum CliCommand {
     /// Check that the server answers.
     Ping,
     /// Show the cluster as the orchestrator sees it (layout epoch, pairs,
-    /// health, entries, hints queued, anti-entropy rounds), or a worker's
-    /// own state; or change the cluster's layout.
+    /// health, entries, hints queued, anti-entropy rounds, keys moving
+    /// between pairs), or a worker's own state; or change the cluster's
+    /// layout: replace a worker, add or remove a pair.
     Cluster {
         #[command(subcommand)]
         action: Option<ClusterAction>,
