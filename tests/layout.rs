@@ -6,36 +6,9 @@
 
 mod common;
 
-use common::load::{serves_from, Load};
+use common::load::{orchestrator_from, rcache, serves_from, Load};
 use common::*;
-use std::path::Path;
 use std::time::Duration;
-
-fn rcache(orchestrator: u16, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rcache"))
-        .arg("--addr")
-        .arg(format!("127.0.0.1:{orchestrator}"))
-        .args(args)
-        .output()
-        .expect("rcache runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn orchestrator_from(config: &Path, port: u16) -> Daemon {
-    Daemon::spawn(
-        &format!("orchestrator-{port}"),
-        env!("CARGO_BIN_EXE_rcache-orchestrator"),
-        &["--config".to_string(), config.display().to_string()],
-        port,
-    )
-}
 
 #[test]
 fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {

@@ -5,28 +5,11 @@
 
 mod common;
 
-use common::load::Load;
+use common::load::{orchestrator_from, rcache, Load};
 use common::*;
 use rcache::placement::Placement;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn rcache(orchestrator: u16, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rcache"))
-        .arg("--addr")
-        .arg(format!("127.0.0.1:{orchestrator}"))
-        .args(args)
-        .output()
-        .expect("rcache runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 /// An orchestrator config naming `pairs` (ports), never edited after.
 fn config(port: u16, pairs: &[[u16; 2]]) -> PathBuf {
@@ -47,15 +30,6 @@ fn config(port: u16, pairs: &[[u16; 2]]) -> PathBuf {
     path
 }
 
-fn orchestrator_from(config: &Path, port: u16) -> Daemon {
-    Daemon::spawn(
-        &format!("orchestrator-{port}"),
-        env!("CARGO_BIN_EXE_rcache-orchestrator"),
-        &["--config".to_string(), config.display().to_string()],
-        port,
-    )
-}
-
 /// Two workers started together as partners.
 fn new_pair(ports: [u16; 2]) -> [Daemon; 2] {
     let ae = ["--anti-entropy-interval", "300ms"];
@@ -68,52 +42,67 @@ fn new_pair(ports: [u16; 2]) -> [Daemon; 2] {
 
 const VALUE: &str = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz";
 
-/// Writes `n` keys `pre{i}` through the orchestrator on `port`, pipelined.
-fn preload(port: u16, n: usize) {
+/// Sends `line(i)` for each of `keys` to `port` pipelined, 500 at a time,
+/// and hands each answer to `answer`.
+fn pipelined(
+    port: u16,
+    keys: impl Iterator<Item = usize>,
+    line: impl Fn(usize) -> String,
+    mut answer: impl FnMut(usize, String),
+) {
     let mut c = Client::connect(port);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let mut lines = String::new();
-        for i in chunk {
-            lines.push_str(&format!("set||pre{i}||{VALUE}{i}\n"));
-        }
+    for chunk in keys.collect::<Vec<_>>().chunks(500) {
+        let lines: String = chunk.iter().map(|&i| line(i) + "\n").collect();
         c.send_raw(lines.as_bytes());
-        for i in chunk {
-            assert_eq!(c.read_line(), "0||", "set pre{i}");
+        for &i in chunk {
+            answer(i, c.read_line());
         }
     }
+}
+
+/// Writes `n` keys `pre{i}` through the orchestrator on `port`.
+fn preload(port: u16, n: usize) {
+    pipelined(
+        port,
+        0..n,
+        |i| format!("set||pre{i}||{VALUE}{i}"),
+        |i, got| assert_eq!(got, "0||", "set pre{i}"),
+    );
 }
 
 /// Every preloaded key reads back through the orchestrator on `port`.
 fn check_preloaded(port: u16, n: usize) {
-    let mut c = Client::connect(port);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let mut lines = String::new();
-        for i in chunk {
-            lines.push_str(&format!("get||pre{i}\n"));
-        }
-        c.send_raw(lines.as_bytes());
-        for i in chunk {
-            assert_eq!(c.read_line(), format!("0||{VALUE}{i}"), "pre{i} via {port}");
-        }
-    }
+    pipelined(
+        port,
+        0..n,
+        |i| format!("get||pre{i}"),
+        |i, got| assert_eq!(got, format!("0||{VALUE}{i}"), "pre{i} via {port}"),
+    );
 }
 
-/// How many of the `n` preloaded keys a worker holds, asked directly.
+/// How many of the preloaded keys `keys` picks a worker holds, asked
+/// directly, and how many it was asked for.
 fn held(worker: u16, n: usize, keys: impl Fn(usize) -> bool) -> (usize, usize) {
-    let mut c = Client::connect(worker);
     let (mut there, mut asked) = (0, 0);
-    for chunk in (0..n).filter(|i| keys(*i)).collect::<Vec<_>>().chunks(500) {
-        let mut lines = String::new();
-        for i in chunk {
-            lines.push_str(&format!("get||pre{i}\n"));
-        }
-        c.send_raw(lines.as_bytes());
-        for _ in chunk {
+    pipelined(
+        worker,
+        (0..n).filter(|i| keys(*i)),
+        |i| format!("get||pre{i}"),
+        |_, got| {
             asked += 1;
-            there += usize::from(c.read_line().starts_with("0||"));
-        }
-    }
+            there += usize::from(got.starts_with("0||"));
+        },
+    );
     (there, asked)
+}
+
+/// Every acknowledged write of the load and every preloaded key read back
+/// through each orchestrator.
+fn reads_back(orchestrators: [u16; 2], lasts: &[Vec<Option<usize>>], n: usize) {
+    for port in orchestrators {
+        Load::check_all(port, lasts);
+        check_preloaded(port, n);
+    }
 }
 
 fn pair_of(i: usize, holes: &[bool]) -> usize {
@@ -162,10 +151,7 @@ fn a_pair_added_to_two_takes_a_third_of_the_keys_under_load() {
     settled(p2);
     load.run(2_000);
     let (lasts, requests) = load.stop_without_failures();
-    for port in [p1, p2] {
-        Load::check_all(port, &lasts);
-        check_preloaded(port, N);
-    }
+    reads_back([p1, p2], &lasts, N);
     // The new pair holds the keys it took over, about a third; the old
     // pairs gave them back.
     let moved = |i: usize| pair_of(i, &[false; 3]) == 2;
@@ -239,10 +225,7 @@ fn one_pair_of_three_is_removed_under_load_and_its_workers_empty() {
     }
     load.run(2_000);
     let (lasts, requests) = load.stop_without_failures();
-    for port in [p1, p2] {
-        Load::check_all(port, &lasts);
-        check_preloaded(port, N);
-    }
+    reads_back([p1, p2], &lasts, N);
     // The keys of the other pairs stayed where they were.
     let kept = |i: usize| pair_of(i, &[false; 3]) == 0;
     let there = (0..N).filter(|i| kept(*i)).count();
@@ -298,10 +281,7 @@ fn a_migration_goes_on_when_the_orchestrator_that_started_it_is_killed() {
     load.undrain();
     load.run(2_000);
     let (lasts, requests) = load.stop_without_failures();
-    for port in [p1, p2] {
-        Load::check_all(port, &lasts);
-        check_preloaded(port, N);
-    }
+    reads_back([p1, p2], &lasts, N);
     let moved = |i: usize| pair_of(i, &[false; 2]) == 1;
     let count = (0..N).filter(|i| moved(*i)).count();
     assert_eq!(held(b1, N, moved), (count, count));
@@ -348,10 +328,7 @@ fn a_worker_killed_while_its_keys_move_comes_back_and_the_move_completes() {
     );
     load.run(2_000);
     let (lasts, requests) = load.stop_without_failures();
-    for port in [p1, p2] {
-        Load::check_all(port, &lasts);
-        check_preloaded(port, N);
-    }
+    reads_back([p1, p2], &lasts, N);
     let moved = |i: usize| pair_of(i, &[false; 2]) == 1;
     let count = (0..N).filter(|i| moved(*i)).count();
     for w in [b1, b2] {

@@ -195,9 +195,10 @@ impl Router {
         holding
     }
 
-    /// Takes the layout from every worker after one answered `MOVED`
-    /// (when the layout held is still `seen`'s: one fetch serves every
-    /// request that was told so at once). Whether the layout changed.
+    /// Takes the layout (and each one's part in a migration) from every
+    /// worker: after one answered `MOVED`, and for `cluster`. Only when
+    /// the layout held is still `seen`'s: one fetch serves every request
+    /// that was told so at once. Whether the layout changed.
     pub(super) async fn learn_layout(&self, seen: u64) -> bool {
         let _one = self.learning.lock().await;
         if self.probe.layouts.epoch() == seen {
@@ -440,14 +441,7 @@ impl Router {
                 pairs.len() - 1
             }
         };
-        let next = Layout {
-            epoch: base.epoch + 1,
-            pairs,
-            source: Some(Source {
-                pairs: base.pairs.clone(),
-                sealed: false,
-            }),
-        };
+        let next = base.moving_to(pairs);
         let told = self.commit(&base, &next).await?;
         tracing::warn!(epoch = next.epoch, pair = place, %a, %b, told, "adding a pair: keys move to it");
         Ok(format!(
@@ -480,14 +474,7 @@ impl Router {
         self.all_up()?;
         let mut pairs = base.pairs.clone();
         let [x, y] = std::mem::replace(&mut pairs[place], hole());
-        let next = Layout {
-            epoch: base.epoch + 1,
-            pairs,
-            source: Some(Source {
-                pairs: base.pairs.clone(),
-                sealed: false,
-            }),
-        };
+        let next = base.moving_to(pairs);
         let told = self.commit(&base, &next).await?;
         tracing::warn!(epoch = next.epoch, pair = place, %x, %y, told, "removing a pair: its keys move to the others");
         Ok(format!(

@@ -358,10 +358,7 @@ impl Router {
     /// The layout and each worker's part in a migration are asked of the
     /// workers now, so what it shows is not a probe interval old.
     pub async fn describe(&self) -> String {
-        let backends: Vec<_> = self.topology().workers().cloned().collect();
-        let held = self.probe.layouts.current();
-        self.exchange(&backends, held.as_ref()).await;
-        self.follow_layout();
+        self.learn_layout(self.probe.layouts.epoch()).await;
         let layout = self.probe.layouts.current();
         let epoch = layout.as_ref().map_or(0, |l| l.epoch);
         let step = match layout.as_ref().and_then(|l| l.source.as_ref()) {

@@ -30,7 +30,7 @@ use crate::client::ClientError;
 use crate::hash::key_hash;
 use crate::placement::Placement;
 use crate::protocol::link::{
-    is_hole, placement_of, Entry, Handoff, Layout, Request, Response, REFILL_CHUNK_BYTES,
+    placement_of, Entry, Handoff, Layout, Request, Response, REFILL_CHUNK_BYTES,
 };
 use crate::protocol::{ErrorCode, ErrorReply};
 use crate::shutdown::Shutdown;
@@ -462,9 +462,6 @@ async fn take(
 async fn sweep(worker: &Worker, layout: &Layout, me: &str) {
     let target = layout.placement();
     let mine = layout.find(me).map(|(i, _)| i);
-    if mine.is_none() && !layout.pairs.iter().any(|p| !is_hole(p)) {
-        return;
-    }
     let store = &worker.store;
     let mut dropped = 0u64;
     for shard in 0..store.shard_count() {

@@ -3,6 +3,7 @@
 //! cluster under it.
 
 use super::{eventually, scrape, Client, Daemon};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,4 +169,33 @@ impl Load {
             }
         }
     }
+}
+
+/// Runs `rcache ARGS` against the orchestrator on `port`: whether it
+/// succeeded, and what it printed.
+pub fn rcache(orchestrator: u16, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rcache"))
+        .arg("--addr")
+        .arg(format!("127.0.0.1:{orchestrator}"))
+        .args(args)
+        .output()
+        .expect("rcache runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// An orchestrator reading `config`, serving on `port`.
+pub fn orchestrator_from(config: &Path, port: u16) -> Daemon {
+    Daemon::spawn(
+        &format!("orchestrator-{port}"),
+        env!("CARGO_BIN_EXE_rcache-orchestrator"),
+        &["--config".to_string(), config.display().to_string()],
+        port,
+    )
 }

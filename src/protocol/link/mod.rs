@@ -573,6 +573,18 @@ impl Layout {
         }
     }
 
+    /// The next epoch: keys move from this layout's pairs to `pairs`.
+    pub fn moving_to(&self, pairs: Vec<[String; 2]>) -> Layout {
+        Layout {
+            epoch: self.epoch + 1,
+            pairs,
+            source: Some(Source {
+                pairs: self.pairs.clone(),
+                sealed: false,
+            }),
+        }
+    }
+
     /// Where `addr` is in the pairs keys go to: its pair and its place in
     /// the pair.
     pub fn find(&self, addr: &str) -> Option<(usize, usize)> {
