@@ -423,8 +423,12 @@ fn a_dead_worker_is_replaced_without_restarting_its_partner() {
     );
     const KEYS: usize = 300;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Rounds of the load done so far: each step below waits for the load
+    // to have run through the state the step before left.
+    let rounds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = {
         let stop = stop.clone();
+        let rounds = rounds.clone();
         std::thread::spawn(move || {
             let mut c = Client::connect(port);
             let mut last = vec![None; KEYS];
@@ -444,18 +448,29 @@ fn a_dead_worker_is_replaced_without_restarting_its_partner() {
                     failed.push(format!("get k{r}: {got}, want {want}"));
                 }
                 n += 1;
+                rounds.store(n, std::sync::atomic::Ordering::Relaxed);
             }
             (last, failed, n)
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    let load_runs = |more: usize| {
+        let from = rounds.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            eventually(Duration::from_secs(10), || rounds
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= from + more),
+            "the load stalled at round {from}"
+        );
+    };
+    load_runs(100);
     b.kill9();
-    std::thread::sleep(Duration::from_millis(500));
+    // Writes the dead worker misses, hinted for its place.
+    load_runs(100);
     // 1. Every orchestrator: the new worker in the dead one's place.
     write_config(&o_config, &o_text(pc));
     o.signal(libc::SIGHUP);
     o.wait_for_log("config reloaded", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(300));
+    load_runs(100);
     // 2. The new worker, its partner the survivor: it refills from it.
     let c = worker(pc, Some(pa), &ae);
     assert!(
@@ -469,10 +484,9 @@ fn a_dead_worker_is_replaced_without_restarting_its_partner() {
     a.wait_for_log("partner changed", Duration::from_secs(5));
     let reached = format!("anti-entropy reaches the partner again partner=127.0.0.1:{pc}");
     a.wait_for_log(&reached, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
+    load_runs(100);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (last, failed, n) = load.join().expect("load thread");
-    assert!(n > 500, "only {n} writes");
     assert!(
         failed.is_empty(),
         "{} of {n} requests failed: {:?}",

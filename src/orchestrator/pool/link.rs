@@ -7,6 +7,7 @@ use crate::client::ClientError;
 use crate::protocol::link::{Request, RequestKind, Response};
 use prometheus::Histogram;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +18,7 @@ pub(super) async fn run_link(
     settings: LinkSettings,
     mut rx: mpsc::Receiver<Pending>,
     latency: Histogram,
+    probed: Arc<AtomicU8>,
 ) {
     // Requests taken off the queue but not written: a connection that
     // turned out closed before they were written hands them to the next.
@@ -40,6 +42,7 @@ pub(super) async fn run_link(
                     &mut rx,
                     &settings,
                     &latency,
+                    &probed,
                 )
                 .await;
             }
@@ -81,14 +84,17 @@ pub(super) struct InFlight {
 /// Runs one connection until it breaks or the backend is dropped, writing
 /// `first` before anything queued. Returns the requests taken off the
 /// queue that this connection never wrote (its reader had found it
-/// closed): the next connection writes them.
+/// closed, or the connection speaks an older link version than `probed`,
+/// the one the worker's probe agreed on): the next connection writes them.
 pub(super) async fn run_connected(
     link: LinkConn,
     first: Vec<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
     settings: &LinkSettings,
     latency: &Histogram,
+    probed: &AtomicU8,
 ) -> Vec<Pending> {
+    let version = link.version();
     let (reader, mut writer) = link.split();
     // Unbounded: what is in flight was written to the worker, so it is
     // bounded by what the socket buffers hold, and a link whose answers
@@ -155,6 +161,18 @@ pub(super) async fn run_connected(
         if reader_task.is_finished() {
             // Closed under us (the worker's idle timeout): nothing of the
             // batch was written, the next connection writes it.
+            return batch;
+        }
+        if version < probed.load(Ordering::Relaxed) {
+            // The worker speaks a newer version than this connection (it
+            // closed this connection's first hello for another reason, so
+            // the older one was tried): once what is in flight is
+            // answered, a new connection at the newer version writes the
+            // batch. What an older version cannot carry (hash requests,
+            // moved keys' refusals) is then carried again.
+            tracing::debug!(version, "replacing a link at an older version");
+            drop(inflight_tx);
+            let _ = reader_task.await;
             return batch;
         }
         // One clock reading per batch: its requests' latencies count from

@@ -212,8 +212,9 @@ pub struct Backend {
     /// The link protocol version its probe agreed on (0 until a probe
     /// connected): below [`crate::protocol::link::HASH_LINK_VERSION`] it
     /// runs the previous release, or is not known yet, and takes no hash
-    /// requests.
-    link_version: AtomicU8,
+    /// requests. Shared with the link task, which replaces a connection
+    /// at an older version than this (see `link::run_connected`).
+    link_version: Arc<AtomicU8>,
     created: Instant,
     catchup: Mutex<Catchup>,
     /// Held while hints are being delivered: one delivery at a time, and a
@@ -251,7 +252,14 @@ impl Backend {
     ) -> Arc<Backend> {
         let (link, rx) = mpsc::channel(LINK_QUEUE_DEPTH);
         let latency = metrics.latency.clone();
-        tokio::spawn(run_link(addr.clone(), settings.clone(), rx, latency));
+        let link_version = Arc::new(AtomicU8::new(0));
+        tokio::spawn(run_link(
+            addr.clone(),
+            settings.clone(),
+            rx,
+            latency,
+            link_version.clone(),
+        ));
         Arc::new(Backend {
             addr,
             link,
@@ -260,7 +268,7 @@ impl Backend {
             entries: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             serving_from: std::sync::atomic::AtomicI64::new(catchup::NOT_SERVING),
-            link_version: AtomicU8::new(0),
+            link_version,
             created: Instant::now(),
             catchup: Mutex::new(Catchup::default()),
             delivery: tokio::sync::Mutex::new(()),

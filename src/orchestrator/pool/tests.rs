@@ -559,3 +559,79 @@ async fn a_worker_that_came_back_decides_nothing_while_its_partner_can() {
     pair[1].set_health(Health::Down);
     assert_eq!(Backend::decider(&pair, 0, settle), None);
 }
+
+#[tokio::test]
+async fn a_link_at_an_older_version_is_replaced_once_the_probe_finds_a_newer_one() {
+    use crate::protocol::link::{
+        decode_request, encode_response, hello, hello_version, read_frame, LINK_VERSION,
+        OLDEST_LINK_VERSION,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A worker of this build that closes the first hello it gets (as on a
+    // restart), then speaks whatever version it is offered. Each
+    // connection is recorded with the version offered and the requests
+    // it answered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let conns: Arc<Mutex<Vec<(u8, usize)>>> = Arc::default();
+    tokio::spawn({
+        let conns = conns.clone();
+        async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let conns = conns.clone();
+                tokio::spawn(async move {
+                    let mut greeting = [0u8; 5];
+                    if socket.read_exact(&mut greeting).await.is_err() {
+                        return;
+                    }
+                    let offered = hello_version(&greeting).expect("a hello");
+                    let index = {
+                        let mut c = conns.lock().expect("lock");
+                        c.push((offered, 0));
+                        c.len() - 1
+                    };
+                    if index == 0 {
+                        return;
+                    }
+                    socket.write_all(&hello(offered)).await.expect("hello");
+                    let mut buf = bytes::BytesMut::new();
+                    while socket.read_buf(&mut buf).await.unwrap_or(0) > 0 {
+                        while let Ok(Some(frame)) = read_frame(&mut buf, 1 << 20) {
+                            decode_request(frame, &Limits::default()).expect("request");
+                            conns.lock().expect("lock")[index].1 += 1;
+                            let mut out = bytes::BytesMut::new();
+                            encode_response(&Response::Pong, &mut out);
+                            socket.write_all(&out).await.expect("answer");
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let b = Backend::start(
+        addr,
+        settings(Duration::from_secs(2), Duration::from_secs(2)),
+    );
+    let ping = || b.call(Arc::new(Request::Ping));
+    assert!(matches!(ping().await, Ok(Response::Pong)));
+    assert_eq!(
+        *conns.lock().expect("lock"),
+        [(LINK_VERSION, 0), (OLDEST_LINK_VERSION, 1)],
+        "the closed hello is retried at the older version"
+    );
+    // The probe's own connection finds the worker at this build's version.
+    b.spoke(LINK_VERSION);
+    assert!(matches!(ping().await, Ok(Response::Pong)));
+    assert!(matches!(ping().await, Ok(Response::Pong)));
+    assert_eq!(
+        *conns.lock().expect("lock"),
+        [
+            (LINK_VERSION, 0),
+            (OLDEST_LINK_VERSION, 1),
+            (LINK_VERSION, 2)
+        ],
+        "the older connection is replaced"
+    );
+}
