@@ -149,3 +149,23 @@ pub fn bind_error(address: &str, e: std::io::Error) -> std::io::Error {
     };
     std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{hint}"))
 }
+
+/// Whether the peer has closed `stream` (or it failed), as the socket says
+/// now: one non-blocking peek, not the runtime's readiness, which for a
+/// connection nobody polls may not yet show a close that has arrived.
+/// `false` when it is open, or has bytes waiting (read them to know more).
+#[cfg(not(feature = "simulation"))]
+pub fn peer_closed(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    match socket2::SockRef::from(stream).peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// In a simulation the runtime's readiness is the socket's.
+#[cfg(feature = "simulation")]
+pub fn peer_closed(_stream: &TcpStream) -> bool {
+    false
+}

@@ -41,6 +41,13 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
 
     b.kill9();
     load.run(1_000);
+    // An orchestrator started after the worker died never reached it; the
+    // replacement is made through it all the same.
+    load.drain(p2);
+    assert_eq!(o2.terminate().and_then(|s| s.code()), Some(0));
+    o2 = orchestrator_from(&c2, p2);
+    load.undrain();
+    load.run(1_000);
     // Not settled while a worker is down: `wait` says so at its timeout.
     let (ok, said) = rcache(p1, &["cluster", "wait", "--timeout", "1s"]);
     assert!(!ok && said.contains(&format!("{old} down")), "{said}");
@@ -58,7 +65,7 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
         "{}",
         c.log_text()
     );
-    let (ok, said) = rcache(p1, &["cluster", "replace-worker", &old, &new]);
+    let (ok, said) = rcache(p2, &["cluster", "replace-worker", &old, &new]);
     assert!(ok, "{said}");
     // A table: the header, then epoch 1, pair 0, the two workers.
     let row: Vec<&str> = said
@@ -76,14 +83,14 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
     let reached = format!("anti-entropy reaches the partner again partner={new}");
     a.wait_for_log(&reached, Duration::from_secs(10));
     // The other orchestrator learns the layout from a probe.
-    serves_from(&o1, pc, 0);
     serves_from(&o2, pc, 0);
+    serves_from(&o1, pc, 0);
     assert!(
-        o2.log_text().contains("the config's workers list is stale"),
+        o1.log_text().contains("the config's workers list is stale"),
         "{}",
-        o2.log_text()
+        o1.log_text()
     );
-    let (_, shown) = rcache(p2, &["cluster"]);
+    let (_, shown) = rcache(p1, &["cluster"]);
     assert!(shown.contains(&new) && !shown.contains(&old), "{shown}");
     // Settled: every worker of the layout up, no hints left.
     for port in [p1, p2] {
@@ -123,4 +130,33 @@ fn a_killed_worker_is_replaced_by_a_new_address_from_one_command() {
         Load::check_all(port, &lasts);
     }
     println!("replaced under load: {requests} requests, 0 failed");
+}
+
+/// `rcache cluster wait` waits for an orchestrator that does not answer
+/// yet (one restarting, as in an upgrade) until its timeout, and names it
+/// when it times out.
+#[test]
+fn cluster_wait_waits_for_an_orchestrator_that_is_not_up_yet() {
+    let (a, b) = pair(&[]);
+    let port = free_port();
+    let (ok, said) = rcache(port, &["cluster", "wait", "--timeout", "1s"]);
+    assert!(
+        !ok && said.contains("not settled after 1s") && said.contains("does not answer"),
+        "{said}"
+    );
+    let wait = std::process::Command::new(env!("CARGO_BIN_EXE_rcache"))
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["cluster", "wait", "--timeout", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rcache runs");
+    let _o = orchestrator_on(port, &[a.port, b.port], &[]);
+    let out = wait.wait_with_output().expect("rcache ends");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("settled: 2 workers up"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -8,6 +8,7 @@ mod common;
 use common::load::{orchestrator_from, rcache, Load};
 use common::*;
 use rcache::placement::Placement;
+use rcache::protocol::resp::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -338,4 +339,162 @@ fn a_worker_killed_while_its_keys_move_comes_back_and_the_move_completes() {
         assert_eq!(held(w, N, moved).0, 0, "old worker {w}");
     }
     println!("a worker killed mid-move: {requests} requests, 0 failed");
+}
+
+/// `n` keys of the middle of three pairs that go to pair `to` once it is
+/// removed.
+fn leaving_the_middle_pair_for(to: usize, n: usize) -> Vec<String> {
+    let before = Placement::new(vec![false; 3]);
+    let after = Placement::new(vec![false, true, false]);
+    (0..)
+        .map(|i| format!("k{i}"))
+        .filter(|k| before.locate(k.as_bytes()).pair == 1 && after.locate(k.as_bytes()).pair == to)
+        .take(n)
+        .collect()
+}
+
+/// What is written while keys move reaches their new pair, also a pair
+/// none of the moving keys went to when the move began. The removed pair
+/// holds only keys bound for the first pair when the change starts. With
+/// a worker of the first pair stopped, the move stays in its copy step
+/// while keys bound for the third pair are written; once the move
+/// settled, each reads back from the third pair.
+#[test]
+fn writes_during_a_move_reach_a_pair_that_had_no_keys_coming() {
+    let [a1, a2, b1, b2, c1, c2, p1, p2] = free_ports();
+    let a = new_pair([a1, a2]);
+    let _b = new_pair([b1, b2]);
+    let _c = new_pair([c1, c2]);
+    let pairs = [[a1, a2], [b1, b2], [c1, c2]];
+    let (f1, f2) = (config(p1, &pairs), config(p2, &pairs));
+    let _o1 = orchestrator_from(&f1, p1);
+    let _o2 = orchestrator_from(&f2, p2);
+    let to_a = leaving_the_middle_pair_for(0, 50_000);
+    let to_c = leaving_the_middle_pair_for(2, 500);
+    let set_all = |keys: &[String]| {
+        pipelined(
+            p1,
+            0..keys.len(),
+            |i| format!("set||{}||{VALUE}{i}", keys[i]),
+            |i, got| assert_eq!(got, "0||", "set {}", keys[i]),
+        )
+    };
+    set_all(&to_a);
+    let (ok, said) = rcache(p1, &["cluster", "remove-pair", &format!("127.0.0.1:{b1}")]);
+    assert!(ok, "{said}");
+    // The move cannot leave its copy step while a worker it hands keys to
+    // is stopped.
+    a[0].signal(libc::SIGSTOP);
+    let (_, shown) = rcache(p1, &["cluster"]);
+    assert!(
+        shown.contains("copying"),
+        "the move left its copy step before the worker was stopped: {shown}"
+    );
+    set_all(&to_c);
+    a[0].signal(libc::SIGCONT);
+    settled(p1);
+    settled(p2);
+    // Of `keys`, those `port` reads back as first written, and the others.
+    let reads = |port: u16, keys: &[String]| {
+        let mut found = 0;
+        let mut other = Vec::new();
+        pipelined(
+            port,
+            0..keys.len(),
+            |i| format!("get||{}", keys[i]),
+            |i, got| match got == format!("0||{VALUE}{i}") {
+                true => found += 1,
+                false => other.push(format!("{}: {got}", keys[i])),
+            },
+        );
+        (found, other)
+    };
+    for port in [p1, p2] {
+        for keys in [&to_a, &to_c] {
+            let (found, other) = reads(port, keys);
+            let e = &other[..other.len().min(3)];
+            assert_eq!(found, keys.len(), "via {port}, e.g. {e:?}");
+        }
+    }
+    // The third pair, asked directly, holds what was bound for it and
+    // nothing else.
+    for port in [c1, c2] {
+        let (found, other) = reads(port, &to_c);
+        let e = &other[..other.len().min(3)];
+        assert_eq!(found, to_c.len(), "at {port}, e.g. {e:?}");
+        assert_eq!(reads(port, &to_a).0, 0, "at {port}");
+    }
+}
+
+/// A key copied to its new pair and then set again with a TTL that runs
+/// out before the write is handed over does not come back there: the new
+/// pair is handed the expired write, and its copy goes. The move is held
+/// in its copy step by a stopped worker of a pair it also hands keys to.
+#[test]
+fn a_key_whose_ttl_ran_out_while_moving_does_not_come_back() {
+    let [a1, a2, b1, b2, c1, c2, p1, p2] = free_ports();
+    let a = new_pair([a1, a2]);
+    let _b = new_pair([b1, b2]);
+    let _c = new_pair([c1, c2]);
+    let pairs = [[a1, a2], [b1, b2], [c1, c2]];
+    let (f1, f2) = (config(p1, &pairs), config(p2, &pairs));
+    let _o1 = orchestrator_from(&f1, p1);
+    let _o2 = orchestrator_from(&f2, p2);
+    let to_a = leaving_the_middle_pair_for(0, 50_000);
+    let to_c = leaving_the_middle_pair_for(2, 100);
+    for keys in [&to_a, &to_c] {
+        pipelined(
+            p1,
+            0..keys.len(),
+            |i| format!("set||{}||{VALUE}{i}", keys[i]),
+            |i, got| assert_eq!(got, "0||", "set {}", keys[i]),
+        );
+    }
+    // Of `keys`, how many `port` holds.
+    let held_at = |port: u16, keys: &[String]| {
+        let mut there = 0;
+        pipelined(
+            port,
+            0..keys.len(),
+            |i| format!("get||{}", keys[i]),
+            |_, got| there += usize::from(got.starts_with("0||")),
+        );
+        there
+    };
+    let (ok, said) = rcache(p1, &["cluster", "remove-pair", &format!("127.0.0.1:{b1}")]);
+    assert!(ok, "{said}");
+    a[0].signal(libc::SIGSTOP);
+    // The third pair gets its keys once the stopped worker is given up on
+    // for this pass; the move stays in its copy step.
+    for port in [c1, c2] {
+        assert!(
+            eventually(Duration::from_secs(20), || held_at(port, &to_c)
+                == to_c.len()),
+            "the keys never reached {port}"
+        );
+    }
+    let (_, shown) = rcache(p1, &["cluster"]);
+    assert!(shown.contains("copying"), "{shown}");
+    let mut resp = common::resp::Resp::connect(p1);
+    for key in &to_c {
+        let set = resp.call(&["SET", key, "short", "PX", "1"]);
+        assert_eq!(set, Value::Status("OK".into()), "{key}");
+    }
+    // Handed over after the pass under way, which waits up to 5 s for the
+    // stopped worker.
+    for port in [c1, c2] {
+        assert!(
+            eventually(Duration::from_secs(20), || held_at(port, &to_c) == 0),
+            "{} of {} expired keys still read back at {port}",
+            held_at(port, &to_c),
+            to_c.len()
+        );
+    }
+    a[0].signal(libc::SIGCONT);
+    settled(p1);
+    settled(p2);
+    for port in [p1, p2] {
+        assert_eq!(held_at(port, &to_c), 0, "via {port}");
+        assert_eq!(held_at(port, &to_a), to_a.len(), "via {port}");
+    }
 }

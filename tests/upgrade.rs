@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::load::{serves_from, Load};
+use common::load::{rcache, serves_from, Load};
 use common::*;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -237,4 +237,42 @@ fn a_running_cluster_upgrades_from_the_previous_release_with_no_failed_request()
         Load::check_all(port, &lasts);
     }
     println!("upgraded under load: {requests} requests, 0 failed");
+}
+
+/// Workers of the previous release hold no layout and take no moving
+/// keys: a pair of them is not added (the move could never end), and the
+/// layout stays as it was.
+#[test]
+fn a_pair_of_the_previous_release_is_not_added() {
+    let Some(previous) = previous_release() else {
+        return;
+    };
+    let bins = Binaries { previous };
+    let [w1, w2, n1, n2, port] = free_ports();
+    let mut current = [
+        bins.worker(Release::This, w1, w2),
+        bins.worker(Release::This, w2, w1),
+    ];
+    let mut newcomers = [
+        bins.worker(Release::Previous, n1, n2),
+        bins.worker(Release::Previous, n2, n1),
+    ];
+    for w in current.iter_mut().chain(newcomers.iter_mut()) {
+        w.wait_ready();
+    }
+    let o = bins.orchestrator(Release::This, port, &[w1, w2]);
+    let (a, b) = (format!("127.0.0.1:{n1}"), format!("127.0.0.1:{n2}"));
+    let (ok, said) = rcache(port, &["cluster", "add-pair", &a, &b]);
+    assert!(
+        !ok && said.contains("runs the previous release"),
+        "add-pair of workers of the previous release: {said}"
+    );
+    let (ok, shown) = rcache(port, &["cluster"]);
+    assert!(
+        ok && !shown.contains(&a) && !shown.contains("copying"),
+        "{shown}"
+    );
+    let mut c = Client::connect(o.port);
+    assert_eq!(c.req("set||k||v"), "0||");
+    assert_eq!(c.req("get||k"), "0||v");
 }

@@ -247,9 +247,26 @@ async fn wait(cli: &Cli, timeout: Duration) -> i32 {
                 eprintln!("rcache: {}: unexpected answer {other:?}", cli.addr);
                 return 1;
             }
-            Err(e) => {
+            Err(e @ Error::Server(_)) => {
                 eprintln!("rcache: {}: {e}", cli.addr);
                 return 1;
+            }
+            Err(e) => {
+                // An orchestrator that is restarting (as an upgrade does)
+                // is waited for, up to the timeout.
+                let status = format!("{} does not answer: {e}", cli.addr);
+                if started.elapsed() >= timeout {
+                    if terminal {
+                        eprint!("\r\x1b[K");
+                    }
+                    eprintln!("rcache: not settled after {timeout:?}: {status}");
+                    return 1;
+                }
+                if terminal {
+                    eprint!("\r\x1b[K{status}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             }
         };
         let (left, hints) = unsettled(&reply);

@@ -41,6 +41,11 @@ impl TextClient {
     /// without waiting: a pooled connection is checked before reuse, so a
     /// request is never sent on one the server already let go.
     pub async fn is_closed(&mut self) -> bool {
+        // The socket first: a close that arrived while nobody polled the
+        // connection shows there before the runtime has noticed it.
+        if crate::sys::peer_closed(self.conn.io.tcp()) {
+            return true;
+        }
         // One read attempt, polled once: EOF or an error shows at once; an
         // open idle connection has nothing to read (no timer is involved,
         // so a healthy connection costs no wait).

@@ -266,6 +266,15 @@ impl Router {
     }
 
     /// The layout in force: the cluster's, or the config's pairs as epoch 0.
+    /// The layout in force after asking every worker for the one it
+    /// holds: a change is made on the newest layout any worker knows, not
+    /// on what this orchestrator last heard, so two changes made through
+    /// two orchestrators a moment apart build on each other.
+    async fn fresh_layout(&self) -> Layout {
+        self.learn_layout(self.probe.layouts.epoch()).await;
+        self.layout()
+    }
+
     pub fn layout(&self) -> Layout {
         self.probe.layouts.current().unwrap_or_else(|| {
             Layout::settled(
@@ -288,7 +297,7 @@ impl Router {
         if let Err(e) = crate::net::check_address(new) {
             return Err(refused(format!("{new:?} is not a worker address: {e}")));
         }
-        let base = self.layout();
+        let base = self.fresh_layout().await;
         if base.source.is_some() {
             return Err(migrating(&base));
         }
@@ -312,7 +321,7 @@ impl Router {
                 "{old}'s partner {survivor} does not serve: the pair would have no worker to read from"
             )));
         }
-        self.changeable(&[new])?;
+        self.changeable(&[new], Some(old))?;
         self.ready_to_replace(new).await?;
         let mut next = base.clone();
         next.epoch = base.epoch + 1;
@@ -334,11 +343,14 @@ impl Router {
     }
 
     /// What every change of the layout needs: every worker of this
-    /// release, and a way to hand `newcomers` the token safely.
-    fn changeable(&self, newcomers: &[&str]) -> Result<(), ErrorReply> {
+    /// release (but `leaving`, a dead worker being replaced, which this
+    /// orchestrator may never have reached), and a way to hand
+    /// `newcomers` the token safely.
+    fn changeable(&self, newcomers: &[&str], leaving: Option<&str>) -> Result<(), ErrorReply> {
         let topology = self.topology();
         if let Some(old_release) = topology
             .workers()
+            .filter(|b| Some(b.addr.as_str()) != leaving)
             .find(|b| b.link_version() < HASH_LINK_VERSION)
         {
             return Err(refused(format!(
@@ -411,7 +423,7 @@ impl Router {
         if a == b {
             return Err(refused(format!("{a} twice: a pair is two workers")));
         }
-        let base = self.layout();
+        let base = self.fresh_layout().await;
         if base.source.is_some() {
             return Err(migrating(&base));
         }
@@ -420,7 +432,7 @@ impl Router {
                 "{known} is in the cluster's layout already"
             )));
         }
-        self.changeable(&[a, b])?;
+        self.changeable(&[a, b], None)?;
         self.all_up()?;
         for addr in [a, b] {
             self.ready_to_join(addr).await?;
@@ -455,7 +467,7 @@ impl Router {
     /// its workers drop them and leave the layout (a hole keeps the other
     /// pairs' places).
     pub async fn remove_pair(&self, addr: &str) -> Result<String, ErrorReply> {
-        let base = self.layout();
+        let base = self.fresh_layout().await;
         if base.source.is_some() {
             return Err(migrating(&base));
         }
@@ -470,7 +482,7 @@ impl Router {
                     .to_string(),
             ));
         }
-        self.changeable(&[])?;
+        self.changeable(&[], None)?;
         self.all_up()?;
         let mut pairs = base.pairs.clone();
         let [x, y] = std::mem::replace(&mut pairs[place], hole());
@@ -508,17 +520,26 @@ impl Router {
         }
     }
 
-    /// STATUS of a worker outside the layout, over a link of its own.
+    /// STATUS of a worker outside the layout, over a link of its own; a
+    /// worker of the previous release (which holds no layout) is refused.
     async fn status_of(&self, addr: &str) -> Result<Response, ErrorReply> {
         let dial = self.settings.dial.load_full();
         let timeout = self.worker_timeout().max(std::time::Duration::from_secs(1));
         let status = async {
             let mut link = LinkConn::connect(addr, &dial, timeout).await?;
-            link.call(&Request::Status, timeout).await
+            let version = link.version();
+            link.call(&Request::Status, timeout)
+                .await
+                .map(|status| (version, status))
         };
-        status
-            .await
-            .map_err(|e| refused(format!("{addr} does not answer: {e}")))
+        match status.await {
+            Ok((version, _)) if version < HASH_LINK_VERSION => Err(refused(format!(
+                "{addr} runs the previous release (link protocol {version}), which holds no \
+                 layout: upgrade it first"
+            ))),
+            Ok((_, status)) => Ok(status),
+            Err(e) => Err(refused(format!("{addr} does not answer: {e}"))),
+        }
     }
 
     /// Checks that `new` answers and has refilled.

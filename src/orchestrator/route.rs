@@ -319,6 +319,18 @@ impl Router {
         } else if failed(&b) && matches!(a, WriteOutcome::NotAsked) {
             a = ask(&pair[0], request, true).await;
         }
+        // A worker that says the key moved settles where the write goes:
+        // its pair no longer owns the key, whatever its partner did (a
+        // partner that took the write holds no layout yet, having just
+        // restarted, and drops the key once it learns the layout). The
+        // write is made again at the key's pair.
+        for outcome in [&a, &b] {
+            if let WriteOutcome::Refused(e) = outcome {
+                if e.code == ErrorCode::Moved {
+                    return Err(e.clone());
+                }
+            }
+        }
         // A conditional set that changed one worker and not the other (a
         // TTL ran out on one clock and not yet on the other; one worker is
         // refilling or behind) leaves the other without the acknowledged
@@ -326,9 +338,10 @@ impl Router {
         let changed_somewhere = [&a, &b]
             .iter()
             .any(|o| matches!(o, WriteOutcome::Stored(r) if !matches!(r, Response::NotStored)));
-        // A worker that refused because the key is leaving its pair
-        // missed nothing: its partner, which stored the write, hands it to
-        // the key's new pair before the move settles.
+        // A worker that refused because the key is sealed on its way to
+        // another pair missed nothing: its partner, which stored the write
+        // before its own seal, hands it to the key's new pair before the
+        // move settles.
         let unchanged = |o: &WriteOutcome| {
             changed_somewhere
                 && match o {

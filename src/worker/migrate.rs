@@ -123,6 +123,8 @@ struct Plan {
     /// Where a moving key goes: its pair in the layout's pairs.
     target: Placement,
     pairs: Vec<[String; 2]>,
+    /// This worker's pair in the source.
+    here: [String; 2],
     moving: Moving,
 }
 
@@ -137,16 +139,17 @@ impl Plan {
         let target = layout.placement();
         let pairs = layout.pairs.clone();
         let here = source.pairs[mine].clone();
-        let (t, ps) = (target.clone(), pairs.clone());
+        let (t, ps, h) = (target.clone(), pairs.clone(), here.clone());
         let moving: Moving = Arc::new(move |key: &[u8]| {
-            let h = key_hash(key);
-            from.locate_hash(h).pair == mine && ps[t.locate_hash(h).pair] != here
+            let hash = key_hash(key);
+            from.locate_hash(hash).pair == mine && ps[t.locate_hash(hash).pair] != h
         });
         Some(Plan {
             epoch: layout.epoch,
             sealed: source.sealed,
             target,
             pairs,
+            here,
             moving,
         })
     }
@@ -247,22 +250,22 @@ struct Progress {
 }
 
 impl Progress {
-    /// Counts the keys that move, by new pair: for the progress, and for
-    /// the workers that must each have a pass.
+    /// Counts the keys that move, for the progress. Every worker of every
+    /// other pair must have a pass: a pair none of the keys held now go to
+    /// may be sent what is written while they move (a pass with nothing
+    /// for it is complete at once).
     fn of(worker: &Worker, plan: &Plan) -> Progress {
         let store = &worker.store;
-        let mut to_move = 0u64;
-        let mut pairs_to: HashSet<usize> = HashSet::new();
-        for shard in 0..store.shard_count() {
-            for key in store.keys_where(shard, &*plan.moving) {
-                to_move += 1;
-                pairs_to.insert(plan.target.locate(&key).pair);
-            }
-        }
-        let dests = pairs_to
+        let to_move: u64 = (0..store.shard_count())
+            .map(|shard| store.keys_where(shard, &*plan.moving).len() as u64)
+            .sum();
+        let dests = plan
+            .pairs
             .iter()
-            .flat_map(|&p| plan.pairs[p].iter().cloned())
+            .filter(|p| **p != plan.here)
+            .flatten()
             .filter(|a| !a.is_empty())
+            .cloned()
             .collect();
         Progress {
             dests,
@@ -315,7 +318,7 @@ async fn hand_off(
         let sealed_now = worker.held_sealed(plan.epoch);
         let keys = watch.take();
         if !keys.is_empty() {
-            let entries: Vec<Entry> = keys.iter().filter_map(|k| store.entry(k)).collect();
+            let entries: Vec<Entry> = keys.iter().filter_map(|k| store.handoff_entry(k)).collect();
             let (sent, clean) =
                 send_entries(worker, plan, entries, &mut progress.complete, links).await;
             failed |= !clean;

@@ -3,6 +3,7 @@
 //! moved away (no tombstone: the worker no longer owns them).
 
 use super::{Store, FLAG_FREE};
+use crate::protocol::link::Entry;
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -65,6 +66,19 @@ impl Store {
                 watch.keys().insert(Bytes::copy_from_slice(key));
             }
         }
+    }
+
+    /// The entry under `key` as it is handed to the key's new pair: as
+    /// [`Store::entry`], and an entry whose TTL ran out since it was
+    /// written too, with the shortest TTL, so that an older copy the new
+    /// pair holds (a pass sent it before the TTL was set) expires there
+    /// as well.
+    pub fn handoff_entry(&self, key: &[u8]) -> Option<Entry> {
+        let (hash, _, index) = self.locate(key);
+        let now = self.now();
+        let shard = self.shard(index);
+        let idx = shard.find(hash, key)?;
+        Some(shard.slots[idx as usize].entry(&shard.arena, now))
     }
 
     /// Keys of one shard's entries (tombstones too) that `select` picks.
