@@ -265,7 +265,6 @@ impl Router {
         );
     }
 
-    /// The layout in force: the cluster's, or the config's pairs as epoch 0.
     /// The layout in force after asking every worker for the one it
     /// holds: a change is made on the newest layout any worker knows, not
     /// on what this orchestrator last heard, so two changes made through
@@ -275,6 +274,7 @@ impl Router {
         self.layout()
     }
 
+    /// The layout in force: the cluster's, or the config's pairs as epoch 0.
     pub fn layout(&self) -> Layout {
         self.probe.layouts.current().unwrap_or_else(|| {
             Layout::settled(

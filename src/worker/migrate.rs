@@ -36,6 +36,7 @@ use crate::protocol::{ErrorCode, ErrorReply};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,7 +180,7 @@ pub(super) async fn run(worker: Arc<Worker>, mut shutdown: Shutdown) {
         }
         let held = worker.held_layout();
         match held {
-            Some((layout, me)) if layout.source.is_some() => {
+            Some((layout, me, generation)) if layout.source.is_some() => {
                 if let Some(plan) = Plan::of(&layout, &me) {
                     let (watch, mut progress) = match current.take() {
                         Some((before, watch, progress)) if before.same_move(&plan) => {
@@ -195,6 +196,7 @@ pub(super) async fn run(worker: Arc<Worker>, mut shutdown: Shutdown) {
                     hand_off(
                         &worker,
                         &plan,
+                        generation,
                         &watch,
                         &mut progress,
                         &mut links,
@@ -205,17 +207,20 @@ pub(super) async fn run(worker: Arc<Worker>, mut shutdown: Shutdown) {
                     continue;
                 }
                 // Nothing of this worker moves.
-                worker.set_handoff(Some(Handoff {
-                    epoch: layout.epoch,
-                    done: true,
-                    ..Handoff::default()
-                }));
+                worker.set_handoff(
+                    generation,
+                    Some(Handoff {
+                        epoch: layout.epoch,
+                        done: true,
+                        ..Handoff::default()
+                    }),
+                );
             }
-            Some((layout, me)) => {
+            Some((layout, me, generation)) => {
                 current = None;
                 links.clear();
                 worker.store.watch(None);
-                worker.set_handoff(None);
+                worker.set_handoff(generation, None);
                 worker.metrics.migration_keys_left.set(0);
                 if layout.epoch != swept {
                     swept = layout.epoch;
@@ -282,6 +287,7 @@ impl Progress {
 async fn hand_off(
     worker: &Worker,
     plan: &Plan,
+    generation: u64,
     watch: &Watch,
     progress: &mut Progress,
     links: &mut HashMap<String, LinkConn>,
@@ -296,7 +302,8 @@ async fn hand_off(
         "handing off the keys that move to other pairs"
     );
     loop {
-        if worker.held_epoch() != plan.epoch || shutdown.is_triggered() {
+        let generation_now = worker.layout_generation.load(Ordering::SeqCst);
+        if generation_now != generation || shutdown.is_triggered() {
             return;
         }
         let need: Vec<String> = progress
@@ -333,13 +340,16 @@ async fn hand_off(
             progress.to_move
         };
         worker.metrics.migration_keys_left.set(left as i64);
-        worker.set_handoff(Some(Handoff {
-            epoch: plan.epoch,
-            done,
-            keys_moved: progress.moved.keys,
-            bytes_moved: progress.moved.bytes,
-            keys_left: left,
-        }));
+        worker.set_handoff(
+            generation,
+            Some(Handoff {
+                epoch: plan.epoch,
+                done,
+                keys_moved: progress.moved.keys,
+                bytes_moved: progress.moved.bytes,
+                keys_left: left,
+            }),
+        );
         let pause = if failed { RETRY_PAUSE } else { DRAIN_PAUSE };
         tokio::select! {
             _ = shutdown.wait() => return,

@@ -99,8 +99,12 @@ pub struct Worker {
     /// while keys move, and (alone) by a change of the layout then: once
     /// a seal is in force, no request is still storing a key it sealed.
     gate: std::sync::RwLock<()>,
-    /// This worker's part in the migration its layout makes.
-    handoff: std::sync::Mutex<Option<Handoff>>,
+    /// Layouts adopted so far: what a handoff was said of.
+    layout_generation: AtomicU64,
+    /// This worker's part in the migration its layout makes, and the
+    /// layout (by generation) it was said of: what was said of a layout
+    /// before is never said of the one held, even at the same epoch.
+    handoff: std::sync::Mutex<(u64, Option<Handoff>)>,
     /// Woken when the layout held changes ([`migrate::run`]).
     layout_changed: tokio::sync::Notify,
     pub metrics: metrics::WorkerMetrics,
@@ -137,7 +141,8 @@ impl Worker {
             layout: std::sync::Mutex::new(None),
             ownership: arc_swap::ArcSwapOption::empty(),
             gate: std::sync::RwLock::new(()),
-            handoff: std::sync::Mutex::new(None),
+            layout_generation: AtomicU64::new(0),
+            handoff: std::sync::Mutex::new((0, None)),
             layout_changed: tokio::sync::Notify::new(),
             metrics,
             budget,
@@ -199,6 +204,7 @@ impl Worker {
                     self.ownership.store(Some(ownership));
                 }
                 *held = Some((offered, you));
+                self.layout_generation.fetch_add(1, Ordering::SeqCst);
                 self.layout_changed.notify_one();
             }
         }
@@ -222,17 +228,13 @@ impl Worker {
         held.as_ref().map(|(layout, _)| layout.clone())
     }
 
-    /// The layout held, and the address it knows this worker by.
-    fn held_layout(&self) -> Option<(Layout, String)> {
-        self.layout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The epoch of the layout held (0: none).
-    fn held_epoch(&self) -> u64 {
-        self.ownership.load().as_ref().map_or(0, |o| o.epoch())
+    /// The layout held, the address it knows this worker by, and the
+    /// layout's generation (see [`Worker::set_handoff`]).
+    fn held_layout(&self) -> Option<(Layout, String, u64)> {
+        let held = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.layout_generation.load(Ordering::SeqCst);
+        held.as_ref()
+            .map(|(layout, me)| (layout.clone(), me.clone(), generation))
     }
 
     /// Whether the layout held is `epoch`'s, sealed.
@@ -244,12 +246,16 @@ impl Worker {
     }
 
     /// This worker's part in the migration its layout makes.
+    /// This worker's part in the migration of the layout it holds.
     pub fn handoff(&self) -> Option<Handoff> {
-        *self.handoff.lock().unwrap_or_else(|p| p.into_inner())
+        let (said_of, handoff) = *self.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        handoff.filter(|_| said_of == self.layout_generation.load(Ordering::SeqCst))
     }
 
-    fn set_handoff(&self, handoff: Option<Handoff>) {
-        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = handoff;
+    /// Says `handoff` of the layout of `generation` (from
+    /// [`Worker::held_layout`]): nothing, once another layout is held.
+    fn set_handoff(&self, generation: u64, handoff: Option<Handoff>) {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = (generation, handoff);
     }
 
     /// Whether this worker keeps `key` (takes it from its partner): not

@@ -270,3 +270,51 @@ fn the_layout_with_the_higher_epoch_names_the_partner() {
     });
     assert_eq!(solo.partner(), None);
 }
+
+/// What a worker said of its part in one layout's move is not said of
+/// another layout of the same epoch (two changes made at one moment):
+/// an orchestrator must not seal a move on a `done` of another move.
+#[test]
+fn a_handoff_is_said_only_of_the_layout_it_was_made_for() {
+    use crate::protocol::link::{Handoff, Layout, Source};
+    let pair = |a: &str, b: &str| [a.to_string(), b.to_string()];
+    let before = vec![pair("a:1", "a:2"), pair("b:1", "b:2")];
+    let moving_to = |pairs: Vec<[String; 2]>| Layout {
+        epoch: 3,
+        pairs,
+        source: Some(Source {
+            pairs: before.clone(),
+            sealed: false,
+        }),
+    };
+    let added = moving_to(vec![
+        pair("a:1", "a:2"),
+        pair("b:1", "b:2"),
+        pair("c:1", "c:2"),
+    ]);
+    let removed = moving_to(vec![pair("a:1", "a:2"), crate::protocol::link::hole()]);
+    let (first, second) = if removed.supersedes(&added) {
+        (added, removed)
+    } else {
+        (removed, added)
+    };
+    let w = worker();
+    w.adopt_layout(Some(first), "a:1".into());
+    let (_, _, generation) = w.held_layout().expect("a layout");
+    let done = Handoff {
+        epoch: 3,
+        done: true,
+        ..Handoff::default()
+    };
+    w.set_handoff(generation, Some(done));
+    assert_eq!(w.handoff(), Some(done));
+    w.adopt_layout(Some(second.clone()), "a:1".into());
+    assert_eq!(w.held_layout().map(|(l, _, _)| l), Some(second));
+    assert_eq!(w.handoff(), None, "a done of the layout before");
+    // Nor does a report made for the layout before, arriving late.
+    w.set_handoff(generation, Some(done));
+    assert_eq!(w.handoff(), None);
+    let (_, _, now) = w.held_layout().expect("a layout");
+    w.set_handoff(now, Some(done));
+    assert_eq!(w.handoff(), Some(done));
+}
