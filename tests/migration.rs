@@ -341,6 +341,30 @@ fn a_worker_killed_while_its_keys_move_comes_back_and_the_move_completes() {
     println!("a worker killed mid-move: {requests} requests, 0 failed");
 }
 
+/// Three pairs on `ports` (two workers each, then two orchestrators): the
+/// first pair, and the rest, to keep running.
+fn three_pairs(ports: [u16; 8]) -> ([Daemon; 2], Vec<Daemon>) {
+    let [a1, a2, b1, b2, c1, c2, p1, p2] = ports;
+    let a = new_pair([a1, a2]);
+    let mut rest: Vec<Daemon> = new_pair([b1, b2]).into_iter().collect();
+    rest.extend(new_pair([c1, c2]));
+    let pairs = [[a1, a2], [b1, b2], [c1, c2]];
+    for port in [p1, p2] {
+        rest.push(orchestrator_from(&config(port, &pairs), port));
+    }
+    (a, rest)
+}
+
+/// Sets each of `keys` (the `i`th to `{VALUE}{i}`) through `port`.
+fn set_keys(port: u16, keys: &[String]) {
+    pipelined(
+        port,
+        0..keys.len(),
+        |i| format!("set||{}||{VALUE}{i}", keys[i]),
+        |i, got| assert_eq!(got, "0||", "set {}", keys[i]),
+    );
+}
+
 /// `n` keys of the middle of three pairs that go to pair `to` once it is
 /// removed.
 fn leaving_the_middle_pair_for(to: usize, n: usize) -> Vec<String> {
@@ -361,25 +385,12 @@ fn leaving_the_middle_pair_for(to: usize, n: usize) -> Vec<String> {
 /// settled, each reads back from the third pair.
 #[test]
 fn writes_during_a_move_reach_a_pair_that_had_no_keys_coming() {
-    let [a1, a2, b1, b2, c1, c2, p1, p2] = free_ports();
-    let a = new_pair([a1, a2]);
-    let _b = new_pair([b1, b2]);
-    let _c = new_pair([c1, c2]);
-    let pairs = [[a1, a2], [b1, b2], [c1, c2]];
-    let (f1, f2) = (config(p1, &pairs), config(p2, &pairs));
-    let _o1 = orchestrator_from(&f1, p1);
-    let _o2 = orchestrator_from(&f2, p2);
+    let ports = free_ports();
+    let [_, _, b1, _, c1, c2, p1, p2] = ports;
+    let (a, _rest) = three_pairs(ports);
     let to_a = leaving_the_middle_pair_for(0, 50_000);
     let to_c = leaving_the_middle_pair_for(2, 500);
-    let set_all = |keys: &[String]| {
-        pipelined(
-            p1,
-            0..keys.len(),
-            |i| format!("set||{}||{VALUE}{i}", keys[i]),
-            |i, got| assert_eq!(got, "0||", "set {}", keys[i]),
-        )
-    };
-    set_all(&to_a);
+    set_keys(p1, &to_a);
     let (ok, said) = rcache(p1, &["cluster", "remove-pair", &format!("127.0.0.1:{b1}")]);
     assert!(ok, "{said}");
     // The move cannot leave its copy step while a worker it hands keys to
@@ -390,7 +401,7 @@ fn writes_during_a_move_reach_a_pair_that_had_no_keys_coming() {
         shown.contains("copying"),
         "the move left its copy step before the worker was stopped: {shown}"
     );
-    set_all(&to_c);
+    set_keys(p1, &to_c);
     a[0].signal(libc::SIGCONT);
     settled(p1);
     settled(p2);
@@ -432,24 +443,13 @@ fn writes_during_a_move_reach_a_pair_that_had_no_keys_coming() {
 /// in its copy step by a stopped worker of a pair it also hands keys to.
 #[test]
 fn a_key_whose_ttl_ran_out_while_moving_does_not_come_back() {
-    let [a1, a2, b1, b2, c1, c2, p1, p2] = free_ports();
-    let a = new_pair([a1, a2]);
-    let _b = new_pair([b1, b2]);
-    let _c = new_pair([c1, c2]);
-    let pairs = [[a1, a2], [b1, b2], [c1, c2]];
-    let (f1, f2) = (config(p1, &pairs), config(p2, &pairs));
-    let _o1 = orchestrator_from(&f1, p1);
-    let _o2 = orchestrator_from(&f2, p2);
+    let ports = free_ports();
+    let [_, _, b1, _, c1, c2, p1, p2] = ports;
+    let (a, _rest) = three_pairs(ports);
     let to_a = leaving_the_middle_pair_for(0, 50_000);
     let to_c = leaving_the_middle_pair_for(2, 100);
-    for keys in [&to_a, &to_c] {
-        pipelined(
-            p1,
-            0..keys.len(),
-            |i| format!("set||{}||{VALUE}{i}", keys[i]),
-            |i, got| assert_eq!(got, "0||", "set {}", keys[i]),
-        );
-    }
+    set_keys(p1, &to_a);
+    set_keys(p1, &to_c);
     // Of `keys`, how many `port` holds.
     let held_at = |port: u16, keys: &[String]| {
         let mut there = 0;

@@ -241,8 +241,28 @@ async fn wait(cli: &Cli, timeout: Duration) -> i32 {
     let terminal = std::io::stderr().is_terminal();
     let started = tokio::time::Instant::now();
     loop {
-        let reply = match client.request(&Command::Cluster).await {
-            Ok(Reply::Value(v)) => String::from_utf8_lossy(&v).into_owned(),
+        let status = match client.request(&Command::Cluster).await {
+            Ok(Reply::Value(v)) => {
+                let reply = String::from_utf8_lossy(&v);
+                let (left, hints) = unsettled(&reply);
+                let workers = reply.split(';').filter(|r| !r.trim().is_empty()).count();
+                if left.is_empty() && hints == 0 {
+                    if terminal {
+                        eprint!("\r\x1b[K");
+                    }
+                    println!("settled: {workers} workers up, no keys moving, no hints queued");
+                    return 0;
+                }
+                let not_up = left
+                    .iter()
+                    .filter(|l| !l.starts_with("keys moving"))
+                    .count();
+                format!(
+                    "{} of {workers} workers up; {hints} hints queued; {}",
+                    workers - not_up,
+                    left.join(", ")
+                )
+            }
             Ok(other) => {
                 eprintln!("rcache: {}: unexpected answer {other:?}", cli.addr);
                 return 1;
@@ -251,42 +271,10 @@ async fn wait(cli: &Cli, timeout: Duration) -> i32 {
                 eprintln!("rcache: {}: {e}", cli.addr);
                 return 1;
             }
-            Err(e) => {
-                // An orchestrator that is restarting (as an upgrade does)
-                // is waited for, up to the timeout.
-                let status = format!("{} does not answer: {e}", cli.addr);
-                if started.elapsed() >= timeout {
-                    if terminal {
-                        eprint!("\r\x1b[K");
-                    }
-                    eprintln!("rcache: not settled after {timeout:?}: {status}");
-                    return 1;
-                }
-                if terminal {
-                    eprint!("\r\x1b[K{status}");
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+            // An orchestrator that is restarting (as an upgrade does) is
+            // waited for, up to the timeout.
+            Err(e) => format!("{} does not answer: {e}", cli.addr),
         };
-        let (left, hints) = unsettled(&reply);
-        let workers = reply.split(';').filter(|r| !r.trim().is_empty()).count();
-        if left.is_empty() && hints == 0 {
-            if terminal {
-                eprint!("\r\x1b[K");
-            }
-            println!("settled: {workers} workers up, no keys moving, no hints queued");
-            return 0;
-        }
-        let not_up = left
-            .iter()
-            .filter(|l| !l.starts_with("keys moving"))
-            .count();
-        let status = format!(
-            "{} of {workers} workers up; {hints} hints queued; {}",
-            workers - not_up,
-            left.join(", ")
-        );
         if started.elapsed() >= timeout {
             if terminal {
                 eprint!("\r\x1b[K");

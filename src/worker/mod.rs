@@ -245,7 +245,6 @@ impl Worker {
             .is_some_and(|o| o.epoch() == epoch && o.sealed())
     }
 
-    /// This worker's part in the migration its layout makes.
     /// This worker's part in the migration of the layout it holds.
     pub fn handoff(&self) -> Option<Handoff> {
         let (said_of, handoff) = *self.handoff.lock().unwrap_or_else(|p| p.into_inner());
