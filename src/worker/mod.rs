@@ -296,11 +296,12 @@ impl Worker {
     /// round goes to the new one: a replacement of a dead partner, which
     /// refilled from this worker).
     pub fn reload(&self, new: &WorkerConfig) {
-        let named = self.layout_partner();
-        if let (Some((epoch, named)), Some(file)) = (&named, &new.partner) {
-            if named != file {
+        // Once the cluster's layout names the partner, the file's (an
+        // old one, or none) does not change it.
+        if let Some((epoch, named)) = self.layout_partner() {
+            if new.partner.as_ref() != Some(&named) {
                 tracing::warn!(
-                    config = %file,
+                    config = new.partner.as_deref().unwrap_or("-"),
                     layout = %named,
                     epoch,
                     "the config's partner is stale: the cluster's layout names another, which stays"

@@ -259,8 +259,13 @@ fn the_layout_with_the_higher_epoch_names_the_partner() {
     assert_eq!(adopt(Some(layout(2, "z:2"))), Some(layout(2, "z:2")));
     assert_eq!(adopt(Some(layout(2, "new:2"))), Some(layout(2, "z:2")));
     assert_eq!(w.partner().as_deref().map(String::as_str), Some("z:2"));
-    // A reload with the file's old partner keeps the layout's.
+    // A reload with the file's old partner keeps the layout's, and so
+    // does one with no partner in the file.
     w.reload(w.config());
+    assert_eq!(w.partner().as_deref().map(String::as_str), Some("z:2"));
+    let mut unpartnered = w.config().clone();
+    unpartnered.partner = None;
+    w.reload(&unpartnered);
     assert_eq!(w.partner().as_deref().map(String::as_str), Some("z:2"));
     // A worker without a partner takes none from a layout.
     let solo = worker();
