@@ -262,7 +262,7 @@ impl Progress {
     fn of(worker: &Worker, plan: &Plan) -> Progress {
         let store = &worker.store;
         let to_move: u64 = (0..store.shard_count())
-            .map(|shard| store.keys_where(shard, &*plan.moving).len() as u64)
+            .map(|shard| store.count_where(shard, &*plan.moving))
             .sum();
         let dests = plan
             .pairs
@@ -302,8 +302,8 @@ async fn hand_off(
         "handing off the keys that move to other pairs"
     );
     loop {
-        let generation_now = worker.layout_generation.load(Ordering::SeqCst);
-        if generation_now != generation || shutdown.is_triggered() {
+        if worker.layout_generation.load(Ordering::SeqCst) != generation || shutdown.is_triggered()
+        {
             return;
         }
         let need: Vec<String> = progress

@@ -81,6 +81,16 @@ impl Store {
         Some(shard.slots[idx as usize].entry(&shard.arena, now))
     }
 
+    /// How many of one shard's entries (tombstones too) `select` picks.
+    pub fn count_where(&self, shard: usize, select: &dyn Fn(&[u8]) -> bool) -> u64 {
+        let shard = self.shard(shard);
+        shard
+            .slots
+            .iter()
+            .filter(|slot| !slot.is(FLAG_FREE) && select(slot.key(&shard.arena)))
+            .count() as u64
+    }
+
     /// Keys of one shard's entries (tombstones too) that `select` picks.
     pub fn keys_where(&self, shard: usize, select: &dyn Fn(&[u8]) -> bool) -> Vec<Bytes> {
         let shard = self.shard(shard);
